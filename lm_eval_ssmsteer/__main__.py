@@ -1,0 +1,3 @@
+from lm_eval_ssmsteer.cli import main
+
+raise SystemExit(main())

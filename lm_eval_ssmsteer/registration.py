@@ -1,0 +1,61 @@
+"""Makes lm_eval see the ``mamba-steered`` backend and the package's task folder.
+
+Called by the start-up hook (``_autoload``) when lm_eval's registry or task manager is imported, by
+``import lm_eval_ssmsteer`` when lm_eval is already loaded, and by the ``ssmsteer`` console script.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+MODEL_NAME = "mamba-steered"
+BACKEND_TARGET = "lm_eval_ssmsteer.backend:MambaSteeredLM"
+
+
+def tasks_dir() -> Path:
+    """The shipped task YAMLs: inside the wheel, or the repository's top-level ``tasks/`` when editable."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "tasks", here.parent / "tasks"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"lm_eval_ssmsteer: task folder not found beside {here}")
+
+
+def register_model() -> None:
+    # lm_eval.models must be imported first: get_model() only loads the built-in table while the
+    # registry is empty, so registering before it would hide every built-in backend.
+    import lm_eval.models  # noqa: F401
+    from lm_eval.api.registry import model_registry
+
+    if MODEL_NAME not in model_registry:
+        model_registry.register(MODEL_NAME, target=BACKEND_TARGET)
+
+
+def register_tasks() -> None:
+    from lm_eval.tasks import manager
+
+    init = manager.TaskManager.__init__
+    if getattr(init, "_ssmsteer", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, *args, include_path=None, **kwargs):
+        ours = str(tasks_dir())
+        paths = [] if include_path is None else (
+            list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        )
+        if ours not in {str(p) for p in paths}:
+            paths.append(ours)
+        init(self, *args, include_path=paths, **kwargs)
+
+    __init__._ssmsteer = True
+    manager.TaskManager.__init__ = __init__
+
+
+def register_if_loaded() -> None:
+    if "lm_eval.api.registry" in sys.modules:
+        register_model()
+    if "lm_eval.tasks.manager" in sys.modules:
+        register_tasks()
