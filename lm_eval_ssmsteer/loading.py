@@ -21,3 +21,139 @@ def resolve_model_path(pretrained: str) -> str:
     if pretrained in shipped:
         return str(shipped[pretrained])
     return pretrained
+
+
+# -- native mamba-ssm checkpoints -----------------------------------------------------------------
+# A native checkpoint (state-spaces/mamba-130m, state-spaces/mamba2-130m, ...) is a config.json with
+# d_model/n_layer/ssm_cfg and a pytorch_model.bin whose tensors are named like transformers' except
+# for the embedding. It is converted once into a transformers folder, so that it runs through the
+# same classes (and the same mamba-ssm kernels) as every other model.
+
+NATIVE_TOKENIZER = "EleutherAI/gpt-neox-20b"
+
+
+def is_native_config(config: dict) -> bool:
+    return "d_model" in config and "n_layer" in config and "model_type" not in config
+
+
+def _hf_config_from_native(native: dict):
+    from transformers import Mamba2Config, MambaConfig
+
+    ssm_cfg = dict(native.get("ssm_cfg") or {})
+    layer = ssm_cfg.pop("layer", "Mamba1")
+    vocab = native["vocab_size"]
+    multiple = native.get("pad_vocab_size_multiple", 8)
+    if vocab % multiple:
+        vocab += multiple - vocab % multiple
+    common = {
+        "hidden_size": native["d_model"],
+        "num_hidden_layers": native["n_layer"],
+        "vocab_size": vocab,
+        "residual_in_fp32": native.get("residual_in_fp32", True),
+        "tie_word_embeddings": native.get("tie_embeddings", True),
+        "pad_token_id": 0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
+    if layer == "Mamba2":
+        head_dim = ssm_cfg.get("headdim", 64)
+        expand = ssm_cfg.get("expand", 2)
+        return Mamba2Config(
+            **common,
+            state_size=ssm_cfg.get("d_state", 128),
+            conv_kernel=ssm_cfg.get("d_conv", 4),
+            expand=expand,
+            head_dim=head_dim,
+            num_heads=expand * native["d_model"] // head_dim,
+            n_groups=ssm_cfg.get("ngroups", 1),
+            chunk_size=ssm_cfg.get("chunk_size", 256),
+        )
+    return MambaConfig(
+        **common,
+        state_size=ssm_cfg.get("d_state", 16),
+        conv_kernel=ssm_cfg.get("d_conv", 4),
+        expand=ssm_cfg.get("expand", 2),
+    )
+
+
+def convert_native_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Write a transformers folder for the native mamba-ssm checkpoint in ``src`` (atomically)."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src, dst = Path(src), Path(dst)
+    native = json.loads((src / "config.json").read_text())
+    config = _hf_config_from_native(native)
+    weights = src / "pytorch_model.bin"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{src}: a native mamba-ssm checkpoint needs pytorch_model.bin beside config.json")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in state.items()}
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise ValueError(f"{src}: not a mamba-ssm checkpoint this loader understands "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.replace(dst)
+    return dst
+
+
+def _native_source(pretrained: str) -> Path | None:
+    """The folder of a native checkpoint named by path or hub id, or None if it is not one."""
+    import json
+
+    local = Path(pretrained)
+    if local.is_dir():
+        cfg = local / "config.json"
+        return local if cfg.is_file() and is_native_config(json.loads(cfg.read_text())) else None
+    if local.exists() or pretrained.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg_path = Path(hf_hub_download(pretrained, "config.json"))
+    except Exception:
+        return None  # not reachable or not a hub repo: let transformers report it
+    if not is_native_config(json.loads(cfg_path.read_text())):
+        return None
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(pretrained, allow_patterns=["config.json", "pytorch_model.bin"]))
+
+
+def prepare_pretrained(pretrained: str, cache_dir: str | Path | None = None) -> tuple[str, bool]:
+    """Resolve ``pretrained`` to something ``from_pretrained`` loads; returns (path_or_id, was_native)."""
+    import hashlib
+    import os
+
+    resolved = resolve_model_path(pretrained)
+    native = _native_source(resolved)
+    if native is None:
+        return resolved, False
+    cache_root = Path(cache_dir or os.environ.get("SSMSTEER_CACHE", Path.home() / ".cache" / "lm_eval_ssmsteer"))
+    key = hashlib.sha256(str(native.resolve()).encode()).hexdigest()[:16]
+    dst = cache_root / "converted" / f"{native.name}-{key}"
+    if not (dst / "config.json").is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        convert_native_checkpoint(native, dst)
+    return str(dst), True
+
+
+def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) for any supported model name; the library-side twin of the lm-eval backend."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, native = prepare_pretrained(pretrained)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
+    return model, tokenizer

@@ -1,0 +1,125 @@
+"""The ``mamba-steered`` lm-eval backend: HFLM plus a steering spec applied around every model call.
+
+The backend glues, it does not compute: loading is ``loading``, validation is ``spec``/``sites``,
+steering is ``hooks.steer``. Without a spec no hook is installed and it behaves exactly like ``hf``.
+
+model_args (besides everything ``hf`` takes):
+    steer=PATH.json | PRESET | '{...inline JSON...}'
+    steer_layer=20,steer_site=mixer_out,steer_channels=[4,38],steer_scale=5.0[,steer_positions=all]
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from lm_eval_ssmsteer import __version__
+from lm_eval_ssmsteer.hooks import steer
+from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
+from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
+from lm_eval_ssmsteer.spec import SpecError, SteeringSpec, load_spec
+
+_SHORTHAND = ("steer_layer", "steer_site", "steer_channels", "steer_scale", "steer_positions")
+
+
+def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpec | None:
+    """The spec named by ``steer=`` or spelled inline with the ``steer_*`` shorthand (not both)."""
+    given = {k: v for k, v in shorthand.items() if v is not None}
+    if steer_arg is not None and given:
+        raise SpecError(f"give either steer= or the steer_* shorthand, not both (got steer and {sorted(given)})")
+    if steer_arg is not None:
+        if isinstance(steer_arg, (dict, SteeringSpec)):
+            return load_spec(steer_arg)
+        return load_spec(str(steer_arg))
+    if not given:
+        return None
+    missing = [k for k in ("steer_layer", "steer_site", "steer_scale") if k not in given]
+    if missing:
+        raise SpecError(f"the steer_* shorthand needs {missing} as well (got {sorted(given)})")
+    return SteeringSpec.single(
+        layer=_literal(given["steer_layer"], "steer_layer"),
+        site=given["steer_site"],
+        channels=_literal(given.get("steer_channels", "all"), "steer_channels"),
+        scale=_literal(given["steer_scale"], "steer_scale"),
+        positions=given.get("steer_positions", "all"),
+    )
+
+
+def _literal(value: Any, name: str) -> Any:
+    """model_args strings like "[4,38]" or "4;38" (lm-eval's Python API splits on bare commas)."""
+    if not isinstance(value, str) or value == "all":
+        return value
+    text = value.strip()
+    if ";" in text:
+        text = "[" + text.replace(";", ",") + "]"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise SpecError(f"{name}={value!r} is not a number, a list of numbers, or 'all'") from None
+
+
+@register_model("mamba-steered")
+class MambaSteeredLM(HFLM):
+    """HFLM for Mamba, Mamba-2 and FalconMamba models with optional activation steering."""
+
+    def __init__(
+        self,
+        pretrained: Any = "state-spaces/mamba-130m-hf",
+        steer: Any = None,
+        steer_layer: Any = None,
+        steer_site: str | None = None,
+        steer_channels: Any = None,
+        steer_scale: Any = None,
+        steer_positions: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Everything about the spec that can be checked without the model fails here, before loading.
+        self.steering_spec = spec_from_model_args(
+            steer,
+            steer_layer=steer_layer,
+            steer_site=steer_site,
+            steer_channels=steer_channels,
+            steer_scale=steer_scale,
+            steer_positions=steer_positions,
+        )
+        self._requested_model = pretrained if isinstance(pretrained, str) else type(pretrained).__name__
+        if isinstance(pretrained, str):
+            pretrained, native = prepare_pretrained(pretrained)
+            if native and kwargs.get("tokenizer") is None:
+                kwargs["tokenizer"] = NATIVE_TOKENIZER
+        else:
+            describe_model(pretrained)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.arch = describe_model(self.model)
+        if self.steering_spec is not None:
+            resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
+
+    def _get_config(self, pretrained: str, **kwargs: Any) -> None:
+        super()._get_config(pretrained, **kwargs)
+        describe_config(self._config)  # a non-Mamba model fails before its weights are loaded
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        with steer(self.model, self.steering_spec):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        with steer(self.model, self.steering_spec):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def get_model_info(self) -> dict[str, Any]:
+        info = super().get_model_info()
+        spec = self.steering_spec
+        info.update(
+            {
+                "ssmsteer_version": __version__,
+                "ssmsteer_model": self._requested_model,
+                "architecture": self.arch.architecture,
+                "model_fingerprint": self.arch.fingerprint(),
+                "steering_spec": None if spec is None else spec.to_dict(),
+                "steering_spec_sha256": None if spec is None else spec.sha256,
+            }
+        )
+        return info

@@ -1,0 +1,114 @@
+"""Finding a model's Mamba mixers, validating user-given layers and token positions, and capturing what
+each mixer receives (forward pre-hooks, always removed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lm_eval_ssmsteer.interpret.mixer_math import MixerInternals, mixer_internals, mixer_kind
+
+
+def mamba_layers(model: nn.Module) -> list[nn.Module]:
+    """The blocks ``backbone.layers[i]`` of a Mamba/FalconMamba/Mamba-2 causal LM; ValueError otherwise."""
+    layers = getattr(getattr(model, "backbone", None), "layers", None)
+    name = type(model).__name__
+    if layers is None or len(layers) == 0 or not all(hasattr(block, "mixer") for block in layers):
+        raise ValueError(
+            f"{name} is not a Mamba-family model: expected backbone.layers[i].mixer "
+            "(MambaForCausalLM, FalconMambaForCausalLM or Mamba2ForCausalLM)"
+        )
+    for i, block in enumerate(layers):
+        try:
+            mixer_kind(block.mixer)
+        except ValueError as exc:
+            raise ValueError(f"{name} layer {i}: {exc}") from None
+    return list(layers)
+
+
+def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """Validate layer indices (negative ones count from the end); returns them non-negative."""
+    checked = []
+    for layer in layers:
+        if not -n_layers <= layer < n_layers:
+            raise ValueError(
+                f"layer {layer} does not exist: the model has {n_layers} layers (0-{n_layers - 1})"
+            )
+        checked.append(layer % n_layers)
+    if not checked:
+        raise ValueError(f"no layers given: choose among 0-{n_layers - 1}")
+    return tuple(checked)
+
+
+def layer_window(start: int, size: int, n_layers: int) -> tuple[int, ...]:
+    """Layers start..start+size-1, refusing an empty window or one that runs past the last layer."""
+    if size < 1:
+        raise ValueError(f"the layer window is empty (size {size}): the size must be at least 1")
+    if not 0 <= start < n_layers:
+        raise ValueError(
+            f"window start {start} does not exist: the model has {n_layers} layers (0-{n_layers - 1})"
+        )
+    if start + size > n_layers:
+        raise ValueError(
+            f"window of {size} layers starting at {start} goes past the last layer {n_layers - 1}: "
+            f"with {n_layers} layers the start must be 0-{n_layers - size}"
+            if size <= n_layers
+            else f"window of {size} layers is larger than the model ({n_layers} layers)"
+        )
+    return tuple(range(start, start + size))
+
+
+def check_positions(positions: Sequence[int], length: int, what: str) -> tuple[int, ...]:
+    """Validate token indices (negative ones count from the end); returns sorted unique non-negative ones."""
+    for pos in positions:
+        if not -length <= pos < length:
+            raise ValueError(
+                f"{what} token index {pos} is out of range: the input has {length} tokens "
+                f"(0-{length - 1}, or -{length}..-1 from the end)"
+            )
+    return tuple(sorted({pos % length for pos in positions}))
+
+
+@dataclass
+class LayerCapture:
+    """What one block saw: residual (b, l, d_model) block input, mixer_input (normed), mixer_output."""
+
+    residual: torch.Tensor
+    mixer_input: torch.Tensor
+    mixer_output: torch.Tensor
+
+
+@torch.no_grad()
+def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]) -> dict[int, LayerCapture]:
+    """Run the model once (no cache) and record each chosen block's residual input, mixer input and output."""
+    blocks = mamba_layers(model)
+    layers = check_layers(layers, len(blocks))
+    seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layers}
+    handles = []
+
+    def keep(layer: int, key: str):
+        def hook(module, args, *output):  # pre-hooks get (module, args); forward hooks add the output
+            seen[layer][key] = output[0] if output else args[0]
+
+        return hook
+
+    try:
+        for i in layers:
+            handles.append(blocks[i].register_forward_pre_hook(keep(i, "residual")))
+            handles.append(blocks[i].mixer.register_forward_pre_hook(keep(i, "mixer_input")))
+            handles.append(blocks[i].mixer.register_forward_hook(keep(i, "mixer_output")))
+        model(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {i: LayerCapture(**{k: t.detach().float() for k, t in seen[i].items()}) for i in layers}
+
+
+def layer_internals(model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]) -> dict[int, MixerInternals]:
+    """Mixer internals of each chosen layer for one forward pass of input_ids (1, l)."""
+    blocks = mamba_layers(model)
+    captured = capture_layers(model, input_ids, layers)
+    return {i: mixer_internals(blocks[i].mixer, c.mixer_input) for i, c in captured.items()}
