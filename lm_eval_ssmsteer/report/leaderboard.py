@@ -1,0 +1,211 @@
+"""The leaderboard: one row per (model, steering spec), one column per task (per length for RULER-style
+tasks), the average, the gain over the same model unsteered with a 95% interval, and the rank.
+
+Intervals come from lm-eval's standard errors, treating the two runs as independent samples:
+``1.96 * sqrt(se_a**2 + se_b**2)``. Where lm-eval reports no stderr (custom aggregations, e.g. the
+per-length RULER metrics) the interval is unknown and shown as such, never as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from lm_eval_ssmsteer.report.results import MetricKey, ResultsError, Run, Score, TaskResult, merge_runs
+
+Z_95 = 1.96
+
+
+@dataclass(frozen=True)
+class Column:
+    task: str
+    key: MetricKey
+    higher_is_better: bool
+
+    @property
+    def length(self) -> int | None:
+        return self.key.length
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}@{self.length}" if self.length is not None else f"{self.task} ({self.key.metric})"
+
+
+@dataclass(frozen=True)
+class Delta:
+    value: float
+    half_width: float | None  # of the 95% interval; None when a stderr is missing
+
+    @property
+    def significant(self) -> bool:
+        return self.half_width is not None and abs(self.value) > self.half_width
+
+
+@dataclass
+class Row:
+    run: Run
+    cells: dict[Column, Score | None]
+    average: Score | None
+    reference: Run | None = None  # the same model unsteered, for steered rows
+    deltas: dict[Column, Delta | None] = field(default_factory=dict)
+    average_delta: Delta | None = None
+    rank: int | None = None
+
+    @property
+    def steered(self) -> bool:
+        return self.run.steering_spec_sha256 is not None
+
+
+@dataclass
+class Leaderboard:
+    columns: list[Column]
+    rows: list[Row]
+
+    @property
+    def length_tasks(self) -> list[str]:
+        return list(dict.fromkeys(c.task for c in self.columns if c.length is not None))
+
+    def length_columns(self, task: str) -> list[Column]:
+        return sorted(
+            (c for c in self.columns if c.task == task and c.length is not None), key=lambda c: c.length
+        )
+
+
+def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = None) -> Leaderboard:
+    """``metrics`` picks a task's metric by name (e.g. ``{"hellaswag": "acc_norm"}``); otherwise a task
+    shows its first reported metric, or all its lengths when its metrics are named by length."""
+    merged, _ = merge_runs(list(runs))
+    if not merged:
+        raise ValueError("no results to report")
+    merged.sort(key=lambda r: (r.model_label, r.model, r.backend, r.spec_label))
+    check_same_task_definitions(merged)
+    columns = _columns(merged, metrics or {})
+    rows = [_row(run, columns) for run in merged]
+    _add_deltas(rows, columns)
+    _rank(rows)
+    rows.sort(key=lambda r: (r.rank is None, r.rank or 0, r.run.model_label, r.run.spec_label))
+    return Leaderboard(columns, rows)
+
+
+def check_same_task_definitions(runs: list[Run]) -> None:
+    """A column compares scores of one task definition; results from different task versions, configs,
+    shot counts or sample limits cannot share it."""
+    first: dict[str, TaskResult] = {}
+    for run in runs:
+        for name, task in run.tasks.items():
+            seen = first.setdefault(name, task)
+            for what, a, b in task_differences(seen, task):
+                raise ResultsError(
+                    task.source,
+                    f"mixed results: task '{name}' has {what} {b} here but {a} in {seen.source}; "
+                    "report results of one task definition together",
+                )
+
+
+def task_differences(a: TaskResult, b: TaskResult) -> list[tuple[str, object, object]]:
+    """What makes two results of a task incomparable: (what, value in a, value in b)."""
+    found = []
+    if a.version != b.version:
+        found.append(("task version", a.version, b.version))
+    if a.n_shot != b.n_shot:
+        found.append(("n-shot", a.n_shot, b.n_shot))
+    if a.n_samples != b.n_samples:
+        found.append(("number of evaluated documents", a.n_samples, b.n_samples))
+    if a.config_sha256 != b.config_sha256:
+        fields = sorted(k for k in set(a.config) | set(b.config) if a.config.get(k) != b.config.get(k))
+        found.append(
+            (
+                "a task config differing in " + ", ".join(fields) + ", config sha256",
+                a.config_sha256[:12],
+                b.config_sha256[:12],
+            )
+        )
+    if a.task_hash and b.task_hash and a.task_hash != b.task_hash:
+        found.append(("documents/prompts hash (task_hashes)", a.task_hash[:12], b.task_hash[:12]))
+    return found
+
+
+def _columns(runs: list[Run], metrics: Mapping[str, str]) -> list[Column]:
+    unknown = sorted(set(metrics) - {name for run in runs for name in run.tasks})
+    if unknown:
+        raise ValueError(f"--metric names tasks that are in no results file: {', '.join(unknown)}")
+    columns: list[Column] = []
+    for task in sorted({name for run in runs for name in run.tasks}):
+        result = next(run.tasks[task] for run in runs if task in run.tasks)
+        keys = list(dict.fromkeys(k for run in runs if task in run.tasks for k in run.tasks[task].scores))
+        if task in metrics:
+            chosen = [k for k in keys if k.metric == metrics[task]][:1]
+            if not chosen:
+                have = ", ".join(sorted({k.metric for k in keys}))
+                raise ValueError(f"task '{task}' has no metric '{metrics[task]}' (it has: {have})")
+        elif any(k.length is not None for k in keys):
+            filter_name = next(k.filter for k in keys if k.length is not None)
+            chosen = sorted(
+                (k for k in keys if k.length is not None and k.filter == filter_name), key=lambda k: k.length
+            )
+        else:
+            chosen = keys[:1]
+        columns.extend(Column(task, k, result.is_higher_better(k)) for k in chosen)
+    return columns
+
+
+def _row(run: Run, columns: list[Column]) -> Row:
+    cells = {c: run.tasks[c.task].scores.get(c.key) if c.task in run.tasks else None for c in columns}
+    return Row(run=run, cells=cells, average=_average(cells, columns))
+
+
+def _average(cells: Mapping[Column, Score | None], columns: list[Column]) -> Score | None:
+    """Mean over tasks of each task's score (a task measured at several lengths scores the mean of its
+    lengths); only columns where higher is better, and only when the row has all of them."""
+    per_task: dict[str, list[Score]] = {}
+    for column in columns:
+        if not column.higher_is_better:
+            continue
+        score = cells[column]
+        if score is None:
+            return None
+        per_task.setdefault(column.task, []).append(score)
+    if not per_task:
+        return None
+    return mean_score([mean_score(scores) for scores in per_task.values()])
+
+
+def mean_score(scores: list[Score]) -> Score:
+    """The mean of independent scores, with the stderr of that mean (None if any stderr is unknown)."""
+    value = sum(s.value for s in scores) / len(scores)
+    if any(s.stderr is None for s in scores):
+        return Score(value, None)
+    return Score(value, math.sqrt(sum(s.stderr**2 for s in scores)) / len(scores))
+
+
+def delta(current: Score | None, reference: Score | None) -> Delta | None:
+    if current is None or reference is None:
+        return None
+    if current.stderr is None or reference.stderr is None:
+        return Delta(current.value - reference.value, None)
+    return Delta(current.value - reference.value, Z_95 * math.hypot(current.stderr, reference.stderr))
+
+
+def _add_deltas(rows: list[Row], columns: list[Column]) -> None:
+    unsteered = [r for r in rows if not r.steered]
+    for row in rows:
+        if not row.steered:
+            continue
+        same_model = [u for u in unsteered if u.run.model == row.run.model]
+        # prefer the same backend (a mamba-steered run without a spec), else e.g. the plain `hf` run
+        same_model.sort(key=lambda u: (u.run.backend != row.run.backend, u.run.backend))
+        if not same_model:
+            continue
+        ref = same_model[0]
+        row.reference = ref.run
+        row.deltas = {c: delta(row.cells[c], ref.cells[c]) for c in columns}
+        row.average_delta = delta(row.average, ref.average)
+
+
+def _rank(rows: list[Row]) -> None:
+    """Competition ranking by average (1, 2, 2, 4); rows without an average are not ranked."""
+    ranked = sorted((r for r in rows if r.average is not None), key=lambda r: -r.average.value)
+    for i, row in enumerate(ranked):
+        tie = i > 0 and ranked[i - 1].average.value == row.average.value
+        row.rank = ranked[i - 1].rank if tie else i + 1

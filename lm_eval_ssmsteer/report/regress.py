@@ -1,0 +1,224 @@
+"""Regression checks: current results against a baseline, metric by metric, with a statistical tolerance.
+
+A metric regresses when it moves in its worse direction by more than
+``max(floor, z * sqrt(se_baseline**2 + se_current**2))``; where lm-eval reports no stderr only the
+floor applies. Results made with different task definitions (version, config, documents, shots) are not
+compared at all unless the caller allows it: a changed task makes any difference meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lm_eval_ssmsteer.report.leaderboard import task_differences
+from lm_eval_ssmsteer.report.results import (
+    BASELINE_FORMAT,
+    MetricKey,
+    Run,
+    Score,
+    load_runs,
+    merge_runs,
+    run_to_baseline,
+)
+
+DEFAULT_Z = 1.96
+DEFAULT_FLOOR = 0.01
+
+REGRESSED, IMPROVED, WITHIN, UNCHANGED, MISSING = (
+    "REGRESSED",
+    "improved",
+    "within tolerance",
+    "unchanged",
+    "MISSING",
+)
+
+
+class NotComparable(Exception):
+    """Baseline and current results cannot be compared; the message lists every reason."""
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    run_label: str
+    task: str
+    key: MetricKey
+    baseline: Score
+    current: Score | None
+    tolerance: float | None
+    status: str
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.current is None else self.current.value - self.baseline.value
+
+
+@dataclass
+class Comparison:
+    changes: list[MetricChange]
+    warnings: list[str]
+
+    @property
+    def failed(self) -> list[MetricChange]:
+        return [c for c in self.changes if c.status in (REGRESSED, MISSING)]
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.changes)
+
+
+def tolerance(baseline: Score, current: Score, z: float, floor: float) -> float:
+    spread = math.hypot(baseline.stderr or 0.0, current.stderr or 0.0)
+    return max(floor, z * spread)
+
+
+def compare(
+    baseline: Iterable[Run],
+    current: Iterable[Run],
+    *,
+    z: float = DEFAULT_Z,
+    floor: float = DEFAULT_FLOOR,
+    allow_config_mismatch: bool = False,
+) -> Comparison:
+    """Every metric of every baseline run against the current run of the same backend, model and spec.
+
+    Raises NotComparable when the two share no run, or when a task's definition differs (unless
+    ``allow_config_mismatch``, which turns those into warnings).
+    """
+    base_runs, _ = merge_runs(list(baseline))
+    current_by_key = {run.key: run for run in merge_runs(list(current))[0]}
+    if not any(run.key in current_by_key for run in base_runs):
+        raise NotComparable(
+            "no run in the current results matches one in the baseline (same backend, model and steering "
+            f"spec).\n  baseline: {_describe(base_runs)}\n  current:  {_describe(current_by_key.values())}"
+        )
+    mismatches: list[str] = []
+    warnings: list[str] = []
+    changes: list[MetricChange] = []
+    for base in base_runs:
+        label = _label(base)
+        cur = current_by_key.get(base.key)
+        for task_name, base_task in sorted(base.tasks.items()):
+            cur_task = cur.tasks.get(task_name) if cur else None
+            if cur_task is None:
+                changes.extend(
+                    MetricChange(label, task_name, key, score, None, None, MISSING)
+                    for key, score in base_task.scores.items()
+                )
+                continue
+            for what, a, b in task_differences(base_task, cur_task):
+                mismatches.append(f"{label}, task '{task_name}': {what} {a} in the baseline, {b} now")
+            if base.lm_eval_version != cur.lm_eval_version:
+                warnings.append(
+                    f"{label}: baseline made with lm-eval {base.lm_eval_version}, current with "
+                    f"{cur.lm_eval_version}; scores can shift between lm-eval versions"
+                )
+            for key, score in base_task.scores.items():
+                changes.append(
+                    _change(
+                        label,
+                        task_name,
+                        key,
+                        score,
+                        cur_task.scores.get(key),
+                        base_task.is_higher_better(key),
+                        z,
+                        floor,
+                    )
+                )
+    if mismatches and not allow_config_mismatch:
+        raise NotComparable(
+            "the results were made with different task definitions, so their scores are not comparable:\n  "
+            + "\n  ".join(mismatches)
+            + "\nRe-make the baseline with the current tasks, or pass --allow-config-mismatch to compare."
+        )
+    warnings = list(dict.fromkeys(warnings + [f"compared despite: {m}" for m in mismatches]))
+    return Comparison(changes, warnings)
+
+
+def _change(
+    label: str,
+    task: str,
+    key: MetricKey,
+    base: Score,
+    cur: Score | None,
+    higher_is_better: bool,
+    z: float,
+    floor: float,
+) -> MetricChange:
+    if cur is None:
+        return MetricChange(label, task, key, base, None, None, MISSING)
+    tol = tolerance(base, cur, z, floor)
+    gain = (cur.value - base.value) * (1 if higher_is_better else -1)
+    if gain == 0:
+        status = UNCHANGED
+    elif gain < -tol:
+        status = REGRESSED
+    elif gain > tol:
+        status = IMPROVED
+    else:
+        status = WITHIN
+    return MetricChange(label, task, key, base, cur, tol, status)
+
+
+def _label(run: Run) -> str:
+    return f"{run.model_label} [{run.backend}] {run.spec_label}"
+
+
+def _describe(runs: Iterable[Run]) -> str:
+    return "; ".join(_label(run) for run in runs) or "(none)"
+
+
+def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
+    """A Markdown table of what changed (every metric with ``show_all``), then a one-line summary."""
+    shown = [c for c in comparison.changes if show_all or c.status != UNCHANGED]
+    header = ["run", "task", "metric", "baseline", "current", "Δ", "tolerance", "status"]
+    lines = []
+    if shown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        for c in shown:
+            cells = [
+                c.run_label,
+                c.task,
+                str(c.key),
+                _fmt(c.baseline),
+                _fmt(c.current),
+                "—" if c.delta is None else f"{c.delta:+.4f}",
+                "—" if c.tolerance is None else f"{c.tolerance:.4f}",
+                c.status,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    counts = ", ".join(
+        f"{comparison.count(s)} {s.lower()}" for s in (REGRESSED, MISSING, IMPROVED, WITHIN, UNCHANGED)
+    )
+    lines.append(f"{len(comparison.changes)} metrics compared: {counts}.")
+    lines.extend(f"warning: {w}" for w in comparison.warnings)
+    return "\n".join(lines)
+
+
+def _fmt(score: Score | None) -> str:
+    if score is None:
+        return "—"
+    return f"{score.value:.4f}" + ("" if score.stderr is None else f" ± {score.stderr:.4f}")
+
+
+def write_baseline(results_paths: Iterable[str | Path], out_file: str | Path) -> Path:
+    """Freeze lm-eval results (files or folders) as a baseline for ``ssmsteer regress --baseline``.
+
+    The baseline keeps, per run, what a comparison needs: backend, model, spec and its hash, and per
+    task its version, shots, document count, normalised config and scores with stderr. When a folder
+    holds reruns, the newest result of each task is kept.
+    """
+    runs, _ = merge_runs(load_runs(results_paths))
+    runs.sort(key=lambda r: (r.model, r.backend, r.steering_spec_sha256 or ""))
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {"format": BASELINE_FORMAT, "runs": [run_to_baseline(run) for run in runs]}
+    out.write_text(
+        json.dumps(document, indent=1, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return out

@@ -1,0 +1,390 @@
+"""The leaderboard as Markdown, CSV (wide leaderboard and one long row per score) and one self-contained
+HTML page (sortable tables, plots inlined as base64 PNG), plus the plots as PNG files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+from lm_eval_ssmsteer.report.leaderboard import Delta, Leaderboard, Row
+from lm_eval_ssmsteer.report.results import Score
+
+MARKDOWN = "leaderboard.md"
+CSV = "leaderboard.csv"
+SCORES_CSV = "scores.csv"
+HTML = "report.html"
+NO_VALUE = "—"
+
+
+def write_report(board: Leaderboard, out_dir: Path, title: str = "ssmsteer leaderboard") -> list[Path]:
+    """Writes every format into ``out_dir``; returns the files written."""
+    from lm_eval_ssmsteer.report.plots import draw_plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = draw_plots(board)
+    files = {
+        MARKDOWN: to_markdown(board, title, plot_files=list(plots)).encode("utf-8"),
+        CSV: to_csv(board).encode("utf-8"),
+        SCORES_CSV: scores_csv(board).encode("utf-8"),
+        HTML: to_html(board, title, plots).encode("utf-8"),
+        **plots,
+    }
+    written = []
+    for name, data in files.items():
+        path = out_dir / name
+        path.write_bytes(data)
+        written.append(path)
+    return written
+
+
+def format_score(score: Score | None) -> str:
+    if score is None:
+        return NO_VALUE
+    return f"{score.value:.4f}" if score.stderr is None else f"{score.value:.4f} ± {score.stderr:.4f}"
+
+
+def format_delta(d: Delta | None) -> str:
+    if d is None:
+        return NO_VALUE
+    interval = "±?" if d.half_width is None else f"±{d.half_width:.4f}"
+    return f"{d.value:+.4f} ({interval}){' *' if d.significant else ''}"
+
+
+def _rank(row: Row) -> str:
+    return NO_VALUE if row.rank is None else str(row.rank)
+
+
+def _header(board: Leaderboard) -> list[str]:
+    return [
+        "rank",
+        "model",
+        "backend",
+        "steering",
+        *(c.label for c in board.columns),
+        "average",
+        "Δ average vs unsteered (95% CI)",
+    ]
+
+
+def _cells(board: Leaderboard, row: Row) -> list[str]:
+    return [
+        _rank(row),
+        row.run.model_label,
+        row.run.backend,
+        row.run.spec_label,
+        *(format_score(row.cells[c]) for c in board.columns),
+        format_score(row.average),
+        format_delta(row.average_delta),
+    ]
+
+
+def _gain_header(board: Leaderboard) -> list[str]:
+    return ["model", "steering", "reference", *(c.label for c in board.columns), "average"]
+
+
+def _gain_cells(board: Leaderboard, row: Row) -> list[str]:
+    reference = f"{row.reference.backend} · {row.reference.spec_label}"
+    return [
+        row.run.model_label,
+        row.run.spec_label,
+        reference,
+        *(format_delta(row.deltas.get(c)) for c in board.columns),
+        format_delta(row.average_delta),
+    ]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)])
+
+
+def to_markdown(
+    board: Leaderboard, title: str = "ssmsteer leaderboard", plot_files: tuple[str, ...] | list[str] = ()
+) -> str:
+    parts = [
+        f"# {title}",
+        "",
+        "Scores are value ± lm-eval stderr. The average is the mean over tasks (a task measured at several "
+        "lengths counts once, as the mean of its lengths) of the columns where higher is better; rows "
+        "missing a task get no average and no rank. Δ: steered − the same model unsteered, with the "
+        "half-width of its 95% interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown; * where the "
+        "interval excludes 0.",
+        "",
+        _markdown_table(_header(board), [_cells(board, row) for row in board.rows]),
+    ]
+    steered = [row for row in board.rows if row.reference is not None]
+    if steered:
+        parts += [
+            "",
+            "## Steering gains per task",
+            "",
+            _markdown_table(_gain_header(board), [_gain_cells(board, row) for row in steered]),
+        ]
+    for name in plot_files:
+        parts += ["", f"![{name}]({name})"]
+    parts += [
+        "",
+        "## Sources",
+        "",
+        *(
+            f"- {row.run.model_label} · {row.run.spec_label}: {', '.join(_sources(row))}"
+            for row in board.rows
+        ),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _sources(row: Row) -> list[str]:
+    return sorted({str(task.source) for task in row.run.tasks.values()})
+
+
+def _number(x: float | None) -> str:
+    return "" if x is None else repr(x)
+
+
+def to_csv(board: Leaderboard) -> str:
+    """The wide leaderboard: raw numbers, one value and one stderr column per task column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    score_headers = [h for c in board.columns for h in (c.label, f"{c.label} stderr")]
+    writer.writerow(
+        [
+            "rank",
+            "model",
+            "backend",
+            "steering",
+            "steering_spec_sha256",
+            *score_headers,
+            "average",
+            "average stderr",
+            "delta average",
+            "delta average ci95 half-width",
+        ]
+    )
+    for row in board.rows:
+        scores = [x for c in board.columns for x in _pair(row.cells[c])]
+        d = row.average_delta
+        writer.writerow(
+            [
+                row.rank or "",
+                row.run.model,
+                row.run.backend,
+                row.run.spec_label,
+                row.run.steering_spec_sha256 or "",
+                *scores,
+                *_pair(row.average),
+                _number(d.value if d else None),
+                _number(d.half_width if d else None),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _pair(score: Score | None) -> tuple[str, str]:
+    return ("", "") if score is None else (_number(score.value), _number(score.stderr))
+
+
+def scores_csv(board: Leaderboard) -> str:
+    """Every score of every run, one per line (all metrics, not only the leaderboard's columns)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "model",
+            "backend",
+            "steering",
+            "steering_spec_sha256",
+            "task",
+            "version",
+            "metric",
+            "filter",
+            "length",
+            "value",
+            "stderr",
+            "higher_is_better",
+            "source",
+        ]
+    )
+    for row in board.rows:
+        run = row.run
+        for name, task in sorted(run.tasks.items()):
+            for key, score in task.scores.items():
+                writer.writerow(
+                    [
+                        run.model,
+                        run.backend,
+                        run.spec_label,
+                        run.steering_spec_sha256 or "",
+                        name,
+                        task.version,
+                        key.metric,
+                        key.filter,
+                        "" if key.length is None else key.length,
+                        _number(score.value),
+                        _number(score.stderr),
+                        task.is_higher_better(key),
+                        task.source,
+                    ]
+                )
+    return buffer.getvalue()
+
+
+# Sorting reads each cell's data-sort (a number, or empty for no value, which always sorts last).
+_SORT_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, index) {
+    th.addEventListener("click", function () {
+      var descending = th.getAttribute("aria-sort") !== "descending";
+      table.querySelectorAll("th").forEach(function (other) { other.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", descending ? "descending" : "ascending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[index].dataset.sort, y = b.cells[index].dataset.sort;
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var nx = Number(x), ny = Number(y);
+        var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return descending ? -order : order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+td.text, th.text { text-align: left; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; }
+th[aria-sort="descending"]::after { content: " ▼"; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+td.significant { font-weight: bold; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+p.note { max-width: 60em; color: #555; }
+"""
+
+
+def _td(text: str, sort: float | str | None, *, numeric: bool = True, css: str = "") -> str:
+    classes = " ".join(filter(None, ["" if numeric else "text", css]))
+    sort_text = "" if sort is None else (repr(sort) if isinstance(sort, float) else str(sort))
+    class_attr = f' class="{classes}"' if classes else ""
+    return f'<td{class_attr} data-sort="{html.escape(sort_text)}">{html.escape(text)}</td>'
+
+
+def _th(text: str, numeric: bool = True) -> str:
+    css = "" if numeric else ' class="text"'
+    return f'<th{css} title="click to sort">{html.escape(text)}</th>'
+
+
+def _score_td(score: Score | None) -> str:
+    return _td(format_score(score), None if score is None else score.value)
+
+
+def _delta_td(d: Delta | None) -> str:
+    return _td(
+        format_delta(d), None if d is None else d.value, css="significant" if d and d.significant else ""
+    )
+
+
+def _html_table(table_id: str, header: list[tuple[str, bool]], rows: list[list[str]]) -> str:
+    head = "".join(_th(text, numeric) for text, numeric in header)
+    body = "\n".join(f"<tr>{''.join(cells)}</tr>" for cells in rows)
+    return (
+        f'<table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody></table>"
+    )
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def to_html(board: Leaderboard, title: str, plots: dict[str, bytes]) -> str:
+    text_columns = [("model", False), ("backend", False), ("steering", False)]
+    leaderboard = _html_table(
+        "leaderboard",
+        [
+            ("rank", True),
+            *text_columns,
+            *((c.label, True) for c in board.columns),
+            ("average", True),
+            ("Δ average vs unsteered (95% CI)", True),
+        ],
+        [
+            [
+                _td(_rank(row), row.rank),
+                _td(row.run.model_label, row.run.model_label, numeric=False),
+                _td(row.run.backend, row.run.backend, numeric=False),
+                _td(row.run.spec_label, row.run.spec_label, numeric=False),
+                *(_score_td(row.cells[c]) for c in board.columns),
+                _score_td(row.average),
+                _delta_td(row.average_delta),
+            ]
+            for row in board.rows
+        ],
+    )
+    steered = [row for row in board.rows if row.reference is not None]
+    gains = ""
+    if steered:
+        gains = "<h2>Steering gains per task</h2>\n" + _html_table(
+            "gains",
+            [
+                ("model", False),
+                ("steering", False),
+                ("reference", False),
+                *((c.label, True) for c in board.columns),
+                ("average", True),
+            ],
+            [
+                [
+                    _td(row.run.model_label, row.run.model_label, numeric=False),
+                    _td(row.run.spec_label, row.run.spec_label, numeric=False),
+                    _td(
+                        f"{row.reference.backend} · {row.reference.spec_label}",
+                        row.reference.backend,
+                        numeric=False,
+                    ),
+                    *(_delta_td(row.deltas.get(c)) for c in board.columns),
+                    _delta_td(row.average_delta),
+                ]
+                for row in steered
+            ],
+        )
+    figures = "\n".join(
+        f'<figure><img alt="{html.escape(name)}" src="{_data_url(png)}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, png in plots.items()
+    )
+    sources = "\n".join(
+        f"<li>{html.escape(row.run.model_label)} · {html.escape(row.run.spec_label)}: "
+        f"{html.escape(', '.join(_sources(row)))}</li>"
+        for row in board.rows
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Scores are value ± lm-eval stderr; click a column header to sort. The average is the mean
+over tasks (a task measured at several lengths counts once, as the mean of its lengths) of the columns
+where higher is better; rows missing a task get no average and no rank. Δ: steered − the same model
+unsteered, ± the half-width of its 95% interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown;
+bold and * where the interval excludes 0.</p>
+{leaderboard}
+{gains}
+<h2>Plots</h2>
+{figures or "<p>No plots: no task reports scores by length and no run is steered.</p>"}
+<h2>Sources</h2>
+<ul>
+{sources}
+</ul>
+<script>{_SORT_SCRIPT}</script>
+</body></html>
+"""
