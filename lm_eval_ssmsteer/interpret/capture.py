@@ -82,7 +82,9 @@ class LayerCapture:
 
 
 @torch.no_grad()
-def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]) -> dict[int, LayerCapture]:
+def capture_layers(
+    model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
+) -> dict[int, LayerCapture]:
     """Run the model once (no cache) and record each chosen block's residual input, mixer input and output."""
     blocks = mamba_layers(model)
     layers = check_layers(layers, len(blocks))
@@ -107,7 +109,9 @@ def capture_layers(model: nn.Module, input_ids: torch.Tensor, layers: Iterable[i
     return {i: LayerCapture(**{k: t.detach().float() for k, t in seen[i].items()}) for i in layers}
 
 
-def layer_internals(model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]) -> dict[int, MixerInternals]:
+def layer_internals(
+    model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
+) -> dict[int, MixerInternals]:
     """Mixer internals of each chosen layer for one forward pass of input_ids (1, l)."""
     blocks = mamba_layers(model)
     captured = capture_layers(model, input_ids, layers)

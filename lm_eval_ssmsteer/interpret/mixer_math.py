@@ -8,7 +8,7 @@ an equation. Notation, per position t (HF parameter names):
 
 Mamba-1 / FalconMamba (channels e of d_in, state n of N):
     [u; z] = in_proj(x)
-    c_t = conv_b + Σ_{ℓ=0}^{K-1} w_ℓ ⊙ u_{t-ℓ}          (w_ℓ = conv1d.weight[:, 0, K-1-ℓ]: HF stores taps oldest first)
+    c_t = conv_b + Σ_{ℓ=0}^{K-1} w_ℓ ⊙ u_{t-ℓ}    (w_ℓ = conv1d.weight[:, 0, K-1-ℓ]: taps oldest first)
     v_t = SiLU(c_t)
     [r; B_t; C_t] = x_proj(v_t);  Δ_t = softplus(dt_proj.weight @ r + dt_proj.bias)
         (FalconMamba: weightless RMS norms on r, B_t, C_t before use)
@@ -109,7 +109,7 @@ def _mask_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch
 
 
 def causal_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """c_t = bias + Σ_ℓ w_ℓ ⊙ u_{t-ℓ}, with w_ℓ = weight[:, K-1-ℓ]; u (b, l, d), weight (d, K) -> (b, l, d)."""
+    """c_t = bias + Σ_ℓ w_ℓ ⊙ u_{t-ℓ}, w_ℓ = weight[:, K-1-ℓ]; u (b, l, d), weight (d, K) -> (b, l, d)."""
     K = weight.shape[1]
     c = bias.expand_as(u).clone()
     for lag in range(K):
@@ -160,7 +160,9 @@ def mamba2_scan(
     return torch.stack(ys, dim=1) + D[:, None] * v
 
 
-def readout(internals: MixerInternals, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def readout(
+    internals: MixerInternals, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """From a scan output y (b, l, d) to (gated, output, rms); the Mamba-2 norm is recomputed from y."""
     gated = y * F.silu(internals.z)  # (b, l, d)
     rms = None
@@ -215,7 +217,9 @@ def mixer_internals(
             r, B, C = rms_norm(r, mixer.rms_eps), rms_norm(B, mixer.rms_eps), rms_norm(C, mixer.rms_eps)
         delta = F.softplus(r @ _f32(mixer.dt_proj.weight).T + _f32(mixer.dt_proj.bias))  # (b, l, d)
         y = mamba1_scan(v, delta, A, B, C, D)
-        internals = MixerInternals(kind, u, z, conv_pre, v, delta, A, B, C, D, y, conv_w, conv_b, out_w, out_b)
+        internals = MixerInternals(
+            kind, u, z, conv_pre, v, delta, A, B, C, D, y, conv_w, conv_b, out_w, out_b
+        )
     else:
         H, p, G, N = mixer.num_heads, mixer.head_dim, mixer.n_groups, mixer.ssm_state_size
         z, xBC, dt = torch.split(projected, [d, mixer.conv_dim, H], dim=-1)

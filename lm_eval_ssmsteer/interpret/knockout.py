@@ -1,0 +1,209 @@
+"""Mamba Knockout (Endy et al. 2025): block the flow from source tokens to target tokens in a window of
+layers, optionally only through the fastest- or slowest-decaying features, and measure the prediction.
+
+In each mixer of the window, target positions t read a scan whose state skipped the source inputs
+(still decaying over them); every other position is untouched. Because the state is linear in its
+inputs, that knocked-out readout is exactly the hidden attention with the entries α[t, s] removed:
+
+    y_t ← y_t − Σ_{s ∈ sources, s ≤ t} knocked ⊙ α_{t,s} ⊙ v_s          (t ∈ targets)
+
+which for Mamba-2 is the SSD matrix M[t, s] = (C_t·B_s)·exp(A_h Σ_{k=s+1..t} Δ_k)·Δ_s masked per head.
+Not knocked out (as in the paper): the causal conv (a source leaks into the next K−1 positions'
+v), the D skip, and the gate. The knocked y then goes through the same readout (gate, Mamba-2 norm,
+out_proj) as the unintervened mixer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from lm_eval_ssmsteer.interpret.attention import DEFAULT_MEMORY_BYTES, channel_attention_rows, row_chunks
+from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions, mamba_layers
+from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals, mixer_internals, readout
+
+FEATURES = ("all", "fast", "slow")
+
+
+@dataclass(frozen=True)
+class KnockoutSpec:
+    """Which flow to block: from token positions ``sources`` to ``targets`` (negative = from the end) in
+    mixers ``layers``, through ``features`` ("all", "fast" or "slow" third of channels/heads by decay)."""
+
+    layers: tuple[int, ...]
+    sources: tuple[int, ...]
+    targets: tuple[int, ...]
+    features: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise ValueError(f"features {self.features!r} is not one of {', '.join(FEATURES)}")
+        if not self.layers:
+            raise ValueError("the knockout window is empty: give at least one layer")
+        if not self.targets:
+            raise ValueError("no target positions given: give at least one token index")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decay_score(internals: MixerInternals) -> torch.Tensor:
+    """How slowly each feature forgets: Σ_n exp(A[e, n]) per channel (Mamba-1), exp(A_h) per head
+    (Mamba-2); A = −exp(A_log), so exp(A) = exp(−exp(A_log)). Larger = slower decay."""
+    if internals.kind == MAMBA1:
+        return torch.exp(internals.A).sum(-1)  # (d,)
+    return torch.exp(internals.A)  # (H,)
+
+
+def knocked_channels(internals: MixerInternals, features: str) -> torch.Tensor:
+    """Bool (d,): the channels whose flow is knocked out. "fast"/"slow": the third of the features
+    (channels for Mamba-1, heads for Mamba-2, at least one) with the fastest/slowest decay."""
+    score = decay_score(internals)
+    knocked = torch.ones_like(score, dtype=torch.bool)
+    if features != "all":
+        third = max(1, score.numel() // 3)
+        order = torch.argsort(score, descending=features == "slow")
+        knocked = torch.zeros_like(knocked)
+        knocked[order[:third]] = True
+    return knocked if internals.kind == MAMBA1 else knocked.repeat_interleave(internals.head_dim)
+
+
+def _runs(positions: Sequence[int], max_rows: int) -> Iterator[range]:
+    """Sorted positions grouped into contiguous ranges of at most max_rows."""
+    start = prev = None
+    for pos in positions:
+        if start is not None and pos == prev + 1 and pos - start < max_rows:
+            prev = pos
+            continue
+        if start is not None:
+            yield range(start, prev + 1)
+        start = prev = pos
+    if start is not None:
+        yield range(start, prev + 1)
+
+
+def knocked_scan(
+    internals: MixerInternals,
+    sources: Sequence[int],
+    targets: Sequence[int],
+    features: str = "all",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+) -> torch.Tensor:
+    """The scan output y (b, l, d) with the flow sources -> targets removed (same positions for every
+    sequence of the batch; non-negative sorted indices, see check_positions)."""
+    y = internals.y.clone()
+    if not sources:
+        return y
+    length, d = internals.length, internals.v.shape[-1]
+    knocked = knocked_channels(internals, features).to(y.dtype)  # (d,)
+    source_mask = torch.zeros(length, dtype=y.dtype)
+    source_mask[list(sources)] = 1.0
+    rows_per_chunk = len(next(row_chunks(length, length * d * 4 * 4, memory_bytes)))
+    for b in range(y.shape[0]):
+        one = internals.select(b)
+        for rows in _runs(targets, rows_per_chunk):
+            alpha = channel_attention_rows(one, rows)  # (r, m_end, d)
+            blocked = alpha * source_mask[None, : rows.stop, None] * knocked  # the removed entries
+            y[b, rows.start : rows.stop] -= torch.einsum("imd,md->id", blocked, one.v[0, : rows.stop])
+    return y
+
+
+def _knockout_hook(spec: KnockoutSpec, memory_bytes: int):
+    def hook(mixer: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if kwargs.get("cache_params") is not None and hidden.shape[1] == 1:
+            raise RuntimeError(
+                "knockout recomputes whole sequences; it cannot run on a one-token decoding step with "
+                "a cache: call the model on the full input with use_cache=False"
+            )
+        length = hidden.shape[1]
+        sources = check_positions(spec.sources, length, "source")
+        targets = check_positions(spec.targets, length, "target")
+        internals = mixer_internals(mixer, hidden, kwargs.get("attention_mask"))
+        y = knocked_scan(internals, sources, targets, spec.features, memory_bytes)
+        _, knocked_output, _ = readout(internals, y)
+        output = output.clone()
+        output[:, list(targets)] = knocked_output[:, list(targets)].to(output.dtype)
+        return output
+
+    return hook
+
+
+@contextmanager
+def knockout(
+    model: nn.Module, spec: KnockoutSpec, memory_bytes: int = DEFAULT_MEMORY_BYTES
+) -> Iterator[None]:
+    """Within the block, every forward pass of ``model`` has the flow of ``spec`` knocked out."""
+    blocks = mamba_layers(model)
+    layers = check_layers(spec.layers, len(blocks))
+    handles = []
+    try:
+        for i in layers:
+            hook = _knockout_hook(spec, memory_bytes)
+            handles.append(blocks[i].mixer.register_forward_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class KnockoutEffect:
+    """Next-token prediction at ``position`` for ``target_token``, without and with the knockout."""
+
+    target_token: int
+    position: int
+    prob_base: float
+    prob_knocked: float
+    relative_change_pct: float  # 100 · (prob_knocked − prob_base) / prob_base
+    argmax_hit_base: bool
+    argmax_hit_knocked: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def next_token_probs(model: nn.Module, input_ids: torch.Tensor, position: int) -> torch.Tensor:
+    """Softmax over the vocabulary (fp32) of the prediction made at ``position`` of input_ids (1, l)."""
+    logits = model(input_ids=input_ids, use_cache=False).logits[0, position]
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def knockout_effect(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    spec: KnockoutSpec,
+    target_token: int | None = None,
+    position: int = -1,
+    base_probs: torch.Tensor | None = None,
+) -> KnockoutEffect:
+    """Probability of target_token (default: the unintervened argmax) predicted at ``position``, with and
+    without the knockout. Pass base_probs (from next_token_probs) to reuse the unintervened run."""
+    length = input_ids.shape[1]
+    (position,) = check_positions([position], length, "prediction")
+    check_positions(spec.sources, length, "source")
+    check_positions(spec.targets, length, "target")
+    if base_probs is None:
+        base_probs = next_token_probs(model, input_ids, position)
+    vocab = base_probs.shape[0]
+    if target_token is None:
+        target_token = int(base_probs.argmax())
+    elif not 0 <= target_token < vocab:
+        raise ValueError(f"target token id {target_token} is out of range: the vocabulary has {vocab} ids")
+    with knockout(model, spec):
+        knocked_probs = next_token_probs(model, input_ids, position)
+    base, knocked = float(base_probs[target_token]), float(knocked_probs[target_token])
+    return KnockoutEffect(
+        target_token=target_token,
+        position=position,
+        prob_base=base,
+        prob_knocked=knocked,
+        relative_change_pct=100.0 * (knocked - base) / base if base > 0 else 0.0,
+        argmax_hit_base=int(base_probs.argmax()) == target_token,
+        argmax_hit_knocked=int(knocked_probs.argmax()) == target_token,
+    )
