@@ -36,8 +36,8 @@ def _decay_exponent(S: torch.Tensor, rows: range) -> torch.Tensor:
     the precision of each difference; returns (r, rows.stop, f) fp32.
     """
     diff = (S[rows.start : rows.stop, None, :] - S[None, : rows.stop, :]).float()  # (r, m_end, f)
-    i = torch.arange(rows.start, rows.stop)[:, None]
-    m = torch.arange(rows.stop)[None, :]
+    i = torch.arange(rows.start, rows.stop, device=S.device)[:, None]
+    m = torch.arange(rows.stop, device=S.device)[None, :]
     return diff.masked_fill((m > i)[..., None], float("inf"))
 
 

@@ -100,7 +100,7 @@ def knocked_scan(
         return y
     length, d = internals.length, internals.v.shape[-1]
     knocked = knocked_channels(internals, features).to(y.dtype)  # (d,)
-    source_mask = torch.zeros(length, dtype=y.dtype)
+    source_mask = torch.zeros(length, dtype=y.dtype, device=y.device)
     source_mask[list(sources)] = 1.0
     rows_per_chunk = len(next(row_chunks(length, length * d * 4 * 4, memory_bytes)))
     for b in range(y.shape[0]):

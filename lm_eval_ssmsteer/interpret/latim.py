@@ -40,7 +40,7 @@ def contribution_rows(internals: MixerInternals, rows: range) -> tuple[torch.Ten
     """T_i(x_j) for i in rows, j < rows.stop: (r, rows.stop, d_model); and bias_i: (r, d_model)."""
     m_end = rows.stop
     alpha = channel_attention_rows(internals, rows)  # (r, m_end, d)
-    targets = torch.arange(rows.start, rows.stop)
+    targets = torch.arange(rows.start, rows.stop, device=alpha.device)
     alpha[targets - rows.start, targets] += diagonal_skip(internals)  # the D skip reads v_i itself
     weight_on_v = alpha * torch.sigmoid(internals.conv_pre[0, None, :m_end])  # (r, m_end, d)
     K = internals.conv_weight.shape[1]
@@ -104,7 +104,7 @@ def latim_maps(
         if residual is not None:
             r = residual[0, rows.start : rows.stop]  # (r, d_model)
             T_block = T.clone()
-            targets = torch.arange(rows.start, rows.stop)
+            targets = torch.arange(rows.start, rows.stop, device=T.device)
             T_block[targets - rows.start, targets] += r
             variants.append(("_block", T_block, output + r))
         for suffix, contributions, out in variants:
@@ -118,7 +118,7 @@ def latim_maps(
 def rollout(block_maps: list[torch.Tensor]) -> torch.Tensor:
     """Chain per-block maps (first layer first): R = M_L ⋯ M_1, R[i, j] = share of input token j in the
     last block's output at position i. Use the "_block" maps, which count the residual."""
-    result = torch.eye(block_maps[0].shape[0], dtype=block_maps[0].dtype)
+    result = torch.eye(block_maps[0].shape[0], dtype=block_maps[0].dtype, device=block_maps[0].device)
     for block_map in block_maps:
         result = block_map @ result
     return result

@@ -1,0 +1,226 @@
+"""``ssmsteer interpret attention|latim|knockout``: draw the maps of one input and write them as PNG,
+NPZ and JSON under --out."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from lm_eval_ssmsteer.interpret.attention import hidden_attention
+from lm_eval_ssmsteer.interpret.capture import (
+    capture_layers,
+    check_layers,
+    check_positions,
+    layer_window,
+    mamba_layers,
+)
+from lm_eval_ssmsteer.interpret.knockout import FEATURES, KnockoutSpec, knockout_effect, next_token_probs
+from lm_eval_ssmsteer.interpret.latim import METHODS, latim_maps, rollout
+from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, mixer_kind
+from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, save_npz, token_labels
+
+
+def parse_indices(text: str, what: str) -> list[int]:
+    """"0,3-5,-1" -> [0, 3, 4, 5, -1]: comma-separated indices and inclusive ranges a-b (0 <= a <= b)."""
+    indices: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span and int(span[1]) <= int(span[2]):
+            indices.extend(range(int(span[1]), int(span[2]) + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            indices.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"{what} {text!r}: expected indices and ranges like 0,3-5,-1")
+    return indices
+
+
+def _index_list(what: str):
+    return lambda text: parse_indices(text, what)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="shipped model name, HF id or local folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the input text")
+    source.add_argument("--text-file", type=Path, help="file holding the input text")
+    parser.add_argument("--layers", type=_index_list("--layers"), help="e.g. 0,2-4,-1 (default: all)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--memory-mb", type=int, default=256, help="budget for one chunk of target rows (default: 256)"
+    )
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "interpret",
+        help="hidden attention, LaTIM token maps and knockout for Mamba-1/Mamba-2 models",
+        description="Interpret one input: hidden attention, LaTIM token-to-token maps, knockout.",
+    )
+    analyses = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+
+    attention = analyses.add_parser("attention", help="hidden attention maps per layer")
+    _add_common(attention)
+    attention.add_argument(
+        "--aggregate", nargs="+", choices=("mean", "norm"), default=["mean", "norm"],
+        help="mean: mean of α over channels/heads; norm: ‖α_ij ⊙ v_j‖ over channels",
+    )
+    attention.add_argument(
+        "--per-feature", action="store_true",
+        help="also store the per-channel (Mamba-1) / per-head (Mamba-2) matrices in the NPZ",
+    )
+    attention.set_defaults(func=run_attention)
+
+    latim = analyses.add_parser("latim", help="LaTIM token-to-token maps per layer, and their rollout")
+    _add_common(latim)
+    latim.add_argument("--scores", nargs="+", choices=METHODS, default=list(METHODS))
+    latim.add_argument("--rollout", action="store_true", help="also chain the block maps across the layers")
+    latim.set_defaults(func=run_latim)
+
+    knock = analyses.add_parser("knockout", help="block sources -> targets in windows of layers")
+    _add_common(knock)
+    knock.add_argument("--sources", type=_index_list("--sources"), required=True, help="e.g. 3-7")
+    knock.add_argument("--targets", type=_index_list("--targets"), default=[-1], help="default: -1")
+    knock.add_argument("--window-size", type=int, default=9, help="layers per window (default: 9)")
+    knock.add_argument(
+        "--window-start", type=int, help="one window from this layer (default: every window; --layers "
+        "restricts the starts)",
+    )
+    knock.add_argument("--features", nargs="+", choices=FEATURES, default=["all"])
+    knock.add_argument("--position", type=int, default=-1, help="prediction position (default: -1)")
+    knock.add_argument("--target-token-id", type=int, help="token whose probability is measured "
+                       "(default: the unintervened prediction)")
+    knock.set_defaults(func=run_knockout)
+
+
+def _load(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_ssmsteer.loading import resolve_model_path
+
+    text = args.text if args.text is not None else args.text_file.read_text()
+    if not text:
+        raise ValueError("the input text is empty")
+    path = resolve_model_path(args.model)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(args.device).eval()
+    blocks = mamba_layers(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    input_ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)
+    layers = check_layers(args.layers if args.layers is not None else range(len(blocks)), len(blocks))
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": args.model,
+        "architecture": type(model).__name__,
+        "mixer": mixer_kind(blocks[0].mixer),
+        "n_layers": len(blocks),
+        "tokens": token_labels(tokenizer, input_ids[0].tolist()),
+        "token_ids": input_ids[0].tolist(),
+    }
+    return model, blocks, input_ids, layers, meta
+
+
+def _main(run):
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            written = run(args)
+        except ValueError as exc:
+            print(f"ssmsteer interpret {args.analysis}: error: {exc}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(path)
+        return 0
+
+    return wrapped
+
+
+@_main
+def run_attention(args: argparse.Namespace) -> list[Path]:
+    model, blocks, input_ids, layers, meta = _load(args)
+    captured = capture_layers(model, input_ids, layers)
+    arrays, written = {}, []
+    budget = args.memory_mb * 2**20
+    for layer in layers:
+        internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
+        for aggregate in args.aggregate:
+            matrix = hidden_attention(internals, aggregate, budget)
+            arrays[f"layer{layer}_{aggregate}"] = matrix
+            path = args.out / f"attention_layer{layer}_{aggregate}.png"
+            title = f"{args.model} layer {layer}: hidden attention ({aggregate})"
+            written.append(save_heatmap(matrix, meta["tokens"], path, title))
+        if args.per_feature:
+            arrays[f"layer{layer}_per_feature"] = hidden_attention(internals, "none", budget)
+    written.append(save_npz(args.out / "attention.npz", arrays))
+    written.append(save_json(args.out / "attention.json", {**meta, "layers": list(layers),
+                                                            "arrays": sorted(arrays)}))
+    return written
+
+
+@_main
+def run_latim(args: argparse.Namespace) -> list[Path]:
+    model, blocks, input_ids, layers, meta = _load(args)
+    if args.rollout and list(layers) != list(range(layers[0], layers[-1] + 1)):
+        raise ValueError(f"--rollout chains consecutive layers; got layers {list(layers)}")
+    captured = capture_layers(model, input_ids, layers)
+    arrays, written, block_maps = {}, [], {score: [] for score in args.scores}
+    for layer in layers:
+        internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
+        residual = captured[layer].residual if args.rollout else None
+        maps = latim_maps(internals, tuple(args.scores), residual, args.memory_mb * 2**20)
+        for score in args.scores:
+            arrays[f"layer{layer}_{score}"] = maps[score]
+            path = args.out / f"latim_layer{layer}_{score}.png"
+            title = f"{args.model} layer {layer}: LaTIM {score}"
+            written.append(save_heatmap(maps[score], meta["tokens"], path, title))
+            if args.rollout:
+                block_maps[score].append(maps[f"{score}_block"])
+    if args.rollout:
+        for score, chain in block_maps.items():
+            arrays[f"rollout_{score}"] = rolled = rollout(chain)
+            title = f"{args.model} layers {layers[0]}-{layers[-1]}: LaTIM {score} rollout"
+            path = args.out / f"latim_rollout_{score}.png"
+            written.append(save_heatmap(rolled, meta["tokens"], path, title))
+    written.append(save_npz(args.out / "latim.npz", arrays))
+    written.append(save_json(args.out / "latim.json", {**meta, "layers": list(layers),
+                                                        "arrays": sorted(arrays)}))
+    return written
+
+
+@_main
+def run_knockout(args: argparse.Namespace) -> list[Path]:
+    model, blocks, input_ids, layers, meta = _load(args)
+    n_layers, length = len(blocks), input_ids.shape[1]
+    check_positions(args.sources, length, "source")
+    check_positions(args.targets, length, "target")
+    (position,) = check_positions([args.position], length, "prediction")
+    if args.window_start is not None:
+        windows = [layer_window(args.window_start, args.window_size, n_layers)]
+    else:
+        layer_window(0, args.window_size, n_layers)  # refuses an empty or too large window
+        starts = [s for s in layers if s + args.window_size <= n_layers]
+        windows = [layer_window(s, args.window_size, n_layers) for s in starts]
+    base_probs = next_token_probs(model, input_ids, position)
+    results = []
+    for features in args.features:
+        for window in windows:
+            spec = KnockoutSpec(window, tuple(args.sources), tuple(args.targets), features)
+            effect = knockout_effect(model, input_ids, spec, args.target_token_id, position, base_probs)
+            results.append({"spec": spec.to_dict(), **effect.to_dict()})
+    written = [save_json(args.out / "knockout.json", {**meta, "results": results})]
+    if len(windows) > 1:
+        starts = [w[0] for w in windows]
+        series = {
+            f"features={f}": [r["relative_change_pct"] for r in results if r["spec"]["features"] == f]
+            for f in args.features
+        }
+        title = f"{args.model}: knockout {args.sources} -> {args.targets}, windows of {args.window_size}"
+        written.append(save_lines(starts, series, args.out / "knockout.png", title,
+                                  "first layer of the window", "target probability change (%)"))
+    for r in results:
+        print(f"layers {r['spec']['layers'][0]}-{r['spec']['layers'][-1]} features={r['spec']['features']}: "
+              f"p={r['prob_knocked']:.4f} (base {r['prob_base']:.4f}, {r['relative_change_pct']:+.1f}%), "
+              f"argmax hit {r['argmax_hit_knocked']}")
+    return written
