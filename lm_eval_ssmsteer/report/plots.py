@@ -12,6 +12,9 @@ import math
 from lm_eval_ssmsteer.report.leaderboard import Z_95, Leaderboard, Row
 
 LENGTH_PLOT = "accuracy_vs_length.png"
+# rows with equal scores overlap exactly; distinct markers and dashes keep every row visible
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", ":", "-.")
 GAINS_PLOT = "steering_gains.png"
 
 
@@ -53,14 +56,16 @@ def _length_plot(board: Leaderboard) -> bytes:
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         columns = board.length_columns(task)
-        for row in board.rows:
+        for i, row in enumerate(board.rows):
             points = [(c.length, row.cells[c]) for c in columns if row.cells[c] is not None]
             if points:
                 ax.errorbar(
                     [length for length, _ in points],
                     [score.value for _, score in points],
                     yerr=[Z_95 * (score.stderr or 0.0) for _, score in points],
-                    marker="o",
+                    marker=MARKERS[i % len(MARKERS)],
+                    linestyle=LINESTYLES[i % len(LINESTYLES)],
+                    markersize=7 - (i % 3),
                     capsize=3,
                     label=row_label(row),
                 )
@@ -69,7 +74,7 @@ def _length_plot(board: Leaderboard) -> bytes:
         ax.set_ylabel(columns[0].key.metric if columns[0].length is None else "score")
         ax.set_title(task)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     fig.suptitle("Score vs context length (bars: 95% interval where lm-eval reports a stderr)")
@@ -99,5 +104,5 @@ def _gains_plot(board: Leaderboard) -> bytes:
     ax.set_xlabel("steered − unsteered (bars: 95% interval where known)")
     ax.set_title("Steering gains over the same model unsteered")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return _png(plt, fig)

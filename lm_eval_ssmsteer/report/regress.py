@@ -88,18 +88,22 @@ def compare(
     ``allow_config_mismatch``, which turns those into warnings).
     """
     base_runs, _ = merge_runs(list(baseline))
-    current_by_key = {run.key: run for run in merge_runs(list(current))[0]}
-    if not any(run.key in current_by_key for run in base_runs):
+    current_runs, _ = merge_runs(list(current))
+    pairs = pair_runs(base_runs, current_runs)
+    if not any(pairs.values()):
         raise NotComparable(
-            "no run in the current results matches one in the baseline (same backend, model and steering "
-            f"spec).\n  baseline: {_describe(base_runs)}\n  current:  {_describe(current_by_key.values())}"
+            "no run in the current results matches one in the baseline (same backend and model, and the "
+            f"same steering spec or spec file).\n  baseline: {_describe(base_runs)}\n"
+            f"  current:  {_describe(current_runs)}"
         )
     mismatches: list[str] = []
     warnings: list[str] = []
     changes: list[MetricChange] = []
     for base in base_runs:
         label = _label(base)
-        cur = current_by_key.get(base.key)
+        cur = pairs[base.key]
+        if cur is not None and cur.key != base.key:
+            warnings.append(f"{label}: the steering spec changed, now {cur.spec_label}")
         for task_name, base_task in sorted(base.tasks.items()):
             cur_task = cur.tasks.get(task_name) if cur else None
             if cur_task is None:
@@ -136,6 +140,34 @@ def compare(
         )
     warnings = list(dict.fromkeys(warnings + [f"compared despite: {m}" for m in mismatches]))
     return Comparison(changes, warnings)
+
+
+def pair_runs(baseline: list[Run], current: list[Run]) -> dict[tuple, Run | None]:
+    """The current run to hold each baseline run against: the same backend, model and spec hash; else,
+    for a steered run whose spec was edited, the steered run of that backend and model named by the same
+    spec file or preset, or the only one left on both sides."""
+    by_key = {run.key: run for run in current}
+    pairs: dict[tuple, Run | None] = {run.key: by_key.get(run.key) for run in baseline}
+
+    def edited(runs: list[Run], group: tuple[str, str], paired: set) -> list[Run]:
+        return [
+            r
+            for r in runs
+            if r.steering_spec_sha256 and (r.backend, r.model_label) == group and r.key not in paired
+        ]
+
+    for base in baseline:
+        if pairs[base.key] is not None or base.steering_spec_sha256 is None:
+            continue
+        group = (base.backend, base.model_label)
+        left_base = edited(baseline, group, {k for k, v in pairs.items() if v is not None})
+        left_current = edited(current, group, {v.key for v in pairs.values() if v is not None})
+        named = [r for r in left_current if base.spec_ref and r.spec_ref == base.spec_ref]
+        if named:
+            pairs[base.key] = named[0]
+        elif len(left_base) == 1 and len(left_current) == 1:
+            pairs[base.key] = left_current[0]
+    return pairs
 
 
 def _change(

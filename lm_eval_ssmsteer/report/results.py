@@ -82,11 +82,14 @@ class Run:
     steering_spec_sha256: str | None
     lm_eval_version: str | None
     date: float
+    spec_ref: str | None = None  # how the user named the spec (``steer=`` file or preset), if by name
     tasks: dict[str, TaskResult] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str | None]:
-        return (self.backend, self.model, self.steering_spec_sha256)
+        """A run's identity. Local model folders count by folder name, so that a baseline made in one
+        checkout matches the same model evaluated in another."""
+        return (self.backend, self.model_label, self.steering_spec_sha256)
 
     @property
     def model_label(self) -> str:
@@ -119,11 +122,15 @@ def spec_label(spec: Any, sha256: str | None) -> str:
         and 0 < len(interventions) <= 2
         and all(isinstance(iv, dict) for iv in interventions)
     ):
-        parts = [f"L{iv.get('layer')} {iv.get('site')}×{iv.get('scale')}" for iv in interventions]
+        parts = [f"{_layers(iv.get('layer'))} {iv.get('site')}×{iv.get('scale')}" for iv in interventions]
         return f"{'; '.join(parts)} ({short})"
     if isinstance(interventions, list):
         return f"{len(interventions)} interventions ({short})"
     return f"spec {short}"
+
+
+def _layers(layer: Any) -> str:
+    return "all layers" if layer == "all" else f"L{layer}"
 
 
 def canonical_sha256(obj: Any) -> str:
@@ -188,6 +195,7 @@ def run_from_results(source: Path, data: dict) -> Run:
     backend = str(data.get("model_source") or config.get("model") or "unknown")
     model = str(model_args.get("pretrained") or data.get("model_name") or config.get("model") or "unknown")
     spec, spec_sha = _steering(config, model_args)
+    spec_ref = model_args.get("steer")
     groups = set(data.get("group_subtasks") or {})
     task_hashes = data.get("task_hashes") or {}
     n_samples = data.get("n-samples") or {}
@@ -200,6 +208,7 @@ def run_from_results(source: Path, data: dict) -> Run:
         steering_spec_sha256=spec_sha,
         lm_eval_version=data.get("lm_eval_version"),
         date=float(data.get("date") or 0.0),
+        spec_ref=spec_ref if isinstance(spec_ref, str) and not spec_ref.lstrip().startswith("{") else None,
     )
     for task, entry in results.items():
         if task not in configs:
@@ -358,6 +367,7 @@ def _runs_from_baseline(source: Path, data: dict) -> list[Run]:
                 steering_spec_sha256=entry.get("steering_spec_sha256"),
                 lm_eval_version=entry.get("lm_eval_version"),
                 date=float(entry.get("date") or 0.0),
+                spec_ref=entry.get("spec_ref"),
             )
             for name, task in entry["tasks"].items():
                 run.tasks[name] = TaskResult(
@@ -388,6 +398,7 @@ def run_to_baseline(run: Run) -> dict:
         "model": run.model,
         "steering_spec": run.steering_spec,
         "steering_spec_sha256": run.steering_spec_sha256,
+        "spec_ref": run.spec_ref,
         "lm_eval_version": run.lm_eval_version,
         "date": run.date,
         "source": run.source.name,

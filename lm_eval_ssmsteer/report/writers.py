@@ -259,6 +259,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+div.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
 td.text, th.text { text-align: left; }
@@ -297,8 +298,8 @@ def _html_table(table_id: str, header: list[tuple[str, bool]], rows: list[list[s
     head = "".join(_th(text, numeric) for text, numeric in header)
     body = "\n".join(f"<tr>{''.join(cells)}</tr>" for cells in rows)
     return (
-        f'<table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
-        f"<tbody>\n{body}\n</tbody></table>"
+        f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody></table></div>"
     )
 
 

@@ -1,0 +1,137 @@
+"""Check an ``ssmsteer report`` HTML page in a real headless browser (Debian's ``chromium``).
+
+    ssmsteer report RESULTS... --out report/ && python scripts/check_report_html.py report/report.html
+
+Loads a copy of the page with a small self-test appended, which sorts the leaderboard by its average
+(clicking the header twice) and measures the plots; reads the verdict back from ``--dump-dom``; then
+takes a screenshot of the page itself. Exits 1 (and says why) when the table did not render, sorting did
+not reorder it, or a plot is not visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SELF_TEST = """
+<script>
+window.addEventListener("load", function () {
+  var result = {};
+  var table = document.getElementById("leaderboard");
+  var headers = table.tHead.rows[0].cells;
+  var column = Array.prototype.findIndex.call(headers, function (th) {
+    return th.textContent.trim() === "average";
+  });
+  function values() {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (row) {
+      var sort = row.cells[column].dataset.sort;
+      return sort === "" ? null : Number(sort);
+    });
+  }
+  function isSorted(list, descending) {
+    var numbers = list.filter(function (v) { return v !== null; });
+    for (var i = 1; i < numbers.length; i++) {
+      if (descending ? numbers[i - 1] < numbers[i] : numbers[i - 1] > numbers[i]) { return false; }
+    }
+    return list.slice(numbers.length).every(function (v) { return v === null; });  // no value: last
+  }
+  result.rows = table.tBodies[0].rows.length;
+  result.table_height = table.getBoundingClientRect().height;
+  headers[column].click();
+  result.descending = values();
+  result.sorted_descending = isSorted(result.descending, true)
+    && headers[column].getAttribute("aria-sort") === "descending";
+  headers[column].click();
+  result.ascending = values();
+  result.sorted_ascending = isSorted(result.ascending, false)
+    && headers[column].getAttribute("aria-sort") === "ascending";
+  result.images = document.images.length;
+  result.images_visible = Array.prototype.filter.call(document.images, function (img) {
+    var box = img.getBoundingClientRect();
+    return img.complete && img.naturalWidth > 0 && box.width > 100 && box.height > 100;
+  }).length;
+  var out = document.createElement("pre");
+  out.id = "selftest";
+  out.textContent = JSON.stringify(result);
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError("no chromium on PATH (Debian: apt-get install -y chromium)")
+
+
+def _run_browser(*args: str) -> str:
+    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def check(html_path: Path, screenshot: Path | None = None) -> dict:
+    """Runs the self-test; raises AssertionError naming what failed; returns the measurements."""
+    html_path = Path(html_path).resolve()
+    page = html_path.read_text(encoding="utf-8")
+    if "</body>" not in page:
+        raise AssertionError(f"{html_path}: no </body>; not a report page")
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.html"
+        probe.write_text(page.replace("</body>", SELF_TEST + "</body>", 1), encoding="utf-8")
+        dom = _run_browser("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="selftest">(.*?)</pre>', dom, re.S)
+    if not found:
+        raise AssertionError("the page's script did not run (no self-test verdict in the DOM)")
+    result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    problems = []
+    if result["rows"] < 1 or result["table_height"] <= 0:
+        problems.append(f"the leaderboard did not render ({result['rows']} rows)")
+    if not result["sorted_descending"]:
+        problems.append(f"first click on 'average' did not sort descending: {result['descending']}")
+    if not result["sorted_ascending"]:
+        problems.append(f"second click on 'average' did not sort ascending: {result['ascending']}")
+    if result["images"] < 1 or result["images_visible"] != result["images"]:
+        problems.append(f"{result['images_visible']} of {result['images']} plots visible")
+    if problems:
+        raise AssertionError(f"{html_path}: " + "; ".join(problems))
+    if screenshot is not None:
+        screenshot = Path(screenshot).resolve()
+        _run_browser("--window-size=1600,2600", f"--screenshot={screenshot}", html_path.as_uri())
+        if not screenshot.is_file() or screenshot.stat().st_size == 0:
+            raise AssertionError(f"chromium wrote no screenshot to {screenshot}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("html", type=Path, help="report.html written by `ssmsteer report`")
+    parser.add_argument("--screenshot", type=Path, help="PNG to write (default: beside the page)")
+    args = parser.parse_args(argv)
+    screenshot = args.screenshot or args.html.with_name("report_screenshot.png")
+    try:
+        result = check(args.html, screenshot)
+    except AssertionError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    print(
+        f"OK: {result['rows']} rows, sorting works, {result['images_visible']} plots visible; "
+        f"screenshot {screenshot}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
