@@ -351,7 +351,7 @@ def _mutations():
         ),
         "bad-score": (
             edit(lambda d: d["results"]["ssmrep_recall"].update({"acc,none": "0.9"})),
-            "task 'ssmrep_recall': 'acc,none' should be a finite number, found '0.9'",
+            "task 'ssmrep_recall': 'acc,none' should be a number, found '0.9'",
         ),
     }
 
@@ -384,12 +384,25 @@ def test_mixed_task_versions_cannot_share_a_leaderboard(runs, tmp_path, capsys):
     assert str(runs["task_v2"]) in err and str(runs["harmful"]) in err
 
 
-def test_reruns_in_one_folder_keep_the_newest(runs, tmp_path):
+def test_reruns_in_one_folder_keep_the_newest(runs, tmp_path, capsys):
     folder = tmp_path / "reruns"
     shutil.copytree(runs["base"].parent, folder / "first")
     shutil.copytree(runs["damaged"].parent, folder / "second")  # evaluated later: same model name
     (row,) = build_leaderboard(load_runs([folder])).rows
     assert all(task.source.is_relative_to(folder / "second") for task in row.run.tasks.values())
+    code, _, err = run_cli(capsys, "report", folder, "--out", tmp_path / "r")
+    assert code == 0
+    assert re.search(r"note: .*first.*: 'ssmrep_recall' superseded by a newer run", err)
+
+
+def test_nan_stderr_reads_as_unknown(runs, tmp_path):
+    data = json.loads(runs["base"].read_text())
+    data["results"]["ssmrep_recall"]["acc_stderr,none"] = float("nan")  # lm-eval writes NaN for n=1
+    path = tmp_path / "results_nan.json"
+    path.write_text(json.dumps(data))
+    (run,) = load_runs([path])
+    score = next(iter(run.tasks["ssmrep_recall"].scores.values()))
+    assert score.value == data["results"]["ssmrep_recall"]["acc,none"] and score.stderr is None
 
 
 # -- regress ---------------------------------------------------------------------------------------

@@ -16,17 +16,15 @@ def _metric_choice(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from lm_eval_ssmsteer.report.leaderboard import build_leaderboard
-    from lm_eval_ssmsteer.report.results import ResultsError, load_runs, merge_runs
+    from lm_eval_ssmsteer.report.results import ResultsError, load_runs
     from lm_eval_ssmsteer.report.writers import MARKDOWN, write_report
 
     try:
-        runs = load_runs(args.results)
-        _, superseded = merge_runs(runs)
-        board = build_leaderboard(runs, dict(args.metric))
+        board = build_leaderboard(load_runs(args.results), dict(args.metric))
     except (ResultsError, ValueError) as exc:
         print(f"ssmsteer report: {exc}", file=sys.stderr)
         return 2
-    for task in superseded:
+    for task in board.superseded:
         print(
             f"note: {task.source}: '{task.name}' superseded by a newer run of the same model and spec",
             file=sys.stderr,

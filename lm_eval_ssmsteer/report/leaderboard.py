@@ -61,6 +61,7 @@ class Row:
 class Leaderboard:
     columns: list[Column]
     rows: list[Row]
+    superseded: list[TaskResult] = field(default_factory=list)  # older reruns left out
 
     @property
     def length_tasks(self) -> list[str]:
@@ -75,7 +76,7 @@ class Leaderboard:
 def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = None) -> Leaderboard:
     """``metrics`` picks a task's metric by name (e.g. ``{"hellaswag": "acc_norm"}``); otherwise a task
     shows its first reported metric, or all its lengths when its metrics are named by length."""
-    merged, _ = merge_runs(list(runs))
+    merged, superseded = merge_runs(list(runs))
     if not merged:
         raise ValueError("no results to report")
     merged.sort(key=lambda r: (r.model_label, r.model, r.backend, r.spec_label))
@@ -85,7 +86,7 @@ def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = N
     _add_deltas(rows, columns)
     _rank(rows)
     rows.sort(key=lambda r: (r.rank is None, r.rank or 0, r.run.model_label, r.run.spec_label))
-    return Leaderboard(columns, rows)
+    return Leaderboard(columns, rows, superseded)
 
 
 def check_same_task_definitions(runs: list[Run]) -> None:

@@ -181,10 +181,10 @@ def load_file(path: Path) -> list[Run]:
 
 def run_from_results(source: Path, data: dict) -> Run:
     """One lm-eval results dict (as written by ``--output_path``) as a run."""
-    for key in ("results", "configs", "config"):
+    if "results" not in data:
+        raise ResultsError(source, "not an lm-eval results file: it has no 'results' key")
+    for key in ("configs", "config"):
         if key not in data:
-            if "results" not in data:
-                raise ResultsError(source, "not an lm-eval results file: it has no 'results' key")
             raise ResultsError(source, f"partial lm-eval results file: the '{key}' key is missing")
     results, configs, config = data["results"], data["configs"], data["config"]
     for key, value in (("results", results), ("configs", configs), ("config", config)):
@@ -326,12 +326,11 @@ def _scores(source: Path, task: str, entry: dict) -> dict[MetricKey, Score]:
         metric, _, filter_name = raw_key.partition(",")
         is_stderr = metric.endswith("_stderr")
         key = MetricKey(metric.removesuffix("_stderr"), filter_name)
+        number = _number(source, task, raw_key, raw_value, allow_na=is_stderr)
         if is_stderr:
-            stderrs[key] = _number(source, task, raw_key, raw_value, allow_na=True)
-        else:
-            value = _number(source, task, raw_key, raw_value, allow_na=False)
-            if value is not None:
-                values[key] = value
+            stderrs[key] = None if number is None or math.isnan(number) else number
+        elif not math.isnan(number):  # lm-eval writes NaN where a metric has no value: no score
+            values[key] = number
     orphans = sorted(str(k) for k in stderrs if k not in values)
     if orphans:
         raise ResultsError(source, f"task '{task}': stderr without a score for {', '.join(orphans)}")
@@ -347,8 +346,8 @@ def _scores(source: Path, task: str, entry: dict) -> dict[MetricKey, Score]:
 def _number(source: Path, task: str, key: str, raw: Any, *, allow_na: bool) -> float | None:
     if raw in ("N/A", None) and allow_na:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise ResultsError(source, f"task '{task}': '{key}' should be a finite number, found {raw!r}")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or math.isinf(raw):
+        raise ResultsError(source, f"task '{task}': '{key}' should be a number, found {raw!r}")
     return float(raw)
 
 
