@@ -32,7 +32,7 @@ COLOURS = ["red", "blue", "green"]
 FILLER = ["the", "dog", "sat", "on", "a", "mat"]
 WORDS = ["<pad>", "<eos>", "<unk>", *sorted(set(COLOURS + FILLER + ["cat", "is", "what", "colour"]))]
 LENGTHS = (16, 32, 64)
-TASKS = ["ssmrep_recall", "ssmrep_recall_len"]
+GROUP = "ssmrep_group"  # the runs evaluate a group, as `--tasks ssmsteer_quick` does
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -127,6 +127,10 @@ def write_tasks(folder: Path, version: float = 1.0) -> Path:
         "    higher_is_better: true\n"
         for n in LENGTHS
     )
+    (folder / "group.yaml").write_text(
+        f"group: {GROUP}\ntask:\n  - ssmrep_recall\n  - ssmrep_recall_len\n"
+        "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n"
+    )
     (folder / "recall_len.yaml").write_text(
         f"task: ssmrep_recall_len\n{common}process_results: !function recall_len_metrics.process_results\n"
         f"metric_list:\n{per_length}"
@@ -144,7 +148,7 @@ def evaluate(model_args: dict, tasks: Path, out: Path, backend: str = "hf") -> P
     results = lm_eval.simple_evaluate(
         model=backend,
         model_args=model_args,
-        tasks=TASKS,
+        tasks=[GROUP],
         task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
         device="cpu",
         batch_size=8,
@@ -266,6 +270,7 @@ def test_report_has_one_row_per_model_and_spec_with_scores_from_the_files(runs, 
     ]
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert len(rows) == 3
+    assert not any(GROUP in column for column in rows[0]), "a group's tasks are the columns, not the group"
     by_backend_spec = {(r["backend"], r["steering_spec_sha256"] != ""): r for r in rows}
     hf = by_backend_spec[("hf", False)]
     base = scores_of(runs["base"])
