@@ -7,6 +7,7 @@ import base64
 import csv
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from lm_eval_ssmsteer.report.leaderboard import Delta, Leaderboard, Row
@@ -53,52 +54,89 @@ def format_delta(d: Delta | None) -> str:
     return f"{d.value:+.4f} ({interval}){' *' if d.significant else ''}"
 
 
-def _rank(row: Row) -> str:
-    return NO_VALUE if row.rank is None else str(row.rank)
+EXPLANATION = (
+    "Scores are value ± lm-eval stderr. The average is the mean over tasks (a task measured at several "
+    "lengths counts once, as the mean of its lengths) of the columns where higher is better; rows missing "
+    "a task get no average and no rank. Δ: steered − the same model unsteered, ± the half-width of its 95% "
+    "interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown; * where the interval excludes 0."
+)
 
 
-def _header(board: Leaderboard) -> list[str]:
-    return [
-        "rank",
-        "model",
-        "backend",
-        "steering",
-        *(c.label for c in board.columns),
-        "average",
-        "Δ average vs unsteered (95% CI)",
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: float | str | None = None  # what the HTML table sorts by; None sorts last
+    numeric: bool = True
+    significant: bool = False
+
+
+def _text(text: str) -> Cell:
+    return Cell(text, text, numeric=False)
+
+
+def _score(score: Score | None) -> Cell:
+    return Cell(format_score(score), None if score is None else score.value)
+
+
+def _delta(d: Delta | None) -> Cell:
+    return Cell(format_delta(d), None if d is None else d.value, significant=bool(d and d.significant))
+
+
+Table = tuple[list[Cell], list[list[Cell]]]  # header, rows
+
+
+def leaderboard_table(board: Leaderboard) -> Table:
+    header = [
+        Cell("rank"),
+        _text("model"),
+        _text("backend"),
+        _text("steering"),
+        *(Cell(c.label) for c in board.columns),
+        Cell("average"),
+        Cell("Δ average vs unsteered (95% CI)"),
     ]
-
-
-def _cells(board: Leaderboard, row: Row) -> list[str]:
-    return [
-        _rank(row),
-        row.run.model_label,
-        row.run.backend,
-        row.run.spec_label,
-        *(format_score(row.cells[c]) for c in board.columns),
-        format_score(row.average),
-        format_delta(row.average_delta),
+    rows = [
+        [
+            Cell(NO_VALUE if row.rank is None else str(row.rank), row.rank),
+            _text(row.run.model_label),
+            _text(row.run.backend),
+            _text(row.run.spec_label),
+            *(_score(row.cells[c]) for c in board.columns),
+            _score(row.average),
+            _delta(row.average_delta),
+        ]
+        for row in board.rows
     ]
+    return header, rows
 
 
-def _gain_header(board: Leaderboard) -> list[str]:
-    return ["model", "steering", "reference", *(c.label for c in board.columns), "average"]
-
-
-def _gain_cells(board: Leaderboard, row: Row) -> list[str]:
-    reference = f"{row.reference.backend} · {row.reference.spec_label}"
-    return [
-        row.run.model_label,
-        row.run.spec_label,
-        reference,
-        *(format_delta(row.deltas.get(c)) for c in board.columns),
-        format_delta(row.average_delta),
+def gains_table(board: Leaderboard) -> Table:
+    header = [
+        _text("model"),
+        _text("steering"),
+        _text("reference"),
+        *(Cell(c.label) for c in board.columns),
+        Cell("average"),
     ]
+    rows = [
+        [
+            _text(row.run.model_label),
+            _text(row.run.spec_label),
+            _text(f"{row.reference.backend} · {row.reference.spec_label}"),
+            *(_delta(row.deltas.get(c)) for c in board.columns),
+            _delta(row.average_delta),
+        ]
+        for row in board.rows
+        if row.reference is not None
+    ]
+    return header, rows
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+def _markdown_table(table: Table) -> str:
+    header, rows = table
+
+    def line(cells: list[Cell]) -> str:
+        return "| " + " | ".join(cell.text.replace("|", "\\|") for cell in cells) + " |"
 
     return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)])
 
@@ -106,35 +144,14 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def to_markdown(
     board: Leaderboard, title: str = "ssmsteer leaderboard", plot_files: tuple[str, ...] | list[str] = ()
 ) -> str:
-    parts = [
-        f"# {title}",
-        "",
-        "Scores are value ± lm-eval stderr. The average is the mean over tasks (a task measured at several "
-        "lengths counts once, as the mean of its lengths) of the columns where higher is better; rows "
-        "missing a task get no average and no rank. Δ: steered − the same model unsteered, with the "
-        "half-width of its 95% interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown; * where the "
-        "interval excludes 0.",
-        "",
-        _markdown_table(_header(board), [_cells(board, row) for row in board.rows]),
-    ]
-    steered = [row for row in board.rows if row.reference is not None]
-    if steered:
-        parts += [
-            "",
-            "## Steering gains per task",
-            "",
-            _markdown_table(_gain_header(board), [_gain_cells(board, row) for row in steered]),
-        ]
-    for name in plot_files:
-        parts += ["", f"![{name}]({name})"]
+    parts = [f"# {title}", "", EXPLANATION, "", _markdown_table(leaderboard_table(board))]
+    gains = gains_table(board)
+    if gains[1]:
+        parts += ["", "## Steering gains per task", "", _markdown_table(gains)]
+    parts += [part for name in plot_files for part in ("", f"![{name}]({name})")]
+    parts += ["", "## Sources", ""]
     parts += [
-        "",
-        "## Sources",
-        "",
-        *(
-            f"- {row.run.model_label} · {row.run.spec_label}: {', '.join(_sources(row))}"
-            for row in board.rows
-        ),
+        f"- {row.run.model_label} · {row.run.spec_label}: {', '.join(_sources(row))}" for row in board.rows
     ]
     return "\n".join(parts) + "\n"
 
@@ -272,31 +289,23 @@ p.note { max-width: 60em; color: #555; }
 """
 
 
-def _td(text: str, sort: float | str | None, *, numeric: bool = True, css: str = "") -> str:
-    classes = " ".join(filter(None, ["" if numeric else "text", css]))
-    sort_text = "" if sort is None else (repr(sort) if isinstance(sort, float) else str(sort))
-    class_attr = f' class="{classes}"' if classes else ""
-    return f'<td{class_attr} data-sort="{html.escape(sort_text)}">{html.escape(text)}</td>'
+def _html_table(table_id: str, table: Table) -> str:
+    header, rows = table
 
+    def attrs(cell: Cell) -> str:
+        classes = " ".join(
+            name for name, on in (("text", not cell.numeric), ("significant", cell.significant)) if on
+        )
+        return f' class="{classes}"' if classes else ""
 
-def _th(text: str, numeric: bool = True) -> str:
-    css = "" if numeric else ' class="text"'
-    return f'<th{css} title="click to sort">{html.escape(text)}</th>'
+    def td(cell: Cell) -> str:
+        sort = (
+            "" if cell.sort is None else (repr(cell.sort) if isinstance(cell.sort, float) else str(cell.sort))
+        )
+        return f'<td{attrs(cell)} data-sort="{html.escape(sort)}">{html.escape(cell.text)}</td>'
 
-
-def _score_td(score: Score | None) -> str:
-    return _td(format_score(score), None if score is None else score.value)
-
-
-def _delta_td(d: Delta | None) -> str:
-    return _td(
-        format_delta(d), None if d is None else d.value, css="significant" if d and d.significant else ""
-    )
-
-
-def _html_table(table_id: str, header: list[tuple[str, bool]], rows: list[list[str]]) -> str:
-    head = "".join(_th(text, numeric) for text, numeric in header)
-    body = "\n".join(f"<tr>{''.join(cells)}</tr>" for cells in rows)
+    head = "".join(f'<th{attrs(cell)} title="click to sort">{html.escape(cell.text)}</th>' for cell in header)
+    body = "\n".join(f"<tr>{''.join(map(td, cells))}</tr>" for cells in rows)
     return (
         f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
         f"<tbody>\n{body}\n</tbody></table></div>"
@@ -308,56 +317,11 @@ def _data_url(png: bytes) -> str:
 
 
 def to_html(board: Leaderboard, title: str, plots: dict[str, bytes]) -> str:
-    text_columns = [("model", False), ("backend", False), ("steering", False)]
-    leaderboard = _html_table(
-        "leaderboard",
-        [
-            ("rank", True),
-            *text_columns,
-            *((c.label, True) for c in board.columns),
-            ("average", True),
-            ("Δ average vs unsteered (95% CI)", True),
-        ],
-        [
-            [
-                _td(_rank(row), row.rank),
-                _td(row.run.model_label, row.run.model_label, numeric=False),
-                _td(row.run.backend, row.run.backend, numeric=False),
-                _td(row.run.spec_label, row.run.spec_label, numeric=False),
-                *(_score_td(row.cells[c]) for c in board.columns),
-                _score_td(row.average),
-                _delta_td(row.average_delta),
-            ]
-            for row in board.rows
-        ],
-    )
-    steered = [row for row in board.rows if row.reference is not None]
+    leaderboard = _html_table("leaderboard", leaderboard_table(board))
+    gains_header, gains_rows = gains_table(board)
     gains = ""
-    if steered:
-        gains = "<h2>Steering gains per task</h2>\n" + _html_table(
-            "gains",
-            [
-                ("model", False),
-                ("steering", False),
-                ("reference", False),
-                *((c.label, True) for c in board.columns),
-                ("average", True),
-            ],
-            [
-                [
-                    _td(row.run.model_label, row.run.model_label, numeric=False),
-                    _td(row.run.spec_label, row.run.spec_label, numeric=False),
-                    _td(
-                        f"{row.reference.backend} · {row.reference.spec_label}",
-                        row.reference.backend,
-                        numeric=False,
-                    ),
-                    *(_delta_td(row.deltas.get(c)) for c in board.columns),
-                    _delta_td(row.average_delta),
-                ]
-                for row in steered
-            ],
-        )
+    if gains_rows:
+        gains = "<h2>Steering gains per task</h2>\n" + _html_table("gains", (gains_header, gains_rows))
     figures = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="{_data_url(png)}">'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
@@ -373,11 +337,7 @@ def to_html(board: Leaderboard, title: str, plots: dict[str, bytes]) -> str:
 <style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="note">Scores are value ± lm-eval stderr; click a column header to sort. The average is the mean
-over tasks (a task measured at several lengths counts once, as the mean of its lengths) of the columns
-where higher is better; rows missing a task get no average and no rank. Δ: steered − the same model
-unsteered, ± the half-width of its 95% interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown;
-bold and * where the interval excludes 0.</p>
+<p class="note">{html.escape(EXPLANATION)} Click a column header to sort.</p>
 {leaderboard}
 {gains}
 <h2>Plots</h2>
