@@ -280,7 +280,8 @@ div.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
 td.text, th.text { text-align: left; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; max-width: 10em; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; max-width: 10em;
+     overflow-wrap: anywhere; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 td.significant { font-weight: bold; }
