@@ -29,7 +29,9 @@ def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpe
     """The spec named by ``steer=`` or spelled inline with the ``steer_*`` shorthand (not both)."""
     given = {k: v for k, v in shorthand.items() if v is not None}
     if steer_arg is not None and given:
-        raise SpecError(f"give either steer= or the steer_* shorthand, not both (got steer and {sorted(given)})")
+        raise SpecError(
+            f"give either steer= or the steer_* shorthand, not both (got steer and {sorted(given)})"
+        )
     if steer_arg is not None:
         if isinstance(steer_arg, (dict, SteeringSpec)):
             return load_spec(steer_arg)

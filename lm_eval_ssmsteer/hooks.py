@@ -217,7 +217,9 @@ class _Steerer:
             if f is not None:
                 bias = kwargs.pop(bias_key, None)
                 if bias is not None:
-                    dt = dt + (bias.to(dt.dtype)[..., None] if to_layout is _channels_first else bias.to(dt.dtype))
+                    dt = dt + (
+                        bias.to(dt.dtype)[..., None] if to_layout is _channels_first else bias.to(dt.dtype)
+                    )
                 if kwargs.pop(softplus_key, False):
                     dt = F.softplus(dt)
                 dt = dt * to_layout(f)

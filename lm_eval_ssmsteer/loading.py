@@ -89,15 +89,19 @@ def convert_native_checkpoint(src: str | Path, dst: str | Path) -> Path:
     config = _hf_config_from_native(native)
     weights = src / "pytorch_model.bin"
     if not weights.is_file():
-        raise FileNotFoundError(f"{src}: a native mamba-ssm checkpoint needs pytorch_model.bin beside config.json")
+        raise FileNotFoundError(
+            f"{src}: a native mamba-ssm checkpoint needs pytorch_model.bin beside config.json"
+        )
     state = torch.load(weights, map_location="cpu", weights_only=True)
     state = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in state.items()}
     model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
     if missing or unexpected:
-        raise ValueError(f"{src}: not a mamba-ssm checkpoint this loader understands "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{src}: not a mamba-ssm checkpoint this loader understands "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -139,7 +143,9 @@ def prepare_pretrained(pretrained: str, cache_dir: str | Path | None = None) -> 
     native = _native_source(resolved)
     if native is None:
         return resolved, False
-    cache_root = Path(cache_dir or os.environ.get("SSMSTEER_CACHE", Path.home() / ".cache" / "lm_eval_ssmsteer"))
+    cache_root = Path(
+        cache_dir or os.environ.get("SSMSTEER_CACHE", Path.home() / ".cache" / "lm_eval_ssmsteer")
+    )
     key = hashlib.sha256(str(native.resolve()).encode()).hexdigest()[:16]
     dst = cache_root / "converted" / f"{native.name}-{key}"
     if not (dst / "config.json").is_file():

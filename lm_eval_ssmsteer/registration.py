@@ -43,8 +43,10 @@ def register_tasks() -> None:
     @functools.wraps(init)
     def __init__(self, *args, include_path=None, **kwargs):
         ours = str(tasks_dir())
-        paths = [] if include_path is None else (
-            list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        paths = (
+            []
+            if include_path is None
+            else (list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
         )
         if ours not in {str(p) for p in paths}:
             paths.append(ours)

@@ -72,9 +72,7 @@ class SteeringSpec:
             raise SpecError(f"{source}: a steering spec must be a JSON object, got {type(doc).__name__}")
         unknown = set(doc) - _TOP_KEYS
         if unknown:
-            raise SpecError(
-                f"{source}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(_TOP_KEYS)}"
-            )
+            raise SpecError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(_TOP_KEYS)}")
         version = doc.get("version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise SpecError(f"{source}: version={version!r} is not supported; allowed: {SPEC_VERSION}")
@@ -121,7 +119,13 @@ class SteeringSpec:
             {
                 "version": SPEC_VERSION,
                 "interventions": [
-                    {"layer": layer, "site": site, "channels": channels, "scale": scale, "positions": positions}
+                    {
+                        "layer": layer,
+                        "site": site,
+                        "channels": channels,
+                        "scale": scale,
+                        "positions": positions,
+                    }
                 ],
                 **extra,
             }
@@ -228,7 +232,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper-mamba-130m-dtgate": {
         "version": 1,
-        "interventions": [{"layer": 20, "site": "delta", "channels": "all", "scale": 1.5, "positions": "all"}],
+        "interventions": [
+            {"layer": 20, "site": "delta", "channels": "all", "scale": 1.5, "positions": "all"}
+        ],
         "model": {**_MAMBA_130M, "name": "state-spaces/mamba-130m-hf"},
         "provenance": {
             "source": "arXiv 2602.22719 'bottleneck gate' (x1.5 on layer 20's time step), applied to "

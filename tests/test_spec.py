@@ -1,0 +1,105 @@
+"""The steering spec: round-trip, hashing, presets, and errors that name field, value and allowed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from tiny import make_model
+
+from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_model, resolve
+from lm_eval_ssmsteer.spec import PRESETS, SpecError, SteeringSpec, load_spec
+
+DOC = {
+    "version": 1,
+    "interventions": [
+        {"layer": [0, 2], "site": "mixer_out", "channels": [4, 7], "scale": 5.0, "positions": "all"},
+        {"layer": "all", "site": "delta", "channels": "all", "scale": 1.5, "positions": "generated"},
+    ],
+    "model": {"architecture": "mamba", "n_layers": 3},
+    "provenance": {"method": "test"},
+}
+
+
+def test_round_trip_is_exact(tmp_path):
+    spec = SteeringSpec.from_dict(DOC)
+    assert spec.to_dict() == DOC
+    path = tmp_path / "spec.json"
+    spec.save(path)
+    assert load_spec(str(path)) == spec
+    assert load_spec(json.dumps(DOC)) == spec
+
+
+def test_hash_covers_behaviour_not_provenance():
+    a = SteeringSpec.from_dict(DOC)
+    b = SteeringSpec.from_dict({**DOC, "provenance": {"other": 1}})
+    c = SteeringSpec.from_dict({**DOC, "interventions": [{**DOC["interventions"][0], "scale": 4.0}]})
+    assert a.sha256 == b.sha256 != c.sha256
+    assert len(a.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"site": "conv"}, "site='conv' is not a known site; allowed: mixer_out, residual, delta, B, C"),
+        ({"scale": math.nan}, "scale: must be a finite number, got nan"),
+        ({"scale": math.inf}, "scale: must be a finite number, got inf"),
+        ({"scale": "big"}, "scale: must be a number"),
+        ({"positions": "middle"}, "positions: 'middle' is not allowed; allowed: all, prompt, generated"),
+        ({"layer": -1}, "layer: index -1 is negative"),
+        ({"channels": []}, "channels: must be an integer, a non-empty list"),
+        ({"channels": [1, 1]}, "repeated indices"),
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ],
+)
+def test_bad_intervention_fields_name_field_value_and_allowed(patch, message):
+    doc = {"version": 1, "interventions": [{"layer": 0, "site": "delta", "scale": 2.0, **patch}]}
+    with pytest.raises(SpecError) as err:
+        SteeringSpec.from_dict(doc)
+    assert message in str(err.value)
+
+
+def test_malformed_json_and_unknown_top_level_keys():
+    with pytest.raises(SpecError, match="malformed JSON"):
+        SteeringSpec.from_json("{not json")
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['extras'\]"):
+        SteeringSpec.from_dict({**DOC, "extras": 1})
+    with pytest.raises(SpecError, match="version=2 is not supported"):
+        SteeringSpec.from_dict({**DOC, "version": 2})
+    with pytest.raises(SpecError, match="neither a preset"):
+        load_spec("no-such-preset-or-file")
+
+
+def test_ranges_are_checked_against_the_model():
+    arch = describe_model(make_model("mamba"))
+    with pytest.raises(SpecError, match=r"layer 3 does not exist: the model has 3 layers \(0-2\)"):
+        resolve(SteeringSpec.single(layer=3, site="delta", scale=2.0), arch)
+    with pytest.raises(SpecError, match=r"channel 8 is out of range for site 'B' .* 8 channels \(0-7\)"):
+        resolve(SteeringSpec.single(layer=0, site="B", channels=[8], scale=2.0), arch)
+    m2 = describe_model(make_model("mamba2"))
+    with pytest.raises(SpecError, match=r"site 'delta' on Mamba2ForCausalLM: it has 8 channels"):
+        resolve(SteeringSpec.single(layer=0, site="delta", channels=[8], scale=2.0), m2)
+
+
+def test_presets_fit_mamba_130m_and_refuse_other_shapes():
+    arch = describe_model(make_model("mamba"))
+    for name in PRESETS:
+        spec = load_spec(name)
+        with pytest.raises(
+            SpecError, match="made for state-spaces/mamba-130m-hf .*n_layers: spec 24, model 3"
+        ):
+            resolve(spec, arch)
+    paper = load_spec("paper-mamba-130m").interventions[0]
+    assert paper.layers == (20,) and paper.site == "mixer_out" and paper.scale == 5.0
+    assert paper.channels == (4, 38, 84, 94, 163, 171, 268, 363, 401, 497, 564, 568, 582, 654, 659, 686)
+
+
+def test_non_mamba_model_lists_supported_architectures():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(
+        UnsupportedModelError, match="model_type 'gpt2' is not a supported .*MambaForCausalLM"
+    ):
+        describe_model(gpt2)

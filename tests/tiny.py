@@ -1,0 +1,66 @@
+"""Tiny random Mamba-family models and a byte-level tokenizer, built offline for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+ARCHITECTURES = ("mamba", "falcon_mamba", "mamba2")
+VOCAB = 260  # 256 bytes + specials, rounded up
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<|endoftext|>": 0, **{ch: i + 1 for i, ch in enumerate(sorted(alphabet))}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return fast
+
+
+def make_model(arch: str, seed: int = 0, n_layers: int = 3) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": n_layers,
+        "state_size": 8,
+        "pad_token_id": 0,
+        "eos_token_id": 0,
+        "bos_token_id": 0,
+    }
+    if arch == "mamba":
+        model = MambaForCausalLM(MambaConfig(**common, expand=2))
+    elif arch == "falcon_mamba":
+        model = FalconMambaForCausalLM(FalconMambaConfig(**common, expand=2))
+    elif arch == "mamba2":
+        model = Mamba2ForCausalLM(
+            Mamba2Config(**common, expand=2, num_heads=8, head_dim=8, n_groups=2, chunk_size=8)
+        )
+    else:
+        raise ValueError(arch)
+    # random init leaves Δ tiny; widen it so every site has a visible effect
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("dt_proj.bias", "dt_bias")):
+                p.uniform_(-2.0, 0.5)
+    return model.eval()
+
+
+def save_tiny(folder: Path, arch: str, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    make_model(arch, seed).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
