@@ -400,6 +400,15 @@ def test_reruns_in_one_folder_keep_the_newest(runs, tmp_path, capsys):
     assert re.search(r"note: .*first.*: 'ssmrep_recall' superseded by a newer run", err)
 
 
+def test_model_arguments_that_change_the_model_make_their_own_row(runs, tmp_path):
+    data = json.loads(runs["base"].read_text())
+    data["config"]["model_args"] = {**data["config"]["model_args"], "dtype": "bfloat16", "device": "cpu"}
+    path = tmp_path / "results_bf16.json"
+    path.write_text(json.dumps(data))
+    board = build_leaderboard(load_runs([runs["base"], path]))
+    assert sorted(row.run.model_label for row in board.rows) == ["tiny-mamba", "tiny-mamba (dtype=bfloat16)"]
+
+
 def test_nan_stderr_reads_as_unknown(runs, tmp_path):
     data = json.loads(runs["base"].read_text())
     data["results"]["ssmrep_recall"]["acc_stderr,none"] = float("nan")  # lm-eval writes NaN for n=1

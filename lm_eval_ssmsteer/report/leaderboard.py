@@ -193,7 +193,7 @@ def _add_deltas(rows: list[Row], columns: list[Column]) -> None:
     for row in rows:
         if not row.steered:
             continue
-        same_model = [u for u in unsteered if u.run.model == row.run.model]
+        same_model = [u for u in unsteered if u.run.model_label == row.run.model_label]
         # prefer the same backend (a mamba-steered run without a spec), else e.g. the plain `hf` run
         same_model.sort(key=lambda u: (u.run.backend != row.run.backend, u.run.backend))
         if not same_model:

@@ -22,6 +22,26 @@ RESULTS_GLOB = "results_*.json"
 # lm-eval copies every model argument into each task's metadata, and records where the YAML was read
 # from; neither says anything about the task, so neither may make two runs' task configs differ.
 _CONFIG_SOURCE_KEY = "config_source"
+# model arguments that say where or how fast a model runs, where its tokenizer lies, or which spec steers
+# it (the spec has its own column); any other argument (dtype, revision, ...) makes a different model
+_NOT_VARIANT_ARGS = {
+    "pretrained",
+    "tokenizer",
+    "device",
+    "device_map",
+    "batch_size",
+    "max_batch_size",
+    "parallelize",
+    "trust_remote_code",
+    "steering_spec",
+    "steering_spec_sha256",
+    "steer",
+    "steer_layer",
+    "steer_site",
+    "steer_channels",
+    "steer_scale",
+    "steer_positions",
+}
 # RULER-style tasks report -1 for a length they did not measure.
 NOT_MEASURED = -1
 
@@ -83,6 +103,7 @@ class Run:
     lm_eval_version: str | None
     date: float
     spec_ref: str | None = None  # how the user named the spec (``steer=`` file or preset), if by name
+    variant: str = ""  # model arguments that change the model, e.g. "dtype=bfloat16"
     tasks: dict[str, TaskResult] = field(default_factory=dict)
 
     @property
@@ -93,7 +114,8 @@ class Run:
 
     @property
     def model_label(self) -> str:
-        return model_label(self.model)
+        label = model_label(self.model)
+        return f"{label} ({self.variant})" if self.variant else label
 
     @property
     def spec_label(self) -> str:
@@ -209,6 +231,7 @@ def run_from_results(source: Path, data: dict) -> Run:
         lm_eval_version=data.get("lm_eval_version"),
         date=float(data.get("date") or 0.0),
         spec_ref=spec_ref if isinstance(spec_ref, str) and not spec_ref.lstrip().startswith("{") else None,
+        variant=",".join(f"{k}={v}" for k, v in sorted(model_args.items()) if k not in _NOT_VARIANT_ARGS),
     )
     for task, entry in results.items():
         if task not in configs:
@@ -367,6 +390,7 @@ def _runs_from_baseline(source: Path, data: dict) -> list[Run]:
                 lm_eval_version=entry.get("lm_eval_version"),
                 date=float(entry.get("date") or 0.0),
                 spec_ref=entry.get("spec_ref"),
+                variant=entry.get("variant", ""),
             )
             for name, task in entry["tasks"].items():
                 run.tasks[name] = TaskResult(
@@ -398,6 +422,7 @@ def run_to_baseline(run: Run) -> dict:
         "steering_spec": run.steering_spec,
         "steering_spec_sha256": run.steering_spec_sha256,
         "spec_ref": run.spec_ref,
+        "variant": run.variant,
         "lm_eval_version": run.lm_eval_version,
         "date": run.date,
         "source": run.source.name,
