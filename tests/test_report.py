@@ -157,6 +157,8 @@ def evaluate(model_args: dict, tasks: Path, out: Path, backend: str = "hf") -> P
     )
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples)
+    for task in results["configs"]:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
     (found,) = out.rglob("results_*.json")
     return found
 
@@ -380,6 +382,12 @@ def test_folder_without_results_is_an_error(tmp_path, capsys):
     (tmp_path / "samples_x.jsonl").write_text("{}\n")
     code, _, err = run_cli(capsys, "report", tmp_path, "--out", tmp_path / "r")
     assert code == 2 and f"{tmp_path}: folder holds no results_*.json files" in err
+
+
+def test_samples_file_is_pointed_to_its_results(runs, tmp_path, capsys):
+    (samples, *_) = sorted(runs["base"].parent.glob("samples_*.jsonl"))
+    code, _, err = run_cli(capsys, "report", samples, "--out", tmp_path)
+    assert code == 2 and f"{samples}: is an lm-eval samples file; pass the results_*.json beside it" in err
 
 
 def test_mixed_task_versions_cannot_share_a_leaderboard(runs, tmp_path, capsys):

@@ -185,6 +185,10 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def load_file(path: Path) -> list[Run]:
+    if path.name.startswith("samples_") or path.suffix == ".jsonl":
+        raise ResultsError(
+            path, "is an lm-eval samples file; pass the results_*.json beside it (or the folder)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
