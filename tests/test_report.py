@@ -16,6 +16,7 @@ import json
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,6 +315,22 @@ def test_html_is_self_contained_with_the_png_plots_inlined(runs, tmp_path, capsy
         (out / "steering_gains.png").read_bytes(),
     ]
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in inlined)
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_page_says_why(runs, tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    code, _, err = run_cli(capsys, "report", runs["base"], runs["harmful"], "--out", tmp_path)
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "leaderboard.csv",
+        "leaderboard.md",
+        "report.html",
+        "scores.csv",
+    ]
+    assert "matplotlib is not installed" in (tmp_path / "report.html").read_text()
+    assert "note: no plots: matplotlib is not installed" in err
 
 
 def test_report_is_deterministic(runs, tmp_path, capsys):

@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
             f"note: {task.source}: '{task.name}' superseded by a newer run of the same model and spec",
             file=sys.stderr,
         )
-    written = write_report(board, args.out, title=args.title)
+    written, no_plots = write_report(board, args.out, title=args.title)
+    if no_plots:
+        print(f"note: {no_plots}", file=sys.stderr)
     print((args.out / MARKDOWN).read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0

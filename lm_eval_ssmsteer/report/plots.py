@@ -32,8 +32,17 @@ def row_label(row: Row) -> str:
     return f"{row.run.model_label} · {row.run.spec_label}"
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed: the report is written without plots."""
+
+
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise PlotsUnavailable(
+            "no plots: matplotlib is not installed (pip install 'lm_eval_ssmsteer[plots]')"
+        ) from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

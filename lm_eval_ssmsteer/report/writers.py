@@ -18,19 +18,26 @@ CSV = "leaderboard.csv"
 SCORES_CSV = "scores.csv"
 HTML = "report.html"
 NO_VALUE = "—"
+NO_PLOTS = "No plots: no task reports scores by length and no run is steered."
 
 
-def write_report(board: Leaderboard, out_dir: Path, title: str = "ssmsteer leaderboard") -> list[Path]:
-    """Writes every format into ``out_dir``; returns the files written."""
-    from lm_eval_ssmsteer.report.plots import draw_plots
+def write_report(
+    board: Leaderboard, out_dir: Path, title: str = "ssmsteer leaderboard"
+) -> tuple[list[Path], str]:
+    """Writes every format into ``out_dir``; returns the files written and, when matplotlib is missing,
+    why there are no plots (the tables are written all the same, and the pages say so)."""
+    from lm_eval_ssmsteer.report.plots import PlotsUnavailable, draw_plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = draw_plots(board)
+    try:
+        plots, missing = draw_plots(board), ""
+    except PlotsUnavailable as exc:
+        plots, missing = {}, str(exc)
     files = {
-        MARKDOWN: to_markdown(board, title, plot_files=list(plots)).encode("utf-8"),
+        MARKDOWN: to_markdown(board, title, plot_files=list(plots), no_plots=missing).encode("utf-8"),
         CSV: to_csv(board).encode("utf-8"),
         SCORES_CSV: scores_csv(board).encode("utf-8"),
-        HTML: to_html(board, title, plots).encode("utf-8"),
+        HTML: to_html(board, title, plots, no_plots=missing).encode("utf-8"),
         **plots,
     }
     written = []
@@ -38,7 +45,7 @@ def write_report(board: Leaderboard, out_dir: Path, title: str = "ssmsteer leade
         path = out_dir / name
         path.write_bytes(data)
         written.append(path)
-    return written
+    return written, missing
 
 
 def format_score(score: Score | None) -> str:
@@ -142,13 +149,17 @@ def _markdown_table(table: Table) -> str:
 
 
 def to_markdown(
-    board: Leaderboard, title: str = "ssmsteer leaderboard", plot_files: tuple[str, ...] | list[str] = ()
+    board: Leaderboard,
+    title: str = "ssmsteer leaderboard",
+    plot_files: tuple[str, ...] | list[str] = (),
+    no_plots: str = "",
 ) -> str:
     parts = [f"# {title}", "", EXPLANATION, "", _markdown_table(leaderboard_table(board))]
     gains = gains_table(board)
     if gains[1]:
         parts += ["", "## Steering gains per task", "", _markdown_table(gains)]
     parts += [part for name in plot_files for part in ("", f"![{name}]({name})")]
+    parts += ["", f"*{no_plots}*"] if no_plots else []
     parts += ["", "## Sources", ""]
     parts += [
         f"- {row.run.model_label} · {row.run.spec_label}: {', '.join(_sources(row))}" for row in board.rows
@@ -317,7 +328,7 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def to_html(board: Leaderboard, title: str, plots: dict[str, bytes]) -> str:
+def to_html(board: Leaderboard, title: str, plots: dict[str, bytes], no_plots: str = "") -> str:
     leaderboard = _html_table("leaderboard", leaderboard_table(board))
     gains_header, gains_rows = gains_table(board)
     gains = ""
@@ -342,7 +353,7 @@ def to_html(board: Leaderboard, title: str, plots: dict[str, bytes]) -> str:
 {leaderboard}
 {gains}
 <h2>Plots</h2>
-{figures or "<p>No plots: no task reports scores by length and no run is steered.</p>"}
+{figures or f"<p>{html.escape(no_plots or NO_PLOTS)}</p>"}
 <h2>Sources</h2>
 <ul>
 {sources}
