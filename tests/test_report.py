@@ -427,11 +427,20 @@ def test_reruns_in_one_folder_keep_the_newest(runs, tmp_path, capsys):
 
 def test_model_arguments_that_change_the_model_make_their_own_row(runs, tmp_path):
     data = json.loads(runs["base"].read_text())
-    data["config"]["model_args"] = {**data["config"]["model_args"], "dtype": "bfloat16", "device": "cpu"}
-    path = tmp_path / "results_bf16.json"
-    path.write_text(json.dumps(data))
-    board = build_leaderboard(load_runs([runs["base"], path]))
-    assert sorted(row.run.model_label for row in board.rows) == ["tiny-mamba", "tiny-mamba (dtype=bfloat16)"]
+    pretrained = data["config"]["model_args"]["pretrained"]
+    data["config"]["model_args"] = {"pretrained": pretrained, "dtype": "bfloat16", "device": "cpu"}
+    as_dict = tmp_path / "results_dict.json"
+    as_dict.write_text(json.dumps(data))
+    # simple_evaluate(model_args="k=v,...") records the string as given
+    data["config"]["model_args"] = f"pretrained={pretrained},revision=v2,batch_size=4"
+    as_string = tmp_path / "results_string.json"
+    as_string.write_text(json.dumps(data))
+    board = build_leaderboard(load_runs([runs["base"], as_dict, as_string]))
+    assert sorted(row.run.model_label for row in board.rows) == [
+        "tiny-mamba",
+        "tiny-mamba (dtype=bfloat16)",
+        "tiny-mamba (revision=v2)",
+    ]
 
 
 def test_nan_stderr_reads_as_unknown(runs, tmp_path):
