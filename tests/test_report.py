@@ -492,6 +492,7 @@ def test_changed_task_definition_is_refused_unless_allowed(runs, capsys):
     code, _, err = run_cli(capsys, "regress", "--baseline", runs["base"], "--current", runs["task_v2"])
     assert code == 2
     assert "task 'ssmrep_recall': task version 1.0 in the baseline, 2.0 now" in err
+    assert "task 'ssmrep_recall': task config (differs in: metadata.version) sha256" in err
     assert "--allow-config-mismatch" in err
     code, out, _ = run_cli(
         capsys, "regress", "--baseline", runs["base"], "--current", runs["task_v2"], "--allow-config-mismatch"

@@ -114,10 +114,10 @@ def task_differences(a: TaskResult, b: TaskResult) -> list[tuple[str, object, ob
     if a.n_samples != b.n_samples:
         found.append(("number of evaluated documents", a.n_samples, b.n_samples))
     if a.config_sha256 != b.config_sha256:
-        fields = sorted(k for k in set(a.config) | set(b.config) if a.config.get(k) != b.config.get(k))
+        fields = differing_fields(a.config, b.config)
         found.append(
             (
-                "a task config differing in " + ", ".join(fields) + ", config sha256",
+                f"task config (differs in: {', '.join(fields)}) sha256",
                 a.config_sha256[:12],
                 b.config_sha256[:12],
             )
@@ -125,6 +125,15 @@ def task_differences(a: TaskResult, b: TaskResult) -> list[tuple[str, object, ob
     if a.task_hash and b.task_hash and a.task_hash != b.task_hash:
         found.append(("documents/prompts hash (task_hashes)", a.task_hash[:12], b.task_hash[:12]))
     return found
+
+
+def differing_fields(a: object, b: object, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ, e.g. ``["metadata.version"]``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            f for k in sorted(set(a) | set(b)) for f in differing_fields(a.get(k), b.get(k), f"{prefix}{k}.")
+        ]
+    return [prefix.rstrip(".")] if a != b else []
 
 
 def _columns(runs: list[Run], metrics: Mapping[str, str]) -> list[Column]:
