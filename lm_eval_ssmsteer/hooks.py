@@ -223,7 +223,7 @@ class _Steerer:
                 if kwargs.pop(softplus_key, False):
                     dt = F.softplus(dt)
                 dt = dt * to_layout(f)
-                kwargs[bias_key], kwargs[softplus_key] = None, False
+                kwargs[bias_key], kwargs[softplus_key] = _zero_bias(bias), False
             f = self._factor(b_site, B.dtype)
             if f is not None:
                 B = B * to_layout(f)
@@ -276,7 +276,7 @@ class _Steerer:
                 dt = dt + bias.to(dt.dtype)
             if kwargs.pop("dt_softplus", False):
                 dt = F.softplus(dt)
-            kwargs["dt_bias"], kwargs["dt_softplus"] = None, False
+            kwargs["dt_bias"], kwargs["dt_softplus"] = _zero_bias(bias), False
             return dt
 
         def scale_bc(B, C, per_group):
@@ -306,6 +306,12 @@ class _Steerer:
             return step_fn(state, x, dt, A, B, C, *args, **kwargs)
 
         return scan, step
+
+
+def _zero_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """Δ is handed over with its bias already added; a zero bias (not None) keeps mamba-ssm's Triton
+    state update working (2.3.2 dereferences dt_bias unconditionally) and adds exactly nothing."""
+    return None if bias is None else torch.zeros_like(bias)
 
 
 def _no_fused_path(*args: Any, **kwargs: Any) -> None:
