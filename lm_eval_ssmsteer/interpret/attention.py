@@ -18,7 +18,7 @@ import torch
 from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals
 
 AGGREGATES = ("mean", "norm", "none")
-DEFAULT_MEMORY_BYTES = 256 * 2**20
+DEFAULT_MEMORY_BYTES = 512 * 2**20
 
 
 def _single(internals: MixerInternals) -> None:
@@ -29,15 +29,15 @@ def _single(internals: MixerInternals) -> None:
         )
 
 
-def _decay_exponent(S: torch.Tensor, rows: range) -> torch.Tensor:
-    """S_i − S_m for i in rows, m < rows.stop; +inf where m > i (so exp(A·(S_i − S_m)) = 0 there).
+def _decay_exponent(S: torch.Tensor, rows: range, first_source: int = 0) -> torch.Tensor:
+    """S_i − S_m for i in rows, first_source ≤ m < rows.stop; +inf where m > i (so exp(A·(S_i − S_m)) = 0).
 
     S (l, f) cumulative Δ in float64, subtracted before rounding to fp32 so that long inputs keep
-    the precision of each difference; returns (r, rows.stop, f) fp32.
+    the precision of each difference; returns (r, rows.stop − first_source, f) fp32.
     """
-    diff = (S[rows.start : rows.stop, None, :] - S[None, : rows.stop, :]).float()  # (r, m_end, f)
+    diff = (S[rows.start : rows.stop, None, :] - S[None, first_source : rows.stop, :]).float()
     i = torch.arange(rows.start, rows.stop, device=S.device)[:, None]
-    m = torch.arange(rows.stop, device=S.device)[None, :]
+    m = torch.arange(first_source, rows.stop, device=S.device)[None, :]
     return diff.masked_fill((m > i)[..., None], float("inf"))
 
 
@@ -68,14 +68,22 @@ def channel_attention_rows(internals: MixerInternals, rows: range) -> torch.Tens
     _single(internals)
     if internals.kind != MAMBA1:
         return head_attention_rows(internals, rows).repeat_interleave(internals.head_dim, dim=-1)
-    m_end = rows.stop
-    exponent = _decay_exponent(_cumulative_delta(internals), rows)  # (r, m_end, d)
-    delta_m = internals.delta[0, :m_end]  # (m_end, d)
-    alpha = torch.zeros_like(exponent)
-    for n in range(internals.A.shape[1]):  # one state at a time keeps memory at (r, m_end, d)
-        C_i = internals.C[0, rows.start : m_end, n][:, None, None]  # (r, 1, 1)
-        B_m = internals.B[0, :m_end, n][None, :, None]  # (1, m_end, 1)
-        alpha += C_i * torch.exp(internals.A[:, n] * exponent) * delta_m * B_m
+    t0, m_end = rows.start, rows.stop
+    S = _cumulative_delta(internals)  # (l, d)
+    A, delta = internals.A, internals.delta[0]  # (d, N), (l, d)
+    B, C = internals.B[0], internals.C[0]  # (l, N) each
+    alpha = internals.v.new_zeros(len(rows), m_end, A.shape[0])  # (r, m_end, d)
+    if t0 > 0:
+        # Sources before the chunk: split the decay at t0 so that both factors are exp(≤ 0), and sum
+        # over n as a batched matmul: α[i, m] = Σ_n (C_i[n] e^{A(S_i − S_t0)}) (e^{A(S_t0 − S_m)} Δ_m B_m[n]).
+        P = C[t0:m_end, None, :] * torch.exp(A * (S[t0:m_end] - S[t0]).float()[..., None])  # (r, d, N)
+        Q = torch.exp(A * (S[t0] - S[:t0]).float()[..., None]) * (delta[:t0, :, None] * B[:t0, None, :])
+        alpha[:, :t0] = torch.einsum("ren,men->rme", P, Q)  # Q: (t0, d, N)
+    exponent = _decay_exponent(S, rows, first_source=t0)  # (r, r, d): sources inside the chunk
+    for n in range(A.shape[1]):
+        C_i = C[t0:m_end, n][:, None, None]  # (r, 1, 1)
+        B_m = B[t0:m_end, n][None, :, None]  # (1, r, 1)
+        alpha[:, t0:] += C_i * torch.exp(A[:, n] * exponent) * delta[t0:m_end] * B_m
     return alpha
 
 

@@ -51,7 +51,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument(
-        "--memory-mb", type=int, default=256, help="budget for one chunk of target rows (default: 256)"
+        "--memory-mb", type=int, default=512, help="budget for one chunk of target rows (default: 512)"
     )
 
 
