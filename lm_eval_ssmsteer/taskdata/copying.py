@@ -12,27 +12,99 @@ LETTERS = string.ascii_lowercase
 NOISE = "."
 
 FIRST_NAMES = (
-    "Ada", "Alan", "Alice", "Amos", "Anna", "Basil", "Beatrice", "Bruno", "Carla", "Cecil", "Clara", "Daniel",
-    "Delia", "Edgar", "Edith", "Elena", "Felix", "Flora", "Frank", "Gemma", "Gideon", "Grace", "Hans", "Helen",
-    "Hugo", "Ida", "Isaac", "Ivy", "Jonas", "Julia", "Karl", "Laura", "Leon", "Lydia", "Marco", "Maya", "Nina",
-    "Oscar", "Paula", "Rosa",
+    "Ada",
+    "Alan",
+    "Alice",
+    "Amos",
+    "Anna",
+    "Basil",
+    "Beatrice",
+    "Bruno",
+    "Carla",
+    "Cecil",
+    "Clara",
+    "Daniel",
+    "Delia",
+    "Edgar",
+    "Edith",
+    "Elena",
+    "Felix",
+    "Flora",
+    "Frank",
+    "Gemma",
+    "Gideon",
+    "Grace",
+    "Hans",
+    "Helen",
+    "Hugo",
+    "Ida",
+    "Isaac",
+    "Ivy",
+    "Jonas",
+    "Julia",
+    "Karl",
+    "Laura",
+    "Leon",
+    "Lydia",
+    "Marco",
+    "Maya",
+    "Nina",
+    "Oscar",
+    "Paula",
+    "Rosa",
 )
 LAST_NAMES = (
-    "Abbott", "Baker", "Barnes", "Becker", "Brandt", "Carter", "Dalton", "Ellis", "Fischer", "Foster",
-    "Garner", "Hale", "Hartley", "Holt", "Jensen", "Keller", "Lambert", "Lowe", "Marsh", "Meyer", "Morrow",
-    "Nash", "Norris", "Olsen", "Parker", "Quinn", "Reed", "Russo", "Sawyer", "Schmidt", "Shaw", "Stone",
-    "Tanner", "Turner", "Vance", "Walsh", "Weber", "Wolfe", "Young", "Zeller",
+    "Abbott",
+    "Baker",
+    "Barnes",
+    "Becker",
+    "Brandt",
+    "Carter",
+    "Dalton",
+    "Ellis",
+    "Fischer",
+    "Foster",
+    "Garner",
+    "Hale",
+    "Hartley",
+    "Holt",
+    "Jensen",
+    "Keller",
+    "Lambert",
+    "Lowe",
+    "Marsh",
+    "Meyer",
+    "Morrow",
+    "Nash",
+    "Norris",
+    "Olsen",
+    "Parker",
+    "Quinn",
+    "Reed",
+    "Russo",
+    "Sawyer",
+    "Schmidt",
+    "Shaw",
+    "Stone",
+    "Tanner",
+    "Turner",
+    "Vance",
+    "Walsh",
+    "Weber",
+    "Wolfe",
+    "Young",
+    "Zeller",
 )
 
 
 def _corruptions(rng: random.Random, s: str) -> list[str]:
     """Near-copies of `s` (one swap, one substitution, one deletion): the distractors of the copy choices."""
     i = rng.randrange(len(s) - 1)
-    swapped = s[:i] + s[i + 1] + s[i] + s[i + 2:]
+    swapped = s[:i] + s[i + 1] + s[i] + s[i + 2 :]
     j = rng.randrange(len(s))
-    substituted = s[:j] + rng.choice([c for c in LETTERS if c != s[j]]) + s[j + 1:]
+    substituted = s[:j] + rng.choice([c for c in LETTERS if c != s[j]]) + s[j + 1 :]
     k = rng.randrange(len(s))
-    return [swapped, substituted, s[:k] + s[k + 1:]]
+    return [swapped, substituted, s[:k] + s[k + 1 :]]
 
 
 def make_copy(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
@@ -60,8 +132,13 @@ def make_selective_copy(rng: random.Random, split: str, knobs: dict, count_token
     target = " ".join(data)
     distractors = [" ".join(data[::-1]), " ".join(sorted(data)), " ".join(data[1:] + data[:1])]
     choices, gold = choices_with_gold(rng, target, distractors)
-    return {"context": " ".join(sequence) + " |", "target": target, "choices": choices, "gold": gold,
-            "positions": list(positions)}
+    return {
+        "context": " ".join(sequence) + " |",
+        "target": target,
+        "choices": choices,
+        "gold": gold,
+        "positions": list(positions),
+    }
 
 
 def make_phonebook(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
@@ -81,32 +158,54 @@ def make_phonebook(rng: random.Random, split: str, knobs: dict, count_tokens) ->
     name, number = book[query]
     context = "\n".join(lines + ["", *(lines[e] for e in examples), f"{name}:"])
     choices, gold = choices_with_gold(rng, number, [num for _, num in book])
-    return {"context": context, "target": number, "choices": choices, "gold": gold, "name": name,
-            "entry": query}
+    return {
+        "context": context,
+        "target": number,
+        "choices": choices,
+        "gold": gold,
+        "name": name,
+        "entry": query,
+    }
 
 
 TASKS = {
     "ssm_copy": TaskSpec(
-        "ssm_copy", "copying", "Copy a random lowercase string: `$ s |` -> `s`; exact match of the whole copy.",
-        "Jelassi et al. 2024, Repeat After Me", make_copy,
+        "ssm_copy",
+        "copying",
+        "Copy a random lowercase string: `$ s |` -> `s`; exact match of the whole copy.",
+        "Jelassi et al. 2024, Repeat After Me",
+        make_copy,
         {"length": Knob(24, "letters in the string to copy", minimum=2)},
     ),
     "ssm_selective_copy": TaskSpec(
-        "ssm_selective_copy", "copying",
+        "ssm_selective_copy",
+        "copying",
         "Letters scattered among `.` noise, then `|`: reproduce the letters in order (space separated).",
-        "Gu & Dao 2023, Mamba: selective copying", make_selective_copy,
-        {"length": Knob(48, "positions in the sequence (letters + noise)", minimum=2),
-         "num_tokens": Knob(6, "letters to copy", minimum=2)},
-        constraint=lambda k: None if k["num_tokens"] <= k["length"] else
-        f"knob 'num_tokens' = {k['num_tokens']} exceeds knob 'length' = {k['length']}: one letter per position",
+        "Gu & Dao 2023, Mamba: selective copying",
+        make_selective_copy,
+        {
+            "length": Knob(48, "positions in the sequence (letters + noise)", minimum=2),
+            "num_tokens": Knob(6, "letters to copy", minimum=2),
+        },
+        constraint=lambda k: (
+            None
+            if k["num_tokens"] <= k["length"]
+            else f"knob 'num_tokens' = {k['num_tokens']} exceeds knob 'length' = {k['length']}: "
+            "one letter per position"
+        ),
     ),
     "ssm_phonebook": TaskSpec(
-        "ssm_phonebook", "copying",
+        "ssm_phonebook",
+        "copying",
         "N lines `Name: 10-digit number`, two example lookups, then `Name:`; exact match of the number.",
-        "Jelassi et al. 2024, Repeat After Me: phone book", make_phonebook,
+        "Jelassi et al. 2024, Repeat After Me: phone book",
+        make_phonebook,
         {"num_entries": Knob(16, "entries in the phone book", minimum=3)},
-        constraint=lambda k: None if k["num_entries"] <= len(FIRST_NAMES) * len(LAST_NAMES) else
-        f"knob 'num_entries' = {k['num_entries']} exceeds the {len(FIRST_NAMES) * len(LAST_NAMES)} distinct names",
+        constraint=lambda k: (
+            None
+            if k["num_entries"] <= len(FIRST_NAMES) * len(LAST_NAMES)
+            else f"knob 'num_entries' = {k['num_entries']} exceeds the "
+            f"{len(FIRST_NAMES) * len(LAST_NAMES)} distinct names"
+        ),
     ),
 }
-

@@ -23,7 +23,7 @@ TokenCounter = Callable[[str], int]
 
 
 class TaskDataError(ValueError):
-    """A knob, split or count that a task cannot honour; the message names the key, value and what is allowed."""
+    """A knob, split or count a task cannot honour: the message names key, value and what is allowed."""
 
 
 def char_count(text: str) -> int:
@@ -42,14 +42,17 @@ def split_rng(task: str, split: str, seed: int) -> random.Random:
     return random.Random(f"ssmsteer/{task}/{split}/{seed}")
 
 
-def draw_in_split(rng: random.Random, split: str, draw: Callable[[random.Random], Any],
-                  key: Callable[[Any], str]) -> Any:
+def draw_in_split(
+    rng: random.Random, split: str, draw: Callable[[random.Random], Any], key: Callable[[Any], str]
+) -> Any:
     """Draw candidates until one's key hashes into `split`."""
     for _ in range(_MAX_TRIES):
         item = draw(rng)
         if split_of(key(item)) == split:
             return item
-    raise TaskDataError(f"no item of split {split!r} found in {_MAX_TRIES} draws: the knobs leave too few items")
+    raise TaskDataError(
+        f"no item of split {split!r} found in {_MAX_TRIES} draws: the knobs leave too few items"
+    )
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,20 @@ class Knob:
     kind: type = int
 
     def check(self, task: str, name: str, value: Any) -> int | float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            self.kind is int and not float(value).is_integer()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (self.kind is int and not float(value).is_integer())
         ):
             raise TaskDataError(
-                f"{task}: knob {name!r} = {value!r} must be {'an integer' if self.kind is int else 'a number'} "
+                f"{task}: knob {name!r} = {value!r} must be "
+                f"{'an integer' if self.kind is int else 'a number'} "
                 f">= {self.minimum} ({self.help})"
             )
         if value < self.minimum:
-            raise TaskDataError(f"{task}: knob {name!r} = {value!r} is below the minimum {self.minimum} ({self.help})")
+            raise TaskDataError(
+                f"{task}: knob {name!r} = {value!r} is below the minimum {self.minimum} ({self.help})"
+            )
         return self.kind(value)
 
 
@@ -95,15 +103,19 @@ class TaskSpec:
                 f"{self.name}: unknown knob {unknown[0]!r} = {given[unknown[0]]!r}; "
                 f"allowed knobs: {', '.join(sorted(self.knobs)) or 'none'}"
             )
-        knobs = {name: knob.check(self.name, name, given.get(name, knob.default))
-                 for name, knob in self.knobs.items()}
+        knobs = {
+            name: knob.check(self.name, name, given.get(name, knob.default))
+            for name, knob in self.knobs.items()
+        }
         problem = self.constraint(knobs) if self.constraint else None
         if problem:
             raise TaskDataError(f"{self.name}: {problem}")
         return knobs
 
 
-def choices_with_gold(rng: random.Random, gold: str, distractors: Sequence[str], k: int = 4) -> tuple[list[str], int]:
+def choices_with_gold(
+    rng: random.Random, gold: str, distractors: Sequence[str], k: int = 4
+) -> tuple[list[str], int]:
     """`k` distinct choices (fewer if there are not enough distractors): the gold one at a random place."""
     pool = sorted({d for d in distractors if d != gold})
     picked = rng.sample(pool, min(k - 1, len(pool)))
@@ -111,8 +123,9 @@ def choices_with_gold(rng: random.Random, gold: str, distractors: Sequence[str],
     return picked[:position] + [gold] + picked[position:], position
 
 
-def fit_sentences(sentences: Sequence[str], budget: int, count_tokens: TokenCounter,
-                  assemble: Callable[[int], str]) -> str:
+def fit_sentences(
+    sentences: Sequence[str], budget: int, count_tokens: TokenCounter, assemble: Callable[[int], str]
+) -> str:
     """The text `assemble(n)` with the largest n whose token count stays within `budget`.
 
     `assemble(n)` must grow with n (it places the first n haystack sentences). Token counts of the parts

@@ -42,8 +42,17 @@ def make_mqar(rng: random.Random, split: str, knobs: dict, count_tokens) -> list
         asked = ", ".join(f"{keys[q]}: {values[q]}" for q in order[:j])
         context = f"{pairs} {asked + ', ' if asked else ''}{keys[i]}:"
         choices, gold = choices_with_gold(rng, values[i], values)
-        docs.append({"context": context, "target": values[i], "choices": choices, "gold": gold,
-                     "key": keys[i], "pair": i, "query": j})
+        docs.append(
+            {
+                "context": context,
+                "target": values[i],
+                "choices": choices,
+                "gold": gold,
+                "key": keys[i],
+                "pair": i,
+                "query": j,
+            }
+        )
     return docs
 
 
@@ -60,8 +69,14 @@ def make_kv_retrieval(rng: random.Random, split: str, knobs: dict, count_tokens)
     keys, values, q = draw_in_split(rng, split, draw, key=lambda item: repr(item))
     lines = [f"{k} -> {v}" for k, v in zip(keys, values, strict=True)]
     choices, gold = choices_with_gold(rng, values[q], values)
-    return {"context": "\n".join(lines + [f"{keys[q]} ->"]), "target": values[q], "choices": choices,
-            "gold": gold, "key": keys[q], "pair": q}
+    return {
+        "context": "\n".join(lines + [f"{keys[q]} ->"]),
+        "target": values[q],
+        "choices": choices,
+        "gold": gold,
+        "key": keys[q],
+        "pair": q,
+    }
 
 
 def make_induction(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
@@ -80,32 +95,52 @@ def make_induction(rng: random.Random, split: str, knobs: dict, count_tokens) ->
     sequence, i = draw_in_split(rng, split, draw, key=lambda item: repr(item))
     follower = sequence[i + 1]
     choices, gold = choices_with_gold(rng, follower, [x for x in sequence if x != sequence[i]])
-    return {"context": " ".join(sequence + [sequence[i]]), "target": follower, "choices": choices,
-            "gold": gold, "trigger": sequence[i], "position": i}
+    return {
+        "context": " ".join(sequence + [sequence[i]]),
+        "target": follower,
+        "choices": choices,
+        "gold": gold,
+        "trigger": sequence[i],
+        "position": i,
+    }
 
 
 TASKS = {
     "ssm_mqar": TaskSpec(
-        "ssm_mqar", "retrieval",
+        "ssm_mqar",
+        "retrieval",
         "`key: value` pairs (3 letters: 3 digits), then queries of the keys at power-law gaps; one document "
         "per query (earlier queries answered in the context), accuracy per query.",
-        "Arora et al. 2023, Zoology: MQAR", make_mqar,
-        {"num_pairs": Knob(16, "key-value pairs", minimum=1),
-         "num_queries": Knob(4, "queries per sequence (one document each)", minimum=1),
-         "power_a": Knob(0.0, "power-law exponent of the query choice (0 = uniform)", minimum=0.0, kind=float)},
-        constraint=lambda k: None if k["num_queries"] <= k["num_pairs"] else
-        f"knob 'num_queries' = {k['num_queries']} exceeds knob 'num_pairs' = {k['num_pairs']}: each key is queried once",
+        "Arora et al. 2023, Zoology: MQAR",
+        make_mqar,
+        {
+            "num_pairs": Knob(16, "key-value pairs", minimum=1),
+            "num_queries": Knob(4, "queries per sequence (one document each)", minimum=1),
+            "power_a": Knob(
+                0.0, "power-law exponent of the query choice (0 = uniform)", minimum=0.0, kind=float
+            ),
+        },
+        constraint=lambda k: (
+            None
+            if k["num_queries"] <= k["num_pairs"]
+            else f"knob 'num_queries' = {k['num_queries']} exceeds knob 'num_pairs' = {k['num_pairs']}: "
+            "each key is queried once"
+        ),
     ),
     "ssm_kv_retrieval": TaskSpec(
-        "ssm_kv_retrieval", "retrieval",
+        "ssm_kv_retrieval",
+        "retrieval",
         "Lines `xxxx-xxxx -> yyyy-yyyy` of UUID-like hex keys and values, then `key ->`; exact match.",
-        "Liu et al. 2023, Lost in the Middle: key-value retrieval", make_kv_retrieval,
+        "Liu et al. 2023, Lost in the Middle: key-value retrieval",
+        make_kv_retrieval,
         {"num_pairs": Knob(12, "key-value lines", minimum=1)},
     ),
     "ssm_induction": TaskSpec(
-        "ssm_induction", "retrieval",
+        "ssm_induction",
+        "retrieval",
         "Random two-letter items; trigger A appears once followed by B; the sequence ends with A: predict B.",
-        "Olsson et al. 2022, induction heads; Gu & Dao 2023 (Mamba) induction task", make_induction,
+        "Olsson et al. 2022, induction heads; Gu & Dao 2023 (Mamba) induction task",
+        make_induction,
         {"length": Knob(48, "items before the final trigger", minimum=2)},
     ),
 }

@@ -1,0 +1,148 @@
+"""lm-eval glue of the task suite: the ``custom_dataset`` builders and ``process_results`` functions
+that the YAMLs in ``tasks/`` call through their small ``utils.py``.
+
+lm-eval 0.4.13 calls ``custom_dataset(**kwargs)`` with the task YAML's metadata, ``--model_args`` and
+``--metadata`` merged in one dict. So this module sorts the keys: knobs of this task are used, knobs of
+the suite's other tasks are ignored (one ``--metadata`` serves a whole group), a key that looks like a
+misspelt knob is an error, and everything else is taken as a model argument. Long-context lengths come
+from ``max_seq_lengths`` and are measured with the tokenizer of ``tokenizer``/``pretrained``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from functools import cache
+from typing import Any
+
+from lm_eval_ssmsteer.taskdata import TASKS, TaskDataError, answer_text, generate, task_spec
+from lm_eval_ssmsteer.taskdata.core import TokenCounter, char_count
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQ_LENGTHS = (512, 1024, 2048)
+DEFAULT_NUM_SAMPLES = {"copying": 100, "retrieval": 100, "longctx": 50}
+SUITE_KEYS = {"max_seq_lengths", "num_samples", "seed"}
+# keys lm-eval itself puts in the metadata
+_PLUMBING = {"version", "config_source", "_metadata", "task", "pretrained", "tokenizer", "model"}
+
+
+def _suite_knobs() -> set[str]:
+    return SUITE_KEYS | {
+        k for spec in TASKS.values() for k in spec.knobs if k != "length" or not spec.long_context
+    }
+
+
+def split_metadata(
+    task: str, metadata: dict[str, Any]
+) -> tuple[dict[str, Any], list[int], int, int]:
+    """(knobs of `task`, lengths, documents per length, seed) from the merged metadata."""
+    spec = task_spec(task)
+    suite = _suite_knobs()
+    own = {k for k in spec.knobs if k != "length" or not spec.long_context}
+    knobs: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if key in own:
+            knobs[key] = value
+        elif key not in suite and key not in _PLUMBING:
+            close = difflib.get_close_matches(key, sorted(suite), n=1, cutoff=0.8)
+            if close:
+                raise TaskDataError(
+                    f"{task}: unknown metadata key {key!r} = {value!r}; did you mean {close[0]!r}? "
+                    f"{task} takes: {', '.join(sorted(own | SUITE_KEYS))}"
+                )
+    n = metadata.get("num_samples", DEFAULT_NUM_SAMPLES[spec.family])
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TaskDataError(f"{task}: metadata 'num_samples' = {n!r} must be an integer >= 1")
+    seed = metadata.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TaskDataError(f"{task}: metadata 'seed' = {seed!r} must be an integer")
+    lengths: list[int] = []
+    if spec.long_context:
+        raw = metadata.get("max_seq_lengths", list(DEFAULT_SEQ_LENGTHS))
+        raw = [raw] if isinstance(raw, int) else raw
+        if (
+            not isinstance(raw, (list, tuple))
+            or not raw
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in raw)
+        ):
+            raise TaskDataError(
+                f"{task}: metadata 'max_seq_lengths' = {raw!r} must be a non-empty list of positive integers "
+                f"(token counts), e.g. [512, 1024]"
+            )
+        lengths = list(dict.fromkeys(raw))
+    return knobs, lengths, n, seed
+
+
+@cache
+def _hf_counter(name: str) -> TokenCounter:
+    from transformers import AutoTokenizer
+
+    from lm_eval_ssmsteer.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if len(tokenizer("The quick brown fox.", add_special_tokens=False).input_ids) == 0:
+        raise TaskDataError(
+            f"tokenizer of {name!r} encodes text to 0 tokens: lengths cannot be measured; "
+            f"pass another with --model_args tokenizer=..."
+        )
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def token_counter(metadata: dict[str, Any]) -> TokenCounter:
+    """Counts tokens of the evaluated model: `tokenizer`, else `pretrained` (short names resolved)."""
+    for key in ("tokenizer", "pretrained", "model"):
+        name = metadata.get(key)
+        if isinstance(name, str) and name:
+            return _hf_counter(name)
+    log.warning("ssmsteer tasks: no tokenizer or pretrained in model_args: lengths are counted in characters")
+    return char_count
+
+
+def documents(task: str, metadata: dict[str, Any]) -> list[dict]:
+    """The test documents of `task` for the merged lm-eval metadata (every length for long-context)."""
+    spec = task_spec(task)
+    knobs, lengths, n, seed = split_metadata(task, metadata)
+    if not spec.long_context:
+        docs = generate(task, "test", n, seed=seed, **knobs)
+    else:
+        counter = token_counter(metadata)
+        docs = []
+        for length in lengths:
+            try:
+                docs += generate(task, "test", n, seed=seed, count_tokens=counter, length=length, **knobs)
+            except TaskDataError as exc:
+                raise TaskDataError(f"{task}: metadata 'max_seq_lengths' value {length}: {exc}") from exc
+    return [{**d, "answer": answer_text(d)} for d in docs]
+
+
+def dataset(task: str, **metadata: Any) -> dict:
+    """``custom_dataset`` of one task: {"test": datasets.Dataset}."""
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(documents(task, metadata))}
+
+
+def _prediction(results: list[str]) -> str:
+    return results[0].strip().split("\n")[0].strip()
+
+
+def exact_match(doc: dict, results: list[str]) -> dict[str, float]:
+    return {"exact_match": float(_prediction(results) == doc["answer"])}
+
+
+def answers_found(doc: dict, results: list[str]) -> float:
+    """RULER's string_match_all: the share of the expected answers found in the prediction."""
+    prediction = _prediction(results)
+    targets = doc["target"] if isinstance(doc["target"], list) else [doc["target"]]
+    return sum(t in prediction for t in targets) / len(targets)
+
+
+def by_length_generated(doc: dict, results: list[str]) -> dict[str, float]:
+    """One metric per length (named by the length), like lm-eval's RULER tasks."""
+    return {str(doc["length"]): answers_found(doc, results)}
+
+
+def by_length_choice(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    logliks = [ll for ll, _ in results]
+    return {str(doc["length"]): float(logliks.index(max(logliks)) == doc["gold"])}

@@ -1,0 +1,14 @@
+"""Data and scoring of the ssmsteer copying tasks: generated offline by lm_eval_ssmsteer.taskdata."""
+
+from functools import partial
+
+from lm_eval_ssmsteer.taskdata.harness import (  # noqa: F401  (named by the YAMLs)
+    by_length_choice,
+    by_length_generated,
+    dataset,
+    exact_match,
+)
+
+ssm_copy = partial(dataset, "ssm_copy")
+ssm_selective_copy = partial(dataset, "ssm_selective_copy")
+ssm_phonebook = partial(dataset, "ssm_phonebook")
