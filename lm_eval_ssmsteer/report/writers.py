@@ -291,14 +291,18 @@ div.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
 td.text, th.text { text-align: left; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; max-width: 10em;
-     overflow-wrap: anywhere; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 td.significant { font-weight: bold; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 p.note { max-width: 60em; color: #555; }
 """
+
+
+def _breakable(label: str) -> str:
+    """Task names are long words: let a header wrap after ``_`` and before ``@``."""
+    return html.escape(label).replace("_", "_<wbr>").replace("@", "<wbr>@")
 
 
 def _html_table(table_id: str, table: Table) -> str:
@@ -316,7 +320,7 @@ def _html_table(table_id: str, table: Table) -> str:
         )
         return f'<td{attrs(cell)} data-sort="{html.escape(sort)}">{html.escape(cell.text)}</td>'
 
-    head = "".join(f'<th{attrs(cell)} title="click to sort">{html.escape(cell.text)}</th>' for cell in header)
+    head = "".join(f'<th{attrs(cell)} title="click to sort">{_breakable(cell.text)}</th>' for cell in header)
     body = "\n".join(f"<tr>{''.join(map(td, cells))}</tr>" for cells in rows)
     return (
         f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
