@@ -290,6 +290,9 @@ def test_bad_inputs_name_the_value_and_the_allowed_range(model):
     spec_past_the_end = KnockoutSpec(layers=(5,), sources=(0,), targets=(1,))
     with pytest.raises(ValueError, match=r"layer 5 does not exist"), knockout(model, spec_past_the_end):
         pass
+    internals = layer_internals(model, ids, [0])[0]
+    with pytest.raises(ValueError, match=r"per-feature hidden attention of 10 tokens x \d+ features needs"):
+        hidden_attention(internals, "none", memory_bytes=100)
     with pytest.raises(ValueError, match="features 'medium'"):
         KnockoutSpec(layers=(0,), sources=(0,), targets=(1,), features="medium")
 

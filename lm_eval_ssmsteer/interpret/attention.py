@@ -19,6 +19,7 @@ from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals
 
 AGGREGATES = ("mean", "norm", "none")
 DEFAULT_MEMORY_BYTES = 512 * 2**20
+MAX_RESULT_BUDGETS = 8  # a full per-feature result may take this many chunk budgets
 
 
 def _single(internals: MixerInternals) -> None:
@@ -110,6 +111,15 @@ def hidden_attention(
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
     length, d = internals.length, internals.v.shape[-1]
+    if aggregate == "none":
+        features = d if internals.kind == MAMBA1 else internals.delta.shape[-1]
+        size = features * length * length * 4
+        if size > MAX_RESULT_BUDGETS * memory_bytes:
+            raise ValueError(
+                f"per-feature hidden attention of {length} tokens x {features} features needs "
+                f"{size / 2**30:.1f} GiB (limit {MAX_RESULT_BUDGETS} x the {memory_bytes / 2**20:.0f} MiB "
+                "budget): use aggregate 'mean' or 'norm', or a shorter input"
+            )
     if aggregate == "none" and internals.kind != MAMBA1:
         H = internals.delta.shape[-1]
         result = internals.v.new_zeros(H, length, length)

@@ -137,6 +137,20 @@ def _main(run):
     return wrapped
 
 
+def _save_map(args, meta: dict, arrays: dict, key: str, matrix: torch.Tensor, title: str) -> Path:
+    """Keep the map for the NPZ under ``key`` and draw it as ``<analysis>_<key>.png``."""
+    arrays[key] = matrix
+    path = args.out / f"{args.analysis}_{key}.png"
+    return save_heatmap(matrix, meta["tokens"], path, f"{args.model} {title}")
+
+
+def _save_arrays(args, meta: dict, arrays: dict, layers: tuple[int, ...]) -> list[Path]:
+    """``<analysis>.npz`` with every map and ``<analysis>.json`` with the tokens and the keys."""
+    listing = {**meta, "layers": list(layers), "keys": sorted(arrays)}
+    stem = args.out / args.analysis
+    return [save_npz(stem.with_suffix(".npz"), arrays), save_json(stem.with_suffix(".json"), listing)]
+
+
 @_main
 def run_attention(args: argparse.Namespace) -> list[Path]:
     model, blocks, input_ids, layers, meta = _load(args)
@@ -147,16 +161,11 @@ def run_attention(args: argparse.Namespace) -> list[Path]:
         internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
         for aggregate in args.aggregate:
             matrix = hidden_attention(internals, aggregate, budget)
-            arrays[f"layer{layer}_{aggregate}"] = matrix
-            path = args.out / f"attention_layer{layer}_{aggregate}.png"
-            title = f"{args.model} layer {layer}: hidden attention ({aggregate})"
-            written.append(save_heatmap(matrix, meta["tokens"], path, title))
+            title = f"layer {layer}: hidden attention ({aggregate})"
+            written.append(_save_map(args, meta, arrays, f"layer{layer}_{aggregate}", matrix, title))
         if args.per_feature:
             arrays[f"layer{layer}_per_feature"] = hidden_attention(internals, "none", budget)
-    written.append(save_npz(args.out / "attention.npz", arrays))
-    written.append(save_json(args.out / "attention.json", {**meta, "layers": list(layers),
-                                                            "arrays": sorted(arrays)}))
-    return written
+    return written + _save_arrays(args, meta, arrays, layers)
 
 
 @_main
@@ -171,22 +180,15 @@ def run_latim(args: argparse.Namespace) -> list[Path]:
         residual = captured[layer].residual if args.rollout else None
         maps = latim_maps(internals, tuple(args.scores), residual, args.memory_mb * 2**20)
         for score in args.scores:
-            arrays[f"layer{layer}_{score}"] = maps[score]
-            path = args.out / f"latim_layer{layer}_{score}.png"
-            title = f"{args.model} layer {layer}: LaTIM {score}"
-            written.append(save_heatmap(maps[score], meta["tokens"], path, title))
+            title = f"layer {layer}: LaTIM {score}"
+            written.append(_save_map(args, meta, arrays, f"layer{layer}_{score}", maps[score], title))
             if args.rollout:
                 block_maps[score].append(maps[f"{score}_block"])
     if args.rollout:
         for score, chain in block_maps.items():
-            arrays[f"rollout_{score}"] = rolled = rollout(chain)
-            title = f"{args.model} layers {layers[0]}-{layers[-1]}: LaTIM {score} rollout"
-            path = args.out / f"latim_rollout_{score}.png"
-            written.append(save_heatmap(rolled, meta["tokens"], path, title))
-    written.append(save_npz(args.out / "latim.npz", arrays))
-    written.append(save_json(args.out / "latim.json", {**meta, "layers": list(layers),
-                                                        "arrays": sorted(arrays)}))
-    return written
+            title = f"layers {layers[0]}-{layers[-1]}: LaTIM {score} rollout"
+            written.append(_save_map(args, meta, arrays, f"rollout_{score}", rollout(chain), title))
+    return written + _save_arrays(args, meta, arrays, layers)
 
 
 @_main

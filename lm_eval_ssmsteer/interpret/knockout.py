@@ -1,4 +1,4 @@
-"""Mamba Knockout (Endy et al. 2025): block the flow from source tokens to target tokens in a window of
+"""Mamba Knockout (arXiv 2505.24244): block the flow from source tokens to target tokens in a window of
 layers, optionally only through the fastest- or slowest-decaying features, and measure the prediction.
 
 In each mixer of the window, target positions t read a scan whose state skipped the source inputs
