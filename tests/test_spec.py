@@ -103,3 +103,17 @@ def test_non_mamba_model_lists_supported_architectures():
         UnsupportedModelError, match="model_type 'gpt2' is not a supported .*MambaForCausalLM"
     ):
         describe_model(gpt2)
+
+
+def test_spec_cli_shows_hash_and_checks_against_a_model(tmp_path, capsys):
+    from tiny import save_tiny
+
+    from lm_eval_ssmsteer.cli import main
+
+    folder = save_tiny(tmp_path / "m", "mamba")
+    assert main(["spec", "show", "paper-mamba-130m"]) == 0
+    assert load_spec("paper-mamba-130m").sha256 in capsys.readouterr().out
+    assert main(["spec", "check", "paper-mamba-130m", "--model", str(folder)]) == 2
+    assert "n_layers: spec 24, model 3" in capsys.readouterr().out
+    small = json.dumps({"version": 1, "interventions": [{"layer": 2, "site": "B", "scale": 2.0}]})
+    assert main(["spec", "check", small, "--model", str(folder)]) == 0
