@@ -39,16 +39,19 @@ METHODS = ("l2", "alti")
 def contribution_rows(internals: MixerInternals, rows: range) -> tuple[torch.Tensor, torch.Tensor]:
     """T_i(x_j) for i in rows, j < rows.stop: (r, rows.stop, d_model); and bias_i: (r, d_model)."""
     m_end = rows.stop
-    alpha = channel_attention_rows(internals, rows)  # (r, m_end, d)
-    targets = torch.arange(rows.start, rows.stop, device=alpha.device)
-    alpha[targets - rows.start, targets] += diagonal_skip(internals)  # the D skip reads v_i itself
-    weight_on_v = alpha * torch.sigmoid(internals.conv_pre[0, None, :m_end])  # (r, m_end, d)
     K = internals.conv_weight.shape[1]
-    through_conv = torch.zeros_like(weight_on_v)  # (r, j < m_end, d): weight on u_j summed over m
-    for lag in range(min(K, m_end)):  # token j reaches v_{j+lag} through the tap w_lag
-        through_conv[:, : m_end - lag] += weight_on_v[:, lag:] * internals.conv_weight[:, K - 1 - lag]
+    w = internals.conv_weight  # (d, K), w[:, K-1-lag] is the tap at lag `lag`
+    weight_on_v = channel_attention_rows(internals, rows)  # α (r, m_end, d), turned in place into:
+    targets = torch.arange(rows.start, rows.stop, device=weight_on_v.device)
+    weight_on_v[targets - rows.start, targets] += diagonal_skip(internals)  # the D skip reads v_i itself
+    weight_on_v.mul_(torch.sigmoid(internals.conv_pre[0, None, :m_end]))  # (α + [m=i] D) ⊙ σ(c_m)
+    # weight on u_j: token j reaches v_{j+lag} through the tap w_lag; summed over the taps in place
+    through_conv = weight_on_v * w[:, K - 1]  # (r, j < m_end, d)
+    for lag in range(1, min(K, m_end)):
+        through_conv[:, : m_end - lag].addcmul_(weight_on_v[:, lag:], w[:, K - 1 - lag])
     gate = linear_gate(internals)[0, rows.start : rows.stop, None, :]  # (r, 1, d)
-    T = (through_conv * internals.u[0, None, :m_end] * gate) @ internals.out_weight.T  # (r, m_end, d_model)
+    through_conv.mul_(internals.u[0, None, :m_end]).mul_(gate)
+    T = through_conv @ internals.out_weight.T  # (r, m_end, d_model)
     bias = (weight_on_v.sum(1) * internals.conv_bias * gate[:, 0]) @ internals.out_weight.T  # (r, d_model)
     if internals.out_bias is not None:
         bias = bias + internals.out_bias
