@@ -98,23 +98,24 @@ LAST_NAMES = (
 
 
 def _corruptions(rng: random.Random, s: str) -> list[str]:
-    """Near-copies of `s` (one swap, one substitution, one deletion): the distractors of the copy choices."""
-    i = rng.randrange(len(s) - 1)
-    swapped = s[:i] + s[i + 1] + s[i] + s[i + 2 :]
+    """Three distinct near-copies of `s` (swaps of unequal neighbours, substitutions, deletions): the
+    distractors of the copy choices."""
+    swaps = [s[:i] + s[i + 1] + s[i] + s[i + 2 :] for i in range(len(s) - 1) if s[i] != s[i + 1]]
     j = rng.randrange(len(s))
-    substituted = s[:j] + rng.choice([c for c in LETTERS if c != s[j]]) + s[j + 1 :]
-    k = rng.randrange(len(s))
-    return [swapped, substituted, s[:k] + s[k + 1 :]]
+    substitutions = [s[:j] + c + s[j + 1 :] for c in LETTERS if c != s[j]]
+    deletions = [s[:k] + s[k + 1 :] for k in range(len(s))]
+    picked: list[str] = []
+    for pool in (swaps, substitutions, deletions, substitutions):
+        options = [x for x in pool if x != s and x not in picked]
+        if options:
+            picked.append(rng.choice(options))
+    return picked[:3]
 
 
 def make_copy(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
     n = knobs["length"]
     s = draw_in_split(rng, split, lambda r: "".join(r.choice(LETTERS) for _ in range(n)), key=lambda s: s)
-    while True:  # a swap of two equal letters is no corruption; redraw until all three differ from s
-        distractors = _corruptions(rng, s)
-        if s not in distractors and len(set(distractors)) == 3:
-            break
-    choices, gold = choices_with_gold(rng, s, distractors)
+    choices, gold = choices_with_gold(rng, s, _corruptions(rng, s))
     return {"context": f"$ {s} |", "target": s, "choices": choices, "gold": gold, "string": s}
 
 

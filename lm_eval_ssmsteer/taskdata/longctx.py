@@ -186,7 +186,8 @@ def make_niah_multivalue(rng: random.Random, split: str, knobs: dict, count_toke
         [_magic(key, v) for v in values],
         f"What are all the special magic numbers for {key}? The special magic numbers for {key} are",
     )
-    return {"context": context, "target": values, "key": key, "length": knobs["length"]}
+    in_order = sorted(values, key=context.index)  # answers are listed as they appear in the text
+    return {"context": context, "target": in_order, "key": key, "length": knobs["length"]}
 
 
 def make_niah_multiquery(rng: random.Random, split: str, knobs: dict, count_tokens: TokenCounter) -> dict:
