@@ -124,6 +124,7 @@ def main() -> int:
         base_cpu = reference[f"{arch}/unsteered"]
         with torch.no_grad():
             unsteered16 = gpu16(ids.cuda()).logits
+            noise32 = rel(gpu32(ids.cuda()).logits, base_cpu)
         for site, spec in cases(arch, gpu32)[1:]:
             prefill = kernel_launches(gpu16, spec, ids.cuda(), PREFILL_KERNEL[arch], decode=False)
             decode = kernel_launches(gpu16, spec, ids.cuda(), DECODE_KERNEL[arch], decode=True)
@@ -142,13 +143,14 @@ def main() -> int:
                 "rel_err_bf16_kernel_vs_cpu": rel(k16, ref),
                 "steering_effect_cpu": rel(ref, base_cpu),
                 "bf16_noise_unsteered": rel(unsteered16, base_cpu),
+                "fp32_noise_unsteered": noise32,
             }
             rows.append(row)
             if prefill < N_LAYERS or decode < N_LAYERS:
                 failures.append(
                     f"{arch}/{site}: a layer left the kernel path ({prefill}, {decode} of {N_LAYERS})"
                 )
-            if row["rel_err_fp32_kernel_vs_cpu"] > 1e-3:
+            if row["rel_err_fp32_kernel_vs_cpu"] > max(1e-3, 3 * noise32):
                 failures.append(f"{arch}/{site}: fp32 kernel vs CPU {row['rel_err_fp32_kernel_vs_cpu']:.2e}")
             if row["rel_err_bf16_kernel_vs_cpu"] > max(5e-2, 3 * row["bf16_noise_unsteered"]):
                 failures.append(f"{arch}/{site}: bf16 kernel disagrees with CPU beyond bf16 noise")
@@ -161,13 +163,14 @@ def main() -> int:
     )
     print(
         "| arch | site | scan kernels (prefill) | update kernels (decode) | fp32 kernel vs CPU | "
-        "bf16 kernel vs CPU | bf16 noise (unsteered) | steering effect |"
+        "fp32 noise (unsteered) | bf16 kernel vs CPU | bf16 noise (unsteered) | steering effect |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['arch']} | {r['site']} | {r['prefill_scan_kernels']}/{N_LAYERS} | "
             f"{r['decode_update_kernels']}/{N_LAYERS} | {r['rel_err_fp32_kernel_vs_cpu']:.1e} | "
+            f"{r['fp32_noise_unsteered']:.1e} | "
             f"{r['rel_err_bf16_kernel_vs_cpu']:.1e} | {r['bf16_noise_unsteered']:.1e} | "
             f"{r['steering_effect_cpu']:.1e} |"
         )
