@@ -210,6 +210,9 @@ def train(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
     )
     config = model_config(arch)
+    # without the mamba-ssm kernels, Mamba-1 trains with the parallel scan (mamba.py) instead of a
+    # Python loop over positions; the shipped config keeps the default
+    config.use_mambapy = True
     model = (MambaForCausalLM if arch == "mamba1" else Mamba2ForCausalLM)(config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
@@ -250,6 +253,7 @@ def train(
                 flush=True,
             )
     model.eval()
+    model.config.use_mambapy = False
     scores = evaluate(model, device, eval_docs)
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").float().save_pretrained(str(out))
