@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
@@ -265,13 +266,16 @@ def run_from_results(source: Path, data: dict) -> Run:
     return run
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def normalise_task_config(task_config: Any, model_args: dict) -> dict:
     """The task config without what lm-eval adds from outside the task: model arguments copied into
     ``metadata``, the YAML's location, and the folders of local data files (a checkout elsewhere is the
-    same task)."""
+    same task), and the memory addresses in reprs of functions (``custom_dataset``, ``process_results``)."""
     if not isinstance(task_config, dict):
         return {"config": task_config}
-    config = json.loads(json.dumps(task_config, default=str))
+    config = json.loads(_ADDRESS.sub("", json.dumps(task_config, default=str)))
     metadata = config.get("metadata")
     if isinstance(metadata, dict):
         config["metadata"] = {

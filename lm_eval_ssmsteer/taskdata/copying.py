@@ -147,9 +147,9 @@ def make_phonebook(rng: random.Random, split: str, knobs: dict, count_tokens) ->
 
     def draw(r: random.Random) -> tuple[list[tuple[str, str]], int, tuple[int, int]]:
         names = r.sample([f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES], n)
-        numbers = set()
+        numbers: dict[str, None] = {}  # insertion-ordered: a set's order changes with PYTHONHASHSEED
         while len(numbers) < n:
-            numbers.add("".join(r.choice(string.digits) for _ in range(10)))
+            numbers["".join(r.choice(string.digits) for _ in range(10))] = None
         book = list(zip(names, sorted(numbers, key=lambda _: r.random()), strict=True))
         query, *examples = r.sample(range(n), 3)
         return book, query, tuple(examples)

@@ -99,9 +99,9 @@ def _key_needles(rng: random.Random, split: str, n_keys: int, n_values: int) -> 
             k = haystack.key_word(r)
             if k not in keys:
                 keys.append(k)
-        values: set[str] = set()
+        values: dict[str, None] = {}  # insertion-ordered: a set's order changes with PYTHONHASHSEED
         while len(values) < n_keys * n_values:
-            values.add(_number(r, 7))
+            values[_number(r, 7)] = None
         ordered = sorted(values, key=lambda _: r.random())
         return [(k, ordered[i * n_values : (i + 1) * n_values]) for i, k in enumerate(keys)]
 
