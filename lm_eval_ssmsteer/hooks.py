@@ -217,9 +217,8 @@ class _Steerer:
             if f is not None:
                 bias = kwargs.pop(bias_key, None)
                 if bias is not None:
-                    dt = dt + (
-                        bias.to(dt.dtype)[..., None] if to_layout is _channels_first else bias.to(dt.dtype)
-                    )
+                    bias = bias.to(dt.dtype)
+                    dt = dt + (bias[:, None] if dt.dim() == 3 else bias)  # (b, d, l) scan or (b, d) step
                 if kwargs.pop(softplus_key, False):
                     dt = F.softplus(dt)
                 dt = dt * to_layout(f)
