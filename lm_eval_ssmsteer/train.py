@@ -65,13 +65,14 @@ CHUNK = 16  # documents per (task, knob draw)
 VOCAB_SIZE = 128  # the 99-token project vocabulary, rounded up
 
 
-def model_config(arch: str):
+def model_config(arch: str, hidden: int = 224, layers: int = 6):
+    """The reference shapes: 224 wide and 6 deep by default (GPU); the CPU-trained models are narrower."""
     from transformers import Mamba2Config, MambaConfig
 
     common = {
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": 224,
-        "num_hidden_layers": 6,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
         "pad_token_id": 0,
         "eos_token_id": 1,
         "bos_token_id": 1,
@@ -84,7 +85,7 @@ def model_config(arch: str):
             state_size=64,
             expand=2,
             head_dim=32,
-            num_heads=14,
+            num_heads=2 * hidden // 32,
             n_groups=1,
             chunk_size=64,
             conv_kernel=4,
@@ -199,6 +200,25 @@ def train(
     device: str,
     eval_docs: int = 64,
     parallel_scan: bool = False,
+    hidden: int = 224,
+    layers: int = 6,
+) -> dict:
+    from contextlib import nullcontext
+
+    from lm_eval_ssmsteer.fastscan import use_fast_scan
+
+    # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
+    fast = use_fast_scan() if arch == "mamba1" and not device.startswith("cuda") else nullcontext()
+    with fast:
+        return _train(
+            arch, out, steps, tokens_per_batch, lr, seed, n_docs, workers, time_budget, device,
+            eval_docs, parallel_scan, hidden, layers,
+        )
+
+
+def _train(
+    arch, out, steps, tokens_per_batch, lr, seed, n_docs, workers, time_budget, device, eval_docs,
+    parallel_scan, hidden, layers,
 ) -> dict:
     import torch
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
@@ -210,7 +230,7 @@ def train(
     print(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
     )
-    config = model_config(arch)
+    config = model_config(arch, hidden, layers)
     # without the mamba-ssm kernels, Mamba-1 can train with mamba.py's parallel scan instead of the loop
     # over positions (it was slower on an H100 at 32k tokens per batch); the shipped config keeps the default
     config.use_mambapy = parallel_scan
@@ -247,7 +267,7 @@ def train(
         opt.step()
         step += 1
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-        if step % 200 == 0 or step == 1:
+        if step % 50 == 0 or step == 1:
             print(
                 f"[{arch}] step {step} loss {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{time.time() - start:.0f}s",
@@ -293,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=None, help="seconds of training before stopping")
     p.add_argument("--device", default="cuda")
     p.add_argument("--parallel-scan", action="store_true", help="Mamba-1 without kernels: mamba.py pscan")
+    p.add_argument("--hidden", type=int, default=224, help="hidden size (Mamba-2: a multiple of 16)")
+    p.add_argument("--layers", type=int, default=6)
     p.add_argument("--eval-docs", type=int, default=64, help="test documents per setting in the final check")
     a = p.parse_args(argv)
     train(
@@ -306,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         a.workers,
         a.time_budget,
         a.device,
-        a.eval_docs, a.parallel_scan,
+        a.eval_docs,
+        a.parallel_scan,
+        a.hidden,
+        a.layers,
     )
     return 0
 
