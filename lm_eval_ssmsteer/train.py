@@ -211,14 +211,38 @@ def train(
     fast = use_fast_scan() if arch == "mamba1" and not device.startswith("cuda") else nullcontext()
     with fast:
         return _train(
-            arch, out, steps, tokens_per_batch, lr, seed, n_docs, workers, time_budget, device,
-            eval_docs, parallel_scan, hidden, layers,
+            arch,
+            out,
+            steps,
+            tokens_per_batch,
+            lr,
+            seed,
+            n_docs,
+            workers,
+            time_budget,
+            device,
+            eval_docs,
+            parallel_scan,
+            hidden,
+            layers,
         )
 
 
 def _train(
-    arch, out, steps, tokens_per_batch, lr, seed, n_docs, workers, time_budget, device, eval_docs,
-    parallel_scan, hidden, layers,
+    arch,
+    out,
+    steps,
+    tokens_per_batch,
+    lr,
+    seed,
+    n_docs,
+    workers,
+    time_budget,
+    device,
+    eval_docs,
+    parallel_scan,
+    hidden,
+    layers,
 ) -> dict:
     import torch
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
