@@ -32,15 +32,20 @@ class _SelectiveScanCore(torch.autograd.Function):
     def forward(ctx, u, dt, A, B, C):
         b, length, d = u.shape
         n = A.shape[1]
-        states = u.new_empty(b, length, d, n)
+        keep = any(ctx.needs_input_grad)  # inference keeps only the running state
+        states = u.new_empty(b, length, d, n) if keep else None
         du = dt * u
         y = u.new_empty(b, length, d)
+        h = u.new_zeros(b, d, n)
         for t in range(length):
-            h = torch.exp(dt[:, t, :, None] * A).mul_(states[:, t - 1]) if t else u.new_zeros(b, d, n)
+            if t:
+                h = torch.exp(dt[:, t, :, None] * A).mul_(h)
             h.addcmul_(du[:, t, :, None], B[:, t, None, :])
-            states[:, t] = h
+            if keep:
+                states[:, t] = h
             torch.sum(h * C[:, t, None, :], dim=-1, out=y[:, t])
-        ctx.save_for_backward(u, dt, A, B, C, states)
+        if keep:
+            ctx.save_for_backward(u, dt, A, B, C, states)
         return y, h
 
     @staticmethod
