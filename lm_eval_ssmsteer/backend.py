@@ -11,12 +11,14 @@ model_args (besides everything ``hf`` takes):
 from __future__ import annotations
 
 import ast
+from contextlib import nullcontext
 from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from lm_eval_ssmsteer import __version__
+from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
 from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
@@ -76,6 +78,7 @@ class MambaSteeredLM(HFLM):
         steer_channels: Any = None,
         steer_scale: Any = None,
         steer_positions: str | None = None,
+        fast_scan: bool | str = False,
         **kwargs: Any,
     ) -> None:
         # Everything about the spec that can be checked without the model fails here, before loading.
@@ -98,17 +101,41 @@ class MambaSteeredLM(HFLM):
         self.arch = describe_model(self.model)
         if self.steering_spec is not None:
             resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
+        self.fast_scan = self._check_fast_scan(fast_scan)
+
+    def _check_fast_scan(self, value: bool | str) -> bool:
+        """`fast_scan=True`: Mamba-1/FalconMamba on CPU run lm_eval_ssmsteer.fastscan instead of the loop."""
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SpecError(f"fast_scan={value!r}: allowed values are true or false")
+            value = value.lower() in ("true", "1")
+        if not value:
+            return False
+        if self.arch.architecture not in ("mamba", "falcon_mamba"):
+            raise SpecError(
+                f"fast_scan=True applies to model types mamba and falcon_mamba; this model is "
+                f"{self.arch.architecture}"
+            )
+        if self.model.device.type != "cpu":
+            raise SpecError(
+                f"fast_scan=True is for the CPU torch path; on {self.model.device.type} it would replace "
+                "the mamba-ssm kernels"
+            )
+        return True
+
+    def _scan(self):
+        return use_fast_scan() if self.fast_scan else nullcontext()
 
     def _get_config(self, pretrained: str, **kwargs: Any) -> None:
         super()._get_config(pretrained, **kwargs)
         describe_config(self._config)  # a non-Mamba model fails before its weights are loaded
 
     def _model_call(self, inps, attn_mask=None, labels=None):
-        with steer(self.model, self.steering_spec):
+        with self._scan(), steer(self.model, self.steering_spec):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        with steer(self.model, self.steering_spec):
+        with self._scan(), steer(self.model, self.steering_spec):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def get_model_info(self) -> dict[str, Any]:
@@ -122,6 +149,7 @@ class MambaSteeredLM(HFLM):
                 "model_fingerprint": self.arch.fingerprint(),
                 "steering_spec": None if spec is None else spec.to_dict(),
                 "steering_spec_sha256": None if spec is None else spec.sha256,
+                "fast_scan": self.fast_scan,
             }
         )
         return info

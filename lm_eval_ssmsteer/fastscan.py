@@ -8,12 +8,11 @@ tokens/s, 1,300 with this module. Here the scan is one autograd Function with a 
 Same mathematics as `transformers.models.mamba.modeling_mamba.mamba_selective_scan`'s recurrent path;
 tests/test_fastscan.py compares values and gradients.
 
-`use_fast_scan()` swaps it into the modeling module for the duration of a `with` block.
+`use_fast_scan()` swaps it into the Mamba-1 and Stable-Mamba modeling modules for a `with` block.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -115,15 +114,27 @@ def selective_scan(
     return y
 
 
-@contextmanager
-def use_fast_scan() -> Iterator[None]:
-    """Within the block, transformers' Mamba-1 torch path runs `selective_scan` instead of its loop."""
-    from transformers.models.mamba import modeling_mamba
+MODULES = (
+    "transformers.models.mamba.modeling_mamba",
+    "transformers.models.falcon_mamba.modeling_falcon_mamba",
+)
 
-    module_dict = vars(sys.modules[modeling_mamba.__name__])
-    saved = module_dict["mamba_selective_scan"]
-    module_dict["mamba_selective_scan"] = selective_scan
+
+@contextmanager
+def use_fast_scan(modules: tuple[str, ...] = MODULES) -> Iterator[None]:
+    """Within the block, transformers' Mamba-1 / FalconMamba torch path runs `selective_scan`.
+
+    Only for the torch path: where mamba-ssm is installed, `mamba_selective_scan` is its CUDA kernel,
+    which this would replace (the backend refuses `fast_scan` off the CPU).
+    """
+    import importlib
+
+    dicts = [vars(importlib.import_module(name)) for name in modules]
+    saved = [d["mamba_selective_scan"] for d in dicts]
+    for d in dicts:
+        d["mamba_selective_scan"] = selective_scan
     try:
         yield
     finally:
-        module_dict["mamba_selective_scan"] = saved
+        for d, fn in zip(dicts, saved, strict=True):
+            d["mamba_selective_scan"] = fn

@@ -142,3 +142,29 @@ def test_non_mamba_model_fails_before_loading_weights(tmp_path):
     # only a config: reaching weight loading would fail differently
     with pytest.raises(UnsupportedModelError, match="model_type 'gpt2'.*supported: MambaForCausalLM"):
         MambaSteeredLM(pretrained=str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("steer_args", [{}, {"steer_layer": 1, "steer_site": "delta", "steer_scale": 2.0}])
+def test_fast_scan_matches_the_torch_loop(tmp_path, task_manager, steer_args):
+    path = save_tiny(tmp_path / "m", "mamba", seed=2)
+    fast = _evaluate(
+        "mamba-steered", {"pretrained": str(path), "fast_scan": True, **steer_args}, task_manager
+    )
+    loop = _evaluate("mamba-steered", {"pretrained": str(path), **steer_args}, task_manager)
+    assert fast["config"]["fast_scan"] is True
+    assert [s["resps"] for s in fast["samples"]["tiny_gen"]] == [
+        s["resps"] for s in loop["samples"]["tiny_gen"]
+    ]
+    for a, b in zip(fast["samples"]["tiny_mc"], loop["samples"]["tiny_mc"], strict=True):
+        for (la, _), (lb, _) in zip([r[0] for r in a["resps"]], [r[0] for r in b["resps"]], strict=True):
+            assert la == pytest.approx(lb, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "value", "message"),
+    [("mamba2", True, "applies to model types mamba and falcon_mamba"), ("mamba", "maybe", "true or false")],
+)
+def test_fast_scan_bad_input(tmp_path, arch, value, message):
+    path = save_tiny(tmp_path / arch, arch, seed=2)
+    with pytest.raises(SpecError, match=message):
+        MambaSteeredLM(pretrained=str(path), device="cpu", fast_scan=value)
