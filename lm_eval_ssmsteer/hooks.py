@@ -15,6 +15,10 @@ Un-steered layers run untouched. Pad positions (attention mask 0) are never scal
 selects the prompt (a forward that starts a sequence) or the generated tokens (a forward that continues
 a cache the same model already filled); lm-eval loglikelihood inputs are prompts throughout.
 Every hook is removed and every swapped function restored on exit, exceptions included.
+
+``steer_factors`` applies given per-channel factor tensors through the same hooks; the factors may
+require grad, so a loss can be differentiated with respect to the scale of every channel (the finder's
+attribution).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ssmsteer.sites import ArchInfo, SitePlan, describe_model, resolve
-from lm_eval_ssmsteer.spec import SteeringSpec, load_spec
+from lm_eval_ssmsteer.spec import Intervention, SteeringSpec, load_spec
 
 INNER_SITES = {"mamba1": ("delta", "B", "C", "ssm_out", "gate"), "mamba2": ("delta", "B", "C")}
 SCAN_FUNCTIONS = {
@@ -329,5 +333,32 @@ def steer(model: torch.nn.Module, spec: SteeringSpec | str | dict | None) -> Ite
     try:
         steerer.install()
         yield spec
+    finally:
+        steerer.remove()
+
+
+@contextmanager
+def steer_factors(model: torch.nn.Module, factors: dict[tuple[int, str], torch.Tensor]) -> Iterator[None]:
+    """Multiply each (layer, site) by its (width,) factor at every non-pad position, inside the block.
+
+    The factors are used as given (not copied), so a factor that requires grad receives the gradient
+    of whatever is computed from the steered forward pass.
+    """
+    if not factors:
+        raise ValueError("steer_factors needs at least one (layer, site) factor")
+    arch = describe_model(model)
+    spec = SteeringSpec(tuple(Intervention((layer,), site, "all", 1.0) for layer, site in factors))
+    steerer = _Steerer(model, spec, arch)  # checks every layer and site against the model
+    for (layer, site), factor in factors.items():
+        width = arch.site_width(site)
+        if tuple(factor.shape) != (width,):
+            raise ValueError(
+                f"factor for layer {layer}, site {site!r} has shape {tuple(factor.shape)}; the site has "
+                f"{width} channels, so the shape must be ({width},)"
+            )
+        steerer.scalers[layer][site].by_positions = {"all": factor}
+    try:
+        steerer.install()
+        yield
     finally:
         steerer.remove()

@@ -1,0 +1,103 @@
+"""``ssmsteer find``: locate a bottleneck on calibration data and write the steering spec."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_TASKS, FinderError
+from lm_eval_ssmsteer.finder.methods import METHODS
+from lm_eval_ssmsteer.spec import SITES
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        paths, result = run(args)
+    except FinderError as exc:
+        print(f"error: {exc}")
+        return 2
+    chosen = result.scores["chosen"]
+    gain = result.spec.provenance["calibration_gain"]
+    print(
+        f"layer {chosen['layer']} {chosen['site']}: {len(result.spec.interventions[0].channels)} channels "
+        f"x{result.spec.interventions[0].scale:g}; calibration loss {result.base.loss:.4f} -> "
+        f"{result.best.loss:.4f} (gain {gain['loss']:+.4f}), accuracy {result.base.accuracy:.3f} -> "
+        f"{result.best.accuracy:.3f}"
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run(args: argparse.Namespace):
+    """Validate everything cheap first (method, sites, output, model type, data), then search."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lm_eval_ssmsteer.finder.data import encode_pairs, file_pairs, task_pairs
+    from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
+    from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, load_model, prepare_pretrained
+    from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_config, describe_model
+
+    sites = args.sites or list(SITES)
+    check_request(args.method, sites)
+    check_output(args.out)
+    try:
+        path, native = prepare_pretrained(args.model)
+        describe_config(AutoConfig.from_pretrained(path))
+    except UnsupportedModelError as exc:
+        raise FinderError(f"--model {args.model!r}: {exc}") from None
+    except OSError as exc:
+        raise FinderError(f"--model {args.model!r}: cannot load its config ({exc})") from None
+    if args.data is not None:
+        pairs, source = file_pairs(args.data), str(args.data)
+    else:
+        tasks = args.tasks or list(DEFAULT_TASKS)
+        pairs = task_pairs(tasks, "calibration", args.docs_per_task)
+        source = f"calibration split: {', '.join(tasks)} x {args.docs_per_task} docs"
+    tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
+    data = encode_pairs(tokenizer, pairs, source)
+    model, _ = load_model(args.model, device=args.device)
+    result = find(
+        model,
+        data,
+        sites=sites,
+        method=args.method,
+        candidates=args.candidates,
+        verify=args.verify,
+        max_channels=args.max_channels,
+        model_name=args.model,
+        progress=not args.no_progress,
+    )
+    return write_outputs(result, args.out, describe_model(model), sites), result
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "find", help="find a bottleneck on calibration data and write a steering spec (docs/finder.md)"
+    )
+    p.add_argument("--model", required=True, help="shipped model name, HF id or local folder")
+    p.add_argument(
+        "--out", type=Path, required=True, help="spec JSON to write (scores and heatmap beside it)"
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--tasks",
+        nargs="+",
+        help=f"suite tasks whose CALIBRATION split is used (default: {' '.join(DEFAULT_TASKS)})",
+    )
+    source.add_argument("--data", type=Path, help='JSONL file: one {"context": ..., "answer": ...} a line')
+    p.add_argument(
+        "--docs-per-task", type=int, default=DEFAULT_DOCS_PER_TASK, help="calibration docs per task"
+    )
+    p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
+    p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")
+    p.add_argument(
+        "--candidates", type=int, default=2, help="best-scored (layer, site) pairs swept (default 2)"
+    )
+    p.add_argument(
+        "--verify", type=int, default=8, help="causal: channels per direction verified (default 8)"
+    )
+    p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

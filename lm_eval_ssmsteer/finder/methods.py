@@ -1,0 +1,188 @@
+"""The finder's scoring methods: each ranks the channels of (layer, site) pairs as steering candidates.
+
+- ``variance``: per-channel variance, across documents, of the token-averaged activation (the paper's
+  ranking); only at sites a module hook can read (mixer_out, residual).
+- ``attribution``: g = dL/ds at s = 1 for a per-channel scale s at every (layer, site), from one forward
+  and backward pass per batch. To first order, scaling channel c by s changes the loss by (s - 1)·g_c,
+  so -g ranks channels to amplify and +g channels to damp; g is dimensionless (a loss change per
+  relative scaling), so sites of different kinds are comparable.
+- ``causal``: attribution, then the top candidates of each candidate pair re-ranked by real
+  interventions on the calibration data (amplify by VERIFY_AMPLIFY, ablate to 0).
+- ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
+  channels of that layer's mixer_out by variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lm_eval_ssmsteer.hooks import steer, steer_factors
+from lm_eval_ssmsteer.sites import ArchInfo
+from lm_eval_ssmsteer.spec import SteeringSpec
+
+METHODS = ("causal", "attribution", "variance", "dt-bias")
+VARIANCE_SITES = ("mixer_out", "residual")
+SITE_TOP = 16  # a pair's score sums its best 16 channels (the paper steers 16)
+VERIFY_AMPLIFY = 3.0
+
+Pair = tuple[int, str]
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Score:
+    loss: float  # mean answer-token cross-entropy
+    accuracy: float  # share of documents whose whole answer is the greedy (teacher-forced) choice
+
+
+@dataclass
+class Ranking:
+    """Channels of one pair in order of promise, per direction, with the pair's overall score."""
+
+    amplify: list[int]
+    damp: list[int]
+    score: float
+    benefit: dict[str, list[float]] | None = None  # per-channel expected loss decrease, by direction
+
+
+def _answer_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed answer-token cross-entropy of a batch and the number of its documents answered right."""
+    logits = model(ids, use_cache=False).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
+    right = ((logits.argmax(-1) == target) | (target == -100)).all(dim=1).sum()
+    return loss, int(right)
+
+
+def evaluate(model, batches: Batches, spec: SteeringSpec | None = None) -> Score:
+    loss, right, tokens, docs = 0.0, 0, 0, 0
+    with torch.no_grad(), steer(model, spec):
+        for ids, labels in batches:
+            batch_loss, batch_right = _answer_loss(model, ids, labels)
+            loss += float(batch_loss)
+            right += batch_right
+            tokens += int((labels[:, 1:] != -100).sum())
+            docs += ids.shape[0]
+    return Score(loss / tokens, right / docs)
+
+
+def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(b, l) True up to each document's last answer token (the padding after it is excluded)."""
+    return (labels != -100).flip(1).cumsum(1).flip(1) > 0
+
+
+def activation_variance(model, batches: Batches, pairs: list[Pair]) -> dict[Pair, torch.Tensor]:
+    """Per-channel variance across documents of the token-averaged activation at each pair."""
+    bad = [p for p in pairs if p[1] not in VARIANCE_SITES]
+    if bad:
+        raise ValueError(f"activation variance reads only {VARIANCE_SITES}, not {bad}")
+    means: dict[Pair, list[torch.Tensor]] = {p: [] for p in pairs}
+    mask: list[torch.Tensor] = []
+
+    def recorder(pair: Pair):
+        def hook(module, args, output):
+            m = mask[0][..., None].to(output.dtype)  # (b, l, 1)
+            means[pair].append(((output * m).sum(1) / m.sum(1)).float())  # (b, d)
+
+        return hook
+
+    layers = model.base_model.layers
+    handles = [
+        (layers[layer].mixer if site == "mixer_out" else layers[layer]).register_forward_hook(
+            recorder((layer, site))
+        )
+        for layer, site in pairs
+    ]
+    try:
+        with torch.no_grad():
+            for ids, labels in batches:
+                mask[:] = [_valid_positions(labels)]
+                model(ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {p: torch.cat(v).var(dim=0) for p, v in means.items()}
+
+
+def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> dict[Pair, torch.Tensor]:
+    """dL/ds at s = 1 for every channel of every pair (L: mean answer-token loss over all batches)."""
+    device = next(model.parameters()).device
+    factors = {p: torch.ones(arch.site_width(p[1]), device=device, requires_grad=True) for p in pairs}
+    tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in batches)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), steer_factors(model, factors):
+            for ids, labels in batches:
+                loss, _ = _answer_loss(model, ids, labels)
+                (loss / tokens).backward()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {p: f.grad.detach().clone() for p, f in factors.items()}
+
+
+def rank_attribution(grad: torch.Tensor) -> Ranking:
+    amplify, damp = -grad, grad  # expected loss decrease per unit of relative scaling
+    top = min(SITE_TOP, grad.numel())
+    score = max(
+        float(amplify.clamp(min=0).topk(top).values.sum()), float(damp.clamp(min=0).topk(top).values.sum())
+    )
+    return Ranking(
+        amplify=amplify.argsort(descending=True).tolist(),
+        damp=damp.argsort(descending=True).tolist(),
+        score=score,
+        benefit={"amplify": amplify.tolist(), "damp": damp.tolist()},
+    )
+
+
+def rank_variance(var: torch.Tensor) -> Ranking:
+    """Both directions rank by variance; the score is how peaked the top channels are (top mean / mean)."""
+    order = var.argsort(descending=True).tolist()
+    top = min(SITE_TOP, var.numel())
+    score = float(var[order[:top]].mean() / var.mean().clamp(min=1e-12))
+    return Ranking(amplify=order, damp=list(order), score=score)
+
+
+def verify(
+    model, batches: Batches, base: Score, pair: Pair, ranking: Ranking, n: int
+) -> dict[str, dict[int, float]]:
+    """Measured loss decrease of the top ``n`` channels of each direction, one real intervention each:
+    amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the front in measured order."""
+    layer, site = pair
+    measured: dict[str, dict[int, float]] = {}
+    for direction, scale in (("amplify", VERIFY_AMPLIFY), ("damp", 0.0)):
+        order = getattr(ranking, direction)
+        gains = {}
+        for channel in order[:n]:
+            spec = SteeringSpec.single(layer=layer, site=site, channels=[channel], scale=scale)
+            gains[channel] = base.loss - evaluate(model, batches, spec).loss
+        measured[direction] = gains
+        verified = sorted(gains, key=gains.get, reverse=True)
+        setattr(ranking, direction, verified + order[n:])
+    return measured
+
+
+def dt_bias_layers(model, arch: ArchInfo) -> list[dict[str, float]]:
+    """Per layer: mean |b|, variance and coefficient of variation (std / mean |b|) of the Δ bias."""
+    stats = []
+    for block in model.base_model.layers:
+        mixer = block.mixer
+        bias = (mixer.dt_bias if arch.family == "mamba2" else mixer.dt_proj.bias).detach().float()
+        mean_abs = float(bias.abs().mean())
+        var = float(bias.var())
+        stats.append({"mean_abs": mean_abs, "var": var, "cv": var**0.5 / max(mean_abs, 1e-12)})
+    return stats
+
+
+def dt_bias_layer(stats: list[dict[str, float]]) -> int:
+    """The layer whose Δ bias varies most relative to its size; the paper's fallback int(0.83 × layers)
+    when every layer is alike (an untrained model)."""
+    cvs = [s["cv"] for s in stats]
+    if max(cvs) - min(cvs) < 1e-6:
+        return int(0.83 * len(stats))
+    return max(range(len(cvs)), key=cvs.__getitem__)

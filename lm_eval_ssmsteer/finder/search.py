@@ -1,0 +1,323 @@
+"""``find``: score every (layer, site), sweep channel count and scale on the calibration data, and write
+the winning steering spec with its provenance, the raw scores (JSON) and a layer × site heatmap (PNG).
+
+The sweep, per candidate pair and direction: first the number of channels k at a reference scale, then
+the scale at the best k. The chosen configuration is the one with the lowest calibration loss; if none
+beats the unsteered model, the spec written is the identity (scale 1.0) and a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lm_eval_ssmsteer.finder import methods
+from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
+from lm_eval_ssmsteer.finder.methods import METHODS, VARIANCE_SITES, Pair, Ranking, Score
+from lm_eval_ssmsteer.sites import ArchInfo, describe_model
+from lm_eval_ssmsteer.spec import SITES, SteeringSpec
+
+K_GRID = (1, 2, 4, 8, 16, 32)
+AMPLIFY_SCALES = (1.5, 2.0, 3.0, 5.0, 8.0)
+DAMP_SCALES = (0.0, 0.5)
+REFERENCE_SCALE = {"amplify": 3.0, "damp": 0.0}
+
+
+@dataclass
+class FindResult:
+    spec: SteeringSpec
+    base: Score
+    best: Score
+    scores: dict[str, Any]  # the raw scores document
+    heatmap: dict[Pair, float] = field(default_factory=dict)
+
+
+def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -> None:
+    """Every argument that can be wrong, checked before any long work."""
+    if method not in METHODS:
+        raise FinderError(f"--method: {method!r} is not a method; allowed: {', '.join(METHODS)}")
+    if not sites:
+        raise FinderError(f"--sites: no site given; allowed: {', '.join(SITES)}")
+    unknown = [s for s in sites if s not in SITES]
+    if unknown:
+        raise FinderError(f"--sites: unknown site(s) {unknown}; allowed: {', '.join(SITES)}")
+    if method == "variance" and not set(sites) & set(VARIANCE_SITES):
+        raise FinderError(
+            f"--sites {sites} with --method variance: variance reads only {', '.join(VARIANCE_SITES)}"
+        )
+
+
+def check_output(out: Path) -> None:
+    """The spec and its companion files can be written (tried with a probe file, removed at once)."""
+    if out.is_dir():
+        raise FinderError(f"--out: {str(out)!r} is a folder; give the spec's file name, e.g. spec.json")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FinderError(f"--out: folder {str(parent)!r} does not exist")
+    probe = parent / f".{out.name}.probe"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise FinderError(f"--out: cannot write in {str(parent)!r} ({exc.strerror})") from None
+
+
+def _scan_context(model, arch: ArchInfo):
+    """Mamba-1 on CPU: the fast torch scan (same values and gradients as transformers' loop)."""
+    if arch.architecture == "mamba" and next(model.parameters()).device.type == "cpu":
+        from lm_eval_ssmsteer.fastscan import use_fast_scan
+
+        return use_fast_scan()
+    return nullcontext()
+
+
+def _gap_k(benefit: list[float], order: list[int], limit: int) -> int | None:
+    """The k after which the positive expected benefit drops the most (relative), if any."""
+    values = [benefit[c] for c in order[: limit + 1]]
+    best, best_ratio = None, 1.5
+    for k in range(1, len(values)):
+        if values[k - 1] <= 0:
+            break
+        ratio = values[k - 1] / max(values[k], values[k - 1] * 1e-3)
+        if ratio > best_ratio:
+            best, best_ratio = k, ratio
+    return best
+
+
+def find(
+    model,
+    data: CalibrationData,
+    sites: list[str] | None = None,
+    method: str = "causal",
+    candidates: int = 2,
+    verify: int = 8,
+    max_channels: int = 32,
+    model_name: str = "model",
+    progress: bool = True,
+) -> FindResult:
+    """Score, sweep on ``data`` (calibration only) and return the best spec; writes nothing."""
+    from tqdm.auto import tqdm
+
+    sites = list(SITES if sites is None else sites)
+    check_request(method, sites)
+    arch = describe_model(model)
+    if method == "variance":
+        sites = [s for s in sites if s in VARIANCE_SITES]
+    t0 = time.time()
+    batches = data.batches()
+    bar = tqdm(total=0, desc="ssmsteer find", unit="pass", disable=not progress)
+
+    def step(what: str, passes: int = 1) -> None:
+        bar.set_postfix_str(what)
+        bar.update(passes)
+
+    with _scan_context(model, arch):
+        bar.total = 1
+        base = methods.evaluate(model, batches)
+        step("unsteered")
+        rankings, raw = _score(model, batches, arch, method, sites, bar, step)
+        ordered = sorted(rankings, key=lambda p: rankings[p].score, reverse=True)
+        chosen_pairs = ordered[: 1 if method == "dt-bias" else max(1, candidates)]
+        verified = {}
+        if method == "causal":
+            for pair in chosen_pairs:
+                n = min(verify, arch.site_width(pair[1]))
+                bar.total += 2 * n
+                verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
+                    model, batches, base, pair, rankings[pair], n
+                )
+                step(f"verified layer {pair[0]} {pair[1]}", 2 * n)
+        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, bar, step)
+    bar.close()
+
+    best = min(curve, key=lambda point: point["loss"])
+    improved = best["loss"] < base.loss
+    if not improved:
+        warnings.warn(
+            "no steering configuration lowered the calibration loss; the spec written is the identity "
+            "(scale 1.0), so steering with it changes nothing",
+            stacklevel=2,
+        )
+    channels = best["channels"]
+    scale = best["scale"] if improved else 1.0
+    best_score = Score(best["loss"], best["accuracy"]) if improved else base
+    layer, site = best["layer"], best["site"]
+    ranking = rankings[(layer, site)]
+    provenance = {
+        "tool": "ssmsteer find",
+        "method": method,
+        "model": model_name,
+        "model_fingerprint": arch.fingerprint(),
+        "calibration": {
+            "source": data.source,
+            "sha256": data.sha256,
+            "documents": len(data.examples),
+            "answer_tokens": data.n_answer_tokens,
+        },
+        "scores": {
+            "pair_score": ranking.score,
+            "direction": best["direction"],
+            "channel_benefit": (
+                [ranking.benefit[best["direction"]][c] for c in channels] if ranking.benefit else None
+            ),
+            "candidates": [{"layer": p[0], "site": p[1], "score": rankings[p].score} for p in chosen_pairs],
+        },
+        "calibration_loss": {"unsteered": base.loss, "steered": best_score.loss},
+        "calibration_accuracy": {"unsteered": base.accuracy, "steered": best_score.accuracy},
+        "calibration_gain": {
+            "loss": base.loss - best_score.loss,
+            "accuracy": best_score.accuracy - base.accuracy,
+        },
+        "sweep_points": len(curve),
+        "seconds": round(time.time() - t0, 1),
+    }
+    spec = SteeringSpec.from_dict(
+        {
+            "version": 1,
+            "interventions": [
+                {"layer": layer, "site": site, "channels": channels, "scale": scale, "positions": "all"}
+            ],
+            "model": {**arch.fingerprint(), "name": model_name},
+            "provenance": provenance,
+        }
+    )
+    scores = {
+        "method": method,
+        "model": model_name,
+        "model_fingerprint": arch.fingerprint(),
+        "calibration_sha256": data.sha256,
+        "unsteered": {"loss": base.loss, "accuracy": base.accuracy},
+        "pairs": {
+            f"{p[0]}/{p[1]}": {
+                "layer": p[0],
+                "site": p[1],
+                "score": r.score,
+                "amplify": r.amplify[:64],
+                "damp": r.damp[:64],
+                "benefit": r.benefit,
+            }
+            for p, r in rankings.items()
+        },
+        "raw": raw,
+        "verified": verified,
+        "sweep": curve,
+        "chosen": {k: best[k] for k in ("layer", "site", "direction", "k", "scale", "loss", "accuracy")},
+    }
+    return FindResult(spec, base, best_score, scores, {p: r.score for p, r in rankings.items()})
+
+
+def _score(model, batches, arch, method, sites, bar, step) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
+    pairs = [(layer, site) for layer in range(arch.n_layers) for site in sites]
+    raw: dict[str, Any] = {}
+    if method in ("attribution", "causal"):
+        bar.total += 3 * len(batches)  # one forward and backward ≈ three forwards
+        grads = methods.attribution(model, batches, pairs, arch)
+        step("attribution", 3 * len(batches))
+        raw["grad"] = {f"{p[0]}/{p[1]}": g.tolist() for p, g in grads.items()}
+        return {p: methods.rank_attribution(g) for p, g in grads.items()}, raw
+    if method == "dt-bias":
+        stats = methods.dt_bias_layers(model, arch)
+        raw["dt_bias"] = stats
+        pairs = [(methods.dt_bias_layer(stats), "mixer_out")]
+    bar.total += 1
+    variances = methods.activation_variance(model, batches, pairs)
+    step("activation variance")
+    raw["variance"] = {f"{p[0]}/{p[1]}": v.tolist() for p, v in variances.items()}
+    return {p: methods.rank_variance(v) for p, v in variances.items()}, raw
+
+
+def _sweep(model, batches, arch, pairs, rankings, max_channels, bar, step) -> list[dict[str, Any]]:
+    curve: list[dict[str, Any]] = []
+
+    def run(pair: Pair, direction: str, k: int, scale: float) -> dict[str, Any]:
+        channels = sorted(getattr(rankings[pair], direction)[:k])
+        spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
+        score = methods.evaluate(model, batches, spec)
+        step(f"layer {pair[0]} {pair[1]} k={k} x{scale:g}")
+        point = {
+            "layer": pair[0],
+            "site": pair[1],
+            "direction": direction,
+            "k": k,
+            "scale": scale,
+            "channels": channels,
+            "loss": score.loss,
+            "accuracy": score.accuracy,
+        }
+        curve.append(point)
+        return point
+
+    for pair in pairs:
+        width = arch.site_width(pair[1])
+        ranking = rankings[pair]
+        for direction, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES)):
+            ks = {k for k in K_GRID if k <= min(width, max_channels)}
+            if ranking.benefit:
+                gap = _gap_k(
+                    ranking.benefit[direction], getattr(ranking, direction), min(width, max_channels)
+                )
+                if gap:
+                    ks.add(gap)
+            bar.total += len(ks) + len(scales) - 1
+            at_reference = [run(pair, direction, k, REFERENCE_SCALE[direction]) for k in sorted(ks)]
+            best_k = min(at_reference, key=lambda point: point["loss"])["k"]
+            for scale in scales:
+                if scale != REFERENCE_SCALE[direction]:
+                    run(pair, direction, best_k, scale)
+    return curve
+
+
+def write_outputs(result: FindResult, out: Path, arch: ArchInfo, sites: list[str]) -> dict[str, Path]:
+    """The spec, ``<stem>.scores.json`` and ``<stem>.heatmap.png`` beside it, each written atomically."""
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    paths = {"spec": out, "scores": Path(f"{stem}.scores.json"), "heatmap": Path(f"{stem}.heatmap.png")}
+    _atomic_write(paths["scores"], lambda tmp: tmp.write_text(json.dumps(result.scores, indent=1) + "\n"))
+    try:
+        _heatmap(result, arch, sites, paths["heatmap"])
+    except ImportError:
+        warnings.warn("matplotlib is not installed (extra 'plots'): no heatmap PNG written", stacklevel=2)
+        del paths["heatmap"]
+    result.spec.save(out)
+    return paths
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _heatmap(result: FindResult, arch: ArchInfo, sites: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [s for s in sites if any((layer, s) in result.heatmap for layer in range(arch.n_layers))]
+    grid = torch.full((arch.n_layers, len(shown)), float("nan"))
+    for (layer, site), value in result.heatmap.items():
+        if site in shown:
+            grid[layer, shown.index(site)] = value
+    fig, ax = plt.subplots(figsize=(1.2 * len(shown) + 2.5, 0.35 * arch.n_layers + 2))
+    image = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(shown)), shown, rotation=45)
+    ax.set_yticks(range(arch.n_layers), [str(i) for i in range(arch.n_layers)])
+    ax.set_xlabel("site")
+    ax.set_ylabel("layer")
+    chosen = result.scores["chosen"]
+    ax.set_title(f"{result.scores['method']} score; chosen: layer {chosen['layer']} {chosen['site']}")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)

@@ -1,0 +1,150 @@
+"""The bottleneck finder: differentiable scales, the methods, the CLI's outputs and its early errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import ARCHITECTURES, make_model, save_tiny
+
+from lm_eval_ssmsteer.cli import main
+from lm_eval_ssmsteer.finder import CalibrationData, FinderError, find
+from lm_eval_ssmsteer.finder import search as finder_search
+from lm_eval_ssmsteer.hooks import steer, steer_factors
+from lm_eval_ssmsteer.sites import describe_model, resolve
+from lm_eval_ssmsteer.spec import SITES, SteeringSpec, load_spec
+
+
+def _answer_logprob(model, ids):
+    return model(ids, use_cache=False).logits[:, -1].log_softmax(-1)[:, 7].sum()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_factor_gradient_equals_the_finite_difference_of_real_steering(arch):
+    model = make_model(arch, seed=3).double()
+    info = describe_model(model)
+    ids = torch.randint(1, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unsteered = _answer_logprob(model, ids)
+    factors = {
+        (1, site): torch.ones(info.site_width(site), dtype=torch.float64, requires_grad=True)
+        for site in SITES
+    }
+    with steer_factors(model, factors):
+        value = _answer_logprob(model, ids)
+    value.backward()
+    torch.testing.assert_close(value.detach(), unsteered)  # factors of one change nothing
+    eps = 1e-2  # logits come back in float32: a larger step, central differences (error O(eps²))
+    for (layer, site), factor in factors.items():
+        channel = int(factor.grad.abs().argmax())
+        moved = []
+        for scale in (1 + eps, 1 - eps):
+            with torch.no_grad(), steer(model, SteeringSpec.single(layer, site, [channel], scale)):
+                moved.append(float(_answer_logprob(model, ids)))
+        finite_difference = (moved[0] - moved[1]) / (2 * eps)
+        assert factor.grad[channel].item() == pytest.approx(finite_difference, rel=1e-2, abs=1e-6), site
+
+
+def test_steer_factors_rejects_a_factor_of_the_wrong_width():
+    model = make_model("mamba")
+    with (
+        pytest.raises(ValueError, match=r"shape must be \(64,\)"),
+        steer_factors(model, {(0, "delta"): torch.ones(3)}),
+    ):
+        pass
+
+
+def _docs(n: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(1, 250, (16,), generator=g).tolist(), 12) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["causal", "attribution", "variance", "dt-bias"])
+def test_every_method_returns_a_spec_that_fits_the_model_and_records_its_provenance(method):
+    model = make_model("mamba2")
+    data = CalibrationData.from_ids(_docs(8), "random ids")
+    result = find(model, data, sites=["mixer_out", "delta"], method=method, verify=2, progress=False)
+    resolve(result.spec, describe_model(model))
+    provenance = result.spec.provenance
+    assert provenance["method"] == method
+    assert provenance["calibration"]["sha256"] == data.sha256
+    assert provenance["model_fingerprint"] == describe_model(model).fingerprint()
+    assert provenance["calibration_gain"]["loss"] >= 0.0  # the identity is always a candidate
+    assert result.best.loss <= result.base.loss
+    assert result.scores["sweep"], "the scale curve is kept"
+    if method == "dt-bias":
+        assert {p["site"] for p in result.scores["sweep"]} == {"mixer_out"}
+
+
+def test_calibration_data_needs_enough_documents_with_answers():
+    with pytest.raises(FinderError, match="at least 8"):
+        CalibrationData.from_ids(_docs(3), "short")
+    with pytest.raises(FinderError, match="document 1 has no answer tokens"):
+        CalibrationData.from_ids([([5, 6, 7], 1), ([5, 6], 2), *_docs(8)], "no answer")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("mamba"), "mamba", seed=1)
+
+
+def _data_file(folder: Path, n: int) -> Path:
+    path = folder / "calibration.jsonl"
+    path.write_text(
+        "".join(json.dumps({"context": f"key {i} is", "answer": f"v{i % 5}"}) + "\n" for i in range(n))
+    )
+    return path
+
+
+def test_find_command_writes_spec_scores_and_heatmap(model_dir, tmp_path, capsys):
+    out = tmp_path / "found.json"
+    data = _data_file(tmp_path, 8)
+    args = ["find", "--model", str(model_dir), "--out", str(out), "--data", str(data)]
+    rc = main([*args, "--sites", "mixer_out", "gate", "--method", "attribution", "--no-progress"])
+    assert rc == 0, capsys.readouterr().out
+    spec = load_spec(str(out))
+    assert spec.provenance["calibration"]["documents"] == 8
+    scores = json.loads((tmp_path / "found.scores.json").read_text())
+    assert set(scores["pairs"]) == {f"{layer}/{site}" for layer in range(3) for site in ("mixer_out", "gate")}
+    assert (tmp_path / "found.heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "leave-one-out"], "--method: 'leave-one-out' is not a method; allowed: causal"),
+        (["--sites", "mixer_out", "hidden"], "--sites: unknown site(s) ['hidden']; allowed: mixer_out"),
+        (["--method", "variance", "--sites", "delta"], "variance reads only mixer_out, residual"),
+        (["--tasks", "ssm_nope"], "--tasks: unknown task(s) ['ssm_nope']"),
+        (["--data", "{tmp}/empty.jsonl"], "0 documents; at least 8 are needed"),
+        (["--data", "{tmp}/calibration.jsonl"], "3 documents; at least 8 are needed"),
+        (["--data", "{tmp}/missing.jsonl"], "is not a file"),
+        (["--out", "{tmp}/no_such_folder/spec.json"], "does not exist"),
+        (["--out", "{tmp}"], "is a folder"),
+        (["--model", "{gpt2}"], "model_type 'gpt2' is not a supported Mamba-family model"),
+    ],
+)
+def test_bad_input_fails_clearly_before_the_search_and_writes_nothing(
+    extra, message, model_dir, gpt2_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(finder_search, "find", lambda *a, **k: pytest.fail("the search started"))
+    (tmp_path / "empty.jsonl").write_text("")
+    _data_file(tmp_path, 3)
+    out = tmp_path / "spec.json"
+    extra = [a.format(tmp=tmp_path, gpt2=gpt2_dir) for a in extra]  # a repeated --out/--model: last wins
+    rc = main(["find", "--model", str(model_dir), "--out", str(out), *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.jsonl", "empty.jsonl"]
