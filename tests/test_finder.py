@@ -12,6 +12,7 @@ from tiny import ARCHITECTURES, make_model, save_tiny
 from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.finder import CalibrationData, FinderError, find
 from lm_eval_ssmsteer.finder import search as finder_search
+from lm_eval_ssmsteer.finder.methods import LayerInputs, evaluate
 from lm_eval_ssmsteer.hooks import steer, steer_factors
 from lm_eval_ssmsteer.sites import describe_model, resolve
 from lm_eval_ssmsteer.spec import SITES, SteeringSpec, load_spec
@@ -54,6 +55,17 @@ def test_steer_factors_rejects_a_factor_of_the_wrong_width():
         steer_factors(model, {(0, "delta"): torch.ones(3)}),
     ):
         pass
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_evaluating_from_a_cached_layer_input_equals_the_whole_forward(arch):
+    model = make_model(arch, seed=4)
+    batches = CalibrationData.from_ids(_docs(8), "random ids").batches(tokens_per_batch=64)
+    spec = SteeringSpec.single(2, "residual" if arch == "mamba2" else "delta", [0, 3], 2.5)
+    whole = evaluate(model, batches, spec)
+    from_layer = evaluate(model, batches, spec, start=LayerInputs(model, batches, 1))
+    assert from_layer.loss == pytest.approx(whole.loss, rel=1e-5)
+    assert from_layer.accuracy == whole.accuracy
 
 
 def _docs(n: int, seed: int = 0) -> list[tuple[list[int], int]]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -48,20 +49,61 @@ class Ranking:
     benefit: dict[str, list[float]] | None = None  # per-channel expected loss decrease, by direction
 
 
-def _answer_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+class _Captured(Exception):
+    pass
+
+
+class LayerInputs:
+    """The input of one block for every batch, computed once. A steered evaluation at that layer or
+    later leaves the layers before it unchanged, so it runs only from there (``evaluate(..., start=)``)."""
+
+    def __init__(self, model, batches: Batches, layer: int):
+        self.layer = layer
+        self.hidden: list[torch.Tensor] = []
+
+        def capture(module, args, kwargs):
+            self.hidden.append(args[0] if args else kwargs["hidden_states"])
+            raise _Captured
+
+        handle = model.base_model.layers[layer].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for ids, _ in batches:
+                    with contextlib.suppress(_Captured):
+                        model(ids, use_cache=False)
+        finally:
+            handle.remove()
+
+
+def _logits(model, ids: torch.Tensor, start: tuple[LayerInputs, int] | None) -> torch.Tensor:
+    if start is None:
+        return model(ids, use_cache=False).logits
+    inputs, batch = start
+    hidden = inputs.hidden[batch]
+    for block in model.base_model.layers[inputs.layer :]:
+        hidden = block(hidden)
+    hidden = model.base_model.norm_f(hidden)
+    return model.lm_head(hidden.to(model.lm_head.weight.dtype))
+
+
+def _answer_loss(model, ids, labels, start=None) -> tuple[torch.Tensor, int]:
     """Summed answer-token cross-entropy of a batch and the number of its documents answered right."""
-    logits = model(ids, use_cache=False).logits[:, :-1].float()
+    logits = _logits(model, ids, start)[:, :-1].float()
     target = labels[:, 1:]
     loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
     right = ((logits.argmax(-1) == target) | (target == -100)).all(dim=1).sum()
     return loss, int(right)
 
 
-def evaluate(model, batches: Batches, spec: SteeringSpec | None = None) -> Score:
+def evaluate(
+    model, batches: Batches, spec: SteeringSpec | None = None, start: LayerInputs | None = None
+) -> Score:
+    """Loss and accuracy on ``batches``; ``start``: run from that cached layer input (spec steers there
+    or later)."""
     loss, right, tokens, docs = 0.0, 0, 0, 0
     with torch.no_grad(), steer(model, spec):
-        for ids, labels in batches:
-            batch_loss, batch_right = _answer_loss(model, ids, labels)
+        for i, (ids, labels) in enumerate(batches):
+            batch_loss, batch_right = _answer_loss(model, ids, labels, None if start is None else (start, i))
             loss += float(batch_loss)
             right += batch_right
             tokens += int((labels[:, 1:] != -100).sum())
@@ -149,7 +191,13 @@ def rank_variance(var: torch.Tensor) -> Ranking:
 
 
 def verify(
-    model, batches: Batches, base: Score, pair: Pair, ranking: Ranking, n: int
+    model,
+    batches: Batches,
+    base: Score,
+    pair: Pair,
+    ranking: Ranking,
+    n: int,
+    start: LayerInputs | None = None,
 ) -> dict[str, dict[int, float]]:
     """Measured loss decrease of the top ``n`` channels of each direction, one real intervention each:
     amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the front in measured order."""
@@ -160,7 +208,7 @@ def verify(
         gains = {}
         for channel in order[:n]:
             spec = SteeringSpec.single(layer=layer, site=site, channels=[channel], scale=scale)
-            gains[channel] = base.loss - evaluate(model, batches, spec).loss
+            gains[channel] = base.loss - evaluate(model, batches, spec, start).loss
         measured[direction] = gains
         verified = sorted(gains, key=gains.get, reverse=True)
         setattr(ranking, direction, verified + order[n:])

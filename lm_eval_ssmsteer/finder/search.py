@@ -126,16 +126,17 @@ def find(
         rankings, raw = _score(model, batches, arch, method, sites, bar, step)
         ordered = sorted(rankings, key=lambda p: rankings[p].score, reverse=True)
         chosen_pairs = ordered[: 1 if method == "dt-bias" else max(1, candidates)]
+        starts = {layer: methods.LayerInputs(model, batches, layer) for layer in {p[0] for p in chosen_pairs}}
         verified = {}
         if method == "causal":
             for pair in chosen_pairs:
                 n = min(verify, arch.site_width(pair[1]))
                 bar.total += 2 * n
                 verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
-                    model, batches, base, pair, rankings[pair], n
+                    model, batches, base, pair, rankings[pair], n, starts[pair[0]]
                 )
                 step(f"verified layer {pair[0]} {pair[1]}", 2 * n)
-        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, bar, step)
+        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, starts, bar, step)
     bar.close()
 
     best = min(curve, key=lambda point: point["loss"])
@@ -234,13 +235,13 @@ def _score(model, batches, arch, method, sites, bar, step) -> tuple[dict[Pair, R
     return {p: methods.rank_variance(v) for p, v in variances.items()}, raw
 
 
-def _sweep(model, batches, arch, pairs, rankings, max_channels, bar, step) -> list[dict[str, Any]]:
+def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, bar, step) -> list[dict[str, Any]]:
     curve: list[dict[str, Any]] = []
 
     def run(pair: Pair, direction: str, k: int, scale: float) -> dict[str, Any]:
         channels = sorted(getattr(rankings[pair], direction)[:k])
         spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
-        score = methods.evaluate(model, batches, spec)
+        score = methods.evaluate(model, batches, spec, starts[pair[0]])
         step(f"layer {pair[0]} {pair[1]} k={k} x{scale:g}")
         point = {
             "layer": pair[0],
