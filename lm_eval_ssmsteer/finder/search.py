@@ -120,23 +120,28 @@ def find(
         bar.update(passes)
 
     with _scan_context(model, arch):
-        bar.total = 1
+        bar.total = 1 + (3 * len(batches) if method in ("attribution", "causal") else 1)
         base = methods.evaluate(model, batches)
         step("unsteered")
-        rankings, raw = _score(model, batches, arch, method, sites, bar, step)
+        rankings, raw = _score(model, batches, arch, method, sites, step)
         ordered = sorted(rankings, key=lambda p: rankings[p].score, reverse=True)
         chosen_pairs = ordered[: 1 if method == "dt-bias" else max(1, candidates)]
         starts = {layer: methods.LayerInputs(model, batches, layer) for layer in {p[0] for p in chosen_pairs}}
+        verify_counts = {
+            p: min(verify, arch.site_width(p[1])) if method == "causal" else 0 for p in chosen_pairs
+        }
+        bar.total = bar.n + 2 * sum(verify_counts.values())
+        bar.total += _sweep_passes(arch, chosen_pairs, rankings, max_channels)  # an estimate: see _gap_k
         verified = {}
         if method == "causal":
             for pair in chosen_pairs:
-                n = min(verify, arch.site_width(pair[1]))
-                bar.total += 2 * n
+                n = verify_counts[pair]
                 verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
                     model, batches, base, pair, rankings[pair], n, starts[pair[0]]
                 )
                 step(f"verified layer {pair[0]} {pair[1]}", 2 * n)
-        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, starts, bar, step)
+        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, starts, step)
+        bar.total = bar.n
     bar.close()
 
     best = min(curve, key=lambda point: point["loss"])
@@ -215,11 +220,10 @@ def find(
     return FindResult(spec, base, best_score, scores, {p: r.score for p, r in rankings.items()})
 
 
-def _score(model, batches, arch, method, sites, bar, step) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
+def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
     pairs = [(layer, site) for layer in range(arch.n_layers) for site in sites]
     raw: dict[str, Any] = {}
     if method in ("attribution", "causal"):
-        bar.total += 3 * len(batches)  # one forward and backward ≈ three forwards
         grads = methods.attribution(model, batches, pairs, arch)
         step("attribution", 3 * len(batches))
         raw["grad"] = {f"{p[0]}/{p[1]}": g.tolist() for p, g in grads.items()}
@@ -228,14 +232,31 @@ def _score(model, batches, arch, method, sites, bar, step) -> tuple[dict[Pair, R
         stats = methods.dt_bias_layers(model, arch)
         raw["dt_bias"] = stats
         pairs = [(methods.dt_bias_layer(stats), "mixer_out")]
-    bar.total += 1
     variances = methods.activation_variance(model, batches, pairs)
     step("activation variance")
     raw["variance"] = {f"{p[0]}/{p[1]}": v.tolist() for p, v in variances.items()}
     return {p: methods.rank_variance(v) for p, v in variances.items()}, raw
 
 
-def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, bar, step) -> list[dict[str, Any]]:
+def _channel_counts(ranking: Ranking, direction: str, limit: int) -> set[int]:
+    """K_GRID up to ``limit``, plus the count where the expected benefit drops sharply (if it does)."""
+    ks = {k for k in K_GRID if k <= limit}
+    if ranking.benefit:
+        gap = _gap_k(ranking.benefit[direction], getattr(ranking, direction), limit)
+        if gap:
+            ks.add(gap)
+    return ks
+
+
+def _sweep_passes(arch, pairs, rankings, max_channels) -> int:
+    return sum(
+        len(_channel_counts(rankings[p], d, min(arch.site_width(p[1]), max_channels))) + len(scales) - 1
+        for p in pairs
+        for d, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES))
+    )
+
+
+def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, step) -> list[dict[str, Any]]:
     curve: list[dict[str, Any]] = []
 
     def run(pair: Pair, direction: str, k: int, scale: float) -> dict[str, Any]:
@@ -260,14 +281,7 @@ def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, bar, ste
         width = arch.site_width(pair[1])
         ranking = rankings[pair]
         for direction, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES)):
-            ks = {k for k in K_GRID if k <= min(width, max_channels)}
-            if ranking.benefit:
-                gap = _gap_k(
-                    ranking.benefit[direction], getattr(ranking, direction), min(width, max_channels)
-                )
-                if gap:
-                    ks.add(gap)
-            bar.total += len(ks) + len(scales) - 1
+            ks = _channel_counts(ranking, direction, min(width, max_channels))
             at_reference = [run(pair, direction, k, REFERENCE_SCALE[direction]) for k in sorted(ks)]
             best_k = min(at_reference, key=lambda point: point["loss"])["k"]
             for scale in scales:
@@ -317,7 +331,7 @@ def _heatmap(result: FindResult, arch: ArchInfo, sites: list[str], path: Path) -
     ax.set_xlabel("site")
     ax.set_ylabel("layer")
     chosen = result.scores["chosen"]
-    ax.set_title(f"{result.scores['method']} score; chosen: layer {chosen['layer']} {chosen['site']}")
+    ax.set_title(f"{result.scores['method']} pair score; chosen: layer {chosen['layer']} {chosen['site']}")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
