@@ -16,6 +16,8 @@ _LAZY = {
     "steer": "lm_eval_ssmsteer.hooks",
     "describe_model": "lm_eval_ssmsteer.sites",
     "load_model": "lm_eval_ssmsteer.loading",
+    "StableMambaConfig": "lm_eval_ssmsteer.stable_mamba",
+    "StableMambaForCausalLM": "lm_eval_ssmsteer.stable_mamba",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -17,6 +17,7 @@ from typing import Any
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+import lm_eval_ssmsteer.stable_mamba  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
 from lm_eval_ssmsteer import __version__
 from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.hooks import steer

@@ -159,6 +159,8 @@ def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import lm_eval_ssmsteer.stable_mamba  # noqa: F401  (registers model_type "stable_mamba")
+
     path, native = prepare_pretrained(pretrained)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)

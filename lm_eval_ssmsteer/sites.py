@@ -1,6 +1,6 @@
 """Where each steering site lives in each supported architecture, and how wide it is.
 
-| site      | Mamba-1 / FalconMamba           | Mamba-2                                  |
+| site      | Mamba-1 / FalconMamba / Stable  | Mamba-2                                  |
 |-----------|---------------------------------|------------------------------------------|
 | mixer_out | d_model (out_proj output)       | d_model (out_proj output)                |
 | residual  | d_model (block output)          | d_model (block output)                   |
@@ -8,6 +8,9 @@
 | B, C      | d_state (FalconMamba: post-norm)| n_groups × d_state                       |
 | ssm_out   | d_inner (scan output y, with D) | d_inner (scan output y, with D)          |
 | gate      | d_inner (SiLU(z))               | d_inner (SiLU(z) inside the gated norm)  |
+
+Stable-Mamba's mixer calls Mamba-1's scan functions, once per Δ gate, so its sites are Mamba-1's;
+``delta`` scales all G gates of a channel.
 
 ``resolve`` turns a spec plus a model into a per-(layer, site) plan, checking every index against the
 model's real shape.
@@ -24,6 +27,7 @@ SUPPORTED = {
     "mamba": "MambaForCausalLM",
     "falcon_mamba": "FalconMambaForCausalLM",
     "mamba2": "Mamba2ForCausalLM",
+    "stable_mamba": "StableMambaForCausalLM",  # lm_eval_ssmsteer.stable_mamba: Mamba-1 with G Δ gates
 }
 
 
@@ -43,7 +47,7 @@ class ArchInfo:
 
     @property
     def family(self) -> str:
-        """The mixer family: 'mamba1' (Mamba, FalconMamba) or 'mamba2'."""
+        """The mixer family: 'mamba1' (Mamba, FalconMamba, Stable-Mamba) or 'mamba2'."""
         return "mamba2" if self.architecture == "mamba2" else "mamba1"
 
     def site_width(self, site: str) -> int:

@@ -45,6 +45,10 @@ def make_model(arch: str, seed: int = 0, n_layers: int = 3) -> torch.nn.Module:
         model = MambaForCausalLM(MambaConfig(**common, expand=2))
     elif arch == "falcon_mamba":
         model = FalconMambaForCausalLM(FalconMambaConfig(**common, expand=2))
+    elif arch == "stable_mamba":  # not in ARCHITECTURES: tests/test_stable_mamba.py covers it
+        from lm_eval_ssmsteer.stable_mamba import StableMambaConfig, StableMambaForCausalLM
+
+        model = StableMambaForCausalLM(StableMambaConfig(**common, expand=2, num_timescales=2))
     elif arch == "mamba2":
         model = Mamba2ForCausalLM(
             Mamba2Config(**common, expand=2, num_heads=8, head_dim=8, n_groups=2, chunk_size=8)
