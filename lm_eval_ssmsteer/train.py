@@ -65,8 +65,26 @@ CHUNK = 16  # documents per (task, knob draw)
 VOCAB_SIZE = 128  # the 99-token project vocabulary, rounded up
 
 
+ARCHS = ("mamba1", "mamba2", "stable_mamba")
+
+
+def train_ranges(max_length: int = TRAIN_MAX_LENGTH) -> dict[str, dict[str, tuple[int, int]]]:
+    """TRAIN_RANGES with long-context prompts of at most `max_length` characters; a long-context task whose
+    shortest prompt is longer is left out of the mix."""
+    ranges = {}
+    for task, knobs in TRAIN_RANGES.items():
+        if "length" in knobs and TASKS[task].long_context:
+            low = knobs["length"][0]
+            if low > max_length:
+                continue
+            knobs = {**knobs, "length": (low, max_length)}
+        ranges[task] = knobs
+    return ranges
+
+
 def model_config(arch: str, hidden: int = 224, layers: int = 6):
-    """The reference shapes: 224 wide and 6 deep by default (GPU); the CPU-trained models are narrower."""
+    """The reference shapes: 224 wide and 6 deep by default (GPU); the CPU-trained models are narrower.
+    Stable-Mamba is Mamba-1's shape with 2 Δ gates per channel (docs/stable_mamba.md)."""
     from transformers import Mamba2Config, MambaConfig
 
     common = {
@@ -80,6 +98,10 @@ def model_config(arch: str, hidden: int = 224, layers: int = 6):
     }
     if arch == "mamba1":
         return MambaConfig(state_size=16, expand=2, conv_kernel=4, **common)
+    if arch == "stable_mamba":
+        from lm_eval_ssmsteer.stable_mamba import StableMambaConfig
+
+        return StableMambaConfig(state_size=16, expand=2, conv_kernel=4, num_timescales=2, **common)
     if arch == "mamba2":
         return Mamba2Config(
             state_size=64,
@@ -91,13 +113,13 @@ def model_config(arch: str, hidden: int = 224, layers: int = 6):
             conv_kernel=4,
             **common,
         )
-    raise ValueError(f"unknown architecture {arch!r}: mamba1 or mamba2")
+    raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
 
 
-def _chunk(job: tuple[str, int, int]) -> list[tuple[str, str]]:
-    task, chunk, seed = job
+def _chunk(job: tuple[str, int, int, int]) -> list[tuple[str, str]]:
+    task, chunk, seed, max_length = job
     rng = random.Random(f"train-mix/{task}/{seed}/{chunk}")
-    knobs = {k: rng.randint(lo, hi) for k, (lo, hi) in TRAIN_RANGES[task].items()}
+    knobs = {k: rng.randint(lo, hi) for k, (lo, hi) in train_ranges(max_length)[task].items()}
     if task == "ssm_niah_multiquery":
         knobs["num_queries"] = min(knobs["num_queries"], knobs["num_needles"])
     if task == "ssm_mqar":
@@ -108,11 +130,16 @@ def _chunk(job: tuple[str, int, int]) -> list[tuple[str, str]]:
     return [(d["context"], answer_text(d)) for d in docs]
 
 
-def training_texts(n_docs: int, seed: int, workers: int) -> list[tuple[str, str]]:
+def training_texts(
+    n_docs: int, seed: int, workers: int, max_length: int = TRAIN_MAX_LENGTH
+) -> list[tuple[str, str]]:
     """About `n_docs` (context, answer) pairs of the TRAIN split, mixed by TASK_WEIGHTS, in a seeded order."""
-    total = sum(TASK_WEIGHTS.values())
+    weights = {t: w for t, w in TASK_WEIGHTS.items() if t in train_ranges(max_length)}
+    total = sum(weights.values())
     jobs = [
-        (t, c, seed) for t, w in TASK_WEIGHTS.items() for c in range(math.ceil(n_docs * w / total / CHUNK))
+        (t, c, seed, max_length)
+        for t, w in weights.items()
+        for c in range(math.ceil(n_docs * w / total / CHUNK))
     ]
     with ProcessPoolExecutor(workers) as pool:
         pairs = [p for chunk in pool.map(_chunk, jobs, chunksize=8) for p in chunk]
@@ -202,13 +229,15 @@ def train(
     parallel_scan: bool = False,
     hidden: int = 224,
     layers: int = 6,
+    max_length: int = TRAIN_MAX_LENGTH,
 ) -> dict:
     from contextlib import nullcontext
 
     from lm_eval_ssmsteer.fastscan import use_fast_scan
 
     # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
-    fast = use_fast_scan() if arch == "mamba1" and not device.startswith("cuda") else nullcontext()
+    cpu_mamba1 = arch in ("mamba1", "stable_mamba") and not device.startswith("cuda")
+    fast = use_fast_scan() if cpu_mamba1 else nullcontext()
     with fast:
         return _train(
             arch,
@@ -225,6 +254,7 @@ def train(
             parallel_scan,
             hidden,
             layers,
+            max_length,
         )
 
 
@@ -243,13 +273,16 @@ def _train(
     parallel_scan,
     hidden,
     layers,
+    max_length,
 ) -> dict:
     import torch
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
+    from lm_eval_ssmsteer.stable_mamba import StableMambaForCausalLM
+
     torch.manual_seed(seed)
     t0 = time.time()
-    examples = encode(training_texts(n_docs, seed, workers))
+    examples = encode(training_texts(n_docs, seed, workers, max_length))
     plan = batches(examples, tokens_per_batch, seed)
     print(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
@@ -258,7 +291,12 @@ def _train(
     # without the mamba-ssm kernels, Mamba-1 can train with mamba.py's parallel scan instead of the loop
     # over positions (it was slower on an H100 at 32k tokens per batch); the shipped config keeps the default
     config.use_mambapy = parallel_scan
-    model = (MambaForCausalLM if arch == "mamba1" else Mamba2ForCausalLM)(config).to(device)
+    model_class = {
+        "mamba1": MambaForCausalLM,
+        "mamba2": Mamba2ForCausalLM,
+        "stable_mamba": StableMambaForCausalLM,
+    }[arch]
+    model = model_class(config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
@@ -299,7 +337,7 @@ def _train(
             )
     model.eval()
     model.config.use_mambapy = False
-    scores = evaluate(model, device, eval_docs)
+    scores = evaluate(model, device, eval_docs) if eval_docs else {}
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").float().save_pretrained(str(out))
     project_tokenizer.save(out)
@@ -312,7 +350,9 @@ def _train(
         "seed": seed,
         "train_docs": len(examples),
         "train_split": "train",
-        "train_ranges": TRAIN_RANGES,
+        "train_ranges": train_ranges(max_length),
+        "train_max_length": max_length,
+        "parameters": model.num_parameters(),
         "train_seconds": round(time.time() - start, 1),
         "final_loss": loss_avg,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -326,7 +366,7 @@ def _train(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", choices=["mamba1", "mamba2"], required=True)
+    p.add_argument("--arch", choices=ARCHS, required=True)
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--tokens-per-batch", type=int, default=32768)
@@ -339,7 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel-scan", action="store_true", help="Mamba-1 without kernels: mamba.py pscan")
     p.add_argument("--hidden", type=int, default=224, help="hidden size (Mamba-2: a multiple of 16)")
     p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--eval-docs", type=int, default=64, help="test documents per setting in the final check")
+    p.add_argument(
+        "--eval-docs", type=int, default=64, help="test documents per setting in the final check (0: none)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=TRAIN_MAX_LENGTH, help="longest long-context training prompt"
+    )
     a = p.parse_args(argv)
     train(
         a.arch,
@@ -356,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         a.parallel_scan,
         a.hidden,
         a.layers,
+        a.max_length,
     )
     return 0
 

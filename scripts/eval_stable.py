@@ -1,0 +1,133 @@
+"""Score the models of scripts/train_stable.py with lm-eval's `mamba-steered` backend at 1x-16x their
+training length and write a mean ± std table over seeds (docs/stable_mamba.md).
+
+Long-context tasks take `max_seq_lengths` = training length × multiple; retrieval tasks take their
+count knob = the largest count seen in training × multiple. Every model is scored by the same tasks,
+documents and metric; nothing depends on its name. Each call is the Python twin of
+
+    lm_eval --model mamba-steered --model_args pretrained=RUN --tasks ssm_passkey_mc \\
+        --metadata '{"max_seq_lengths":[256,512,1024,2048,4096],"num_samples":16}'
+
+run inside `use_fast_scan()` (same values as transformers' torch scan, tests/test_fastscan.py) because
+the CPU has no mamba-ssm kernels.
+
+    OMP_NUM_THREADS=1 python scripts/eval_stable.py --runs runs/stable-cpu --num-samples 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+LONG_CONTEXT = ("ssm_passkey_mc", "ssm_niah_single_mc")
+# retrieval task -> (count knob, the largest count in TRAIN_RANGES)
+RETRIEVAL = {"ssm_mqar_mc": ("num_pairs", 24), "ssm_kv_retrieval_mc": ("num_pairs", 16)}
+MULTIPLES = (1, 2, 4, 8, 16)
+
+
+@functools.cache
+def _task_manager():
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_ssmsteer.registration import tasks_dir
+
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
+
+
+def _evaluate(run: Path, task: str, metadata: dict, batch_size: int) -> dict:
+    import lm_eval
+
+    from lm_eval_ssmsteer.fastscan import use_fast_scan
+
+    with use_fast_scan():
+        out = lm_eval.simple_evaluate(
+            model="mamba-steered",
+            model_args={"pretrained": str(run), "device": "cpu", "backend": "causal"},
+            tasks=[task],
+            task_manager=_task_manager(),
+            metadata=metadata,
+            batch_size=batch_size,
+        )
+    return out["results"][task]
+
+
+def score_run(run: Path, multiples, num_samples: int, batch_size: int, retrieval: bool) -> dict[str, float]:
+    """'task@Nx' -> accuracy for one model folder."""
+    info = json.loads((run / "training.json").read_text())
+    length = info["train_max_length"]
+    scores = {}
+    for task in LONG_CONTEXT:
+        lengths = [length * m for m in multiples]
+        res = _evaluate(run, task, {"max_seq_lengths": lengths, "num_samples": num_samples}, batch_size)
+        for m, n in zip(multiples, lengths, strict=True):
+            scores[f"{task}@{m}x"] = res[f"{n},none"]
+    if retrieval:
+        for task, (knob, base) in RETRIEVAL.items():
+            for m in multiples:
+                res = _evaluate(run, task, {knob: base * m, "num_samples": num_samples}, batch_size)
+                scores[f"{task}@{m}x"] = res["acc,none"]
+    return scores
+
+
+def table(per_run: dict[str, dict[str, float]]) -> str:
+    """Markdown: one row per task@length, one column per architecture, mean ± std over seeds."""
+    by_arch: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, scores in sorted(per_run.items()):
+        arch = name.rsplit("-s", 1)[0]
+        for key, value in scores.items():
+            by_arch[arch][key].append(value)
+    archs = sorted(by_arch)
+    keys = list(next(iter(per_run.values())))
+    lines = [
+        "| task @ length | "
+        + " | ".join(f"{a} (n={len(next(iter(by_arch[a].values())))})" for a in archs)
+        + " |"
+    ]
+    lines.append("|---" * (len(archs) + 1) + "|")
+    for key in keys:
+        cells = []
+        for a in archs:
+            vals = by_arch[a][key]
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.3f} ± {std:.3f}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, required=True, help="folder of <arch>-s<seed>/ model folders")
+    p.add_argument("--only", nargs="*", default=None, help="score only these run folder names")
+    p.add_argument("--multiples", nargs="+", type=int, default=list(MULTIPLES))
+    p.add_argument("--num-samples", type=int, default=16, help="documents per task and length")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--no-retrieval", action="store_true", help="long-context tasks only")
+    a = p.parse_args(argv)
+    runs = sorted(r for r in a.runs.iterdir() if (r / "training.json").is_file())
+    for run in runs:
+        if a.only is not None and run.name not in a.only:
+            continue
+        path = run / "stable_eval.json"
+        if path.is_file():
+            continue
+        scores = score_run(run, a.multiples, a.num_samples, a.batch_size, not a.no_retrieval)
+        path.write_text(json.dumps(scores, indent=1) + "\n")
+        print(run.name, json.dumps(scores), flush=True)
+    per_run = {
+        r.name: json.loads((r / "stable_eval.json").read_text())
+        for r in runs
+        if (r / "stable_eval.json").is_file()
+    }
+    if per_run:
+        text = table(per_run)
+        (a.runs / "table.md").write_text(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
