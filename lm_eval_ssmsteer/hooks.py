@@ -339,10 +339,11 @@ def steer(model: torch.nn.Module, spec: SteeringSpec | str | dict | None) -> Ite
 
 @contextmanager
 def steer_factors(model: torch.nn.Module, factors: dict[tuple[int, str], torch.Tensor]) -> Iterator[None]:
-    """Multiply each (layer, site) by its (width,) factor at every non-pad position, inside the block.
+    """Multiply each (layer, site) by its factor at every non-pad position, inside the block.
 
-    The factors are used as given (not copied), so a factor that requires grad receives the gradient
-    of whatever is computed from the steered forward pass.
+    A factor is (width,), or (batch, 1, width) for one factor per sequence of the batch. The factors are
+    used as given (not copied), so a factor that requires grad receives the gradient of whatever is
+    computed from the steered forward pass.
     """
     if not factors:
         raise ValueError("steer_factors needs at least one (layer, site) factor")
@@ -351,10 +352,11 @@ def steer_factors(model: torch.nn.Module, factors: dict[tuple[int, str], torch.T
     steerer = _Steerer(model, spec, arch)  # checks every layer and site against the model
     for (layer, site), factor in factors.items():
         width = arch.site_width(site)
-        if tuple(factor.shape) != (width,):
+        shape = tuple(factor.shape)
+        if shape != (width,) and not (len(shape) == 3 and shape[1:] == (1, width)):
             raise ValueError(
-                f"factor for layer {layer}, site {site!r} has shape {tuple(factor.shape)}; the site has "
-                f"{width} channels, so the shape must be ({width},)"
+                f"factor for layer {layer}, site {site!r} has shape {shape}; the site has {width} "
+                f"channels, so the shape must be ({width},) or (batch, 1, {width})"
             )
         steerer.scalers[layer][site].by_positions = {"all": factor}
     try:

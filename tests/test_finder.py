@@ -48,10 +48,28 @@ def test_factor_gradient_equals_the_finite_difference_of_real_steering(arch):
         assert factor.grad[channel].item() == pytest.approx(finite_difference, rel=1e-2, abs=1e-6), site
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_one_factor_per_sequence_splits_the_gradient_by_sequence(arch):
+    model = make_model(arch, seed=5).double()
+    info = describe_model(model)
+    ids = torch.randint(1, 200, (3, 9), generator=torch.Generator().manual_seed(1))
+    shared = {(2, s): torch.ones(info.site_width(s), dtype=torch.float64, requires_grad=True) for s in SITES}
+    per_row = {
+        p: torch.ones(3, 1, f.numel(), dtype=torch.float64, requires_grad=True) for p, f in shared.items()
+    }
+    alone = {p: torch.ones(f.numel(), dtype=torch.float64, requires_grad=True) for p, f in shared.items()}
+    for factors, batch in ((shared, ids), (per_row, ids), (alone, ids[1:2])):
+        with steer_factors(model, factors):
+            _answer_logprob(model, batch).backward()
+    for pair, factor in shared.items():
+        torch.testing.assert_close(per_row[pair].grad.sum((0, 1)), factor.grad)
+        torch.testing.assert_close(per_row[pair].grad[1, 0], alone[pair].grad)
+
+
 def test_steer_factors_rejects_a_factor_of_the_wrong_width():
     model = make_model("mamba")
     with (
-        pytest.raises(ValueError, match=r"shape must be \(64,\)"),
+        pytest.raises(ValueError, match=r"shape must be \(64,\) or \(batch, 1, 64\)"),
         steer_factors(model, {(0, "delta"): torch.ones(3)}),
     ):
         pass

@@ -3,9 +3,10 @@
 - ``variance``: per-channel variance, across documents, of the token-averaged activation (the paper's
   ranking); only at sites a module hook can read (mixer_out, residual).
 - ``attribution``: g = dL/ds at s = 1 for a per-channel scale s at every (layer, site), from one forward
-  and backward pass per batch. To first order, scaling channel c by s changes the loss by (s - 1)·g_c,
-  so -g ranks channels to amplify and +g channels to damp; g is dimensionless (a loss change per
-  relative scaling), so sites of different kinds are comparable.
+  and backward pass per batch, with one scale per document so that the spread F of the per-document
+  gradients comes for free. To first order, scaling channel c by s changes the loss by (s - 1)·g_c;
+  channels rank by -g / sqrt(F) (to amplify) or g / sqrt(F) (to damp), which is dimensionless and does
+  not shrink with the channel's size (see ``Attribution``), so sites of different kinds compare.
 - ``causal``: attribution, then the top candidates of each candidate pair re-ranked by real
   interventions on the calibration data (amplify by VERIFY_AMPLIFY, ablate to 0).
 - ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
@@ -149,28 +150,54 @@ def activation_variance(model, batches: Batches, pairs: list[Pair]) -> dict[Pair
     return {p: torch.cat(v).var(dim=0) for p, v in means.items()}
 
 
-def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> dict[Pair, torch.Tensor]:
-    """dL/ds at s = 1 for every channel of every pair (L: mean answer-token loss over all batches)."""
+@dataclass(frozen=True)
+class Attribution:
+    """Per channel: g = dL/ds at s = 1, and F = Σ_d (dℓ_d/ds)², the spread of the per-document parts."""
+
+    grad: torch.Tensor
+    fisher: torch.Tensor
+
+    @property
+    def amplify_benefit(self) -> torch.Tensor:
+        """-g / sqrt(F): how consistently the documents want the channel amplified. Unlike g it does not
+        shrink with the channel's size (a channel damped 5x has g and sqrt(F) both 5x smaller), so weak
+        channels that every document needs rank first. Between -sqrt(n_docs) and sqrt(n_docs)."""
+        return -self.grad / self.fisher.sqrt().clamp(min=1e-20)
+
+
+def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> dict[Pair, Attribution]:
+    """g and F for every channel of every pair (L = Σ_d ℓ_d: the mean answer-token loss), from one
+    forward and backward pass per batch with one factor per document (all ones)."""
     device = next(model.parameters()).device
-    factors = {p: torch.ones(arch.site_width(p[1]), device=device, requires_grad=True) for p in pairs}
     tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in batches)
+    grad = {p: torch.zeros(arch.site_width(p[1]), device=device) for p in pairs}
+    fisher = {p: torch.zeros(arch.site_width(p[1]), device=device) for p in pairs}
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
-        with torch.enable_grad(), steer_factors(model, factors):
-            for ids, labels in batches:
+        for ids, labels in batches:
+            factors = {
+                p: torch.ones(ids.shape[0], 1, arch.site_width(p[1]), device=device, requires_grad=True)
+                for p in pairs
+            }
+            with torch.enable_grad(), steer_factors(model, factors):
                 loss, _ = _answer_loss(model, ids, labels)
                 (loss / tokens).backward()
+            for p, f in factors.items():
+                per_doc = f.grad[:, 0, :]  # (b, c)
+                grad[p] += per_doc.sum(0)
+                fisher[p] += per_doc.square().sum(0)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return {p: f.grad.detach().clone() for p, f in factors.items()}
+    return {p: Attribution(grad[p], fisher[p]) for p in pairs}
 
 
-def rank_attribution(grad: torch.Tensor) -> Ranking:
-    amplify, damp = -grad, grad  # expected loss decrease per unit of relative scaling
-    top = min(SITE_TOP, grad.numel())
+def rank_attribution(scores: Attribution) -> Ranking:
+    amplify = scores.amplify_benefit
+    damp = -amplify
+    top = min(SITE_TOP, amplify.numel())
     score = max(
         float(amplify.clamp(min=0).topk(top).values.sum()), float(damp.clamp(min=0).topk(top).values.sum())
     )

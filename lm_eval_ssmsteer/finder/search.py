@@ -226,7 +226,8 @@ def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Rankin
     if method in ("attribution", "causal"):
         grads = methods.attribution(model, batches, pairs, arch)
         step("attribution", 3 * len(batches))
-        raw["grad"] = {f"{p[0]}/{p[1]}": g.tolist() for p, g in grads.items()}
+        raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}
+        raw["fisher"] = {f"{p[0]}/{p[1]}": g.fisher.tolist() for p, g in grads.items()}
         return {p: methods.rank_attribution(g) for p, g in grads.items()}, raw
     if method == "dt-bias":
         stats = methods.dt_bias_layers(model, arch)
