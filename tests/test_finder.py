@@ -163,6 +163,7 @@ def gpt2_dir(tmp_path_factory):
         (["--data", "{tmp}/missing.jsonl"], "is not a file"),
         (["--out", "{tmp}/no_such_folder/spec.json"], "does not exist"),
         (["--out", "{tmp}"], "is a folder"),
+        (["--candidates", "0"], "--candidates: 0 is too small; allowed: an integer >= 1"),
         (["--model", "{gpt2}"], "model_type 'gpt2' is not a supported Mamba-family model"),
     ],
 )

@@ -40,6 +40,14 @@ def run(args: argparse.Namespace):
 
     sites = args.sites or list(SITES)
     check_request(args.method, sites)
+    for flag, value, least in (
+        ("--docs-per-task", args.docs_per_task, 1),
+        ("--candidates", args.candidates, 1),
+        ("--verify", args.verify, 0),
+        ("--max-channels", args.max_channels, 1),
+    ):
+        if value < least:
+            raise FinderError(f"{flag}: {value} is too small; allowed: an integer >= {least}")
     check_output(args.out)
     try:
         path, native = prepare_pretrained(args.model)
@@ -95,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--candidates", type=int, default=2, help="best-scored (layer, site) pairs swept (default 2)"
     )
     p.add_argument(
-        "--verify", type=int, default=8, help="causal: channels per direction verified (default 8)"
+        "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -98,7 +98,7 @@ def find(
     sites: list[str] | None = None,
     method: str = "causal",
     candidates: int = 2,
-    verify: int = 8,
+    verify: int = 4,
     max_channels: int = 32,
     model_name: str = "model",
     progress: bool = True,
