@@ -17,7 +17,6 @@ the CPU has no mamba-ssm kernels.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 from collections import defaultdict
@@ -29,27 +28,24 @@ RETRIEVAL = {"ssm_mqar_mc": ("num_pairs", 24), "ssm_kv_retrieval_mc": ("num_pair
 MULTIPLES = (1, 2, 4, 8, 16)
 
 
-@functools.cache
-def _task_manager():
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_ssmsteer.registration import tasks_dir
-
-    return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
-
-
 def _evaluate(run: Path, task: str, metadata: dict, batch_size: int) -> dict:
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     from lm_eval_ssmsteer.fastscan import use_fast_scan
+    from lm_eval_ssmsteer.registration import tasks_dir
 
+    # the task knobs travel in the TaskManager's metadata, as `lm_eval --metadata` does
+    model_args = {"pretrained": str(run), "device": "cpu", "backend": "causal"}
+    task_manager = TaskManager(
+        include_path=str(tasks_dir()), include_defaults=False, metadata={**model_args, **metadata}
+    )
     with use_fast_scan():
         out = lm_eval.simple_evaluate(
             model="mamba-steered",
-            model_args={"pretrained": str(run), "device": "cpu", "backend": "causal"},
+            model_args=model_args,
             tasks=[task],
-            task_manager=_task_manager(),
-            metadata=metadata,
+            task_manager=task_manager,
             batch_size=batch_size,
         )
     return out["results"][task]
