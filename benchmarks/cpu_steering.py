@@ -69,7 +69,7 @@ def main() -> int:
     from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
     from lm_eval_ssmsteer.train import model_config
 
-    tok = project_tokenizer.build_hf_tokenizer()
+    tok = project_tokenizer.hf_tokenizer()
     gen_b, rest = args.gen.split("x")
     gen_p, gen_n = (int(v) for v in rest.split("+"))
     rows = []
