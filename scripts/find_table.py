@@ -133,7 +133,7 @@ def main() -> int:
             docs_per_task=DEFAULT_DOCS_PER_TASK,
             sites=list(SITES),
             method=a.method,
-            candidates=2,
+            candidates=3,
             verify=4,
             max_channels=32,
             device="cpu",

@@ -27,7 +27,7 @@ from lm_eval_ssmsteer.spec import SteeringSpec
 
 METHODS = ("causal", "attribution", "variance", "dt-bias")
 VARIANCE_SITES = ("mixer_out", "residual")
-SITE_TOP = 16  # a pair's score sums its best 16 channels (the paper steers 16)
+SITE_TOP = 8  # a pair's score is the mean of its best 8 channels' values (a sum would favour wide sites)
 VERIFY_AMPLIFY = 3.0
 
 Pair = tuple[int, str]
@@ -198,9 +198,7 @@ def rank_attribution(scores: Attribution) -> Ranking:
     amplify = scores.amplify_benefit
     damp = -amplify
     top = min(SITE_TOP, amplify.numel())
-    score = max(
-        float(amplify.clamp(min=0).topk(top).values.sum()), float(damp.clamp(min=0).topk(top).values.sum())
-    )
+    score = max(float(amplify.topk(top).values.mean()), float(damp.topk(top).values.mean()))
     return Ranking(
         amplify=amplify.argsort(descending=True).tolist(),
         damp=damp.argsort(descending=True).tolist(),

@@ -2,13 +2,15 @@
 the winning steering spec with its provenance, the raw scores (JSON) and a layer × site heatmap (PNG).
 
 The sweep, per candidate pair and direction: first the number of channels k at a reference scale, then
-the scale at the best k. The chosen configuration is the one with the lowest calibration loss; if none
-beats the unsteered model, the spec written is the identity (scale 1.0) and a warning says so.
+the scale at the best k; finally k again at the scale of the best point. The chosen configuration is
+the one with the lowest calibration loss; if none beats the unsteered model, the spec written is the
+identity (scale 1.0) and a warning says so.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -97,7 +99,7 @@ def find(
     data: CalibrationData,
     sites: list[str] | None = None,
     method: str = "causal",
-    candidates: int = 2,
+    candidates: int = 3,
     verify: int = 4,
     max_channels: int = 32,
     model_name: str = "model",
@@ -124,8 +126,7 @@ def find(
         base = methods.evaluate(model, batches)
         step("unsteered")
         rankings, raw = _score(model, batches, arch, method, sites, step)
-        ordered = sorted(rankings, key=lambda p: rankings[p].score, reverse=True)
-        chosen_pairs = ordered[: 1 if method == "dt-bias" else max(1, candidates)]
+        chosen_pairs = _distinct_best(rankings, 1 if method == "dt-bias" else max(1, candidates))
         starts = {layer: methods.LayerInputs(model, batches, layer) for layer in {p[0] for p in chosen_pairs}}
         verify_counts = {
             p: min(verify, arch.site_width(p[1])) if method == "causal" else 0 for p in chosen_pairs
@@ -220,6 +221,24 @@ def find(
     return FindResult(spec, base, best_score, scores, {p: r.score for p, r in rankings.items()})
 
 
+def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
+    """The ``n`` best-scored pairs, skipping a pair that ranks exactly like a better one of its layer
+    (Mamba-1's ssm_out and gate: scaling y or SiLU(z) of the product y ⊙ SiLU(z) is the same)."""
+    chosen: list[Pair] = []
+    for pair in sorted(rankings, key=lambda p: rankings[p].score, reverse=True):
+        twin = any(
+            q[0] == pair[0]
+            and rankings[q].amplify == rankings[pair].amplify
+            and math.isclose(rankings[q].score, rankings[pair].score, rel_tol=1e-4)
+            for q in chosen
+        )
+        if not twin:
+            chosen.append(pair)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
 def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
     pairs = [(layer, site) for layer in range(arch.n_layers) for site in sites]
     raw: dict[str, Any] = {}
@@ -250,7 +269,8 @@ def _channel_counts(ranking: Ranking, direction: str, limit: int) -> set[int]:
 
 
 def _sweep_passes(arch, pairs, rankings, max_channels) -> int:
-    return sum(
+    """Passes of the sweep, the final re-choice of k counted as K_GRID's size (an upper bound)."""
+    return len(K_GRID) + sum(
         len(_channel_counts(rankings[p], d, min(arch.site_width(p[1]), max_channels))) + len(scales) - 1
         for p in pairs
         for d, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES))
@@ -288,6 +308,13 @@ def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, step) ->
             for scale in scales:
                 if scale != REFERENCE_SCALE[direction]:
                     run(pair, direction, best_k, scale)
+    # the best point's k was chosen at the reference scale: choose it again at the point's own scale
+    best = min(curve, key=lambda point: point["loss"])
+    if best["scale"] != REFERENCE_SCALE[best["direction"]]:
+        pair = (best["layer"], best["site"])
+        ks = _channel_counts(rankings[pair], best["direction"], min(arch.site_width(pair[1]), max_channels))
+        for k in sorted(ks - {best["k"]}):
+            run(pair, best["direction"], k, best["scale"])
     return curve
 
 
