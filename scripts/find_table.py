@@ -118,12 +118,12 @@ def main() -> int:
     for name in a.models:
         path = resolve_model_path(name)
         tmp = Path(tempfile.mkdtemp())
-        tag = name
+        tag = Path(name).name
         planted = None
         if a.plant is not None:
             original = path
             path, planted = plant(path, a.plant, tmp, seed=0)
-            tag = f"{name}-planted-L{a.plant}"
+            tag = f"{Path(name).name}-planted-L{a.plant}"
         found = a.out_dir / f"{tag}.found.json"
         args = argparse.Namespace(
             model=path,
@@ -133,7 +133,7 @@ def main() -> int:
             docs_per_task=DEFAULT_DOCS_PER_TASK,
             sites=list(SITES),
             method=a.method,
-            candidates=3,
+            candidates=2,
             verify=4,
             max_channels=32,
             device="cpu",

@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
     p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")
     p.add_argument(
-        "--candidates", type=int, default=3, help="best-scored (layer, site) pairs swept (default 3)"
+        "--candidates", type=int, default=2, help="best-scored (layer, site) pairs swept (default 2)"
     )
     p.add_argument(
         "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"
