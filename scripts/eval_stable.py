@@ -8,8 +8,8 @@ documents and metric; nothing depends on its name. Each call is the Python twin 
     lm_eval --model mamba-steered --model_args pretrained=RUN --tasks ssm_passkey_mc \\
         --metadata '{"max_seq_lengths":[256,512,1024,2048,4096],"num_samples":16}'
 
-run inside `use_fast_scan()` (same values as transformers' torch scan, tests/test_fastscan.py) because
-the CPU has no mamba-ssm kernels.
+on the CPU run inside `use_fast_scan()` (same values as transformers' torch scan, tests/test_fastscan.py)
+because there are no mamba-ssm kernels there.
 
     OMP_NUM_THREADS=1 python scripts/eval_stable.py --runs runs/stable-cpu --num-samples 16
 """
@@ -28,7 +28,9 @@ RETRIEVAL = {"ssm_mqar_mc": ("num_pairs", 24), "ssm_kv_retrieval_mc": ("num_pair
 MULTIPLES = (1, 2, 4, 8, 16)
 
 
-def _evaluate(run: Path, task: str, metadata: dict, batch_size: int) -> dict:
+def _evaluate(run: Path, task: str, metadata: dict, batch_size: int, device: str) -> dict:
+    from contextlib import nullcontext
+
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -36,11 +38,11 @@ def _evaluate(run: Path, task: str, metadata: dict, batch_size: int) -> dict:
     from lm_eval_ssmsteer.registration import tasks_dir
 
     # the task knobs travel in the TaskManager's metadata, as `lm_eval --metadata` does
-    model_args = {"pretrained": str(run), "device": "cpu", "backend": "causal"}
+    model_args = {"pretrained": str(run), "device": device, "backend": "causal"}
     task_manager = TaskManager(
         include_path=str(tasks_dir()), include_defaults=False, metadata={**model_args, **metadata}
     )
-    with use_fast_scan():
+    with use_fast_scan() if device == "cpu" else nullcontext():
         out = lm_eval.simple_evaluate(
             model="mamba-steered",
             model_args=model_args,
@@ -51,20 +53,24 @@ def _evaluate(run: Path, task: str, metadata: dict, batch_size: int) -> dict:
     return out["results"][task]
 
 
-def score_run(run: Path, multiples, num_samples: int, batch_size: int, retrieval: bool) -> dict[str, float]:
+def score_run(
+    run: Path, multiples, num_samples: int, batch_size: int, retrieval: bool, device: str = "cpu"
+) -> dict[str, float]:
     """'task@Nx' -> accuracy for one model folder."""
     info = json.loads((run / "training.json").read_text())
     length = info["train_max_length"]
     scores = {}
     for task in LONG_CONTEXT:
         lengths = [length * m for m in multiples]
-        res = _evaluate(run, task, {"max_seq_lengths": lengths, "num_samples": num_samples}, batch_size)
+        res = _evaluate(
+            run, task, {"max_seq_lengths": lengths, "num_samples": num_samples}, batch_size, device
+        )
         for m, n in zip(multiples, lengths, strict=True):
             scores[f"{task}@{m}x"] = res[f"{n},none"]
     if retrieval:
         for task, (knob, base) in RETRIEVAL.items():
             for m in multiples:
-                res = _evaluate(run, task, {knob: base * m, "num_samples": num_samples}, batch_size)
+                res = _evaluate(run, task, {knob: base * m, "num_samples": num_samples}, batch_size, device)
                 scores[f"{task}@{m}x"] = res["acc,none"]
     return scores
 
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multiples", nargs="+", type=int, default=list(MULTIPLES))
     p.add_argument("--num-samples", type=int, default=16, help="documents per task and length")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu (runs the fast torch scan) or cuda")
     p.add_argument("--no-retrieval", action="store_true", help="long-context tasks only")
     a = p.parse_args(argv)
     runs = sorted(r for r in a.runs.iterdir() if (r / "training.json").is_file())
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         path = run / "stable_eval.json"
         if path.is_file():
             continue
-        scores = score_run(run, a.multiples, a.num_samples, a.batch_size, not a.no_retrieval)
+        scores = score_run(run, a.multiples, a.num_samples, a.batch_size, not a.no_retrieval, a.device)
         path.write_text(json.dumps(scores, indent=1) + "\n")
         print(run.name, json.dumps(scores), flush=True)
     per_run = {
