@@ -14,6 +14,7 @@ import math
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from lm_eval_ssmsteer.taskdata import TASKS, answer_text, generate
@@ -66,6 +67,8 @@ VOCAB_SIZE = 128  # the 99-token project vocabulary, rounded up
 
 
 ARCHS = ("mamba1", "mamba2", "stable_mamba")
+# (hidden, layers) of the reference models; Mamba-2's heads (2 * hidden / 32) must be a multiple of 8
+REF_SHAPES = {"mamba1": (224, 6), "stable_mamba": (224, 6), "mamba2": (256, 5)}
 
 
 def train_ranges(max_length: int = TRAIN_MAX_LENGTH) -> dict[str, dict[str, tuple[int, int]]]:
@@ -82,10 +85,15 @@ def train_ranges(max_length: int = TRAIN_MAX_LENGTH) -> dict[str, dict[str, tupl
     return ranges
 
 
-def model_config(arch: str, hidden: int = 224, layers: int = 6):
-    """The reference shapes: 224 wide and 6 deep by default (GPU); the CPU-trained models are narrower.
+def model_config(arch: str, hidden: int | None = None, layers: int | None = None):
+    """The reference shapes (REF_SHAPES, about 2.1M parameters each) unless `hidden`/`layers` are given.
     Stable-Mamba is Mamba-1's shape with 2 Δ gates per channel (docs/stable_mamba.md)."""
     from transformers import Mamba2Config, MambaConfig
+
+    if arch not in REF_SHAPES:
+        raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
+    hidden = hidden or REF_SHAPES[arch][0]
+    layers = layers or REF_SHAPES[arch][1]
 
     common = {
         "vocab_size": VOCAB_SIZE,
@@ -103,11 +111,19 @@ def model_config(arch: str, hidden: int = 224, layers: int = 6):
 
         return StableMambaConfig(state_size=16, expand=2, conv_kernel=4, num_timescales=2, **common)
     if arch == "mamba2":
+        heads = 2 * hidden // 32
+        # causal-conv1d's CUDA kernel reads x, B, C as a view of in_proj's output and needs its row stride
+        # (2 * d_inner + 2 * state + heads) to be a multiple of 8, i.e. heads a multiple of 8
+        if heads % 8:
+            raise ValueError(
+                f"hidden={hidden}: Mamba-2 needs 2 * hidden / 32 heads to be a multiple of 8 "
+                f"(got {heads}) for causal-conv1d's kernel; use a hidden size that is a multiple of 128"
+            )
         return Mamba2Config(
             state_size=64,
             expand=2,
             head_dim=32,
-            num_heads=2 * hidden // 32,
+            num_heads=heads,
             n_groups=1,
             chunk_size=64,
             conv_kernel=4,
@@ -227,18 +243,22 @@ def train(
     device: str,
     eval_docs: int = 64,
     parallel_scan: bool = False,
-    hidden: int = 224,
-    layers: int = 6,
+    hidden: int | None = None,
+    layers: int | None = None,
     max_length: int = TRAIN_MAX_LENGTH,
+    init: Path | None = None,
 ) -> dict:
-    from contextlib import nullcontext
+    from contextlib import ExitStack
 
     from lm_eval_ssmsteer.fastscan import use_fast_scan
 
     # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
     cpu_mamba1 = arch in ("mamba1", "stable_mamba") and not device.startswith("cuda")
-    fast = use_fast_scan() if cpu_mamba1 else nullcontext()
-    with fast:
+    with ExitStack() as stack:
+        if cpu_mamba1:
+            stack.enter_context(use_fast_scan())
+        elif arch in ("mamba1", "mamba2") and device.startswith("cuda") and not _has_causal_conv1d():
+            stack.enter_context(_unfused(arch))
         return _train(
             arch,
             out,
@@ -255,7 +275,36 @@ def train(
             hidden,
             layers,
             max_length,
+            init,
         )
+
+
+def _has_causal_conv1d() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("causal_conv1d") is not None
+
+
+@contextmanager
+def _unfused(arch: str):
+    """mamba-ssm's fused training functions need causal-conv1d's kernel; without it, transformers' mixers
+    take their unfused path (torch conv, mamba-ssm's scan kernels) when the fused function returns None."""
+    if arch == "mamba1":
+        from transformers.models.mamba import modeling_mamba as module
+
+        names = ["mamba_inner_fn"]
+    else:
+        from transformers.models.mamba2 import modeling_mamba2 as module
+
+        names = ["mamba2_split_conv1d_scan_combined", "mamba_split_conv1d_scan_combined"]
+    saved = {n: getattr(module, n) for n in names if hasattr(module, n)}
+    for n in saved:
+        setattr(module, n, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(module, n, f)
 
 
 def _train(
@@ -274,6 +323,7 @@ def _train(
     hidden,
     layers,
     max_length,
+    init,
 ) -> dict:
     import torch
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
@@ -296,9 +346,19 @@ def _train(
         "mamba2": Mamba2ForCausalLM,
         "stable_mamba": StableMambaForCausalLM,
     }[arch]
-    model = model_class(config).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    if init is not None:  # continue training a saved model of the same architecture
+        model = model_class.from_pretrained(str(init), dtype=torch.float32)
+        model.config.use_mambapy = parallel_scan
+        model = model.to(device)
+    else:
+        model = model_class(config).to(device)
+
+    def decays(name: str, p) -> bool:
+        # matrices decay; embeddings, norms, biases, D and Mamba-1's 2-D A_log (the timescales) do not
+        return p.dim() >= 2 and "embed" not in name and "A_log" not in name
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    other = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
         lr=lr,
@@ -352,6 +412,7 @@ def _train(
         "train_split": "train",
         "train_ranges": train_ranges(max_length),
         "train_max_length": max_length,
+        "init_from": str(init) if init is not None else None,
         "parameters": model.num_parameters(),
         "train_seconds": round(time.time() - start, 1),
         "final_loss": loss_avg,
@@ -377,14 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=None, help="seconds of training before stopping")
     p.add_argument("--device", default="cuda")
     p.add_argument("--parallel-scan", action="store_true", help="Mamba-1 without kernels: mamba.py pscan")
-    p.add_argument("--hidden", type=int, default=224, help="hidden size (Mamba-2: a multiple of 16)")
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument(
+        "--hidden", type=int, default=None, help="hidden size (default: REF_SHAPES; Mamba-2: x128)"
+    )
+    p.add_argument("--layers", type=int, default=None, help="layers (default: REF_SHAPES)")
     p.add_argument(
         "--eval-docs", type=int, default=64, help="test documents per setting in the final check (0: none)"
     )
     p.add_argument(
         "--max-length", type=int, default=TRAIN_MAX_LENGTH, help="longest long-context training prompt"
     )
+    p.add_argument("--init", type=Path, default=None, help="continue training this saved model folder")
     a = p.parse_args(argv)
     train(
         a.arch,
@@ -402,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         a.hidden,
         a.layers,
         a.max_length,
+        a.init,
     )
     return 0
 

@@ -52,7 +52,10 @@ def run(model: str, tasks: list[str], metadata: dict, batch_size: int, backend: 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["ref-mamba1", "ref-mamba2"])
+    from lm_eval_ssmsteer.loading import shipped_models
+
+    shipped = [name for name in shipped_models() if name.startswith("ref-")]
+    p.add_argument("--models", nargs="+", default=shipped, help=f"default: the shipped {', '.join(shipped)}")
     p.add_argument("--samples", type=int, default=20, help="documents per task and setting (per length)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", choices=["mamba-steered", "hf"], default="mamba-steered")
