@@ -17,7 +17,7 @@ from lm_eval_ssmsteer.interpret.capture import (
     mamba_layers,
 )
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout, knockout_effect
-from lm_eval_ssmsteer.interpret.latim import iter_contributions, latim_maps, rollout
+from lm_eval_ssmsteer.interpret.latim import iter_contributions, latim_maps, latim_rows, rollout
 from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, readout
 
 VOCAB, LENGTH, N_LAYERS = 64, 40, 3
@@ -135,6 +135,19 @@ def test_chunking_does_not_change_the_maps(model):
     for key in whole:  # ALTI's ‖o‖₁ − ‖o − T‖₁ amplifies fp32 rounding of T a little
         assert torch.allclose(whole[key], chunked[key], atol=1e-6 if key == "l2" else 1e-5)
     assert torch.allclose(hidden_attention(internals, "norm"), hidden_attention(internals, "norm", 20_000))
+
+
+@pytest.mark.parametrize("rows", [range(0, 5), range(17, 23), range(LENGTH - 6, LENGTH)])
+def test_latim_rows_equal_those_rows_of_the_full_maps(model, rows):
+    internals = layer_internals(model, random_ids(), [1])[1]
+    full = latim_maps(internals)
+    for budget in (2**30, 20_000):  # one chunk, and one row per chunk
+        some = latim_rows(internals, rows, memory_bytes=budget)
+        for key in full:
+            assert some[key].shape == (len(rows), rows.stop)
+            assert torch.allclose(some[key], full[key][rows.start : rows.stop, : rows.stop], atol=1e-6)
+    with pytest.raises(ValueError, match=f"the input has {LENGTH} tokens"):
+        latim_rows(internals, range(LENGTH - 2, LENGTH + 1))
 
 
 def test_latim_maps_are_causal_row_distributions(model):
@@ -304,7 +317,8 @@ def test_a_non_mamba_model_is_refused_by_name():
     llama = transformers.LlamaForCausalLM(config)
     with pytest.raises(ValueError, match="LlamaForCausalLM is not a Mamba-family model"):
         layer_internals(llama, random_ids(), [0])
-    with pytest.raises(ValueError, match="LlamaForCausalLM is not a Mamba-family model"), knockout(
-        llama, KnockoutSpec((0,), (0,), (1,))
+    with (
+        pytest.raises(ValueError, match="LlamaForCausalLM is not a Mamba-family model"),
+        knockout(llama, KnockoutSpec((0,), (0,), (1,))),
     ):
         pass

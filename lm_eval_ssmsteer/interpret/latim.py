@@ -118,6 +118,33 @@ def latim_maps(
     return maps
 
 
+def latim_rows(
+    internals: MixerInternals,
+    rows: range,
+    methods: tuple[str, ...] = METHODS,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+) -> dict[str, torch.Tensor]:
+    """The rows ``rows`` of the mixer maps of :func:`latim_maps`, without computing the others:
+    {method: (len(rows), rows.stop)}. Costs about len(rows)/l of the full maps: a few answer rows of a
+    long input are cheap."""
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"LaTIM scores {unknown or list(methods)} are not among {', '.join(METHODS)}")
+    if not 0 <= rows.start < rows.stop <= internals.length or rows.step != 1:
+        raise ValueError(
+            f"rows {rows.start}-{rows.stop - 1} are out of range: the input has {internals.length} tokens "
+            f"(0-{internals.length - 1})"
+        )
+    maps = {method: internals.v.new_zeros(len(rows), rows.stop) for method in methods}
+    for chunk in row_chunks(len(rows), _row_cost(internals), memory_bytes):
+        sub = range(rows.start + chunk.start, rows.start + chunk.stop)
+        T, bias = contribution_rows(internals, sub)
+        output = T.sum(1) + bias
+        for method in methods:
+            maps[method][chunk.start : chunk.stop, : sub.stop] = score_rows(T, output, method)
+    return maps
+
+
 def rollout(block_maps: list[torch.Tensor]) -> torch.Tensor:
     """Chain per-block maps (first layer first): R = M_L ⋯ M_1, R[i, j] = share of input token j in the
     last block's output at position i. Use the "_block" maps, which count the residual."""
