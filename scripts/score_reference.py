@@ -28,8 +28,14 @@ SETTINGS = {  # task -> [(label, metadata)]: default (in distribution), then bey
     "ssm_kv_retrieval": [("default (12)", {}), ("num_pairs=32", {"num_pairs": 32})],
     "ssm_induction": [("default (48)", {}), ("length=128", {"length": 128})],
 }
-LONG_TASKS = ["ssm_passkey", "ssm_niah_single", "ssm_niah_multikey", "ssm_niah_multivalue",
-              "ssm_niah_multiquery", "ssm_variable_tracking"]
+LONG_TASKS = [
+    "ssm_passkey",
+    "ssm_niah_single",
+    "ssm_niah_multikey",
+    "ssm_niah_multivalue",
+    "ssm_niah_multiquery",
+    "ssm_variable_tracking",
+]
 
 
 def run(model: str, tasks: list[str], metadata: dict, batch_size: int, backend: str) -> dict:
@@ -40,13 +46,20 @@ def run(model: str, tasks: list[str], metadata: dict, batch_size: int, backend: 
 
     path = resolve_model_path(model)
     model_args = {"pretrained": path, "dtype": "float32"}
-    manager = TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False,
-                          metadata={**model_args, **metadata})
+    manager = TaskManager(
+        include_path=str(ROOT / "tasks"), include_defaults=False, metadata={**model_args, **metadata}
+    )
     model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
     if backend == "mamba-steered" and model_type in ("mamba", "falcon_mamba"):
         model_args["fast_scan"] = True
-    out = simple_evaluate(model=backend, model_args=model_args, tasks=tasks, task_manager=manager,
-                          device="cpu", batch_size=batch_size)
+    out = simple_evaluate(
+        model=backend,
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=manager,
+        device="cpu",
+        batch_size=batch_size,
+    )
     return out["results"]
 
 
@@ -60,18 +73,20 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--backend", choices=["mamba-steered", "hf"], default="mamba-steered")
     p.add_argument("--json", type=Path, default=None, help="also write the raw scores here")
+    p.add_argument("--lengths", nargs="+", type=int, default=LENGTHS, help="long-context lengths (tokens)")
+    p.add_argument("--long-only", action="store_true", help="only the long-context tasks")
     a = p.parse_args()
     scores: dict[tuple[str, str], dict[str, float]] = {}
     t0 = time.time()
     for model in a.models:
-        for task, settings in SETTINGS.items():
+        for task, settings in {} if a.long_only else SETTINGS.items():
             for label, knobs in settings:
                 res = run(model, [task], {"num_samples": a.samples, **knobs}, a.batch_size, a.backend)
                 scores.setdefault((task, label), {})[model] = res[task]["exact_match,none"]
-        long_meta = {"num_samples": a.samples, "max_seq_lengths": LENGTHS}
+        long_meta = {"num_samples": a.samples, "max_seq_lengths": a.lengths}
         res = run(model, LONG_TASKS, long_meta, a.batch_size, a.backend)
         for task in LONG_TASKS:
-            for length in LENGTHS:
+            for length in a.lengths:
                 scores.setdefault((task, f"{length} tokens"), {})[model] = res[task][f"{length},none"]
     print(f"| task | setting | {' | '.join(a.models)} |")
     print(f"|---|---|{'---|' * len(a.models)}")
