@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_TASKS, FinderError
+from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
 from lm_eval_ssmsteer.finder.methods import METHODS
 from lm_eval_ssmsteer.spec import SITES
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace):
     """Validate everything cheap first (method, sites, output, model type, data), then search."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from lm_eval_ssmsteer.finder.data import encode_pairs, file_pairs, task_pairs
+    from lm_eval_ssmsteer.finder.data import encode_pairs, file_pairs, task_pairs, token_counter
     from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
     from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, load_model, prepare_pretrained
     from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_config, describe_model
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace):
     check_request(args.method, sites)
     for flag, value, least in (
         ("--docs-per-task", args.docs_per_task, 1),
+        ("--length", args.length, 1),
         ("--candidates", args.candidates, 1),
         ("--verify", args.verify, 0),
         ("--max-channels", args.max_channels, 1),
@@ -56,13 +57,26 @@ def run(args: argparse.Namespace):
         raise FinderError(f"--model {args.model!r}: {exc}") from None
     except OSError as exc:
         raise FinderError(f"--model {args.model!r}: cannot load its config ({exc})") from None
+    tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
     if args.data is not None:
         pairs, source = file_pairs(args.data), str(args.data)
     else:
+        from lm_eval_ssmsteer.taskdata import TASKS, TaskDataError
+
         tasks = args.tasks or list(DEFAULT_TASKS)
-        pairs = task_pairs(tasks, "calibration", args.docs_per_task)
-        source = f"calibration split: {', '.join(tasks)} x {args.docs_per_task} docs"
-    tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
+        try:
+            pairs = task_pairs(
+                tasks,
+                "calibration",
+                args.docs_per_task,
+                length=args.length,
+                count_tokens=token_counter(tokenizer),
+            )
+        except TaskDataError as exc:
+            raise FinderError(f"--length {args.length}: {exc}") from None
+        long = [t for t in tasks if t in TASKS and TASKS[t].long_context]
+        at = f" ({', '.join(long)} at {args.length} tokens)" if long else ""
+        source = f"calibration split: {', '.join(tasks)} x {args.docs_per_task} docs{at}"
     data = encode_pairs(tokenizer, pairs, source)
     model, _ = load_model(args.model, device=args.device)
     result = find(
@@ -97,10 +111,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--docs-per-task", type=int, default=DEFAULT_DOCS_PER_TASK, help="calibration docs per task"
     )
+    p.add_argument(
+        "--length",
+        type=int,
+        default=DEFAULT_LENGTH,
+        help=f"prompt length in tokens of the long-context calibration tasks (default {DEFAULT_LENGTH})",
+    )
     p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
     p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")
     p.add_argument(
-        "--candidates", type=int, default=2, help="best-scored (layer, site) pairs swept (default 2)"
+        "--candidates", type=int, default=1, help="best-scored (layer, site) pairs swept (default 1)"
     )
     p.add_argument(
         "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"

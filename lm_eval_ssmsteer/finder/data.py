@@ -1,8 +1,10 @@
 """Calibration data for the finder: (context, answer) pairs tokenized by the model's own tokenizer and
 scored with the loss on the answer tokens only (as lm-eval scores `context + " " + answer`).
 
-Default source: the CALIBRATION split of a few short tasks of the suite, disjoint from every test split.
-A JSONL file may be given instead, one object a line with "context" and "answer" (or "target").
+Default source: the CALIBRATION split (disjoint from every test split) of the four multi-needle
+long-context tasks at 2048 tokens, beyond the 768-character prompts the reference models were trained on:
+where ref-mamba1 still has headroom (docs/finder.md). A JSONL file may be given instead, one object a line
+with "context" and "answer" (or "target").
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from typing import Any
 import torch
 
 DEFAULT_TASKS = (
-    "ssm_copy",
-    "ssm_selective_copy",
-    "ssm_phonebook",
-    "ssm_mqar",
-    "ssm_kv_retrieval",
-    "ssm_induction",
+    "ssm_niah_multikey",
+    "ssm_niah_multivalue",
+    "ssm_niah_multiquery",
+    "ssm_variable_tracking",
 )
-DEFAULT_DOCS_PER_TASK = 8
+DEFAULT_DOCS_PER_TASK = 2
+DEFAULT_LENGTH = 2048  # prompt length (tokens) of the long-context tasks; other tasks ignore it
 MIN_DOCS = 8  # fewer documents give scores and a scale that are noise
 TOKENS_PER_BATCH = 8192
 
@@ -93,7 +94,21 @@ def encode_pairs(tokenizer: Any, pairs: list[tuple[str, str]], source: str) -> C
     return CalibrationData.from_ids(examples, source)
 
 
-def task_pairs(tasks: list[str], split: str, docs_per_task: int, seed: int = 0) -> list[tuple[str, str]]:
+def token_counter(tokenizer: Any):
+    """Counts tokens as ``tokenizer`` encodes a text (the long-context tasks' lengths are in these)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def task_pairs(
+    tasks: list[str],
+    split: str,
+    docs_per_task: int,
+    seed: int = 0,
+    length: int = DEFAULT_LENGTH,
+    count_tokens: Any = None,
+) -> list[tuple[str, str]]:
+    """``docs_per_task`` documents of each task; the long-context ones ``length`` tokens long (counted by
+    ``count_tokens``, default: the project tokenizer's one token per character)."""
     from lm_eval_ssmsteer.taskdata import TASKS, answer_text, generate
 
     unknown = [t for t in tasks if t not in TASKS]
@@ -104,7 +119,14 @@ def task_pairs(tasks: list[str], split: str, docs_per_task: int, seed: int = 0) 
     return [
         (d["context"], answer_text(d))
         for task in tasks
-        for d in generate(task, split, docs_per_task, seed=seed)
+        for d in generate(
+            task,
+            split,
+            docs_per_task,
+            seed=seed,
+            count_tokens=count_tokens,
+            **({"length": length} if TASKS[task].long_context else {}),
+        )
     ]
 
 

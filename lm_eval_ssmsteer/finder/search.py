@@ -99,7 +99,7 @@ def find(
     data: CalibrationData,
     sites: list[str] | None = None,
     method: str = "causal",
-    candidates: int = 2,
+    candidates: int = 1,
     verify: int = 4,
     max_channels: int = 32,
     model_name: str = "model",
