@@ -1,9 +1,11 @@
-"""Held-out TEST scores of the reference models: unsteered, the spec `ssmsteer find` writes, a control
-with as many random channels (same layer, site and scale), and the paper-style heuristic (layer from the
-Δ-bias statistics, its 16 highest-variance mixer_out channels, ×5). Prints the Markdown table of
-docs/finder.md and writes the specs and raw scores under --out-dir.
+"""Held-out TEST scores of the reference models: unsteered, the spec `ssmsteer find` writes (its default
+calibration data), a control with as many random channels (same layer, site and scale), and the
+paper-style heuristic (layer from the Δ-bias statistics, its 16 highest-variance mixer_out channels, ×5).
+Prints the Markdown table of docs/finder.md (score ± standard error per task and length) and writes the
+specs and raw scores under --out-dir.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python scripts/find_table.py --samples 20
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python scripts/find_table.py \
+        --models ref-mamba1 --samples 20 --lengths 512 2048
 
 `--plant LAYER` damps 8 channels of that layer's out_proj rows by 0.2 first (the planted-bottleneck
 validation through lm-eval) and adds the undamped model's row. The finder sees only the CALIBRATION split;
@@ -21,13 +23,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ["ssm_copy", "ssm_selective_copy", "ssm_phonebook", "ssm_mqar", "ssm_kv_retrieval", "ssm_induction"]
 PLANTED_CHANNELS = 8
 PLANTED_SCALE = 0.2
 
 
-def lm_eval_scores(path: str, spec: Path | None, samples: int, batch_size: int) -> dict[str, float]:
-    """exact_match per task on the TEST split (the suite's lm-eval tasks), through mamba-steered."""
+def lm_eval_scores(
+    path: str, spec: Path | None, tasks: list[str], lengths: list[int], samples: int, batch_size: int
+) -> dict[str, tuple[float, float]]:
+    """(score, standard error) per column on the TEST split, through mamba-steered: exact_match for the
+    short tasks, RULER's string_match_all per length ("task@length") for the long-context ones."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -37,17 +41,34 @@ def lm_eval_scores(path: str, spec: Path | None, samples: int, batch_size: int) 
     if spec is not None:
         model_args["steer"] = str(spec)
     manager = TaskManager(
-        include_path=str(ROOT / "tasks"), include_defaults=False, metadata={"num_samples": samples}
+        include_path=str(ROOT / "tasks"),
+        include_defaults=False,
+        metadata={"num_samples": samples, "max_seq_lengths": lengths},
     )
     out = simple_evaluate(
         model="mamba-steered",
         model_args=model_args,
-        tasks=TASKS,
+        tasks=tasks,
         task_manager=manager,
         device="cpu",
         batch_size=batch_size,
     )
-    return {task: out["results"][task]["exact_match,none"] for task in TASKS}
+    scores = {}
+    for task in tasks:
+        result = out["results"][task]
+        for column, metric in columns(task, lengths):
+            scores[column] = (result[f"{metric},none"], result[f"{metric}_stderr,none"])
+    return scores
+
+
+def columns(task: str, lengths: list[int]) -> list[tuple[str, str]]:
+    """(column name, lm-eval metric) of a task: one per length for the long-context tasks."""
+    from lm_eval_ssmsteer.taskdata import TASKS
+
+    short = task.removeprefix("ssm_")
+    if TASKS[task].long_context:
+        return [(f"{short}@{length}", str(length)) for length in lengths]
+    return [(short, "exact_match")]
 
 
 def paper_heuristic_spec(model, data, out: Path) -> Path:
@@ -98,10 +119,27 @@ def plant(path: str, layer: int, folder: Path, seed: int = 0) -> tuple[str, list
     return str(folder), channels
 
 
+def find_args(path: str, out: Path, method: str):
+    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD`: every other at its default."""
+    from lm_eval_ssmsteer.finder import cli as find_cli
+
+    parser = argparse.ArgumentParser()
+    find_cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(
+        ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress"]
+    )
+
+
 def main() -> int:
+    from lm_eval_ssmsteer.finder.data import DEFAULT_TASKS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["ref-mamba1", "ref-mamba2"])
-    p.add_argument("--samples", type=int, default=20, help="TEST documents per task")
+    p.add_argument("--models", nargs="+", default=["ref-mamba1"])
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="TEST tasks of the table")
+    p.add_argument(
+        "--lengths", nargs="+", type=int, default=[512, 2048], help="lengths of the long-context tasks"
+    )
+    p.add_argument("--samples", type=int, default=20, help="TEST documents per task (and per length)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="causal")
     p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp 8 channels of LAYER first")
@@ -109,10 +147,11 @@ def main() -> int:
     a = p.parse_args()
 
     from lm_eval_ssmsteer.finder import cli as find_cli
-    from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_TASKS
-    from lm_eval_ssmsteer.loading import resolve_model_path
-    from lm_eval_ssmsteer.spec import SITES
+    from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs, token_counter
+    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
+    from lm_eval_ssmsteer.sites import describe_model
 
+    cols = [c for task in a.tasks for c, _ in columns(task, a.lengths)]
     a.out_dir.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
     for name in a.models:
@@ -125,31 +164,22 @@ def main() -> int:
             path, planted = plant(path, a.plant, tmp, seed=0)
             tag = f"{Path(name).name}-planted-L{a.plant}"
         found = a.out_dir / f"{tag}.found.json"
-        args = argparse.Namespace(
-            model=path,
-            out=found,
-            tasks=list(DEFAULT_TASKS),
-            data=None,
-            docs_per_task=DEFAULT_DOCS_PER_TASK,
-            sites=list(SITES),
-            method=a.method,
-            candidates=2,
-            verify=4,
-            max_channels=32,
-            device="cpu",
-            no_progress=True,
-        )
+        args = find_args(path, found, a.method)
         t0 = time.time()
         _, result = find_cli.run(args)
         find_seconds = time.time() - t0
-        from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs
-        from lm_eval_ssmsteer.loading import load_model
-        from lm_eval_ssmsteer.sites import describe_model
+        print(f"{tag}: find {find_seconds:.0f}s, chosen {result.scores['chosen']}", flush=True)
 
         model, tokenizer = load_model(path)
-        data = encode_pairs(
-            tokenizer, task_pairs(list(DEFAULT_TASKS), "calibration", DEFAULT_DOCS_PER_TASK), "cal"
+        pairs = task_pairs(
+            args.tasks or list(DEFAULT_TASKS),
+            "calibration",
+            args.docs_per_task,
+            length=args.length,
+            count_tokens=token_counter(tokenizer),
         )
+        data = encode_pairs(tokenizer, pairs, "calibration")
+        assert data.sha256 == result.spec.provenance["calibration"]["sha256"]  # the finder's own data
         iv = result.spec.interventions[0]
         width = describe_model(model).site_width(iv.site)
         specs = {
@@ -158,28 +188,50 @@ def main() -> int:
             "random channels": random_control_spec(found, width, a.out_dir / f"{tag}.random.json"),
             "paper heuristic": paper_heuristic_spec(model, data, a.out_dir / f"{tag}.paper.json"),
         }
-        scores = {label: lm_eval_scores(path, spec, a.samples, a.batch_size) for label, spec in specs.items()}
         if planted is not None:
-            scores = {"undamped": lm_eval_scores(original, None, a.samples, a.batch_size), **scores}
-        shutil.rmtree(tmp, ignore_errors=True)
-        chosen = result.scores["chosen"]
-        raw[tag] = {
-            "scores": scores,
-            "find_seconds": round(find_seconds, 1),
-            "chosen": chosen,
-            "planted_channels": planted,
-            "found_channels": list(iv.channels) if isinstance(iv.channels, tuple) else iv.channels,
-            "calibration_gain": result.spec.provenance["calibration_gain"],
-        }
-        for label, per_task in scores.items():
-            mean = sum(per_task.values()) / len(per_task)
-            rows.append(
-                f"| {tag} | {label} | " + " | ".join(f"{per_task[t]:.2f}" for t in TASKS) + f" | {mean:.3f} |"
+            specs = {"undamped": None, **specs}
+        scores, seconds = {}, {}
+        for label, spec in specs.items():
+            t0 = time.time()
+            scores[label] = lm_eval_scores(
+                original if label == "undamped" else path, spec, a.tasks, a.lengths, a.samples, a.batch_size
             )
-        print(f"{tag}: find {find_seconds:.0f}s, chosen {chosen}", flush=True)
-    header = "| model | steering | " + " | ".join(t.removeprefix("ssm_") for t in TASKS) + " | mean |"
-    print("\n".join([header, "|" + "---|" * (len(TASKS) + 3), *rows]))
-    name = "planted" if a.plant is not None else "table"
+            seconds[label] = round(time.time() - t0, 1)
+            print(f"{tag} {label}: {seconds[label]:.0f}s {scores[label]}", flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        found_channels = list(iv.channels) if isinstance(iv.channels, tuple) else iv.channels
+        raw[tag] = {
+            "scores": {
+                label: {c: {"score": v, "stderr": e} for c, (v, e) in s.items()}
+                for label, s in scores.items()
+            },
+            "samples_per_column": a.samples,
+            "find_seconds": round(find_seconds, 1),
+            "eval_seconds": seconds,
+            "chosen": result.scores["chosen"],
+            "spec": result.spec.to_dict(),
+            "planted_layer": a.plant,
+            "planted_channels": planted,
+            "found_channels": found_channels,
+            "calibration": result.spec.provenance["calibration"],
+            "calibration_loss": result.spec.provenance["calibration_loss"],
+            "calibration_accuracy": result.spec.provenance["calibration_accuracy"],
+        }
+        if planted is not None:
+            hit = sorted(set(planted) & set(found_channels)) if iv.layers[0] == a.plant else []
+            raw[tag]["planted_recovered"] = {"layer": iv.layers[0] == a.plant, "channels": hit}
+            print(
+                f"{tag}: planted layer {a.plant} {planted}; found layer {iv.layers[0]} {iv.site}; "
+                f"{len(hit)}/{len(planted)} planted channels among {len(found_channels)}",
+                flush=True,
+            )
+        for label, per_col in scores.items():
+            mean = sum(v for v, _ in per_col.values()) / len(per_col)
+            cells = " | ".join(f"{per_col[c][0]:.2f} ± {per_col[c][1]:.2f}" for c in cols)
+            rows.append(f"| {tag} | {label} | {cells} | {mean:.3f} |")
+    header = "| model | steering | " + " | ".join(cols) + " | mean |"
+    print("\n".join([header, "|" + "---|" * (len(cols) + 3), *rows]))
+    name = f"planted-L{a.plant}" if a.plant is not None else "table"
     (a.out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
     return 0
 
