@@ -1,0 +1,110 @@
+"""The committed regression baseline (baselines/ssmsteer_quick.json) and its CI check on ref-mamba1.
+
+The baseline, scripts/ci_regress.sh and the copyable workflow must name the same runs: a baseline run no
+job evaluates fails CI as missing, and a job no baseline run matches is compared with nothing. The
+planted regression is real lm-eval output of the shipped reference model on a few documents of one task:
+zeroing layer 3's mixer output takes needle-in-a-haystack retrieval from 1 to 0, and `ssmsteer regress`
+must exit 1 on it (docs/report.md runs the same on the whole of ssmsteer_quick against the committed
+baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from lm_eval_ssmsteer.report import cli_regress
+from lm_eval_ssmsteer.report.regress import write_baseline
+from lm_eval_ssmsteer.report.results import load_runs
+from lm_eval_ssmsteer.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "baselines" / "ssmsteer_quick.json"
+SCRIPT = ROOT / "scripts" / "ci_regress.sh"
+WORKFLOW = ROOT / ".github" / "workflows" / "ssmsteer-regress.yml"
+
+
+def script_runs() -> list[str]:
+    block = re.search(r"^RUNS=\(\n(.*?)^\)", SCRIPT.read_text(), re.S | re.M)
+    assert block, "scripts/ci_regress.sh: no RUNS=( ... ) list"
+    return re.findall(r'"([^"]+)"', block.group(1))
+
+
+def workflow_runs() -> list[str]:
+    block = re.search(r"^ +RUNS: \|\n((?: {8}\S.*\n)+)", WORKFLOW.read_text(), re.M)
+    assert block, f"{WORKFLOW}: no RUNS: | block"
+    return block.group(1).split()
+
+
+def test_baseline_script_and_workflow_name_the_same_runs():
+    runs = script_runs()
+    assert runs == workflow_runs()
+    steered = {}
+    for args in runs:
+        kv = dict(item.split("=", 1) for item in args.split(","))
+        steered[kv.get("steer")] = kv
+    baseline = load_runs([BASELINE])
+    assert {r.spec_ref for r in baseline} == set(steered)
+    for run in baseline:
+        kv = steered[run.spec_ref]
+        assert run.model == kv["pretrained"]
+        assert run.variant == ",".join(
+            f"{k}={v}" for k, v in sorted(kv.items()) if k not in ("pretrained", "steer")
+        )
+        if run.spec_ref is None:
+            assert run.steering_spec_sha256 is None
+        else:  # the spec file still says what the baseline was made with
+            assert run.steering_spec_sha256 == load_spec(ROOT / run.spec_ref).sha256
+
+
+def evaluate(model_args: dict, out: Path) -> Path:
+    """ref-mamba1 on 2 documents of ssmq_niah_single, saved as `lm_eval --output_path --log_samples` saves."""
+    import lm_eval
+    import torch
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    tracker = EvaluationTracker(output_path=str(out))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = lm_eval.simple_evaluate(
+            model="mamba-steered",
+            model_args={"pretrained": "ref-mamba1", "fast_scan": True, **model_args},
+            tasks=["ssmq_niah_single"],
+            task_manager=TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False),
+            device="cpu",
+            batch_size=8,
+            limit=2,
+            log_samples=True,
+            evaluation_tracker=tracker,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    (found,) = out.rglob("results_*.json")
+    return found
+
+
+@pytest.mark.slow
+def test_zeroed_mixer_on_ref_mamba1_is_a_regression(tmp_path, capsys):
+    mild = evaluate({"steer": "examples/ref-mamba1-mild.json"}, tmp_path / "mild")
+    zeroed = evaluate({"steer_layer": 3, "steer_site": "mixer_out", "steer_scale": 0.0}, tmp_path / "zeroed")
+    baseline = write_baseline([mild], tmp_path / "baseline.json")
+    parser = argparse.ArgumentParser(prog="ssmsteer")
+    cli_regress.add_parser(parser.add_subparsers())
+
+    def regress(current: Path) -> int:
+        args = parser.parse_args(["regress", "--baseline", str(baseline), "--current", str(current)])
+        return args.func(args)
+
+    assert regress(mild) == 0
+    capsys.readouterr()
+    assert regress(zeroed) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\| ssmq_niah_single \| 512,none \| 1\.0000 .* \| 0\.0000 .* \| REGRESSED \|", out), out
+    assert "the steering spec changed, now L3 mixer_out×0.0" in out
