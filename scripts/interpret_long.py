@@ -153,7 +153,9 @@ def main() -> None:
             record["l2_rows_sum_to_one"] = bool(
                 torch.allclose(maps["l2"].sum(-1), torch.ones(length), atol=1e-4)
             )
-            record["rows_equal_full_maps"] = bool(torch.equal(rows["l2"], maps["l2"][length - 16 :]))
+            # other row chunks sum in another order: equal up to fp32 rounding, not bit for bit
+            difference = (rows["l2"] - maps["l2"][length - 16 :]).abs().max()
+            record["rows_max_abs_diff_vs_full_maps"] = float(f"{float(difference):.2e}")
             del maps
         if not args.no_attention:
             before = time.perf_counter()
