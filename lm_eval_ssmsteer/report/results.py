@@ -34,6 +34,7 @@ _NOT_VARIANT_ARGS = {
     "max_batch_size",
     "parallelize",
     "trust_remote_code",
+    "fast_scan",  # how the scan runs on CPU, not what it computes (equal to 1e-5, tests/test_backend.py)
     "steering_spec",
     "steering_spec_sha256",
     "steer",
