@@ -43,7 +43,8 @@ def lm_eval_scores(
     manager = TaskManager(
         include_path=str(ROOT / "tasks"),
         include_defaults=False,
-        metadata={"num_samples": samples, "max_seq_lengths": lengths},
+        # the tasks count lengths in the tokenizer of `pretrained` (lm_eval's CLI passes model_args so too)
+        metadata={"pretrained": path, "num_samples": samples, "max_seq_lengths": lengths},
     )
     out = simple_evaluate(
         model="mamba-steered",
