@@ -1,4 +1,4 @@
-"""Trains the shipped reference models (ref-mamba1, ref-mamba2) on the TRAIN split of the task suite.
+"""Trains the reference models (ref-mamba1 ships; ref-mamba2 did not learn yet) on the suite's TRAIN split.
 
 The mix covers every task with difficulty knobs drawn from TRAIN_RANGES (long-context prompts of at most
 TRAIN_MAX_LENGTH characters), so the default test settings are in distribution and longer lengths are

@@ -1,6 +1,6 @@
 """LaTIM alignment and knockout on the copy task (ssm_copy) for the shipped reference models.
 
-    python scripts/interpret_copy.py --models ref-mamba1 ref-mamba2 --n 40 --out docs/figures
+    python scripts/interpret_copy.py --models ref-mamba1 --n 40 --out docs/figures
 
 Each document is the teacher-forced text ``$ s | s``: the source span is the first ``s``, the copy the
 second. For every copied letter s[k] we ask where each layer's LaTIM map points, within the source span:
@@ -169,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["ref-mamba1", "ref-mamba2"])
+    parser.add_argument("--models", nargs="+", default=["ref-mamba1"], help="short names or folders")
     parser.add_argument("--n", type=int, default=40, help="test documents")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=2, help="layers per knockout window")
