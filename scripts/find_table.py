@@ -7,9 +7,12 @@ specs and raw scores under --out-dir.
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python scripts/find_table.py \
         --models ref-mamba1 --samples 20 --lengths 512 2048
 
-`--plant LAYER` damps 8 channels of that layer's out_proj rows by 0.2 first (the planted-bottleneck
-validation through lm-eval) and adds the undamped model's row. The finder sees only the CALIBRATION split;
-every score in the table comes from the TEST split through `lm_eval --model mamba-steered`.
+`--plant LAYER` damps 8 random channels (seed 0) of that layer's mixer_out (out_proj rows) by 0.2 first
+(the planted-bottleneck validation through lm-eval) and adds the undamped model's row; `--plant-site`,
+`--plant-channels`, `--plant-scale` and `--plant-seed` change the site (mixer_out, ssm_out: out_proj
+columns, B or C: x_proj rows), the number of channels, the scale and the seed of the random choice. The
+finder sees only the CALIBRATION split; every score in the table comes from the TEST split through
+`lm_eval --model mamba-steered`.
 """
 
 from __future__ import annotations
@@ -72,6 +75,24 @@ def columns(task: str, lengths: list[int]) -> list[tuple[str, str]]:
     return [(short, "exact_match")]
 
 
+def mean_and_se(per_col: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """Mean over the columns and its standard error (the columns' documents are independent draws)."""
+    n = len(per_col)
+    return sum(v for v, _ in per_col.values()) / n, sum(e * e for _, e in per_col.values()) ** 0.5 / n
+
+
+def win_back(undamped, damped, steered) -> dict[str, float | None]:
+    """(steered − damped) / (undamped − damped) of the column means, with a delta-method standard error
+    that treats the three rows as independent (they score the same documents, so it is conservative)."""
+    (u, su), (d, sd), (f, sf) = mean_and_se(undamped), mean_and_se(damped), mean_and_se(steered)
+    gap = u - d
+    if gap <= 0:
+        return {"gap": gap, "fraction": None, "stderr": None}
+    r = (f - d) / gap
+    var = (sf**2 + sd**2 + r * r * (su**2 + sd**2) - 2 * r * sd**2) / gap**2
+    return {"gap": gap, "gap_stderr": (su**2 + sd**2) ** 0.5, "fraction": r, "stderr": max(var, 0.0) ** 0.5}
+
+
 def paper_heuristic_spec(model, data, out: Path) -> Path:
     """The authors' recipe: Δ-bias layer, top-16 variance channels of its mixer output, scale 5."""
     from lm_eval_ssmsteer.finder import methods
@@ -91,28 +112,57 @@ def paper_heuristic_spec(model, data, out: Path) -> Path:
     return out
 
 
-def random_control_spec(found: Path, width: int, out: Path, seed: int = 0) -> Path:
+def random_control_spec(
+    found: Path, width: int, out: Path, seed: int = 0, planted: tuple[int, str, list[int]] | None = None
+) -> Path:
+    """As many random channels as the found spec, same layer, site and scale. `planted` (layer, site,
+    channels): should the draw be exactly the planted channels at their layer and site (the plant and the
+    control draw with the same generator), the next seed is used, so the control is never the plant."""
     from lm_eval_ssmsteer.spec import SteeringSpec, load_spec
 
     iv = load_spec(str(found)).interventions[0]
     k = len(iv.channels) if isinstance(iv.channels, tuple) else width
-    channels = sorted(random.Random(seed).sample(range(width), k))
     layer = iv.layers[0]
+    channels = sorted(random.Random(seed).sample(range(width), k))
+    while planted is not None and (layer, iv.site, channels) == planted:
+        seed += 1
+        channels = sorted(random.Random(seed).sample(range(width), k))
     SteeringSpec.single(
         layer, iv.site, channels, iv.scale, provenance={"source": f"random control, seed {seed}"}
     ).save(out)
     return out
 
 
-def plant(path: str, layer: int, folder: Path, seed: int = 0) -> tuple[str, list[int]]:
-    """A copy of the model with PLANTED_CHANNELS mixer_out channels of `layer` damped by PLANTED_SCALE."""
+def plant(
+    path: str,
+    layer: int,
+    folder: Path,
+    seed: int = 0,
+    site: str = "mixer_out",
+    count: int = PLANTED_CHANNELS,
+    scale: float = PLANTED_SCALE,
+) -> tuple[str, list[int]]:
+    """A copy of the model with `count` random channels (`seed`) of `layer`'s `site` damped by `scale`,
+    in the weights: mixer_out = out_proj rows, ssm_out = out_proj columns, B / C = x_proj rows (Mamba-1;
+    x_proj has no bias, so scaling its rows scales B or C exactly)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    channels = sorted(random.Random(seed).sample(range(model.config.hidden_size), PLANTED_CHANNELS))
+    mixer = model.base_model.layers[layer].mixer
+    config = model.config
+    if site == "mixer_out":
+        width, weight, rows = config.hidden_size, mixer.out_proj.weight, 0
+    elif site == "ssm_out":
+        width, weight, rows = config.intermediate_size, mixer.out_proj.weight.T, 0
+    elif site in ("B", "C"):
+        width, weight = config.state_size, mixer.x_proj.weight
+        rows = mixer.time_step_rank + (config.state_size if site == "C" else 0)
+    else:
+        raise ValueError(f"--plant-site: {site!r}; allowed: mixer_out, ssm_out, B, C")
+    channels = sorted(random.Random(seed).sample(range(width), count))
     with torch.no_grad():
-        model.base_model.layers[layer].mixer.out_proj.weight[channels] *= PLANTED_SCALE
+        weight[[rows + c for c in channels]] *= scale
     model.save_pretrained(folder)
     for name in Path(path).iterdir():
         if name.name.startswith("tokenizer") or name.name == "special_tokens_map.json":
@@ -144,6 +194,10 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="causal")
     p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp 8 channels of LAYER first")
+    p.add_argument("--plant-site", default="mixer_out", choices=["mixer_out", "ssm_out", "B", "C"])
+    p.add_argument("--plant-channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
+    p.add_argument("--plant-scale", type=float, default=PLANTED_SCALE, help="the damping factor")
+    p.add_argument("--plant-seed", type=int, default=0, help="seed of the random choice of channels")
     p.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results" / "finder")
     a = p.parse_args()
 
@@ -153,6 +207,9 @@ def main() -> int:
     from lm_eval_ssmsteer.sites import describe_model
 
     cols = [c for task in a.tasks for c, _ in columns(task, a.lengths)]
+    plant_name = f"planted-L{a.plant}"  # the default plant (8 mixer_out channels x0.2, seed 0) keeps its name
+    if (a.plant_site, a.plant_channels, a.plant_scale, a.plant_seed) != ("mixer_out", 8, 0.2, 0):
+        plant_name += f"-{a.plant_site}-{a.plant_channels}x{a.plant_scale:g}-seed{a.plant_seed}"
     a.out_dir.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
     for name in a.models:
@@ -162,8 +219,10 @@ def main() -> int:
         planted = None
         if a.plant is not None:
             original = path
-            path, planted = plant(path, a.plant, tmp, seed=0)
-            tag = f"{Path(name).name}-planted-L{a.plant}"
+            path, planted = plant(
+                path, a.plant, tmp, a.plant_seed, a.plant_site, a.plant_channels, a.plant_scale
+            )
+            tag = f"{Path(name).name}-{plant_name}"
         found = a.out_dir / f"{tag}.found.json"
         args = find_args(path, found, a.method)
         t0 = time.time()
@@ -186,7 +245,12 @@ def main() -> int:
         specs = {
             "unsteered": None,
             "found": found,
-            "random channels": random_control_spec(found, width, a.out_dir / f"{tag}.random.json"),
+            "random channels": random_control_spec(
+                found,
+                width,
+                a.out_dir / f"{tag}.random.json",
+                planted=None if planted is None else (a.plant, a.plant_site, planted),
+            ),
             "paper heuristic": paper_heuristic_spec(model, data, a.out_dir / f"{tag}.paper.json"),
         }
         if planted is not None:
@@ -212,6 +276,9 @@ def main() -> int:
             "chosen": result.scores["chosen"],
             "spec": result.spec.to_dict(),
             "planted_layer": a.plant,
+            "planted_site": None if planted is None else a.plant_site,
+            "planted_scale": None if planted is None else a.plant_scale,
+            "planted_seed": None if planted is None else a.plant_seed,
             "planted_channels": planted,
             "found_channels": found_channels,
             "calibration": result.spec.provenance["calibration"],
@@ -219,10 +286,22 @@ def main() -> int:
             "calibration_accuracy": result.spec.provenance["calibration_accuracy"],
         }
         if planted is not None:
-            hit = sorted(set(planted) & set(found_channels)) if iv.layers[0] == a.plant else []
-            raw[tag]["planted_recovered"] = {"layer": iv.layers[0] == a.plant, "channels": hit}
+            same = iv.layers[0] == a.plant and iv.site == a.plant_site
+            hit = sorted(set(planted) & set(found_channels)) if same else []
+            raw[tag]["planted_recovered"] = {
+                "layer": iv.layers[0] == a.plant,
+                "site": same,
+                "channels": hit,
+                "recall": len(hit) / len(planted),
+            }
+            undamped, damped = scores["undamped"], scores["unsteered"]
+            gap = {c: undamped[c][0] - damped[c][0] for c in cols}
+            for label in ("found", "random channels", "paper heuristic"):
+                raw[tag].setdefault("win_back", {})[label] = win_back(undamped, damped, scores[label])
             print(
-                f"{tag}: planted layer {a.plant} {planted}; found layer {iv.layers[0]} {iv.site}; "
+                f"{tag}: gap per column {gap}; win-back {raw[tag]['win_back']}\n"
+                f"{tag}: planted layer {a.plant} {a.plant_site} {planted}; "
+                f"found layer {iv.layers[0]} {iv.site}; "
                 f"{len(hit)}/{len(planted)} planted channels among {len(found_channels)}",
                 flush=True,
             )
@@ -232,7 +311,7 @@ def main() -> int:
             rows.append(f"| {tag} | {label} | {cells} | {mean:.3f} |")
     header = "| model | steering | " + " | ".join(cols) + " | mean |"
     print("\n".join([header, "|" + "---|" * (len(cols) + 3), *rows]))
-    name = f"planted-L{a.plant}" if a.plant is not None else "table"
+    name = plant_name if a.plant is not None else "table"
     (a.out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
     return 0
 
