@@ -193,7 +193,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=20, help="TEST documents per task (and per length)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="causal")
-    p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp 8 channels of LAYER first")
+    p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp channels of LAYER first")
     p.add_argument("--plant-site", default="mixer_out", choices=["mixer_out", "ssm_out", "B", "C"])
     p.add_argument("--plant-channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
     p.add_argument("--plant-scale", type=float, default=PLANTED_SCALE, help="the damping factor")
