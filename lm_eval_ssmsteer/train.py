@@ -92,8 +92,8 @@ def model_config(arch: str, hidden: int | None = None, layers: int | None = None
 
     if arch not in REF_SHAPES:
         raise ValueError(f"unknown architecture {arch!r}: one of {', '.join(ARCHS)}")
-    hidden = hidden or REF_SHAPES[arch][0]
-    layers = layers or REF_SHAPES[arch][1]
+    hidden = REF_SHAPES[arch][0] if hidden is None else hidden
+    layers = REF_SHAPES[arch][1] if layers is None else layers
 
     common = {
         "vocab_size": VOCAB_SIZE,
@@ -337,21 +337,19 @@ def _train(
     print(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
     )
-    config = model_config(arch, hidden, layers)
-    # without the mamba-ssm kernels, Mamba-1 can train with mamba.py's parallel scan instead of the loop
-    # over positions (it was slower on an H100 at 32k tokens per batch); the shipped config keeps the default
-    config.use_mambapy = parallel_scan
     model_class = {
         "mamba1": MambaForCausalLM,
         "mamba2": Mamba2ForCausalLM,
         "stable_mamba": StableMambaForCausalLM,
     }[arch]
-    if init is not None:  # continue training a saved model of the same architecture
+    if init is not None:  # continue training a saved model of the same architecture (its own shape)
         model = model_class.from_pretrained(str(init), dtype=torch.float32)
-        model.config.use_mambapy = parallel_scan
-        model = model.to(device)
     else:
-        model = model_class(config).to(device)
+        model = model_class(model_config(arch, hidden, layers))
+    # without the mamba-ssm kernels, Mamba-1 can train with mamba.py's parallel scan instead of the loop
+    # over positions (it was slower on an H100 at 32k tokens per batch); the shipped config keeps the default
+    model.config.use_mambapy = parallel_scan
+    model = model.to(device)
 
     def decays(name: str, p) -> bool:
         # matrices decay; embeddings, norms, biases, D and Mamba-1's 2-D A_log (the timescales) do not

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from lm_eval_ssmsteer.taskdata import TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [512, 1024, 2048]
 SETTINGS = {  # task -> [(label, metadata)]: default (in distribution), then beyond the training range
@@ -28,14 +30,7 @@ SETTINGS = {  # task -> [(label, metadata)]: default (in distribution), then bey
     "ssm_kv_retrieval": [("default (12)", {}), ("num_pairs=32", {"num_pairs": 32})],
     "ssm_induction": [("default (48)", {}), ("length=128", {"length": 128})],
 }
-LONG_TASKS = [
-    "ssm_passkey",
-    "ssm_niah_single",
-    "ssm_niah_multikey",
-    "ssm_niah_multivalue",
-    "ssm_niah_multiquery",
-    "ssm_variable_tracking",
-]
+LONG_TASKS = [task for task, spec in TASKS.items() if spec.long_context]
 
 
 def run(model: str, tasks: list[str], metadata: dict, batch_size: int, backend: str) -> dict:
@@ -79,7 +74,8 @@ def main() -> int:
     scores: dict[tuple[str, str], dict[str, float]] = {}
     t0 = time.time()
     for model in a.models:
-        for task, settings in {} if a.long_only else SETTINGS.items():
+        short_tasks = {} if a.long_only else SETTINGS
+        for task, settings in short_tasks.items():
             for label, knobs in settings:
                 res = run(model, [task], {"num_samples": a.samples, **knobs}, a.batch_size, a.backend)
                 scores.setdefault((task, label), {})[model] = res[task]["exact_match,none"]
