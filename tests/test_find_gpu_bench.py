@@ -1,0 +1,77 @@
+"""Smoke test of benchmarks/find_gpu.py on a tiny shape on the CPU (the real run is on the GPU machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _kernels
+    spec = importlib.util.spec_from_file_location("find_gpu_bench", BENCHMARKS / "find_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_find_gpu_benchmark_runs_tiny_on_cpu_and_its_numbers_agree(monkeypatch, tmp_path):
+    bench = load_script(monkeypatch)
+    layers, hidden, state = 2, 32, 16
+    out = tmp_path / "find_gpu.json"
+    bench.main(
+        [
+            "--device",
+            "cpu",
+            "--layers",
+            str(layers),
+            "--hidden",
+            str(hidden),
+            "--state",
+            str(state),
+            "--vocab",
+            "256",
+            "--docs",
+            "8",
+            "--length",
+            "64",
+            "--budget-seconds",
+            "0.5",
+            "--probe-passes",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]  # fmt: skip
+    )
+    doc = json.loads(out.read_text())
+    assert doc["find"]["seconds"] > 0
+    assert doc["find"]["chosen"]["site"] in doc["find"]["sites"]
+    assert doc["find"]["batches_last_layer"] >= 1
+    loo = doc["leave_one_out"]
+    assert loo["channels_scored"] >= 1 and len(loo["scored"]) == loo["channels_scored"]
+    assert loo["seconds"] >= loo["budget_seconds"] == 0.5
+    assert loo["scored"][0] == {**loo["scored"][0], "layer": 0, "site": "mixer_out", "channel": 0}
+    assert math.isclose(loo["seconds_per_channel"], loo["seconds"] / loo["channels_scored"])
+
+    # Mamba-1, expand 2: mixer_out and residual are d_model wide, delta / ssm_out / gate d_inner, B and C
+    # d_state; every site of every layer
+    d_inner = 2 * hidden
+    per_layer = 2 * hidden + 3 * d_inner + 2 * state
+    assert doc["channels"]["total"] == layers * per_layer
+    assert doc["channels"]["mixer_out"] == layers * hidden
+
+    ext = doc["extrapolated"]
+    per_channel = loo["seconds_per_channel"]
+    assert math.isclose(ext["all_sites_seconds"], per_channel * layers * per_layer)
+    assert math.isclose(ext["mixer_out_seconds"], per_channel * layers * hidden)
+    assert math.isclose(ext["ratio_all"], ext["all_sites_seconds"] / doc["find"]["seconds"])
+    assert math.isclose(ext["ratio_mixer_out"], ext["mixer_out_seconds"] / doc["find"]["seconds"])
+    assert ext["depth_adjusted"]["all_sites_seconds"] > 0
+    assert doc["kernels"]["active"] is False
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
