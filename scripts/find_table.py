@@ -286,11 +286,17 @@ def main() -> int:
             "calibration_accuracy": result.spec.provenance["calibration_accuracy"],
         }
         if planted is not None:
-            same = iv.layers[0] == a.plant and iv.site == a.plant_site
+            # on Mamba-1, B_n and C_n enter only as C_n·h_n with h linear in B: scaling either is the same
+            # intervention (so are ssm_out and gate, y ⊙ SiLU(z)), and the finder sweeps one of each twin
+            twins = {"B": "C", "C": "B", "ssm_out": "gate", "gate": "ssm_out"}
+            same_site = iv.site == a.plant_site or (
+                describe_model(model).family == "mamba1" and twins.get(iv.site) == a.plant_site
+            )
+            same = iv.layers[0] == a.plant and same_site
             hit = sorted(set(planted) & set(found_channels)) if same else []
             raw[tag]["planted_recovered"] = {
                 "layer": iv.layers[0] == a.plant,
-                "site": same,
+                "site": same_site,
                 "channels": hit,
                 "recall": len(hit) / len(planted),
             }

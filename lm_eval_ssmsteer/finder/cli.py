@@ -44,6 +44,7 @@ def run(args: argparse.Namespace):
         ("--docs-per-task", args.docs_per_task, 1),
         ("--length", args.length, 1),
         ("--candidates", args.candidates, 1),
+        ("--screen", args.screen, 1),
         ("--verify", args.verify, 0),
         ("--max-channels", args.max_channels, 1),
     ):
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace):
         sites=sites,
         method=args.method,
         candidates=args.candidates,
+        screen=args.screen,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -120,7 +122,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
     p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")
     p.add_argument(
-        "--candidates", type=int, default=1, help="best-scored (layer, site) pairs swept (default 1)"
+        "--screen",
+        type=int,
+        default=3,
+        help="causal: best-scored (layer, site) pairs screened by real interventions (default 3)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        help="(layer, site) pairs swept: the best screened (causal) or best-scored ones (default 1)",
     )
     p.add_argument(
         "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"

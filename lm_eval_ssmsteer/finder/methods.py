@@ -6,9 +6,13 @@
   and backward pass per batch, with one scale per document so that the spread F of the per-document
   gradients comes for free. To first order, scaling channel c by s changes the loss by (s - 1)·g_c;
   channels rank by -g / sqrt(F) (to amplify) or g / sqrt(F) (to damp), which is dimensionless and does
-  not shrink with the channel's size (see ``Attribution``), so sites of different kinds compare.
-- ``causal``: attribution, then the top candidates of each candidate pair re-ranked by real
-  interventions on the calibration data (amplify by VERIFY_AMPLIFY, ablate to 0).
+  not shrink with the channel's size (see ``Attribution``). A pair's score is the mean of its best
+  SITE_TOP channel values, standardized against the same statistic under random sign flips of the
+  per-document gradients (``rank_attribution``): the raw top-k mean grows with a site's width even when
+  nothing is there, the standardized one does not, so sites of different widths compare.
+- ``causal``: attribution, then the best-scored pairs screened by real interventions on the calibration
+  data (search.py), and the top channels of the winner re-ranked by one intervention each (amplify by
+  VERIFY_AMPLIFY, ablate to 0).
 - ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
   channels of that layer's mixer_out by variance.
 """
@@ -27,7 +31,9 @@ from lm_eval_ssmsteer.spec import SteeringSpec
 
 METHODS = ("causal", "attribution", "variance", "dt-bias")
 VARIANCE_SITES = ("mixer_out", "residual")
-SITE_TOP = 8  # a pair's score is the mean of its best 8 channels' values (a sum would favour wide sites)
+SITE_TOP = 8  # a pair's statistic is the mean of its best 8 channels' values (a sum would favour wide sites)
+NULL_DRAWS = 256  # random sign flips of the per-document gradients behind a pair's standardized score
+NULL_SEED = 0
 VERIFY_AMPLIFY = 3.0
 
 Pair = tuple[int, str]
@@ -48,6 +54,8 @@ class Ranking:
     damp: list[int]
     score: float
     benefit: dict[str, list[float]] | None = None  # per-channel expected loss decrease, by direction
+    direction: str | None = None  # the direction with the better score, where the method tells them apart
+    helpful: dict[str, int] | None = None  # verified channels that lowered the loss alone, by direction
 
 
 class _Captured(Exception):
@@ -152,10 +160,18 @@ def activation_variance(model, batches: Batches, pairs: list[Pair]) -> dict[Pair
 
 @dataclass(frozen=True)
 class Attribution:
-    """Per channel: g = dL/ds at s = 1, and F = Σ_d (dℓ_d/ds)², the spread of the per-document parts."""
+    """Per document d and channel c: dℓ_d/ds_c at s = 1 (``per_doc``, (documents, channels)); g = Σ_d, and
+    F = Σ_d (dℓ_d/ds_c)², the spread of the per-document parts."""
 
-    grad: torch.Tensor
-    fisher: torch.Tensor
+    per_doc: torch.Tensor
+
+    @property
+    def grad(self) -> torch.Tensor:
+        return self.per_doc.sum(0)
+
+    @property
+    def fisher(self) -> torch.Tensor:
+        return self.per_doc.square().sum(0)
 
     @property
     def amplify_benefit(self) -> torch.Tensor:
@@ -166,12 +182,11 @@ class Attribution:
 
 
 def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> dict[Pair, Attribution]:
-    """g and F for every channel of every pair (L = Σ_d ℓ_d: the mean answer-token loss), from one
-    forward and backward pass per batch with one factor per document (all ones)."""
+    """Per-document gradients for every channel of every pair (L = Σ_d ℓ_d: the mean answer-token loss),
+    from one forward and backward pass per batch with one factor per document (all ones)."""
     device = next(model.parameters()).device
     tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in batches)
-    grad = {p: torch.zeros(arch.site_width(p[1]), device=device) for p in pairs}
-    fisher = {p: torch.zeros(arch.site_width(p[1]), device=device) for p in pairs}
+    per_doc: dict[Pair, list[torch.Tensor]] = {p: [] for p in pairs}
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -185,25 +200,49 @@ def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> d
                 loss, _ = _answer_loss(model, ids, labels)
                 (loss / tokens).backward()
             for p, f in factors.items():
-                per_doc = f.grad[:, 0, :]  # (b, c)
-                grad[p] += per_doc.sum(0)
-                fisher[p] += per_doc.square().sum(0)
+                per_doc[p].append(f.grad[:, 0, :].float())  # (b, c)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return {p: Attribution(grad[p], fisher[p]) for p in pairs}
+    return {p: Attribution(torch.cat(v)) for p, v in per_doc.items()}
 
 
-def rank_attribution(scores: Attribution) -> Ranking:
+def sign_flips(n_docs: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """NULL_DRAWS × n_docs random signs (seed NULL_SEED): the same draws for every pair of a run."""
+    generator = torch.Generator().manual_seed(NULL_SEED)
+    return (torch.randint(0, 2, (NULL_DRAWS, n_docs), generator=generator) * 2 - 1).float().to(device)
+
+
+def _top_mean(values: torch.Tensor, k: int) -> torch.Tensor:
+    return values.topk(k, dim=-1).values.mean(-1)
+
+
+def rank_attribution(scores: Attribution, flips: torch.Tensor | None = None) -> Ranking:
+    """Channels by -g/√F (amplify) or g/√F (damp). The pair's score in a direction is the mean of its best
+    SITE_TOP channel values, as a z-score against the same mean under random sign flips of the
+    per-document gradients (what the statistic looks like when the documents agree only by chance; √F
+    is unchanged by the flips). The raw mean favours wide sites: the best 8 of 448 channels reach √n by
+    chance, the best 8 of 16 cannot. The pair's score is the better direction's z."""
     amplify = scores.amplify_benefit
     damp = -amplify
     top = min(SITE_TOP, amplify.numel())
-    score = max(float(amplify.topk(top).values.mean()), float(damp.topk(top).values.mean()))
+    per_doc = scores.per_doc
+    if flips is None:
+        flips = sign_flips(per_doc.shape[0], per_doc.device)
+    null = -(flips @ per_doc) / scores.fisher.sqrt().clamp(min=1e-20)  # (draws, channels)
+    null_top = torch.maximum(_top_mean(null, top), _top_mean(-null, top))
+    centre, spread = float(null_top.mean()), float(null_top.std()) if null_top.numel() > 1 else 0.0
+    z = {
+        direction: (float(_top_mean(values, top)) - centre) / max(spread, 1e-12)
+        for direction, values in (("amplify", amplify), ("damp", damp))
+    }
+    direction = max(z, key=z.get)
     return Ranking(
         amplify=amplify.argsort(descending=True).tolist(),
         damp=damp.argsort(descending=True).tolist(),
-        score=score,
+        score=z[direction],
         benefit={"amplify": amplify.tolist(), "damp": damp.tolist()},
+        direction=direction,
     )
 
 
@@ -223,12 +262,16 @@ def verify(
     ranking: Ranking,
     n: int,
     start: LayerInputs | None = None,
+    directions: tuple[str, ...] = ("amplify", "damp"),
 ) -> dict[str, dict[int, float]]:
     """Measured loss decrease of the top ``n`` channels of each direction, one real intervention each:
-    amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the front in measured order."""
+    amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the front in measured order,
+    and ``ranking.helpful`` counts those that lowered the loss (a channel count the sweep tries)."""
     layer, site = pair
     measured: dict[str, dict[int, float]] = {}
     for direction, scale in (("amplify", VERIFY_AMPLIFY), ("damp", 0.0)):
+        if direction not in directions:
+            continue
         order = getattr(ranking, direction)
         gains = {}
         for channel in order[:n]:
@@ -237,6 +280,7 @@ def verify(
         measured[direction] = gains
         verified = sorted(gains, key=gains.get, reverse=True)
         setattr(ranking, direction, verified + order[n:])
+        ranking.helpful = {**(ranking.helpful or {}), direction: sum(gain > 0 for gain in gains.values())}
     return measured
 
 

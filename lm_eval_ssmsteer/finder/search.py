@@ -1,10 +1,15 @@
 """``find``: score every (layer, site), sweep channel count and scale on the calibration data, and write
 the winning steering spec with its provenance, the raw scores (JSON) and a layer × site heatmap (PNG).
 
-The sweep, per candidate pair and direction: first the number of channels k at a reference scale, then
-the scale at the best k; finally k again at the scale of the best point. The chosen configuration is
-the one with the lowest calibration loss; if none beats the unsteered model, the spec written is the
-identity (scale 1.0) and a warning says so.
+Method ``causal`` first screens the ``screen`` best-scored pairs with real interventions (their top 1,
+2, 4 and 8 channels at the reference scale, in the direction their attribution favours) and sweeps the
+``candidates`` pairs whose screen lowered the calibration loss most, in that direction only; the other
+methods sweep their ``candidates`` best-scored pairs in both directions.
+
+The sweep, per pair and direction: first the number of channels k at a reference scale, then the scale
+at the best k; finally k again at the scale of the best point. The chosen configuration is the one with
+the lowest calibration loss among every point evaluated (screen included); if none beats the unsteered
+model, the spec written is the identity (scale 1.0) and a warning says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from lm_eval_ssmsteer.sites import ArchInfo, describe_model
 from lm_eval_ssmsteer.spec import SITES, SteeringSpec
 
 K_GRID = (1, 2, 4, 8, 16, 32)
+SCREEN_K = tuple(k for k in K_GRID if k <= methods.SITE_TOP)
+DIRECTIONS = ("amplify", "damp")
 AMPLIFY_SCALES = (1.5, 2.0, 3.0, 5.0, 8.0)
 DAMP_SCALES = (0.0, 0.5)
 REFERENCE_SCALE = {"amplify": 3.0, "damp": 0.0}
@@ -72,6 +79,10 @@ def check_output(out: Path) -> None:
         raise FinderError(f"--out: cannot write in {str(parent)!r} ({exc.strerror})") from None
 
 
+def base_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _scan_context(model, arch: ArchInfo):
     """Mamba-1 on CPU: the fast torch scan (same values and gradients as transformers' loop)."""
     if arch.architecture == "mamba" and next(model.parameters()).device.type == "cpu":
@@ -104,8 +115,10 @@ def find(
     max_channels: int = 32,
     model_name: str = "model",
     progress: bool = True,
+    screen: int = 3,
 ) -> FindResult:
-    """Score, sweep on ``data`` (calibration only) and return the best spec; writes nothing."""
+    """Score, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
+    nothing."""
     from tqdm.auto import tqdm
 
     sites = list(SITES if sites is None else sites)
@@ -114,7 +127,8 @@ def find(
     if method == "variance":
         sites = [s for s in sites if s in VARIANCE_SITES]
     t0 = time.time()
-    batches = data.batches()
+    device = next(model.parameters()).device
+    batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
     bar = tqdm(total=0, desc="ssmsteer find", unit="pass", disable=not progress)
 
     def step(what: str, passes: int = 1) -> None:
@@ -126,22 +140,49 @@ def find(
         base = methods.evaluate(model, batches)
         step("unsteered")
         rankings, raw = _score(model, batches, arch, method, sites, step)
-        chosen_pairs = _distinct_best(rankings, 1 if method == "dt-bias" else max(1, candidates))
-        starts = {layer: methods.LayerInputs(model, batches, layer) for layer in {p[0] for p in chosen_pairs}}
+        sweep = _Sweep(model, batches, arch, rankings, step)
+        screened: list[dict[str, Any]] = []
+        if method == "causal":
+            shortlist = _distinct_best(rankings, max(screen, candidates))
+            bar.total += sum(len(_screen_counts(arch, p)) for p in shortlist)
+            for pair in shortlist:
+                direction = rankings[pair].direction or "amplify"
+                points = [
+                    sweep.run(pair, direction, k, REFERENCE_SCALE[direction], "screen")
+                    for k in _screen_counts(arch, pair)
+                ]
+                best_point = min(points, key=lambda point: point["loss"])
+                screened.append(
+                    {
+                        "layer": pair[0],
+                        "site": pair[1],
+                        "score": rankings[pair].score,
+                        "direction": direction,
+                        "loss": best_point["loss"],
+                        "k": best_point["k"],
+                    }
+                )
+            ranked = sorted(screened, key=lambda row: row["loss"])[:candidates]
+            plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
+        else:
+            chosen = _distinct_best(rankings, 1 if method == "dt-bias" else max(1, candidates))
+            plan = [(pair, DIRECTIONS) for pair in chosen]
+        chosen_pairs = [pair for pair, _ in plan]
         verify_counts = {
             p: min(verify, arch.site_width(p[1])) if method == "causal" else 0 for p in chosen_pairs
         }
-        bar.total = bar.n + 2 * sum(verify_counts.values())
-        bar.total += _sweep_passes(arch, chosen_pairs, rankings, max_channels)  # an estimate: see _gap_k
+        bar.total = bar.n + sum(verify_counts.values()) * (1 if method == "causal" else 2)
+        bar.total += _sweep_passes(arch, plan, rankings, max_channels)  # an estimate: see _gap_k
         verified = {}
         if method == "causal":
-            for pair in chosen_pairs:
+            for pair, directions in plan:
                 n = verify_counts[pair]
                 verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
-                    model, batches, base, pair, rankings[pair], n, starts[pair[0]]
+                    model, batches, base, pair, rankings[pair], n, sweep.start(pair[0]), directions
                 )
-                step(f"verified layer {pair[0]} {pair[1]}", 2 * n)
-        curve = _sweep(model, batches, arch, chosen_pairs, rankings, max_channels, starts, step)
+                step(f"verified layer {pair[0]} {pair[1]}", n * len(directions))
+        sweep.sweep(plan, max_channels)
+        curve = sweep.curve
         bar.total = bar.n
     bar.close()
 
@@ -176,6 +217,7 @@ def find(
                 [ranking.benefit[best["direction"]][c] for c in channels] if ranking.benefit else None
             ),
             "candidates": [{"layer": p[0], "site": p[1], "score": rankings[p].score} for p in chosen_pairs],
+            "screened": screened,
         },
         "calibration_loss": {"unsteered": base.loss, "steered": best_score.loss},
         "calibration_accuracy": {"unsteered": base.accuracy, "steered": best_score.accuracy},
@@ -207,6 +249,7 @@ def find(
                 "layer": p[0],
                 "site": p[1],
                 "score": r.score,
+                "direction": r.direction,
                 "amplify": r.amplify[:64],
                 "damp": r.damp[:64],
                 "benefit": r.benefit,
@@ -214,6 +257,7 @@ def find(
             for p, r in rankings.items()
         },
         "raw": raw,
+        "screened": screened,
         "verified": verified,
         "sweep": curve,
         "chosen": {k: best[k] for k in ("layer", "site", "direction", "k", "scale", "loss", "accuracy")},
@@ -247,7 +291,8 @@ def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Rankin
         step("attribution", 3 * len(batches))
         raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}
         raw["fisher"] = {f"{p[0]}/{p[1]}": g.fisher.tolist() for p, g in grads.items()}
-        return {p: methods.rank_attribution(g) for p, g in grads.items()}, raw
+        flips = methods.sign_flips(sum(ids.shape[0] for ids, _ in batches), base_device(model))
+        return {p: methods.rank_attribution(g, flips) for p, g in grads.items()}, raw
     if method == "dt-bias":
         stats = methods.dt_bias_layers(model, arch)
         raw["dt_bias"] = stats
@@ -259,33 +304,59 @@ def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Rankin
 
 
 def _channel_counts(ranking: Ranking, direction: str, limit: int) -> set[int]:
-    """K_GRID up to ``limit``, plus the count where the expected benefit drops sharply (if it does)."""
+    """K_GRID up to ``limit``, plus the count where the expected benefit drops sharply (if it does) and
+    the number of verified channels that helped on their own (causal)."""
     ks = {k for k in K_GRID if k <= limit}
     if ranking.benefit:
         gap = _gap_k(ranking.benefit[direction], getattr(ranking, direction), limit)
         if gap:
             ks.add(gap)
+    helpful = (ranking.helpful or {}).get(direction, 0)
+    if 1 <= helpful <= limit:
+        ks.add(helpful)
     return ks
 
 
-def _sweep_passes(arch, pairs, rankings, max_channels) -> int:
-    """Passes of the sweep, the final re-choice of k counted as K_GRID's size (an upper bound)."""
+def _screen_counts(arch: ArchInfo, pair: Pair) -> list[int]:
+    return [k for k in SCREEN_K if k <= arch.site_width(pair[1])]
+
+
+def _sweep_passes(arch, plan, rankings, max_channels) -> int:
+    """Passes of the sweep, the final re-choice of k counted as K_GRID's size (an upper bound; points
+    already evaluated in the screen are not evaluated again)."""
+    scales = {"amplify": AMPLIFY_SCALES, "damp": DAMP_SCALES}
     return len(K_GRID) + sum(
-        len(_channel_counts(rankings[p], d, min(arch.site_width(p[1]), max_channels))) + len(scales) - 1
-        for p in pairs
-        for d, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES))
+        len(_channel_counts(rankings[p], d, min(arch.site_width(p[1]), max_channels))) + len(scales[d]) - 1
+        for p, directions in plan
+        for d in directions
     )
 
 
-def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, step) -> list[dict[str, Any]]:
-    curve: list[dict[str, Any]] = []
+class _Sweep:
+    """Evaluations of single interventions on the calibration data, each configuration once; ``curve``
+    keeps every point in the order evaluated."""
 
-    def run(pair: Pair, direction: str, k: int, scale: float) -> dict[str, Any]:
-        channels = sorted(getattr(rankings[pair], direction)[:k])
+    def __init__(self, model, batches, arch: ArchInfo, rankings: dict[Pair, Ranking], step) -> None:
+        self.model, self.batches, self.arch, self.rankings, self.step = model, batches, arch, rankings, step
+        self.curve: list[dict[str, Any]] = []
+        self._seen: dict[tuple, dict[str, Any]] = {}
+        self._starts: dict[int, methods.LayerInputs] = {}
+
+    def start(self, layer: int) -> methods.LayerInputs:
+        if layer not in self._starts:
+            self._starts[layer] = methods.LayerInputs(self.model, self.batches, layer)
+        return self._starts[layer]
+
+    def run(self, pair: Pair, direction: str, k: int, scale: float, stage: str = "sweep") -> dict[str, Any]:
+        channels = sorted(getattr(self.rankings[pair], direction)[:k])
+        key = (pair, tuple(channels), scale)
+        if key in self._seen:
+            return {**self._seen[key], "direction": direction, "k": k}
         spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
-        score = methods.evaluate(model, batches, spec, starts[pair[0]])
-        step(f"layer {pair[0]} {pair[1]} k={k} x{scale:g}")
+        score = methods.evaluate(self.model, self.batches, spec, self.start(pair[0]))
+        self.step(f"{stage} layer {pair[0]} {pair[1]} k={k} x{scale:g}")
         point = {
+            "stage": stage,
             "layer": pair[0],
             "site": pair[1],
             "direction": direction,
@@ -295,27 +366,31 @@ def _sweep(model, batches, arch, pairs, rankings, max_channels, starts, step) ->
             "loss": score.loss,
             "accuracy": score.accuracy,
         }
-        curve.append(point)
+        self._seen[key] = point
+        self.curve.append(point)
         return point
 
-    for pair in pairs:
-        width = arch.site_width(pair[1])
-        ranking = rankings[pair]
-        for direction, scales in (("amplify", AMPLIFY_SCALES), ("damp", DAMP_SCALES)):
-            ks = _channel_counts(ranking, direction, min(width, max_channels))
-            at_reference = [run(pair, direction, k, REFERENCE_SCALE[direction]) for k in sorted(ks)]
-            best_k = min(at_reference, key=lambda point: point["loss"])["k"]
-            for scale in scales:
-                if scale != REFERENCE_SCALE[direction]:
-                    run(pair, direction, best_k, scale)
-    # the best point's k was chosen at the reference scale: choose it again at the point's own scale
-    best = min(curve, key=lambda point: point["loss"])
-    if best["scale"] != REFERENCE_SCALE[best["direction"]]:
-        pair = (best["layer"], best["site"])
-        ks = _channel_counts(rankings[pair], best["direction"], min(arch.site_width(pair[1]), max_channels))
-        for k in sorted(ks - {best["k"]}):
-            run(pair, best["direction"], k, best["scale"])
-    return curve
+    def sweep(self, plan: list[tuple[Pair, tuple[str, ...]]], max_channels: int) -> None:
+        scales = {"amplify": AMPLIFY_SCALES, "damp": DAMP_SCALES}
+        swept: list[dict[str, Any]] = []
+        for pair, directions in plan:
+            width = self.arch.site_width(pair[1])
+            ranking = self.rankings[pair]
+            for direction in directions:
+                ks = _channel_counts(ranking, direction, min(width, max_channels))
+                reference = REFERENCE_SCALE[direction]
+                at_reference = [self.run(pair, direction, k, reference) for k in sorted(ks)]
+                swept += at_reference
+                best_k = min(at_reference, key=lambda point: point["loss"])["k"]
+                swept += [self.run(pair, direction, best_k, s) for s in scales[direction] if s != reference]
+        # the best point's k was chosen at the reference scale: choose it again at the point's own scale
+        best = min(swept, key=lambda point: point["loss"])
+        if best["scale"] != REFERENCE_SCALE[best["direction"]]:
+            pair = (best["layer"], best["site"])
+            width = self.arch.site_width(pair[1])
+            ks = _channel_counts(self.rankings[pair], best["direction"], min(width, max_channels))
+            for k in sorted(ks - {best["k"]}):
+                self.run(pair, best["direction"], k, best["scale"])
 
 
 def write_outputs(result: FindResult, out: Path, arch: ArchInfo, sites: list[str]) -> dict[str, Path]:
