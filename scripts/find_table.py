@@ -133,22 +133,12 @@ def random_control_spec(
     return out
 
 
-def plant(
-    path: str,
-    layer: int,
-    folder: Path,
-    seed: int = 0,
-    site: str = "mixer_out",
-    count: int = PLANTED_CHANNELS,
-    scale: float = PLANTED_SCALE,
-) -> tuple[str, list[int]]:
-    """A copy of the model with `count` random channels (`seed`) of `layer`'s `site` damped by `scale`,
-    in the weights: mixer_out = out_proj rows, ssm_out = out_proj columns, B / C = x_proj rows (Mamba-1;
-    x_proj has no bias, so scaling its rows scales B or C exactly)."""
+def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
+    """Damp `count` random channels (`seed`) of `layer`'s `site` by `scale`, in the weights (in place):
+    mixer_out = out_proj rows, ssm_out = out_proj columns, B / C = x_proj rows (Mamba-1; x_proj has no
+    bias, so scaling its rows scales B or C exactly). Returns the channels, sorted."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path)
     mixer = model.base_model.layers[layer].mixer
     config = model.config
     if site == "mixer_out":
@@ -163,6 +153,24 @@ def plant(
     channels = sorted(random.Random(seed).sample(range(width), count))
     with torch.no_grad():
         weight[[rows + c for c in channels]] *= scale
+    return channels
+
+
+def plant(
+    path: str,
+    layer: int,
+    folder: Path,
+    seed: int = 0,
+    site: str = "mixer_out",
+    count: int = PLANTED_CHANNELS,
+    scale: float = PLANTED_SCALE,
+) -> tuple[str, list[int]]:
+    """A copy of the model saved in `folder` with `count` random channels of `layer`'s `site` damped by
+    `scale` (`damp_weights`)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    channels = damp_weights(model, layer, site, count, scale, seed)
     model.save_pretrained(folder)
     for name in Path(path).iterdir():
         if name.name.startswith("tokenizer") or name.name == "special_tokens_map.json":
