@@ -11,7 +11,7 @@ the arguments only (random channels, seeded), never by a finder output, and ever
 Lm-eval's generation metrics for a plant are `scripts/find_table.py --plant ...` (slower, CPU or GPU).
 
     python scripts/plant_study.py --layers 1 2 3 4 --plants B:4 mixer_out:16 ssm_out:32 --seeds 10 \\
-        --docs-per-task 2 8 --device cuda --out plant_study.json
+        --docs-per-task 2 8 --screen 3 100 --device cuda --out plant_study.json
 
 Writes --out after every plant (atomically), so an interrupted run keeps what it measured; prints a
 Markdown table at the end.
@@ -20,6 +20,7 @@ Markdown table at the end.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scale", type=float, default=0.1, help="the damping factor (default 0.1)")
     p.add_argument("--seeds", nargs="+", type=int, default=[10])
     p.add_argument("--docs-per-task", nargs="+", type=int, default=[2], help="calibration sizes to run")
+    p.add_argument(
+        "--screen", nargs="+", type=int, default=[3], help="find's --screen values to run (pairs screened)"
+    )
     p.add_argument("--test-docs", type=int, default=8, help="TEST documents per task")
     p.add_argument("--length", type=int, default=DEFAULT_LENGTH)
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
@@ -118,9 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
             "damped_test": {"loss": damped.loss, "accuracy": damped.accuracy},
             "finds": [],
         }
-        for docs, data in calibration.items():
+        for (docs, data), screen in itertools.product(calibration.items(), a.screen):
             t0 = time.time()
-            result = find(model, data, progress=False, model_name=f"{a.model} planted")
+            result = find(model, data, progress=False, model_name=f"{a.model} planted", screen=screen)
             seconds = time.time() - t0
             iv = result.spec.interventions[0]
             channels = list(iv.channels) if isinstance(iv.channels, tuple) else []
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["finds"].append(
                 {
                     "docs_per_task": docs,
+                    "screen": screen,
                     "seconds": round(seconds, 1),
                     "found": {
                         "layer": iv.layers[0],
@@ -172,9 +177,9 @@ def table(doc: dict) -> str:
         f"intact test: loss {doc['intact_test']['loss']:.4f}, accuracy {doc['intact_test']['accuracy']:.3f} "
         f"({doc['test_docs']} documents)",
         "",
-        "| plant | docs/task | test loss damped | test acc damped | found | layer+site | recall | "
+        "| plant | docs/task | screen | test loss damped | test acc damped | found | layer+site | recall | "
         "win-back loss | win-back acc | random win-back loss | find s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["plants"]:
         name = f"L{row['layer']} {row['site']} {row['count']}x{doc['scale']:g} s{row['seed']}"
@@ -182,7 +187,7 @@ def table(doc: dict) -> str:
             found = f["found"]
             hit = "yes" if f["layer_ok"] and f["site_ok"] else "no"
             lines.append(
-                f"| {name} | {f['docs_per_task']} | {row['damped_test']['loss']:.4f} | "
+                f"| {name} | {f['docs_per_task']} | {f['screen']} | {row['damped_test']['loss']:.4f} | "
                 f"{row['damped_test']['accuracy']:.3f} | L{found['layer']} {found['site']} "
                 f"{len(found['channels'])}x{found['scale']:g} | {hit} | "
                 f"{pct(f['recall'])} | {pct(f['win_back_loss'])} | {pct(f['win_back_accuracy'])} | "
