@@ -178,14 +178,16 @@ def plant(
     return str(folder), channels
 
 
-def find_args(path: str, out: Path, method: str):
-    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD`: every other at its default."""
+def find_args(path: str, out: Path, method: str, screen: int | None = None):
+    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD [--screen N]`: every other
+    at its default."""
     from lm_eval_ssmsteer.finder import cli as find_cli
 
     parser = argparse.ArgumentParser()
     find_cli.add_parser(parser.add_subparsers())
+    extra = [] if screen is None else ["--screen", str(screen)]
     return parser.parse_args(
-        ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress"]
+        ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress", *extra]
     )
 
 
@@ -201,6 +203,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=20, help="TEST documents per task (and per length)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="causal")
+    p.add_argument("--screen", type=int, default=None, help="find's --screen (default: find's default)")
     p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp channels of LAYER first")
     p.add_argument("--plant-site", default="mixer_out", choices=["mixer_out", "ssm_out", "B", "C"])
     p.add_argument("--plant-channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
@@ -231,8 +234,10 @@ def main() -> int:
                 path, a.plant, tmp, a.plant_seed, a.plant_site, a.plant_channels, a.plant_scale
             )
             tag = f"{Path(name).name}-{plant_name}"
+        if a.screen is not None:
+            tag += f"-screen{a.screen}"
         found = a.out_dir / f"{tag}.found.json"
-        args = find_args(path, found, a.method)
+        args = find_args(path, found, a.method, a.screen)
         t0 = time.time()
         _, result = find_cli.run(args)
         find_seconds = time.time() - t0
@@ -326,6 +331,8 @@ def main() -> int:
     header = "| model | steering | " + " | ".join(cols) + " | mean |"
     print("\n".join([header, "|" + "---|" * (len(cols) + 3), *rows]))
     name = plant_name if a.plant is not None else "table"
+    if a.screen is not None:
+        name += f"-screen{a.screen}"
     (a.out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
     return 0
 
