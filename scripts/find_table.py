@@ -31,15 +31,26 @@ PLANTED_SCALE = 0.2
 
 
 def lm_eval_scores(
-    path: str, spec: Path | None, tasks: list[str], lengths: list[int], samples: int, batch_size: int
+    path: str,
+    spec: Path | None,
+    tasks: list[str],
+    lengths: list[int],
+    samples: int,
+    batch_size: int,
+    device: str = "cpu",
 ) -> dict[str, tuple[float, float]]:
     """(score, standard error) per column on the TEST split, through mamba-steered: exact_match for the
     short tasks, RULER's string_match_all per length ("task@length") for the long-context ones."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    from lm_eval_ssmsteer.registration import register_model
+
+    register_model()  # where the start-up hook is not installed (a checkout on PYTHONPATH)
+
     model_args = {"pretrained": path, "dtype": "float32"}
-    if json.loads((Path(path) / "config.json").read_text())["model_type"] in ("mamba", "falcon_mamba"):
+    mamba1 = json.loads((Path(path) / "config.json").read_text())["model_type"] in ("mamba", "falcon_mamba")
+    if mamba1 and device == "cpu":
         model_args["fast_scan"] = True
     if spec is not None:
         model_args["steer"] = str(spec)
@@ -54,7 +65,7 @@ def lm_eval_scores(
         model_args=model_args,
         tasks=tasks,
         task_manager=manager,
-        device="cpu",
+        device=device,
         batch_size=batch_size,
     )
     scores = {}
@@ -178,14 +189,14 @@ def plant(
     return str(folder), channels
 
 
-def find_args(path: str, out: Path, method: str, screen: int | None = None):
+def find_args(path: str, out: Path, method: str, screen: int | None = None, device: str = "cpu"):
     """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD [--screen N]`: every other
     at its default."""
     from lm_eval_ssmsteer.finder import cli as find_cli
 
     parser = argparse.ArgumentParser()
     find_cli.add_parser(parser.add_subparsers())
-    extra = [] if screen is None else ["--screen", str(screen)]
+    extra = ["--device", device] + ([] if screen is None else ["--screen", str(screen)])
     return parser.parse_args(
         ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress", *extra]
     )
@@ -204,6 +215,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--method", default="causal")
     p.add_argument("--screen", type=int, default=None, help="find's --screen (default: find's default)")
+    p.add_argument("--device", default="cpu", help="torch device of find and lm-eval (default cpu)")
     p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp channels of LAYER first")
     p.add_argument("--plant-site", default="mixer_out", choices=["mixer_out", "ssm_out", "B", "C"])
     p.add_argument("--plant-channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
@@ -237,7 +249,7 @@ def main() -> int:
         if a.screen is not None:
             tag += f"-screen{a.screen}"
         found = a.out_dir / f"{tag}.found.json"
-        args = find_args(path, found, a.method, a.screen)
+        args = find_args(path, found, a.method, a.screen, a.device)
         t0 = time.time()
         _, result = find_cli.run(args)
         find_seconds = time.time() - t0
@@ -272,7 +284,13 @@ def main() -> int:
         for label, spec in specs.items():
             t0 = time.time()
             scores[label] = lm_eval_scores(
-                original if label == "undamped" else path, spec, a.tasks, a.lengths, a.samples, a.batch_size
+                original if label == "undamped" else path,
+                spec,
+                a.tasks,
+                a.lengths,
+                a.samples,
+                a.batch_size,
+                a.device,
             )
             seconds[label] = round(time.time() - t0, 1)
             print(f"{tag} {label}: {seconds[label]:.0f}s {scores[label]}", flush=True)
