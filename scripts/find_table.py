@@ -112,9 +112,9 @@ def paper_heuristic_spec(model, data, out: Path) -> Path:
 
     arch = describe_model(model)
     layer = methods.dt_bias_layer(methods.dt_bias_layers(model, arch))
-    variance = methods.activation_variance(model, data.batches(), [(layer, "mixer_out")])[
-        (layer, "mixer_out")
-    ]
+    device = next(model.parameters()).device
+    batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
+    variance = methods.activation_variance(model, batches, [(layer, "mixer_out")])[(layer, "mixer_out")]
     channels = sorted(variance.argsort(descending=True)[:16].tolist())
     spec = SteeringSpec.single(
         layer, "mixer_out", channels, 5.0, provenance={"source": "paper-style heuristic"}
@@ -255,7 +255,7 @@ def main() -> int:
         find_seconds = time.time() - t0
         print(f"{tag}: find {find_seconds:.0f}s, chosen {result.scores['chosen']}", flush=True)
 
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, device=a.device)
         pairs = task_pairs(
             args.tasks or list(DEFAULT_TASKS),
             "calibration",
