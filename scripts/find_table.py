@@ -189,14 +189,22 @@ def plant(
     return str(folder), channels
 
 
-def find_args(path: str, out: Path, method: str, screen: int | None = None, device: str = "cpu"):
-    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD [--screen N]`: every other
-    at its default."""
+def find_args(
+    path: str,
+    out: Path,
+    method: str,
+    screen: int | None = None,
+    device: str = "cpu",
+    docs_per_task: int | None = None,
+):
+    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD [--screen N]
+    [--docs-per-task N] --device DEVICE`: every other at its default."""
     from lm_eval_ssmsteer.finder import cli as find_cli
 
     parser = argparse.ArgumentParser()
     find_cli.add_parser(parser.add_subparsers())
     extra = ["--device", device] + ([] if screen is None else ["--screen", str(screen)])
+    extra += [] if docs_per_task is None else ["--docs-per-task", str(docs_per_task)]
     return parser.parse_args(
         ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress", *extra]
     )
@@ -216,6 +224,7 @@ def main() -> int:
     p.add_argument("--method", default="causal")
     p.add_argument("--screen", type=int, default=None, help="find's --screen (default: find's default)")
     p.add_argument("--device", default="cpu", help="torch device of find and lm-eval (default cpu)")
+    p.add_argument("--docs-per-task", type=int, default=None, help="find's --docs-per-task (default: find's)")
     p.add_argument("--plant", type=int, default=None, metavar="LAYER", help="damp channels of LAYER first")
     p.add_argument("--plant-site", default="mixer_out", choices=["mixer_out", "ssm_out", "B", "C"])
     p.add_argument("--plant-channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
@@ -248,8 +257,10 @@ def main() -> int:
             tag = f"{Path(name).name}-{plant_name}"
         if a.screen is not None:
             tag += f"-screen{a.screen}"
+        if a.docs_per_task is not None:
+            tag += f"-docs{a.docs_per_task}"
         found = a.out_dir / f"{tag}.found.json"
-        args = find_args(path, found, a.method, a.screen, a.device)
+        args = find_args(path, found, a.method, a.screen, a.device, a.docs_per_task)
         t0 = time.time()
         _, result = find_cli.run(args)
         find_seconds = time.time() - t0
@@ -351,6 +362,8 @@ def main() -> int:
     name = plant_name if a.plant is not None else "table"
     if a.screen is not None:
         name += f"-screen{a.screen}"
+    if a.docs_per_task is not None:
+        name += f"-docs{a.docs_per_task}"
     (a.out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
     return 0
 

@@ -65,13 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--length", type=int, default=DEFAULT_LENGTH)
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-validation", action="store_true", help="find without validation documents")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
 
     from find_table import damp_weights
 
     from lm_eval_ssmsteer.finder import find
-    from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs, token_counter
+    from lm_eval_ssmsteer.finder.data import VALIDATION_SEED, encode_pairs, task_pairs, token_counter, without
     from lm_eval_ssmsteer.finder.methods import evaluate
     from lm_eval_ssmsteer.finder.search import _scan_context
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
@@ -87,11 +88,21 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = task_pairs(a.tasks, split, docs, length=a.length, count_tokens=count)
         return encode_pairs(tokenizer, pairs, f"{split} split")
 
+    def validation_data(docs: int):
+        """The validation documents `ssmsteer find` uses by default: the calibration split again with
+        VALIDATION_SEED, less any document of the calibration set."""
+        seen = task_pairs(a.tasks, "calibration", docs, length=a.length, count_tokens=count)
+        pairs = task_pairs(
+            a.tasks, "calibration", docs, seed=VALIDATION_SEED, length=a.length, count_tokens=count
+        )
+        return encode_pairs(tokenizer, without(pairs, seen), "calibration split (validation)")
+
     def on_device(data):
         return [(i.to(a.device), t.to(a.device)) for i, t in data.batches()]
 
     test = on_device(batches("test", a.test_docs))
     calibration = {d: batches("calibration", d) for d in a.docs_per_task}
+    validation = {d: validation_data(d) for d in a.docs_per_task} if not a.no_validation else {}
     with _scan_context(model, arch):
         intact = evaluate(model, test)
     doc: dict = {
@@ -124,7 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for (docs, data), screen in itertools.product(calibration.items(), a.screen):
             t0 = time.time()
-            result = find(model, data, progress=False, model_name=f"{a.model} planted", screen=screen)
+            result = find(
+                model,
+                data,
+                progress=False,
+                model_name=f"{a.model} planted",
+                screen=screen,
+                validation=validation.get(docs),
+            )
             seconds = time.time() - t0
             iv = result.spec.interventions[0]
             channels = list(iv.channels) if isinstance(iv.channels, tuple) else []
@@ -154,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "site_ok": same_site,
                     "recall": len(hit) / len(planted),
                     "calibration_loss": {"damped": result.base.loss, "steered": result.best.loss},
+                    "validation": result.scores["validation"],
                     "steered_test": {"loss": steered.loss, "accuracy": steered.accuracy},
                     "random_test": {"loss": randomized.loss, "accuracy": randomized.accuracy},
                     "win_back_loss": fraction(damped.loss, intact.loss, steered.loss),

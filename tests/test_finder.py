@@ -131,11 +131,18 @@ def _data_file(folder: Path, n: int) -> Path:
 def test_find_command_writes_spec_scores_and_heatmap(model_dir, tmp_path, capsys):
     out = tmp_path / "found.json"
     data = _data_file(tmp_path, 8)
+    held = tmp_path / "held.jsonl"  # 10 documents, 2 of them also in the calibration file: dropped
+    held.write_text(
+        "".join(json.dumps({"context": f"key {i} is", "answer": f"v{i % 5}"}) + "\n" for i in range(6, 16))
+    )
     args = ["find", "--model", str(model_dir), "--out", str(out), "--data", str(data)]
+    args += ["--validation-data", str(held)]
     rc = main([*args, "--sites", "mixer_out", "gate", "--method", "attribution", "--no-progress"])
     assert rc == 0, capsys.readouterr().out
     spec = load_spec(str(out))
     assert spec.provenance["calibration"]["documents"] == 8
+    checked = json.loads((tmp_path / "found.scores.json").read_text())["validation"]
+    assert checked["documents"] == 8 and checked["source"] == str(held), checked  # the 2 shared ones left out
     scores = json.loads((tmp_path / "found.scores.json").read_text())
     assert set(scores["pairs"]) == {f"{layer}/{site}" for layer in range(3) for site in ("mixer_out", "gate")}
     assert (tmp_path / "found.heatmap.png").read_bytes()[:4] == b"\x89PNG"
@@ -164,6 +171,12 @@ def gpt2_dir(tmp_path_factory):
         (["--out", "{tmp}/no_such_folder/spec.json"], "does not exist"),
         (["--out", "{tmp}"], "is a folder"),
         (["--candidates", "0"], "--candidates: 0 is too small; allowed: an integer >= 1"),
+        (["--screen", "0"], "--screen: 0 is too small; allowed: an integer >= 1"),
+        (
+            ["--validation-docs-per-task", "-1"],
+            "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",
+        ),
+        (["--validation-data", "{tmp}/calibration.jsonl"], "3 documents; at least 8 are needed"),
         (["--model", "{gpt2}"], "model_type 'gpt2' is not a supported Mamba-family model"),
     ],
 )

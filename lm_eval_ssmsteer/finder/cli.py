@@ -33,7 +33,14 @@ def run(args: argparse.Namespace):
     """Validate everything cheap first (method, sites, output, model type, data), then search."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from lm_eval_ssmsteer.finder.data import encode_pairs, file_pairs, task_pairs, token_counter
+    from lm_eval_ssmsteer.finder.data import (
+        VALIDATION_SEED,
+        encode_pairs,
+        file_pairs,
+        task_pairs,
+        token_counter,
+        without,
+    )
     from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
     from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, load_model, prepare_pretrained
     from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_config, describe_model
@@ -46,9 +53,10 @@ def run(args: argparse.Namespace):
         ("--candidates", args.candidates, 1),
         ("--screen", args.screen, 1),
         ("--verify", args.verify, 0),
+        ("--validation-docs-per-task", args.validation_docs_per_task, 0),
         ("--max-channels", args.max_channels, 1),
     ):
-        if value < least:
+        if value is not None and value < least:
             raise FinderError(f"{flag}: {value} is too small; allowed: an integer >= {least}")
     check_output(args.out)
     try:
@@ -79,6 +87,24 @@ def run(args: argparse.Namespace):
         at = f" ({', '.join(long)} at {args.length} tokens)" if long else ""
         source = f"calibration split: {', '.join(tasks)} x {args.docs_per_task} docs{at}"
     data = encode_pairs(tokenizer, pairs, source)
+    validation = None
+    if args.validation_data is not None:
+        held = without(file_pairs(args.validation_data), pairs)
+        validation = encode_pairs(tokenizer, held, str(args.validation_data))
+    elif args.data is None and args.validation_docs_per_task != 0:
+        n = args.docs_per_task if args.validation_docs_per_task is None else args.validation_docs_per_task
+        held = without(
+            task_pairs(
+                tasks,
+                "calibration",
+                n,
+                seed=VALIDATION_SEED,
+                length=args.length,
+                count_tokens=token_counter(tokenizer),
+            ),
+            pairs,
+        )
+        validation = encode_pairs(tokenizer, held, f"{source}, seed {VALIDATION_SEED} (validation)")
     model, _ = load_model(args.model, device=args.device)
     result = find(
         model,
@@ -87,6 +113,7 @@ def run(args: argparse.Namespace):
         method=args.method,
         candidates=args.candidates,
         screen=args.screen,
+        validation=validation,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -118,6 +145,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_LENGTH,
         help=f"prompt length in tokens of the long-context calibration tasks (default {DEFAULT_LENGTH})",
+    )
+    p.add_argument(
+        "--validation-docs-per-task",
+        type=int,
+        default=None,
+        help="validation documents per task (calibration split, another seed) that the chosen spec must "
+        "also improve, else the identity is written (default: as --docs-per-task; 0: no validation)",
+    )
+    p.add_argument(
+        "--validation-data",
+        type=Path,
+        help="JSONL file of validation documents (with --data; without it, --data runs have no validation)",
     )
     p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
     p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")

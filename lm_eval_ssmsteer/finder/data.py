@@ -24,6 +24,7 @@ DEFAULT_TASKS = (
     "ssm_variable_tracking",
 )
 DEFAULT_DOCS_PER_TASK = 2
+VALIDATION_SEED = 1  # validation documents: the calibration split drawn again with another seed
 DEFAULT_LENGTH = 2048  # prompt length (tokens) of the long-context tasks; other tasks ignore it
 MIN_DOCS = 8  # fewer documents give scores and a scale that are noise
 TOKENS_PER_BATCH = 8192
@@ -128,6 +129,12 @@ def task_pairs(
             **({"length": length} if TASKS[task].long_context else {}),
         )
     ]
+
+
+def without(pairs: list[tuple[str, str]], seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` less any document also in ``seen`` (validation documents must be new ones)."""
+    known = set(seen)
+    return [p for p in pairs if p not in known]
 
 
 def file_pairs(path: Path) -> list[tuple[str, str]]:

@@ -116,9 +116,11 @@ def find(
     model_name: str = "model",
     progress: bool = True,
     screen: int = 3,
+    validation: CalibrationData | None = None,
 ) -> FindResult:
     """Score, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
-    nothing."""
+    nothing. With ``validation`` (other calibration documents), the best configuration must also lower
+    the loss there, else the identity is returned (the sweep's choice overfits a few documents)."""
     from tqdm.auto import tqdm
 
     sites = list(SITES if sites is None else sites)
@@ -183,15 +185,40 @@ def find(
                 step(f"verified layer {pair[0]} {pair[1]}", n * len(directions))
         sweep.sweep(plan, max_channels)
         curve = sweep.curve
+        best = min(curve, key=lambda point: point["loss"])
+        improved = best["loss"] < base.loss
+        checked = None
+        if validation is not None and improved:
+            bar.total = bar.n + 2
+            held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
+            candidate = SteeringSpec.single(best["layer"], best["site"], best["channels"], best["scale"])
+            v_base = methods.evaluate(model, held_out)
+            v_steered = methods.evaluate(model, held_out, candidate)
+            step("validation", 2)
+            checked = {
+                "source": validation.source,
+                "sha256": validation.sha256,
+                "documents": len(validation.examples),
+                "loss": {"unsteered": v_base.loss, "steered": v_steered.loss},
+                "accuracy": {"unsteered": v_base.accuracy, "steered": v_steered.accuracy},
+                "held": v_steered.loss < v_base.loss,
+            }
         bar.total = bar.n
     bar.close()
 
-    best = min(curve, key=lambda point: point["loss"])
-    improved = best["loss"] < base.loss
     if not improved:
         warnings.warn(
             "no steering configuration lowered the calibration loss; the spec written is the identity "
             "(scale 1.0), so steering with it changes nothing",
+            stacklevel=2,
+        )
+    elif checked is not None and not checked["held"]:
+        improved = False
+        warnings.warn(
+            f"the best configuration (layer {best['layer']} {best['site']}, {best['k']} channels "
+            f"x{best['scale']:g}) lowered the calibration loss but not the loss on the validation "
+            f"documents ({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f}); the spec "
+            "written is the identity (scale 1.0), so steering with it changes nothing",
             stacklevel=2,
         )
     channels = best["channels"]
@@ -225,6 +252,7 @@ def find(
             "loss": base.loss - best_score.loss,
             "accuracy": best_score.accuracy - base.accuracy,
         },
+        "validation": checked,
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -261,6 +289,7 @@ def find(
         "verified": verified,
         "sweep": curve,
         "chosen": {k: best[k] for k in ("layer", "site", "direction", "k", "scale", "loss", "accuracy")},
+        "validation": checked,
     }
     return FindResult(spec, base, best_score, scores, {p: r.score for p, r in rankings.items()})
 

@@ -1,0 +1,48 @@
+"""The validation check of `find`: the best calibration configuration must also lower the loss on other
+documents, else the spec is the identity. On the trained lag-copy model of test_finder_planted.py with
+a planted bottleneck: documents of the same task confirm the found spec; documents whose answers are
+random tokens (restoring the copy channels makes the model surer of the wrong token) reject it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_finder_planted import ANSWER, DAMPING, LAYER, LENGTH, PLANTED, VOCAB, documents, trained_model
+
+from lm_eval_ssmsteer.finder import CalibrationData, find
+
+
+@pytest.fixture(scope="module")
+def damped_model():
+    model = trained_model()
+    with torch.no_grad():
+        model.base_model.layers[LAYER].mixer.out_proj.weight[PLANTED] *= DAMPING
+    return model
+
+
+def random_answers(n: int, seed: int) -> CalibrationData:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, VOCAB + 2, (n, LENGTH), generator=g)
+    return CalibrationData.from_ids([(row.tolist(), LENGTH - ANSWER) for row in ids], "random answers")
+
+
+def test_validation_documents_of_the_same_task_keep_the_found_spec(damped_model):
+    calibration = documents(32, seed=1, source="calibration")
+    result = find(damped_model, calibration, progress=False, validation=documents(16, 3, "validation"))
+    checked = result.spec.provenance["validation"]
+    assert checked["held"] and checked["loss"]["steered"] < checked["loss"]["unsteered"], checked
+    assert checked["documents"] == 16 and checked["source"] == "validation"
+    assert result.spec.interventions[0].scale != 1.0
+    assert result.best.loss < result.base.loss
+
+
+def test_a_gain_that_does_not_hold_on_the_validation_documents_writes_the_identity(damped_model):
+    calibration = documents(32, seed=1, source="calibration")
+    with pytest.warns(UserWarning, match="not the loss on the validation documents"):
+        result = find(damped_model, calibration, progress=False, validation=random_answers(16, 4))
+    checked = result.spec.provenance["validation"]
+    assert not checked["held"] and checked["loss"]["steered"] >= checked["loss"]["unsteered"], checked
+    assert result.spec.interventions[0].scale == 1.0
+    assert result.best == result.base
+    assert result.spec.provenance["calibration_gain"]["loss"] == 0.0
+    assert result.scores["validation"] == checked
