@@ -18,12 +18,26 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     chosen = result.scores["chosen"]
     gain = result.spec.provenance["calibration_gain"]
-    print(
-        f"layer {chosen['layer']} {chosen['site']}: {len(result.spec.interventions[0].channels)} channels "
-        f"x{result.spec.interventions[0].scale:g}; calibration loss {result.base.loss:.4f} -> "
-        f"{result.best.loss:.4f} (gain {gain['loss']:+.4f}), accuracy {result.base.accuracy:.3f} -> "
-        f"{result.best.accuracy:.3f}"
-    )
+    iv = result.spec.interventions[0]
+    if iv.scale == 1.0:
+        checked = result.scores["validation"]
+        why = (
+            f"it lowered the calibration loss but not the validation loss "
+            f"({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f})"
+            if checked is not None and not checked["held"]
+            else "it did not lower the calibration loss"
+        )
+        print(
+            "no steering: the spec written is the identity (scale 1.0). The best configuration, layer "
+            f"{chosen['layer']} {chosen['site']} {chosen['k']} channels x{chosen['scale']:g}, was rejected: "
+            f"{why}"
+        )
+    else:
+        print(
+            f"layer {chosen['layer']} {chosen['site']}: {len(iv.channels)} channels x{iv.scale:g}; "
+            f"calibration loss {result.base.loss:.4f} -> {result.best.loss:.4f} (gain {gain['loss']:+.4f}), "
+            f"accuracy {result.base.accuracy:.3f} -> {result.best.accuracy:.3f}"
+        )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

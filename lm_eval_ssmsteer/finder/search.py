@@ -9,7 +9,8 @@ methods sweep their ``candidates`` best-scored pairs in both directions.
 The sweep, per pair and direction: first the number of channels k at a reference scale, then the scale
 at the best k; finally k again at the scale of the best point. The chosen configuration is the one with
 the lowest calibration loss among every point evaluated (screen included); if none beats the unsteered
-model, the spec written is the identity (scale 1.0) and a warning says so.
+model, or (with validation documents) it does not also lower the loss on those, the spec written is the
+identity (scale 1.0) and a warning says so.
 """
 
 from __future__ import annotations
