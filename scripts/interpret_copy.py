@@ -109,19 +109,37 @@ def analyse(name: str, n_docs: int, seed: int, window: int, length: int | None) 
                 knocked_sum[w] += copy_probs(model, ids, predicting).sum(-1)
 
     alignment = {
-        view: {str(col): {"accuracy": counts[(view, col)]["sure"] / counts[(view, col)]["links"],
-                          "aer": aer(counts[(view, col)])} for col in columns}
+        view: {
+            str(col): {
+                "accuracy": counts[(view, col)]["sure"] / counts[(view, col)]["links"],
+                "aer": aer(counts[(view, col)]),
+            }
+            for col in columns
+        }
         for view in VIEWS
     }
     base_prob, base_hit = (base_sum / letters).tolist()
     knocked = []
     for w in windows:
         prob, hit = (knocked_sum[w] / letters).tolist()
-        knocked.append({"layers": list(w), "prob": prob, "argmax_hit": hit,
-                        "relative_change_pct": 100 * (prob - base_prob) / base_prob})
-    result = {"model": name, "n_docs": n_docs, "seed": seed, "string_length": len(docs[0]["target"]),
-              "base": {"prob": base_prob, "argmax_hit": base_hit}, "alignment": alignment,
-              "window": window, "knockout": knocked}
+        knocked.append(
+            {
+                "layers": list(w),
+                "prob": prob,
+                "argmax_hit": hit,
+                "relative_change_pct": 100 * (prob - base_prob) / base_prob,
+            }
+        )
+    result = {
+        "model": name,
+        "n_docs": n_docs,
+        "seed": seed,
+        "string_length": len(docs[0]["target"]),
+        "base": {"prob": base_prob, "argmax_hit": base_hit},
+        "alignment": alignment,
+        "window": window,
+        "knockout": knocked,
+    }
     return result, example
 
 
@@ -130,17 +148,34 @@ def write_figures(result: dict, example: dict, out: Path) -> None:
     layers = [int(k) for k in result["alignment"]["predicting"] if k != "rollout"]
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / f"copy_{tag}.json", result)
-    accuracy = {f"{view} row": [result["alignment"][view][str(layer)]["accuracy"] for layer in layers]
-                for view in VIEWS}
-    save_lines(layers, accuracy, out / f"copy_{tag}_alignment.png",
-               f"{tag}: LaTIM (l2) argmax = source position, ssm_copy", "layer", "alignment accuracy")
+    accuracy = {
+        f"{view} row": [result["alignment"][view][str(layer)]["accuracy"] for layer in layers]
+        for view in VIEWS
+    }
+    save_lines(
+        layers,
+        accuracy,
+        out / f"copy_{tag}_alignment.png",
+        f"{tag}: LaTIM (l2) argmax = source position, ssm_copy",
+        "layer",
+        "alignment accuracy",
+    )
     best = max(layers, key=lambda layer: result["alignment"]["predicting"][str(layer)]["accuracy"])
-    save_heatmap(example["maps"][best], example["labels"], out / f"copy_{tag}_latim.png",
-                 f"{tag} layer {best}: LaTIM l2, one copy document")
+    save_heatmap(
+        example["maps"][best],
+        example["labels"],
+        out / f"copy_{tag}_latim.png",
+        f"{tag} layer {best}: LaTIM l2, one copy document",
+    )
     change = {"p(correct letter)": [k["relative_change_pct"] for k in result["knockout"]]}
-    save_lines([k["layers"][0] for k in result["knockout"]], change, out / f"copy_{tag}_knockout.png",
-               f"{tag}: knockout source span -> copy, windows of {result['window']} layers",
-               "first layer of the window", "relative change (%)")
+    save_lines(
+        [k["layers"][0] for k in result["knockout"]],
+        change,
+        out / f"copy_{tag}_knockout.png",
+        f"{tag}: knockout source span -> copy, windows of {result['window']} layers",
+        "first layer of the window",
+        "relative change (%)",
+    )
 
 
 def markdown(result: dict) -> str:
@@ -160,8 +195,10 @@ def markdown(result: dict) -> str:
             lines.append(f"| {view} row {metric} | {cells} |")
     lines += ["", "| knockout window | p(correct letter) | change | argmax hit |", "|---|---|---|---|"]
     for k in result["knockout"]:
-        lines.append(f"| {k['layers'][0]}-{k['layers'][-1]} | {k['prob']:.3f} | "
-                     f"{k['relative_change_pct']:+.1f}% | {k['argmax_hit']:.3f} |")
+        lines.append(
+            f"| {k['layers'][0]}-{k['layers'][-1]} | {k['prob']:.3f} | "
+            f"{k['relative_change_pct']:+.1f}% | {k['argmax_hit']:.3f} |"
+        )
     return "\n".join(lines)
 
 

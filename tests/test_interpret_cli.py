@@ -43,8 +43,21 @@ def run(*argv: str) -> int:
 
 def test_latim_writes_maps_equal_to_the_library(model_dir, tmp_path):
     out = tmp_path / "latim"
-    assert run("latim", "--model", str(model_dir), "--text", TEXT, "--layers", "0-1", "--rollout",
-               "--out", str(out)) == 0
+    assert (
+        run(
+            "latim",
+            "--model",
+            str(model_dir),
+            "--text",
+            TEXT,
+            "--layers",
+            "0-1",
+            "--rollout",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     meta = json.loads((out / "latim.json").read_text())
     assert len(meta["tokens"]) == len(TEXT) and meta["tokens"][2] == "2:p" and meta["layers"] == [0, 1]
     arrays = np.load(out / "latim.npz")
@@ -60,8 +73,21 @@ def test_latim_writes_maps_equal_to_the_library(model_dir, tmp_path):
 
 def test_attention_writes_aggregates_and_per_feature_matrices(model_dir, tmp_path):
     out = tmp_path / "attention"
-    assert run("attention", "--model", str(model_dir), "--text", TEXT, "--layers", "-1", "--per-feature",
-               "--out", str(out)) == 0
+    assert (
+        run(
+            "attention",
+            "--model",
+            str(model_dir),
+            "--text",
+            TEXT,
+            "--layers",
+            "-1",
+            "--per-feature",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     arrays = np.load(out / "attention.npz")
     n = len(TEXT)
     assert arrays["layer2_mean"].shape == (n, n) and arrays["layer2_norm"].shape == (n, n)
@@ -75,11 +101,31 @@ def test_knockout_sweeps_windows_and_reports_each(model_dir, tmp_path, capsys):
     out = tmp_path / "knockout"
     text_file = tmp_path / "prompt.txt"
     text_file.write_text(TEXT)
-    assert run("knockout", "--model", str(model_dir), "--text-file", str(text_file), "--sources", "6-10",
-               "--window-size", "2", "--features", "all", "slow", "--out", str(out)) == 0
+    assert (
+        run(
+            "knockout",
+            "--model",
+            str(model_dir),
+            "--text-file",
+            str(text_file),
+            "--sources",
+            "6-10",
+            "--window-size",
+            "2",
+            "--features",
+            "all",
+            "slow",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     results = json.loads((out / "knockout.json").read_text())["results"]
     assert [(r["spec"]["layers"], r["spec"]["features"]) for r in results] == [
-        ([0, 1], "all"), ([1, 2], "all"), ([0, 1], "slow"), ([1, 2], "slow")
+        ([0, 1], "all"),
+        ([1, 2], "all"),
+        ([0, 1], "slow"),
+        ([1, 2], "slow"),
     ]
     assert all(r["spec"]["sources"] == [6, 7, 8, 9, 10] and r["position"] == len(TEXT) - 1 for r in results)
     assert all(r["argmax_hit_base"] for r in results)
@@ -93,8 +139,10 @@ def test_knockout_sweeps_windows_and_reports_each(model_dir, tmp_path, capsys):
         (["latim", "--layers", "3"], "layer 3 does not exist: the model has 3 layers (0-2)"),
         (["knockout", "--sources", "40"], "source token index 40 is out of range: the input has 19 tokens"),
         (["knockout", "--sources", "1", "--window-size", "0"], "the layer window is empty"),
-        (["knockout", "--sources", "1", "--window-size", "2", "--window-start", "2"],
-         "window of 2 layers starting at 2 goes past the last layer 2"),
+        (
+            ["knockout", "--sources", "1", "--window-size", "2", "--window-start", "2"],
+            "window of 2 layers starting at 2 goes past the last layer 2",
+        ),
         (["knockout", "--sources", "1", "--position", "-20"], "prediction token index -20 is out of range"),
     ],
 )
@@ -106,8 +154,9 @@ def test_bad_input_exits_2_naming_the_value_and_range(model_dir, tmp_path, capsy
 def test_a_non_mamba_model_is_refused(tmp_path, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=260, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2)
+    config = LlamaConfig(
+        vocab_size=260, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     make_tokenizer().save_pretrained(tmp_path / "llama")
     assert run("attention", "--model", str(tmp_path / "llama"), "--text", TEXT, "--out", str(tmp_path)) == 2

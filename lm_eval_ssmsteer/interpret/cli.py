@@ -25,7 +25,7 @@ from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_line
 
 
 def parse_indices(text: str, what: str) -> list[int]:
-    """"0,3-5,-1" -> [0, 3, 4, 5, -1]: comma-separated indices and inclusive ranges a-b (0 <= a <= b)."""
+    """ "0,3-5,-1" -> [0, 3, 4, 5, -1]: comma-separated indices and inclusive ranges a-b (0 <= a <= b)."""
     indices: list[int] = []
     for part in (p.strip() for p in text.split(",")):
         span = re.fullmatch(r"(\d+)-(\d+)", part)
@@ -66,11 +66,15 @@ def add_parser(subparsers) -> None:
     attention = analyses.add_parser("attention", help="hidden attention maps per layer")
     _add_common(attention)
     attention.add_argument(
-        "--aggregate", nargs="+", choices=("mean", "norm"), default=["mean", "norm"],
+        "--aggregate",
+        nargs="+",
+        choices=("mean", "norm"),
+        default=["mean", "norm"],
         help="mean: mean of α over channels/heads; norm: ‖α_ij ⊙ v_j‖ over channels",
     )
     attention.add_argument(
-        "--per-feature", action="store_true",
+        "--per-feature",
+        action="store_true",
         help="also store the per-channel (Mamba-1) / per-head (Mamba-2) matrices in the NPZ",
     )
     attention.set_defaults(func=run_attention)
@@ -87,13 +91,17 @@ def add_parser(subparsers) -> None:
     knock.add_argument("--targets", type=_index_list("--targets"), default=[-1], help="default: -1")
     knock.add_argument("--window-size", type=int, default=9, help="layers per window (default: 9)")
     knock.add_argument(
-        "--window-start", type=int, help="one window from this layer (default: every window; --layers "
-        "restricts the starts)",
+        "--window-start",
+        type=int,
+        help="one window from this layer (default: every window; --layers restricts the starts)",
     )
     knock.add_argument("--features", nargs="+", choices=FEATURES, default=["all"])
     knock.add_argument("--position", type=int, default=-1, help="prediction position (default: -1)")
-    knock.add_argument("--target-token-id", type=int, help="token whose probability is measured "
-                       "(default: the unintervened prediction)")
+    knock.add_argument(
+        "--target-token-id",
+        type=int,
+        help="token whose probability is measured (default: the unintervened prediction)",
+    )
     knock.set_defaults(func=run_knockout)
 
 
@@ -219,10 +227,20 @@ def run_knockout(args: argparse.Namespace) -> list[Path]:
             for f in args.features
         }
         title = f"{args.model}: knockout {args.sources} -> {args.targets}, windows of {args.window_size}"
-        written.append(save_lines(starts, series, args.out / "knockout.png", title,
-                                  "first layer of the window", "target probability change (%)"))
+        written.append(
+            save_lines(
+                starts,
+                series,
+                args.out / "knockout.png",
+                title,
+                "first layer of the window",
+                "target probability change (%)",
+            )
+        )
     for r in results:
-        print(f"layers {r['spec']['layers'][0]}-{r['spec']['layers'][-1]} features={r['spec']['features']}: "
-              f"p={r['prob_knocked']:.4f} (base {r['prob_base']:.4f}, {r['relative_change_pct']:+.1f}%), "
-              f"argmax hit {r['argmax_hit_knocked']}")
+        print(
+            f"layers {r['spec']['layers'][0]}-{r['spec']['layers'][-1]} features={r['spec']['features']}: "
+            f"p={r['prob_knocked']:.4f} (base {r['prob_base']:.4f}, {r['relative_change_pct']:+.1f}%), "
+            f"argmax hit {r['argmax_hit_knocked']}"
+        )
     return written

@@ -231,8 +231,21 @@ def mixer_internals(
         delta = torch.clamp(F.softplus(dt + _f32(mixer.dt_bias)), min=lo, max=hi)  # (b, l, H)
         y = mamba2_scan(v.reshape(b, length, H, p), delta, A, B, C, D).reshape(b, length, d)
         internals = MixerInternals(
-            kind, xBC[..., :d], z, xBC_pre[..., :d], v, delta, A, B, C, D, y,
-            conv_w[:d], conv_b[:d], out_w, out_b,
+            kind,
+            xBC[..., :d],
+            z,
+            xBC_pre[..., :d],
+            v,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            y,
+            conv_w[:d],
+            conv_b[:d],
+            out_w,
+            out_b,
             norm_weight=_f32(mixer.norm.weight),
             norm_group_size=getattr(mixer.norm, "group_size", d),
             norm_eps=float(mixer.norm.variance_epsilon),

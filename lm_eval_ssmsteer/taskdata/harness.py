@@ -33,9 +33,7 @@ def _suite_knobs() -> set[str]:
     }
 
 
-def split_metadata(
-    task: str, metadata: dict[str, Any]
-) -> tuple[dict[str, Any], list[int], int, int]:
+def split_metadata(task: str, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[int], int, int]:
     """(knobs of `task`, lengths, documents per length, seed) from the merged metadata."""
     spec = task_spec(task)
     suite = _suite_knobs()
