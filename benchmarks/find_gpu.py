@@ -9,7 +9,8 @@ expand 2, conv 4, vocabulary 50,280) with random weights from a fixed seed: noth
 what counts is the time, not what is found. The calibration data are seeded random token ids whose
 last `--answer-tokens` tokens are the answer. After one warm-up `evaluate` (CUDA initialisation),
 
-1. `find(model, data, progress=False)` runs with its defaults (all sites, method causal) and is timed;
+1. `find(model, data, progress=False, validation=...)` runs with its defaults (all sites, method causal,
+   3 pairs screened) and as many validation documents (seed + 1), as `ssmsteer find` does, and is timed;
 2. the paper's leave-one-out baseline ablates one channel at a time (scale 0) and measures the
    calibration loss, one pass per channel, each pass starting at its layer from a cached layer input
    (`LayerInputs`, the fair and fast version): mixer_out of layer 0, 1, ..., then the other sites layer
@@ -90,32 +91,17 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     return MambaForCausalLM(config).to(args.device, dtype).eval()
 
 
-def make_data(args: argparse.Namespace):
+def make_data(args: argparse.Namespace, seed: int | None = None):
+    """Seeded random ids, the last ``--answer-tokens`` the answer (``seed`` other than ``--seed``: the
+    validation documents, as `ssmsteer find` draws its own)."""
     from lm_eval_ssmsteer.finder.data import CalibrationData
 
-    gen = torch.Generator().manual_seed(args.seed)
+    seed = args.seed if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, args.vocab, (args.docs, args.length), generator=gen)
     start = args.length - args.answer_tokens  # from_ids takes the index of the first answer token
     examples = [(row.tolist(), start) for row in ids]
-    data = CalibrationData.from_ids(examples, f"random ids (seed {args.seed}, {args.docs}x{args.length})")
-    return on_device_data(data, args.device)
-
-
-def on_device_data(data, device: str):
-    """``data`` whose ``batches()`` are on ``device``: find() feeds them to the model as they come (on
-    2026-11-23 it did not move them; a no-op once it does, and on the CPU)."""
-    from dataclasses import dataclass
-
-    from lm_eval_ssmsteer.finder.data import CalibrationData
-
-    @dataclass(frozen=True)
-    class DeviceCalibrationData(CalibrationData):
-        device: str = "cpu"
-
-        def batches(self, *args, **kwargs):
-            return [(i.to(self.device), t.to(self.device)) for i, t in super().batches(*args, **kwargs)]
-
-    return DeviceCalibrationData(data.examples, data.source, data.sha256, device)
+    return CalibrationData.from_ids(examples, f"random ids (seed {seed}, {args.docs}x{args.length})")
 
 
 def sync(device: str) -> None:
@@ -344,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(args)
     arch = describe_model(model)
     data = make_data(args)
-    batches = data.batches()
+    validation = make_data(args, args.seed + 1)
+    batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
     sites = list(SITES)
     total = sum(arch.site_width(s) for s in sites) * arch.n_layers
     mixer_total = arch.site_width("mixer_out") * arch.n_layers
@@ -363,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     counter = PassCounter(model)
     sync(device)
     t = time.perf_counter()
-    result = find(model, data, progress=False)
+    result = find(model, data, progress=False, validation=validation)
     sync(device)
     find_seconds = time.perf_counter() - t
     counter.remove()
@@ -426,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
             "pairs_scored": len(scores.get("pairs", {})),
             "chosen": chosen,
             "calibration_loss": {"unsteered": result.base.loss, "steered": result.best.loss},
+            "validation": scores.get("validation"),
         },
         "leave_one_out": {
             "budget_seconds": budget,
