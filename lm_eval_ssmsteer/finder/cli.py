@@ -152,7 +152,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--data", type=Path, help='JSONL file: one {"context": ..., "answer": ...} a line')
     p.add_argument(
-        "--docs-per-task", type=int, default=DEFAULT_DOCS_PER_TASK, help="calibration docs per task"
+        "--docs-per-task",
+        type=int,
+        default=DEFAULT_DOCS_PER_TASK,
+        help=f"calibration docs per task (default {DEFAULT_DOCS_PER_TASK})",
     )
     p.add_argument(
         "--length",
