@@ -30,17 +30,18 @@ PLANTED_CHANNELS = 8
 PLANTED_SCALE = 0.2
 
 
-def lm_eval_scores(
+def run_lm_eval(
     path: str,
-    spec: Path | None,
+    spec: Path | str | None,
     tasks: list[str],
     lengths: list[int],
     samples: int,
     batch_size: int,
     device: str = "cpu",
-) -> dict[str, tuple[float, float]]:
-    """(score, standard error) per column on the TEST split, through mamba-steered: exact_match for the
-    short tasks, RULER's string_match_all per length ("task@length") for the long-context ones."""
+    log_samples: bool = False,
+) -> dict:
+    """`simple_evaluate` of `path` (steered by `spec`) through mamba-steered on the TEST split: `samples`
+    documents per task and length; Mamba-1 on the CPU with the fast scan."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -60,14 +61,29 @@ def lm_eval_scores(
         # the tasks count lengths in the tokenizer of `pretrained` (lm_eval's CLI passes model_args so too)
         metadata={"pretrained": path, "num_samples": samples, "max_seq_lengths": lengths},
     )
-    out = simple_evaluate(
+    return simple_evaluate(
         model="mamba-steered",
         model_args=model_args,
         tasks=tasks,
         task_manager=manager,
         device=device,
         batch_size=batch_size,
+        log_samples=log_samples,
     )
+
+
+def lm_eval_scores(
+    path: str,
+    spec: Path | None,
+    tasks: list[str],
+    lengths: list[int],
+    samples: int,
+    batch_size: int,
+    device: str = "cpu",
+) -> dict[str, tuple[float, float]]:
+    """(score, standard error) per column on the TEST split, through mamba-steered: exact_match for the
+    short tasks, RULER's string_match_all per length ("task@length") for the long-context ones."""
+    out = run_lm_eval(path, spec, tasks, lengths, samples, batch_size, device)
     scores = {}
     for task in tasks:
         result = out["results"][task]

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from find_table import damp_weights
 
     from lm_eval_ssmsteer.finder import find
-    from lm_eval_ssmsteer.finder.data import VALIDATION_SEED, encode_pairs, task_pairs, token_counter, without
+    from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs, token_counter, validation_pairs
     from lm_eval_ssmsteer.finder.methods import evaluate
     from lm_eval_ssmsteer.finder.search import _scan_context
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
@@ -84,25 +84,20 @@ def main(argv: list[str] | None = None) -> dict:
     arch = describe_model(model)
     count = token_counter(tokenizer)
 
-    def batches(split: str, docs: int):
-        pairs = task_pairs(a.tasks, split, docs, length=a.length, count_tokens=count)
-        return encode_pairs(tokenizer, pairs, f"{split} split")
-
-    def validation_data(docs: int):
-        """The validation documents `ssmsteer find` uses by default: the calibration split again with
-        VALIDATION_SEED, less any document of the calibration set."""
-        seen = task_pairs(a.tasks, "calibration", docs, length=a.length, count_tokens=count)
-        pairs = task_pairs(
-            a.tasks, "calibration", docs, seed=VALIDATION_SEED, length=a.length, count_tokens=count
-        )
-        return encode_pairs(tokenizer, without(pairs, seen), "calibration split (validation)")
+    def pairs(split: str, docs: int) -> list[tuple[str, str]]:
+        return task_pairs(a.tasks, split, docs, length=a.length, count_tokens=count)
 
     def on_device(data):
         return [(i.to(a.device), t.to(a.device)) for i, t in data.batches()]
 
-    test = on_device(batches("test", a.test_docs))
-    calibration = {d: batches("calibration", d) for d in a.docs_per_task}
-    validation = {d: validation_data(d) for d in a.docs_per_task} if not a.no_validation else {}
+    test = on_device(encode_pairs(tokenizer, pairs("test", a.test_docs), "test split"))
+    calibration, validation = {}, {}
+    for docs in a.docs_per_task:
+        drawn = pairs("calibration", docs)
+        calibration[docs] = encode_pairs(tokenizer, drawn, "calibration split")
+        if not a.no_validation:  # the documents `ssmsteer find` validates on by default
+            held = validation_pairs(a.tasks, drawn, docs, length=a.length, count_tokens=count)
+            validation[docs] = encode_pairs(tokenizer, held, "calibration split (validation)")
     with _scan_context(model, arch):
         intact = evaluate(model, test)
     doc: dict = {

@@ -25,33 +25,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def per_document(path: str, spec: str | None, tasks, lengths, samples, batch_size, device) -> dict:
-    """{(task, length, doc_hash): score} for every TEST document."""
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    """{"task|length|doc_hash": score} for every TEST document."""
+    from find_table import run_lm_eval
 
-    from lm_eval_ssmsteer.registration import register_model
-
-    register_model()
-    model_args = {"pretrained": path, "dtype": "float32"}
-    mamba1 = json.loads((Path(path) / "config.json").read_text())["model_type"] in ("mamba", "falcon_mamba")
-    if mamba1 and device == "cpu":
-        model_args["fast_scan"] = True
-    if spec is not None:
-        model_args["steer"] = spec
-    manager = TaskManager(
-        include_path=str(ROOT / "tasks"),
-        include_defaults=False,
-        metadata={"pretrained": path, "num_samples": samples, "max_seq_lengths": lengths},
-    )
-    out = simple_evaluate(
-        model="mamba-steered",
-        model_args=model_args,
-        tasks=tasks,
-        task_manager=manager,
-        device=device,
-        batch_size=batch_size,
-        log_samples=True,
-    )
+    out = run_lm_eval(path, spec, tasks, lengths, samples, batch_size, device, log_samples=True)
     scores = {}
     for task in tasks:
         for sample in out["samples"][task]:

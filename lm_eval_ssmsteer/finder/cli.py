@@ -53,6 +53,7 @@ def run(args: argparse.Namespace):
         file_pairs,
         task_pairs,
         token_counter,
+        validation_pairs,
         without,
     )
     from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
@@ -107,17 +108,7 @@ def run(args: argparse.Namespace):
         validation = encode_pairs(tokenizer, held, str(args.validation_data))
     elif args.data is None and args.validation_docs_per_task != 0:
         n = args.docs_per_task if args.validation_docs_per_task is None else args.validation_docs_per_task
-        held = without(
-            task_pairs(
-                tasks,
-                "calibration",
-                n,
-                seed=VALIDATION_SEED,
-                length=args.length,
-                count_tokens=token_counter(tokenizer),
-            ),
-            pairs,
-        )
+        held = validation_pairs(tasks, pairs, n, length=args.length, count_tokens=token_counter(tokenizer))
         validation = encode_pairs(tokenizer, held, f"{source}, seed {VALIDATION_SEED} (validation)")
     model, _ = load_model(args.model, device=args.device)
     result = find(

@@ -137,6 +137,21 @@ def without(pairs: list[tuple[str, str]], seen: list[tuple[str, str]]) -> list[t
     return [p for p in pairs if p not in known]
 
 
+def validation_pairs(
+    tasks: list[str],
+    calibration: list[tuple[str, str]],
+    docs_per_task: int,
+    length: int = DEFAULT_LENGTH,
+    count_tokens: Any = None,
+) -> list[tuple[str, str]]:
+    """``find``'s default validation documents: the calibration split drawn again with VALIDATION_SEED,
+    less any document already in ``calibration``."""
+    drawn = task_pairs(
+        tasks, "calibration", docs_per_task, seed=VALIDATION_SEED, length=length, count_tokens=count_tokens
+    )
+    return without(drawn, calibration)
+
+
 def file_pairs(path: Path) -> list[tuple[str, str]]:
     """(context, answer) pairs from a JSONL file; errors name the line."""
     if not path.is_file():

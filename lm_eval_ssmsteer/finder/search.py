@@ -80,10 +80,6 @@ def check_output(out: Path) -> None:
         raise FinderError(f"--out: cannot write in {str(parent)!r} ({exc.strerror})") from None
 
 
-def base_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _scan_context(model, arch: ArchInfo):
     """Mamba-1 on CPU: the fast torch scan (same values and gradients as transformers' loop)."""
     if arch.architecture == "mamba" and next(model.parameters()).device.type == "cpu":
@@ -321,7 +317,8 @@ def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Rankin
         step("attribution", 3 * len(batches))
         raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}
         raw["fisher"] = {f"{p[0]}/{p[1]}": g.fisher.tolist() for p, g in grads.items()}
-        flips = methods.sign_flips(sum(ids.shape[0] for ids, _ in batches), base_device(model))
+        per_doc = next(iter(grads.values())).per_doc  # one set of sign flips for every pair
+        flips = methods.sign_flips(per_doc.shape[0], per_doc.device)
         return {p: methods.rank_attribution(g, flips) for p, g in grads.items()}, raw
     if method == "dt-bias":
         stats = methods.dt_bias_layers(model, arch)
