@@ -4,13 +4,17 @@ How each site is reached, so that steered layers keep transformers' own code and
 - ``mixer_out`` and ``residual``: a forward hook on the mixer / block multiplies its output.
 - ``delta``, ``B``, ``C`` (and ``ssm_out``, ``gate`` on Mamba-1): while a steered mixer runs, the
   scan functions its modeling module calls (``mamba_selective_scan`` / ``mamba_selective_state_update``,
-  ``mamba2_chunk_scan`` / ``mamba2_selective_state_update``) are swapped for wrappers that scale the
-  tensor they are handed and call the very same function transformers resolved: the mamba-ssm CUDA
-  kernel when it is installed, the torch reference otherwise. Δ is handed over already
-  softplus-ed (and clamped) and scaled, with ``delta_softplus=False``; a postponed gate is applied after
-  the scan. The fused training-only path is switched off for steered mixers so it cannot bypass them.
-- ``ssm_out``, ``gate`` on Mamba-2: a pre-hook on the mixer's gated RMSNorm scales its input y or
-  SiLU(z) before normalisation.
+  ``mamba2_chunk_scan`` / ``mamba2_selective_state_update``; names in ``compat``) are swapped for
+  wrappers that scale what they are handed and call the very same function transformers resolved: the
+  mamba-ssm CUDA kernel when it is installed, the torch reference otherwise. The scan keeps its own
+  softplus, bias and fp32 arithmetic: for ``delta`` only the steered entries of its Δ input change (to
+  the input whose softplus is the scaled Δ); ``ssm_out`` and ``gate`` scale the scan's gated output
+  y·SiLU(z), which is the same product. The fused training-only path is switched off for steered
+  mixers so it cannot bypass them.
+- ``ssm_out``, ``gate`` on Mamba-2: a pre-hook on the mixer's gated RMSNorm scales its input y (the
+  norm multiplies it by SiLU(z) before normalising).
+Every factor is fp32 and each tensor is rounded once after scaling, so where a factor is 1 the tensor
+comes back bit for bit: a scale of 1.0 reproduces the unsteered model in every dtype.
 Un-steered layers run untouched. Pad positions (attention mask 0) are never scaled. ``positions``
 selects the prompt (a forward that starts a sequence) or the generated tokens (a forward that continues
 a cache the same model already filled); lm-eval loglikelihood inputs are prompts throughout.
@@ -23,7 +27,6 @@ attribution).
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -34,14 +37,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lm_eval_ssmsteer.compat import forward_cache, output_cache, scan_functions
 from lm_eval_ssmsteer.sites import ArchInfo, SitePlan, describe_model, resolve
 from lm_eval_ssmsteer.spec import Intervention, SteeringSpec, load_spec
 
+# Sites reached by wrapping the scan functions (prefill and decode) of the mixer's modeling module.
 INNER_SITES = {"mamba1": ("delta", "B", "C", "ssm_out", "gate"), "mamba2": ("delta", "B", "C")}
-SCAN_FUNCTIONS = {
-    "mamba1": ("mamba_selective_scan", "mamba_selective_state_update", "mamba_inner_fn"),
-    "mamba2": ("mamba2_chunk_scan", "mamba2_selective_state_update", "mamba2_split_conv1d_scan_combined"),
-}
 
 
 @dataclass
@@ -67,16 +68,20 @@ class _SiteScaler:
                 vec[idx] = vec[idx] * plan.scale
         self.by_positions = by_positions
 
-    def factor(self, state: _ForwardState, dtype: torch.dtype) -> torch.Tensor | None:
-        """(c,) when every position is scaled alike, (b, l, c) when pads or phases differ; None = no-op."""
+    def factor(self, state: _ForwardState) -> torch.Tensor | None:
+        """fp32 (c,) if every position is scaled alike, (b, l, c) if pads or phases differ; None = no-op."""
         out = None
         for positions, vec in self.by_positions.items():
             if positions not in ("all", state.phase):
                 continue
-            vec = vec.to(dtype)
             f = vec if state.keep is None else torch.where(state.keep[..., None], vec, vec.new_ones(()))
             out = f if out is None else out * f
         return out
+
+
+def _scaled(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """t times the fp32 factor f, rounded once to t's dtype (where f is 1, t comes back bit for bit)."""
+    return (t * f).to(t.dtype)
 
 
 def _channels_first(f: torch.Tensor) -> torch.Tensor:
@@ -144,7 +149,7 @@ class _Steerer:
 
     # -- forward bookkeeping ------------------------------------------------------------------
     def _begin_forward(self, module, args, kwargs):
-        cache = kwargs.get("cache_params")
+        cache = forward_cache(kwargs)
         self.state.phase = "generated" if cache is not None and cache in self.state.seen_caches else "prompt"
         mask = kwargs.get("attention_mask")
         keep = None
@@ -155,48 +160,40 @@ class _Steerer:
             self.state.seen_caches.add(cache)
 
     def _end_forward(self, module, args, kwargs, output):
-        cache = getattr(output, "cache_params", None)
+        cache = output_cache(output)
         if cache is not None:
             self.state.seen_caches.add(cache)
         self.state.phase, self.state.keep = "prompt", None
 
-    def _factor(self, scaler: _SiteScaler | None, dtype: torch.dtype) -> torch.Tensor | None:
-        return None if scaler is None else scaler.factor(self.state, dtype)
+    def _factor(self, scaler: _SiteScaler | None) -> torch.Tensor | None:
+        return None if scaler is None else scaler.factor(self.state)
 
     # -- sites ----------------------------------------------------------------------------------
     def _output_hook(self, scaler: _SiteScaler):
         def hook(module, args, output):
-            f = self._factor(scaler, output.dtype)
-            return output if f is None else output * f
+            f = self._factor(scaler)
+            return output if f is None else _scaled(output, f)
 
         return hook
 
     def _gated_norm_hook(self, ssm_out: _SiteScaler | None, gate: _SiteScaler | None):
+        """Mamba-2: the norm gates y with SiLU(z) in fp32; scaling y (rounded once) by the factors of both
+        sites scales that product, and where the factors are 1 the norm sees exactly its own input."""
+
         def hook(module, args, kwargs):
-            y = args[0] if args else kwargs.pop("hidden_states")
-            z = args[1] if len(args) > 1 else kwargs.pop("gate", None)
-            f_y = self._factor(ssm_out, y.dtype)
-            if f_y is not None:
-                y = y * f_y
-            f_z = self._factor(gate, torch.float32)
-            if f_z is not None and z is not None:
-                # scale SiLU(z) itself, then hand the norm the already-gated input (it skips its own gate)
-                y, z = y.to(torch.float32) * (F.silu(z.to(torch.float32)) * f_z), None
-            return (y, z), kwargs
+            factors = [f for f in (self._factor(ssm_out), self._factor(gate)) if f is not None]
+            if not factors:
+                return None
+            f = factors[0] if len(factors) == 1 else factors[0] * factors[1]
+            if args:
+                return (_scaled(args[0], f), *args[1:]), kwargs
+            kwargs["hidden_states"] = _scaled(kwargs["hidden_states"], f)
+            return args, kwargs
 
         return hook
 
     def _install_scan_swap(self, mixer: torch.nn.Module, sites: dict[str, _SiteScaler]) -> None:
-        module_dict = vars(sys.modules[type(mixer).__module__])
-        scan_name, step_name, fused_name = SCAN_FUNCTIONS[self.arch.family]
-        missing = [n for n in (scan_name, step_name, fused_name) if n not in module_dict]
-        if missing:
-            import transformers
-
-            raise RuntimeError(
-                f"steering sites {sorted(sites)} need {missing} in {type(mixer).__module__}, which "
-                f"transformers {transformers.__version__} does not have; supported: transformers>=5.17,<6"
-            )
+        module_dict, (scan_name, step_name, fused_name) = scan_functions(mixer, self.arch.family)
         make = self._mamba2_wrappers if self.arch.family == "mamba2" else self._mamba1_wrappers
         scan, step = make(module_dict[scan_name], module_dict[step_name], sites)
         replacements = {scan_name: scan, step_name: step, fused_name: _no_fused_path}
@@ -214,58 +211,38 @@ class _Steerer:
 
     def _mamba1_wrappers(self, scan_fn, step_fn, sites):
         delta, b_site, c_site = sites.get("delta"), sites.get("B"), sites.get("C")
-        ssm_out, gate = sites.get("ssm_out"), sites.get("gate")
+        gated = [sites[s] for s in ("ssm_out", "gate") if s in sites]
 
         def scale_inputs(dt, B, C, kwargs, bias_key, softplus_key, to_layout):
-            f = self._factor(delta, dt.dtype)
+            f = self._factor(delta)
             if f is not None:
-                bias = kwargs.pop(bias_key, None)
-                if bias is not None:
-                    bias = bias.to(dt.dtype)
-                    dt = dt + (bias[:, None] if dt.dim() == 3 else bias)  # (b, d, l) scan or (b, d) step
-                if kwargs.pop(softplus_key, False):
-                    dt = F.softplus(dt)
-                dt = dt * to_layout(f)
-                kwargs[bias_key], kwargs[softplus_key] = _zero_bias(bias), False
-            f = self._factor(b_site, B.dtype)
+                dt = _steered_dt(dt, to_layout(f), kwargs.get(bias_key), kwargs.get(softplus_key, False))
+            f = self._factor(b_site)
             if f is not None:
-                B = B * to_layout(f)
-            f = self._factor(c_site, C.dtype)
+                B = _scaled(B, to_layout(f))
+            f = self._factor(c_site)
             if f is not None:
-                C = C * to_layout(f)
+                C = _scaled(C, to_layout(f))
             return dt, B, C
 
-        def gate_after(out, z, to_layout):
-            f_y = self._factor(ssm_out, out.dtype)
-            if f_y is not None:
-                out = out * to_layout(f_y)
-            g = F.silu(z)
-            f_g = self._factor(gate, g.dtype)
-            if f_g is not None:
-                g = g * to_layout(f_g)
-            return out * g
-
-        postpone_gate = ssm_out is not None or gate is not None
+        def scale_output(out, to_layout):
+            # the scan returns y·SiLU(z) (D skip included): ssm_out and gate both scale that product
+            for scaler in gated:
+                f = self._factor(scaler)
+                if f is not None:
+                    out = _scaled(out, to_layout(f))
+            return out
 
         def scan(u, dt, A, B, C, *args, **kwargs):  # u, dt, z: (b, d_inner, l); B, C: (b, d_state, l)
             dt, B, C = scale_inputs(dt, B, C, kwargs, "delta_bias", "delta_softplus", _channels_first)
-            z = kwargs.pop("z", None) if postpone_gate else None
-            if postpone_gate:
-                kwargs["z"] = None
             result = scan_fn(u, dt, A, B, C, *args, **kwargs)
-            if z is None:
-                return result
-            if isinstance(result, tuple):
-                return (gate_after(result[0], z, _channels_first), *result[1:])
-            return gate_after(result, z, _channels_first)
+            if isinstance(result, tuple):  # (y, last state): the state is not y and stays as it is
+                return (scale_output(result[0], _channels_first), *result[1:])
+            return scale_output(result, _channels_first)
 
         def step(state, x, dt, A, B, C, *args, **kwargs):  # x, dt, z: (b, d_inner); B, C: (b, d_state)
             dt, B, C = scale_inputs(dt, B, C, kwargs, "dt_bias", "dt_softplus", _one_step)
-            z = kwargs.pop("z", None) if postpone_gate else None
-            if postpone_gate:
-                kwargs["z"] = None
-            out = step_fn(state, x, dt, A, B, C, *args, **kwargs)
-            return out if z is None else gate_after(out, z, _one_step)
+            return scale_output(step_fn(state, x, dt, A, B, C, *args, **kwargs), _one_step)
 
         return scan, step
 
@@ -273,48 +250,75 @@ class _Steerer:
         delta, b_site, c_site = sites.get("delta"), sites.get("B"), sites.get("C")
         groups, d_state = self.arch.n_groups, self.arch.d_state
 
-        def softplus_dt(dt, kwargs):
-            bias = kwargs.pop("dt_bias", None)
-            if bias is not None:
-                dt = dt + bias.to(dt.dtype)
-            if kwargs.pop("dt_softplus", False):
-                dt = F.softplus(dt)
-            kwargs["dt_bias"], kwargs["dt_softplus"] = _zero_bias(bias), False
-            return dt
-
         def scale_bc(B, C, per_group):
-            f = self._factor(b_site, B.dtype)
+            f = self._factor(b_site)
             if f is not None:
-                B = B * per_group(f)
-            f = self._factor(c_site, C.dtype)
+                B = _scaled(B, per_group(f))
+            f = self._factor(c_site)
             if f is not None:
-                C = C * per_group(f)
+                C = _scaled(C, per_group(f))
             return B, C
 
         def scan(x, dt, A, B, C, *args, **kwargs):  # x: (b, l, h, p); dt: (b, l, h); B, C: (b, l, g, n)
-            f = self._factor(delta, dt.dtype)
+            f = self._factor(delta)
             if f is not None:
-                dt = softplus_dt(dt, kwargs)
-                low, high = kwargs.pop("dt_limit", (0.0, float("inf")))
-                dt = torch.clamp(dt, min=low, max=high) * f
-                kwargs["dt_limit"] = (0.0, float("inf"))
+                limit = tuple(kwargs.get("dt_limit", _NO_LIMIT))
+                dt = _steered_dt(dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False), limit)
+                if limit != _NO_LIMIT:
+                    kwargs["dt_limit"] = _NO_LIMIT  # _steered_dt clamped Δ before scaling it
             B, C = scale_bc(B, C, lambda f: f.unflatten(-1, (groups, d_state)))
             return scan_fn(x, dt, A, B, C, *args, **kwargs)
 
         def step(state, x, dt, A, B, C, *args, **kwargs):  # x, dt: (b, h, p); B, C: (b, g, n)
-            f = self._factor(delta, dt.dtype)
+            f = self._factor(delta)
             if f is not None:
-                dt = softplus_dt(dt, kwargs) * _one_step(f)[..., None]
+                f = _one_step(f)[..., None]
+                dt = _steered_dt(dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False))
             B, C = scale_bc(B, C, lambda f: _one_step(f).unflatten(-1, (groups, d_state)))
             return step_fn(state, x, dt, A, B, C, *args, **kwargs)
 
         return scan, step
 
 
-def _zero_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
-    """Δ is handed over with its bias already added; a zero bias (not None) keeps mamba-ssm's Triton
-    state update working (2.3.2 dereferences dt_bias unconditionally) and adds exactly nothing."""
-    return None if bias is None else torch.zeros_like(bias)
+_NO_LIMIT = (0.0, float("inf"))
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = y > 0, on the branch torch's and the kernels' softplus take: x itself above 20."""
+    return torch.where(y > 20.0, y, y + torch.log(-torch.expm1(-y)))
+
+
+def _steered_dt(
+    dt: torch.Tensor,
+    f: torch.Tensor,
+    bias: torch.Tensor | None,
+    softplus: bool,
+    limit: tuple[float, float] = _NO_LIMIT,
+) -> torch.Tensor:
+    """The Δ input dt for which the scan's own Δ = clamp(softplus(dt + bias)) comes out times f (fp32,
+    broadcast to dt's layout).
+
+    The scan keeps its bias, its softplus and its fp32 arithmetic; only the steered entries of dt
+    change. So where f is 1 the scan computes exactly what it computes unsteered, in every dtype and on
+    the kernels as well. Δ is a step size: a target below the smallest positive float is taken as that
+    float. A factor that requires grad (the finder's attribution) takes the differentiable inverse
+    everywhere.
+    """
+    b = torch.zeros((), device=dt.device) if bias is None else bias.float()
+    if b.dim() == 1 and dt.dim() == 3 and dt.shape[1] == b.shape[0]:  # Mamba-1 scan layout (b, d, l)
+        b = b[:, None]
+    x = dt.float() + b
+    value = F.softplus(x) if softplus else x
+    limited = limit != _NO_LIMIT
+    clamped = value.clamp(min=limit[0], max=limit[1]) if limited else value
+    target = (clamped * f).clamp(min=torch.finfo(torch.float32).tiny)
+    steered = ((_inverse_softplus(target) if softplus else target) - b).to(dt.dtype)
+    if f.requires_grad:
+        return steered
+    changed = f != 1.0
+    if limited:
+        changed = changed | (value < limit[0]) | (value > limit[1])
+    return torch.where(changed, steered, dt)
 
 
 def _no_fused_path(*args: Any, **kwargs: Any) -> None:

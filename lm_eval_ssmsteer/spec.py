@@ -189,6 +189,11 @@ def _parse_intervention(item: Any, where: str) -> Intervention:
         raise SpecError(f"{where}.scale: must be a number, got {scale!r}")
     if not math.isfinite(scale):
         raise SpecError(f"{where}.scale: must be a finite number, got {scale!r}")
+    if site == "delta" and scale < 0:
+        raise SpecError(
+            f"{where}.scale: {scale!r} on site 'delta' is not allowed: Δ is a step size and must stay >= 0 "
+            "(a negative Δ makes exp(ΔA) grow without bound); allowed: any finite number >= 0"
+        )
 
     positions = item.get("positions", "all")
     if positions not in POSITIONS:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from lm_eval_ssmsteer.compat import gated_norm_group_size
 from lm_eval_ssmsteer.interpret.attention import hidden_attention, scan_from_attention
 from lm_eval_ssmsteer.interpret.capture import (
     capture_layers,
@@ -242,7 +243,7 @@ def brute_force_knockout(mixer, hidden, sources, targets, features) -> torch.Ten
     gated = y * F.silu(z)
     if A.dim() == 1:
         norm = mixer.norm
-        groups = gated.view(length, -1, norm.group_size)
+        groups = gated.view(length, -1, gated_norm_group_size(norm, d))
         rms = torch.sqrt(groups.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         gated = (groups / rms).view(length, d) * norm.weight.detach()
     return gated @ mixer.out_proj.weight.detach().T + mixer.out_proj.bias.detach()

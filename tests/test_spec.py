@@ -46,6 +46,7 @@ def test_hash_covers_behaviour_not_provenance():
         ({"scale": math.nan}, "scale: must be a finite number, got nan"),
         ({"scale": math.inf}, "scale: must be a finite number, got inf"),
         ({"scale": "big"}, "scale: must be a number"),
+        ({"scale": -0.5}, "scale: -0.5 on site 'delta' is not allowed: Δ is a step size and must stay >= 0"),
         ({"positions": "middle"}, "positions: 'middle' is not allowed; allowed: all, prompt, generated"),
         ({"layer": -1}, "layer: index -1 is negative"),
         ({"channels": []}, "channels: must be an integer, a non-empty list"),

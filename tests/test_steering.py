@@ -9,7 +9,8 @@ import torch
 from reference import reference_logits
 from tiny import ARCHITECTURES, make_model, make_tokenizer
 
-from lm_eval_ssmsteer.hooks import SCAN_FUNCTIONS, steer
+from lm_eval_ssmsteer.compat import SCAN_FUNCTIONS
+from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.sites import describe_model
 from lm_eval_ssmsteer.spec import SITES, SteeringSpec
 

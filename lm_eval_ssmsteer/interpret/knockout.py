@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lm_eval_ssmsteer.compat import forward_cache
 from lm_eval_ssmsteer.interpret.attention import DEFAULT_MEMORY_BYTES, channel_attention_rows, row_chunks
 from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions, mamba_layers
 from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals, mixer_internals, readout
@@ -115,7 +116,7 @@ def knocked_scan(
 def _knockout_hook(spec: KnockoutSpec, memory_bytes: int):
     def hook(mixer: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
         hidden = args[0] if args else kwargs["hidden_states"]
-        if kwargs.get("cache_params") is not None and hidden.shape[1] == 1:
+        if forward_cache(kwargs) is not None and hidden.shape[1] == 1:
             raise RuntimeError(
                 "knockout recomputes whole sequences; it cannot run on a one-token decoding step with "
                 "a cache: call the model on the full input with use_cache=False"

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lm_eval_ssmsteer.compat import gated_norm_group_size
+
 MAMBA1 = "mamba1"
 MAMBA2 = "mamba2"
 
@@ -247,7 +249,7 @@ def mixer_internals(
             out_w,
             out_b,
             norm_weight=_f32(mixer.norm.weight),
-            norm_group_size=getattr(mixer.norm, "group_size", d),
+            norm_group_size=gated_norm_group_size(mixer.norm, d),
             norm_eps=float(mixer.norm.variance_epsilon),
             head_dim=p,
         )

@@ -45,6 +45,7 @@ from transformers.models.mamba.modeling_mamba import (
     mamba_selective_state_update,
 )
 
+from lm_eval_ssmsteer.compat import cached_states, pop_cache, records_past
 from lm_eval_ssmsteer.stable_mamba.configuration import StableMambaConfig
 
 
@@ -98,23 +99,19 @@ class StableMambaMixer(MambaMixer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        cache_params: Cache | None = None,
         attention_mask: torch.LongTensor | None = None,
         **kwargs,
     ):
+        cache_params: Cache | None = pop_cache(kwargs)  # MambaBlock passes it as cache= or cache_params=
         seq_len = hidden_states.shape[1]
         dtype = hidden_states.dtype
-        if cache_params is not None:
-            conv_state = cache_params.get_conv_state(self.layer_idx, state_idx=0)
-            recurrent_state = cache_params.get_recurrent_state(self.layer_idx, state_idx=0)
-        else:
-            conv_state, recurrent_state = None, None
+        conv_state, recurrent_state = cached_states(cache_params, self.layer_idx)
 
         hidden_states = apply_mask_to_padding_states(hidden_states, attention_mask)
         x, gate = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d, l) each
 
         # causal depthwise conv, as MambaMixer does it (one step from the cache when decoding)
-        if conv_state is not None and seq_len == 1 and not cache_params.is_recording_past(self.layer_idx):
+        if conv_state is not None and seq_len == 1 and not records_past(cache_params, self.layer_idx):
             x = causal_conv1d_update(
                 x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation
             )

@@ -1,0 +1,104 @@
+"""What differs between the transformers releases this package supports (``transformers>=5.17,<6``).
+
+The one place that knows how a release names the parts of its Mamba code that the package reaches
+into: forward keywords, output attributes and module-level function names. When a release renames
+one of them, this file changes and nothing else does. Every fact here is checked on both ends of the
+supported range by CI (``.ci/run`` runs the tests on the lowest and the newest release).
+
+- The cache keyword of the model, block and mixer forwards: ``cache_params`` up to 5.23, ``cache``
+  from 5.24 (``cache_params`` still accepted there until 5.40). The model output's attribute likewise.
+- A Mamba layer's cached conv and recurrent states: ``cache.layers[i].conv_states[0]`` (after
+  ``has_previous_state``) up to 5.23, ``cache.get_conv_state(i)`` from 5.24.
+- Mamba-2's gated RMSNorm: over the whole width up to 5.23, per group of width / n_groups from 5.24.
+- The scan functions of each mixer family's modeling module (``SCAN_FUNCTIONS``): the same names
+  across the range.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+SUPPORTED_RANGE = ">=5.17,<6"
+
+# Newest name first: a forward's kwargs hold one of them, whichever the caller used.
+CACHE_NAMES = ("cache", "cache_params")
+
+# Module-level functions each mixer family's modeling module calls for the scan: (prefill, one-token
+# decode, fused training path). Steering wraps the first two and switches off the third.
+SCAN_FUNCTIONS = {
+    "mamba1": ("mamba_selective_scan", "mamba_selective_state_update", "mamba_inner_fn"),
+    "mamba2": ("mamba2_chunk_scan", "mamba2_selective_state_update", "mamba2_split_conv1d_scan_combined"),
+}
+
+
+def forward_cache(kwargs: Mapping[str, Any]) -> Any:
+    """The cache handed to a model, block or mixer forward as a keyword (None when there is none)."""
+    for name in CACHE_NAMES:
+        cache = kwargs.get(name)
+        if cache is not None:
+            return cache
+    return None
+
+
+def pop_cache(kwargs: dict[str, Any]) -> Any:
+    """Like ``forward_cache``, and removes every cache keyword from ``kwargs`` (for a forward of our own
+    that passes the rest on)."""
+    cache = forward_cache(kwargs)
+    for name in CACHE_NAMES:
+        kwargs.pop(name, None)
+    return cache
+
+
+def output_cache(output: Any) -> Any:
+    """The cache a model forward returned in its output (None when it returned none)."""
+    for name in CACHE_NAMES:
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, str, str]]:
+    """(the globals of the mixer's modeling module, its (prefill, decode, fused) scan function names)."""
+    module_dict = vars(sys.modules[type(mixer).__module__])
+    names = SCAN_FUNCTIONS[family]
+    missing = [n for n in names if n not in module_dict]
+    if missing:
+        import transformers
+
+        raise RuntimeError(
+            f"{type(mixer).__module__} has no {missing} in transformers {transformers.__version__}; "
+            f"lm_eval_ssmsteer supports transformers{SUPPORTED_RANGE}"
+        )
+    return module_dict, names
+
+
+def cached_states(cache: Any, layer_idx: int) -> tuple[Any, Any]:
+    """(conv state, recurrent state) of a Mamba layer when ``cache`` already holds them (a forward that
+    continues a sequence), else (None, None).
+
+    5.24 reads them with ``get_conv_state``/``get_recurrent_state``; 5.17 - 5.23 from
+    ``cache.layers[i].conv_states[0]`` once ``has_previous_state(i)``."""
+    if cache is None:
+        return None, None
+    if hasattr(cache, "get_conv_state"):
+        return cache.get_conv_state(layer_idx, state_idx=0), cache.get_recurrent_state(layer_idx, state_idx=0)
+    if not cache.has_previous_state(layer_idx):
+        return None, None
+    layer = cache.layers[layer_idx]
+    return layer.conv_states[0], layer.recurrent_states[0]
+
+
+def records_past(cache: Any, layer_idx: int) -> bool:
+    """Whether the cache is recording a past (then even a one-token forward runs the full conv)."""
+    if hasattr(cache, "is_recording_past"):
+        return cache.is_recording_past(layer_idx)
+    return bool(cache.layers[layer_idx].record_past)
+
+
+def gated_norm_group_size(norm: Any, width: int) -> int:
+    """How many channels Mamba-2's gated RMSNorm normalises together: the whole width up to 5.23
+    (``MambaRMSNormGated`` ignores ``n_groups``), ``norm.group_size`` = width / n_groups from 5.24."""
+    return getattr(norm, "group_size", width)
