@@ -3,12 +3,12 @@
 lm-eval 0.4.13 has no plugin discovery, so the stock ``lm_eval --model mamba-steered`` command can only
 find this backend through a hook that runs in every Python process. It must cost nothing there: it
 installs one tiny ``sys.meta_path`` finder, imports nothing, and acts only when ``lm_eval.api.registry``
-or ``lm_eval.tasks.manager`` finish importing.
+or ``lm_eval.tasks`` finish importing.
 """
 
 import sys
 
-_WATCHED = ("lm_eval.api.registry", "lm_eval.tasks.manager")
+_WATCHED = ("lm_eval.api.registry", "lm_eval.tasks")
 
 
 class _AfterImport:

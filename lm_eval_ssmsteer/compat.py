@@ -102,3 +102,11 @@ def gated_norm_group_size(norm: Any, width: int) -> int:
     """How many channels Mamba-2's gated RMSNorm normalises together: the whole width up to 5.23
     (``MambaRMSNormGated`` ignores ``n_groups``), ``norm.group_size`` = width / n_groups from 5.24."""
     return getattr(norm, "group_size", width)
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which ``model``'s forward takes a cache (for code that passes one itself)."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return next((name for name in CACHE_NAMES if name in params), CACHE_NAMES[-1])

@@ -34,9 +34,11 @@ def register_model() -> None:
 
 
 def register_tasks() -> None:
-    from lm_eval.tasks import manager
+    # lm_eval.tasks exports TaskManager on every supported release (defined there up to 0.4.10, in
+    # lm_eval.tasks.manager later): patching the class reaches both names.
+    from lm_eval.tasks import TaskManager
 
-    init = manager.TaskManager.__init__
+    init = TaskManager.__init__
     if getattr(init, "_ssmsteer", False):
         return
 
@@ -53,11 +55,11 @@ def register_tasks() -> None:
         init(self, *args, include_path=paths, **kwargs)
 
     __init__._ssmsteer = True
-    manager.TaskManager.__init__ = __init__
+    TaskManager.__init__ = __init__
 
 
 def register_if_loaded() -> None:
     if "lm_eval.api.registry" in sys.modules:
         register_model()
-    if "lm_eval.tasks.manager" in sys.modules:
+    if "lm_eval.tasks" in sys.modules:
         register_tasks()

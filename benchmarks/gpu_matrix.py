@@ -1,0 +1,293 @@
+"""Steering across architectures × dtypes × sites × positions, on the path users run: identity and no crash.
+
+For Mamba-1, Mamba-2 and FalconMamba (mamba-130m shapes, random weights) in fp32, bf16 and fp16, every
+site and every positions mode, steering layers 4, 12 and 20 on all channels:
+- scale 1.0 must reproduce the unsteered model on the same path, bit for bit: prefill logits
+  (batch × length tokens) and cached greedy decoding (prompt, then new tokens; every step's logits);
+- scale 1.5 must run (no exception, finite logits) and change what its positions mode says it changes
+  (``generated`` leaves the prefill alone; every mode changes the decoded logits);
+- on CUDA with mamba-ssm, every layer of a steered prefill and decode step must launch the scan kernels
+  (bf16, scale 1.5, positions all).
+The unsteered model run twice gives the path's own run-to-run difference (0 for deterministic kernels),
+which is the bound the identity is held to. Prints one Markdown table; exits 1 on any failure.
+
+    python benchmarks/gpu_matrix.py --out gpu_matrix.json            # CUDA, 130m shapes
+    python benchmarks/gpu_matrix.py --device cpu --shape tiny        # the same checks on CPU, small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+from lm_eval_ssmsteer.compat import cache_keyword
+from lm_eval_ssmsteer.hooks import steer
+from lm_eval_ssmsteer.spec import POSITIONS, SITES, SteeringSpec
+
+ARCHS = ("mamba", "mamba2", "falcon_mamba")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# kernel-name fragments: mamba-ssm's CUDA selective scan and Triton state update, Mamba-2's chunk scan
+PREFILL_KERNEL = {
+    "mamba": "selective_scan_fwd",
+    "falcon_mamba": "selective_scan_fwd",
+    "mamba2": "chunk_scan_fwd",
+}
+DECODE_KERNEL = "selective_scan_update"
+
+# mamba-130m-hf / mamba2-130m widths; "tiny" keeps the structure at CPU-test size
+SHAPES = {
+    "130m": {"hidden": 768, "layers": 24, "vocab": 50280, "m2_heads": 24, "m2_state": 128, "chunk": 256},
+    "tiny": {"hidden": 64, "layers": 6, "vocab": 512, "m2_heads": 4, "m2_state": 16, "chunk": 16},
+}
+SIZES = {  # (batch, prefill length, prompt length for decoding, new tokens)
+    "130m": (4, 2048, 256, 8),
+    "tiny": (2, 48, 12, 4),
+}
+
+
+def build(arch: str, shape: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    s = SHAPES[shape]
+    common = {
+        "vocab_size": s["vocab"],
+        "hidden_size": s["hidden"],
+        "num_hidden_layers": s["layers"],
+        "pad_token_id": 0,
+        "eos_token_id": 0,
+        "bos_token_id": 0,
+    }
+    if arch == "mamba2":
+        config = Mamba2Config(
+            **common,
+            state_size=s["m2_state"],
+            num_heads=s["m2_heads"],
+            head_dim=2 * s["hidden"] // s["m2_heads"],
+            n_groups=1,
+            expand=2,
+            chunk_size=s["chunk"],
+        )
+        cls = Mamba2ForCausalLM
+    else:
+        config = (MambaConfig if arch == "mamba" else FalconMambaConfig)(**common, state_size=16, expand=2)
+        cls = MambaForCausalLM if arch == "mamba" else FalconMambaForCausalLM
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(config)
+    return model.to(dtype).eval()
+
+
+def steered_layers(model: torch.nn.Module) -> list[int]:
+    n = model.config.num_hidden_layers
+    return sorted({n // 6, n // 2, (5 * n) // 6})
+
+
+@torch.no_grad()
+def prefill(model, spec, ids) -> torch.Tensor:
+    with steer(model, spec):
+        return model(ids).logits.float()
+
+
+@torch.no_grad()
+def decode(model, spec, prompt, new_tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequences, stacked per-step logits) of cached greedy decoding."""
+    with steer(model, spec):
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1).float()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@torch.no_grad()
+def kernel_launches(model, spec, ids) -> tuple[int, int]:
+    """mamba-ssm scan kernel launches in a steered prefill and in one steered decode step."""
+    arch = model.config.model_type
+    with steer(model, spec):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            out = model(ids, use_cache=True)
+            torch.cuda.synchronize()
+        prefill_count = sum(e.count for e in prof.key_averages() if PREFILL_KERNEL[arch] in e.key)
+        nxt = out.logits[:, -1:].argmax(-1)
+        cache = getattr(out, "cache", None) or getattr(out, "cache_params", None)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(nxt, use_cache=True, **{cache_keyword(model): cache})
+            torch.cuda.synchronize()
+        decode_count = sum(e.count for e in prof.key_averages() if DECODE_KERNEL in e.key)
+    return prefill_count, decode_count
+
+
+def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple[list[dict], list[str]]:
+    model = build(arch, shape, DTYPES[dtype_name], device)
+    layers = steered_layers(model)
+    batch, length, prompt_len, new_tokens = SIZES[shape]
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(1, vocab, (batch, length), generator=g).to(device)
+    prompt = torch.randint(1, vocab, (batch, prompt_len), generator=g).to(device)
+
+    base = prefill(model, None, ids)
+    noise_prefill = max_diff(prefill(model, None, ids), base)
+    base_seq, base_dec = decode(model, None, prompt, new_tokens)
+    seq2, dec2 = decode(model, None, prompt, new_tokens)
+    noise_decode = max_diff(dec2, base_dec) if torch.equal(seq2, base_seq) else float("inf")
+    count_kernels = device == "cuda" and _has_kernels()
+
+    rows, failures = [], []
+    for site in SITES:
+        for positions in POSITIONS:
+            where = f"{arch}/{dtype_name}/{site}/{positions}"
+            row = {"arch": arch, "dtype": dtype_name, "site": site, "positions": positions, "layers": layers}
+            try:
+                one = SteeringSpec.single(layer=layers, site=site, scale=1.0, positions=positions)
+                more = SteeringSpec.single(layer=layers, site=site, scale=1.5, positions=positions)
+                row["identity_prefill"] = max_diff(prefill(model, one, ids), base)
+                seq, dec = decode(model, one, prompt, new_tokens)
+                row["identity_decode"] = (
+                    max_diff(dec, base_dec) if torch.equal(seq, base_seq) else float("inf")
+                )
+                steered = prefill(model, more, ids)
+                _, steered_dec = decode(model, more, prompt, new_tokens)
+                row["effect_prefill"] = max_diff(steered, base)
+                row["effect_decode"] = max_diff(steered_dec, base_dec)
+                row["finite"] = bool(torch.isfinite(steered).all() and torch.isfinite(steered_dec).all())
+                if count_kernels and dtype_name == "bf16" and positions == "all":
+                    row["prefill_kernels"], row["decode_kernels"] = kernel_launches(model, more, ids)
+            except Exception as exc:  # a crash is a result of the matrix, reported with the rest
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                failures.append(f"{where}: {row['error']}")
+                rows.append(row)
+                continue
+            failures += check(row, where, noise_prefill, noise_decode, model.config.num_hidden_layers)
+            rows.append(row)
+    for row in rows:
+        row["noise_prefill"], row["noise_decode"] = noise_prefill, noise_decode
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows, failures
+
+
+def check(row: dict, where: str, noise_prefill: float, noise_decode: float, n_layers: int) -> list[str]:
+    failures = []
+    if row["identity_prefill"] > noise_prefill:
+        failures.append(f"{where}: scale 1.0 prefill differs from unsteered by {row['identity_prefill']:.3g}")
+    if row["identity_decode"] > noise_decode:
+        failures.append(f"{where}: scale 1.0 decoding differs from unsteered by {row['identity_decode']:.3g}")
+    if not row["finite"]:
+        failures.append(f"{where}: scale 1.5 gives non-finite logits")
+    prefill_moves = row["positions"] != "generated"
+    if (row["effect_prefill"] > noise_prefill) != prefill_moves:
+        failures.append(
+            f"{where}: scale 1.5 prefill effect {row['effect_prefill']:.3g} contradicts positions"
+        )
+    if row["effect_decode"] <= noise_decode:
+        failures.append(f"{where}: scale 1.5 changes no decoded logit")
+    for key in ("prefill_kernels", "decode_kernels"):
+        if key in row and row[key] < n_layers:
+            failures.append(f"{where}: {row[key]} of {n_layers} layers ran the scan kernel ({key})")
+    return failures
+
+
+def _has_kernels() -> bool:
+    try:
+        import mamba_ssm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def versions() -> dict[str, str | None]:
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__}
+    for pkg in ("mamba_ssm", "causal_conv1d"):
+        try:
+            out[pkg] = __import__(pkg).__version__
+        except ImportError:
+            out[pkg] = None
+    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """One line per (arch, dtype, site): the worst identity difference over the positions modes."""
+    lines = [
+        "| arch | dtype | site | scale 1.0 vs unsteered: prefill | decode | run-to-run | ×1.5 effect: "
+        "prefill (all) | decode (all) | scan kernels prefill/decode |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["arch"], row["dtype"], row["site"]), []).append(row)
+    for (arch, dtype, site), group in groups.items():
+        if any("error" in r for r in group):
+            err = next(r["error"] for r in group if "error" in r)
+            lines.append(f"| {arch} | {dtype} | {site} | CRASH: {err[:60]} | | | | | |")
+            continue
+        full = next(r for r in group if r["positions"] == "all")
+        kernels = f"{full['prefill_kernels']}/{full['decode_kernels']}" if "prefill_kernels" in full else "-"
+        lines.append(
+            f"| {arch} | {dtype} | {site} | {max(r['identity_prefill'] for r in group):.3g} | "
+            f"{max(r['identity_decode'] for r in group):.3g} | "
+            f"{full['noise_prefill']:.3g} / {full['noise_decode']:.3g} | {full['effect_prefill']:.3g} | "
+            f"{full['effect_decode']:.3g} | {kernels} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="130m")
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--out", help="write rows, failures and versions as JSON here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here; use --device cpu --shape tiny")
+    start = time.time()
+    rows, failures = [], []
+    for arch in args.archs:
+        for dtype_name in args.dtypes:
+            r, f = run_arch_dtype(arch, dtype_name, args.shape, args.device)
+            rows += r
+            failures += f
+            print(f"{arch} {dtype_name}: {len(f)} failures ({time.time() - start:.0f} s)", file=sys.stderr)
+    info = versions()
+    print(", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"shape {args.shape}, (batch, prefill, prompt, new tokens) = {SIZES[args.shape]}")
+    print(table(rows))
+    for failure in failures:
+        print("FAIL", failure)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {"versions": info, "shape": args.shape, "rows": rows, "failures": failures}, f, indent=1
+            )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
