@@ -272,8 +272,8 @@ class _Steerer:
         def step(state, x, dt, A, B, C, *args, **kwargs):  # x, dt: (b, h, p); B, C: (b, g, n)
             f = self._factor(delta)
             if f is not None:
-                f = _one_step(f)[..., None]
-                dt = _steered_dt(dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False))
+                softplus = kwargs.get("dt_softplus", False)
+                dt = _steered_head_dt(dt, _one_step(f), kwargs.get("dt_bias"), softplus)
             B, C = scale_bc(B, C, lambda f: _one_step(f).unflatten(-1, (groups, d_state)))
             return step_fn(state, x, dt, A, B, C, *args, **kwargs)
 
@@ -286,6 +286,19 @@ _NO_LIMIT = (0.0, float("inf"))
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """x with softplus(x) = y > 0, on the branch torch's and the kernels' softplus take: x itself above 20."""
     return torch.where(y > 20.0, y, y + torch.log(-torch.expm1(-y)))
+
+
+def _steered_head_dt(
+    dt: torch.Tensor, f: torch.Tensor, bias: torch.Tensor | None, softplus: bool
+) -> torch.Tensor:
+    """``_steered_dt`` for Mamba-2's decode step, whose Δ (b, h, p) and bias (h, p) are one value per head
+    broadcast over head_dim (stride 0). The result keeps that layout: mamba-ssm's state update computes
+    such a "tied" Δ once per head, and a materialised copy would take its other branch, which rounds
+    differently (scale 1.0 would then not be the identity)."""
+    if dt.stride(-1) != 0 or (bias is not None and bias.stride(-1) != 0):
+        return _steered_dt(dt, f[..., None], bias, softplus)
+    per_head = _steered_dt(dt[..., 0], f, None if bias is None else bias[..., 0], softplus)
+    return per_head[..., None].expand_as(dt)
 
 
 def _steered_dt(

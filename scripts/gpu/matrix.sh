@@ -2,9 +2,7 @@
 # The GPU matrix of docs/gpu.md on the machine it runs on (needs CUDA and the mamba-ssm kernels):
 #   1. benchmarks/gpu_matrix.py: 3 architectures x fp32/bf16/fp16 x every site x every positions mode,
 #      prefill and cached decoding: no crash, scale 1.0 equal to unsteered on the same path, kernels used;
-#   2. the paper presets and a scale-1.0 delta spec through lm-eval with dtype=bfloat16 on a mamba-130m-
-#      shaped random model with the GPT-NeoX tokenizer (a loglikelihood task and passkey at 8192 tokens):
-#      every run must finish, and the scale-1.0 run's per-sample outputs must equal the unsteered run's.
+#   2. scripts/gpu/presets_lmeval.sh: the paper presets and scale-1.0 specs through lm-eval in bf16.
 #
 #   bash scripts/gpu/matrix.sh OUTDIR NEOX_TOKENIZER_DIR [TAG]
 #
@@ -18,75 +16,5 @@ status=0
 python3 benchmarks/gpu_matrix.py --out "$out/gpu_matrix$tag.json" >"$out/gpu_matrix$tag.log" 2>&1 || status=1
 tail -n 75 "$out/gpu_matrix$tag.log"
 
-work=$(mktemp -d)
-model="$work/mamba-130m-random"
-python3 - "$model" "$neox" <<'PY'
-import sys
-
-import torch
-from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
-
-folder, neox = sys.argv[1:]
-torch.manual_seed(0)
-config = MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16, expand=2,
-                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
-MambaForCausalLM(config).save_pretrained(folder)
-tok = AutoTokenizer.from_pretrained(neox)
-tok.pad_token = tok.eos_token
-tok.save_pretrained(folder)
-PY
-runs=(
-    "unsteered|"
-    "paper-mamba-130m|,steer=paper-mamba-130m"
-    "paper-mamba-130m-dtgate|,steer=paper-mamba-130m-dtgate"
-    "delta-x1.0|,steer_layer=20,steer_site=delta,steer_scale=1.0"
-    "gate-x1.0|,steer_layer=all,steer_site=gate,steer_scale=1.0"
-)
-for entry in "${runs[@]}"; do
-    name=${entry%%|*}
-    extra=${entry#*|}
-    start=$SECONDS
-    if python3 -m lm_eval_ssmsteer eval --model mamba-steered \
-        --model_args "pretrained=$model,dtype=bfloat16$extra" --tasks ssm_copy_mc,ssm_passkey \
-        --metadata '{"max_seq_lengths": [8192], "num_samples": 16}' --device cuda --batch_size 8 \
-        --log_samples --output_path "$work/runs/$name" >"$work/$name.log" 2>&1; then
-        echo "lm-eval $name: ok ($((SECONDS - start)) s)"
-    else
-        echo "lm-eval $name: FAILED"; tail -n 20 "$work/$name.log"; status=1
-    fi
-done
-python3 - "$work/runs" "$out/lmeval$tag.json" <<'PY' || status=1
-import json
-import sys
-from pathlib import Path
-
-runs, dest = Path(sys.argv[1]), Path(sys.argv[2])
-summary, failures = {}, []
-samples = {}
-for run in sorted(p for p in runs.iterdir() if p.is_dir()):
-    results = sorted(run.rglob("results_*.json"))
-    if not results:
-        failures.append(f"{run.name}: no results")
-        continue
-    doc = json.loads(results[-1].read_text())
-    summary[run.name] = {"results": doc["results"], "config": doc["config"]}
-    samples[run.name] = {
-        p.name.split("_20")[0]: [json.loads(line)["resps"] for line in p.read_text().splitlines()]
-        for p in run.rglob("samples_*.jsonl")
-    }
-for name in ("delta-x1.0", "gate-x1.0"):
-    if name in samples and "unsteered" in samples:
-        same = samples[name] == samples["unsteered"]
-        summary[name]["per_sample_outputs_equal_unsteered"] = same
-        if not same:
-            failures.append(f"{name}: per-sample outputs differ from the unsteered run")
-summary["failures"] = failures
-dest.write_text(json.dumps(summary, indent=1))
-for name, run in summary.items():
-    if name != "failures":
-        print(name, {t: {k: v for k, v in r.items() if not k.endswith("stderr,none")} for t, r in run["results"].items()},
-              run.get("per_sample_outputs_equal_unsteered", ""))
-print("failures:", failures)
-sys.exit(1 if failures else 0)
-PY
+bash scripts/gpu/presets_lmeval.sh "$out/lmeval$tag.json" "$neox" || status=1
 exit $status
