@@ -17,7 +17,14 @@ from lm_eval_ssmsteer.interpret.capture import (
     layer_window,
     mamba_layers,
 )
-from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout, knockout_effect
+from lm_eval_ssmsteer.interpret.knockout import (
+    FEATURES,
+    KnockoutSpec,
+    knocked_channels,
+    knocked_scan,
+    knockout,
+    knockout_effect,
+)
 from lm_eval_ssmsteer.interpret.latim import iter_contributions, latim_maps, latim_rows, rollout
 from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, readout
 
@@ -198,6 +205,22 @@ def test_knockout_with_no_sources_equals_no_knockout(model):
     assert relative_error(knocked, base) < 1e-5
 
 
+def knocked_features_by_hand(mixer, features: str) -> set[int]:
+    """The paper's split from the weights alone: score each channel (Mamba-1: Σ_n exp(−exp(A_log[e, n])))
+    or head (Mamba-2: exp(−exp(A_log[h]))); the fast third is the n // 3 lowest scores, the slow third the
+    n // 3 highest. knock_X knocks out the X third, keep_X every feature outside it, all every feature."""
+    score = torch.exp(-torch.exp(mixer.A_log.detach().float()))
+    if score.dim() == 2:
+        score = score.sum(-1)
+    n = score.numel()
+    if features == "all":
+        return set(range(n))
+    ranked = sorted(range(n), key=lambda f: score[f].item())  # fastest decay first
+    action, speed = features.split("_")
+    third = set(ranked[: n // 3] if speed == "fast" else ranked[n - n // 3 :])
+    return third if action == "knock" else set(range(n)) - third
+
+
 def brute_force_knockout(mixer, hidden, sources, targets, features) -> torch.Tensor:
     """Independent reference: run the recurrence step by step twice, the second state skipping the
     source inputs of the knocked features (still decaying), and read targets from the second."""
@@ -207,20 +230,13 @@ def brute_force_knockout(mixer, hidden, sources, targets, features) -> torch.Ten
     D = mixer.D.detach().float()
     length, d = v.shape
     if A.dim() == 2:  # Mamba-1: per channel
-        slowness = torch.exp(A).sum(-1)
         feature_of_channel = torch.arange(d)
         B = C = None
     else:  # Mamba-2: per head, B/C per group
         heads = A.shape[0]
-        slowness = torch.exp(A)
         feature_of_channel = torch.arange(d) // (d // heads)
         group_of_head = torch.arange(heads) // (heads // internals.B.shape[2])
-    n_features = slowness.numel()
-    if features == "all":
-        knocked_features = set(range(n_features))
-    else:
-        ranked = sorted(range(n_features), key=lambda f: slowness[f].item(), reverse=features == "slow")
-        knocked_features = set(ranked[: max(1, n_features // 3)])
+    knocked_features = knocked_features_by_hand(mixer, features)
     y = torch.zeros(length, d)
     for e in range(d):
         f = int(feature_of_channel[e])
@@ -249,7 +265,7 @@ def brute_force_knockout(mixer, hidden, sources, targets, features) -> torch.Ten
     return gated @ mixer.out_proj.weight.detach().T + mixer.out_proj.bias.detach()
 
 
-@pytest.mark.parametrize("features", ["all", "fast", "slow"])
+@pytest.mark.parametrize("features", list(FEATURES))
 def test_knockout_equals_a_brute_force_scan_without_the_sources(model, features):
     ids = random_ids(length=16)
     sources, targets = (2, 3, 9), (3, 10, 14, 15)
@@ -265,6 +281,57 @@ def test_knockout_equals_a_brute_force_scan_without_the_sources(model, features)
         assert relative_error(knocked[layer].mixer_output[0], reference) < 1e-5, layer
     moved = (knocked[1].mixer_output - base[1].mixer_output)[0].norm(dim=-1)
     assert moved[list(targets)].max() > 1e-3 and torch.all(moved[[0, 1, 2, 4, 5, 11]] == 0)
+
+
+def feature_of_each_channel(internals) -> torch.Tensor:
+    d = internals.v.shape[-1]
+    return torch.arange(d) if internals.kind == "mamba1" else torch.arange(d) // internals.head_dim
+
+
+@pytest.mark.parametrize("features", list(FEATURES))
+def test_the_knocked_channels_follow_the_decay_ranking(model, features):
+    mixer = mamba_layers(model)[1].mixer
+    internals = layer_internals(model, random_ids(), [1])[1]
+    by_hand = knocked_features_by_hand(mixer, features)
+    expected = torch.tensor([int(f) in by_hand for f in feature_of_each_channel(internals)])
+    assert torch.equal(knocked_channels(internals, features), expected)
+    n = mixer.A_log.shape[0]
+    assert len(by_hand) == {"all": n, "knock": n // 3, "keep": n - n // 3}[features.split("_")[0]]
+
+
+@pytest.mark.parametrize("speed", ["fast", "slow"])
+def test_keep_knocks_out_exactly_the_channels_that_knock_spares(model, speed):
+    internals = layer_internals(model, random_ids(), [1])[1]
+    knock, keep = knocked_channels(internals, f"knock_{speed}"), knocked_channels(internals, f"keep_{speed}")
+    assert torch.equal(keep, ~knock) and knock.any() and keep.any()
+    feature = feature_of_each_channel(internals)
+    for mask in (knock, keep):  # a Mamba-2 head is knocked out whole
+        assert all(len(set(mask[feature == f].tolist())) == 1 for f in feature.unique())
+
+
+@pytest.mark.parametrize("speed", ["fast", "slow"])
+def test_knock_and_keep_of_one_third_together_remove_what_all_removes(model, speed):
+    internals = layer_internals(model, random_ids(), [1])[1]
+    sources, targets = (2, 3, 9, 20), (10, 21, 30, LENGTH - 1)
+    removed = {
+        features: internals.y - knocked_scan(internals, sources, targets, features)
+        for features in ("all", f"knock_{speed}", f"keep_{speed}")
+    }
+    knocked, kept = removed[f"knock_{speed}"], removed[f"keep_{speed}"]
+    assert relative_error(knocked + kept, removed["all"]) < 1e-5
+    assert knocked.norm() > 1e-3 * removed["all"].norm() and kept.norm() > 1e-3 * removed["all"].norm()
+    untouched = [t for t in range(LENGTH) if t not in targets]
+    assert torch.all(removed["all"][:, untouched] == 0)
+
+
+@pytest.mark.parametrize("old", ["fast", "slow"])
+def test_the_ambiguous_old_feature_names_are_refused_naming_both_meanings(old):
+    with pytest.raises(ValueError, match=f"features '{old}' is ambiguous") as refused:
+        KnockoutSpec(layers=(0,), sources=(0,), targets=(1,), features=old)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"knock_{old} (the {old}est-decaying third is knocked out" in message
+    assert f"keep_{old} (that third keeps its flow" in message
 
 
 def test_knockout_effect_reports_probability_change_and_argmax(model):

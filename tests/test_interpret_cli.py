@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from lm_eval_ssmsteer.interpret import cli
 from lm_eval_ssmsteer.interpret.capture import layer_internals
+from lm_eval_ssmsteer.interpret.knockout import FEATURES
 from lm_eval_ssmsteer.interpret.latim import latim_maps
 
 pytest.importorskip("matplotlib")
@@ -114,23 +115,37 @@ def test_knockout_sweeps_windows_and_reports_each(model_dir, tmp_path, capsys):
             "2",
             "--features",
             "all",
-            "slow",
+            "keep_slow",
             "--out",
             str(out),
         )
         == 0
     )
-    results = json.loads((out / "knockout.json").read_text())["results"]
+    record = json.loads((out / "knockout.json").read_text())
+    results = record["results"]
     assert [(r["spec"]["layers"], r["spec"]["features"]) for r in results] == [
         ([0, 1], "all"),
         ([1, 2], "all"),
-        ([0, 1], "slow"),
-        ([1, 2], "slow"),
+        ([0, 1], "keep_slow"),
+        ([1, 2], "keep_slow"),
     ]
+    assert record["feature_sets"] == {"all": FEATURES["all"], "keep_slow": FEATURES["keep_slow"]}
+    assert "keeps its flow" in record["feature_sets"]["keep_slow"]
     assert all(r["spec"]["sources"] == [6, 7, 8, 9, 10] and r["position"] == len(TEXT) - 1 for r in results)
     assert all(r["argmax_hit_base"] for r in results)
     assert (out / "knockout.png").read_bytes()[:8] == PNG_MAGIC
-    assert "layers 1-2 features=slow: p=" in capsys.readouterr().out
+    assert "layers 1-2 features=keep_slow: p=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("old", ["fast", "slow"])
+def test_knockout_refuses_the_ambiguous_old_feature_names(model_dir, tmp_path, capsys, old):
+    argv = ("--model", str(model_dir), "--text", TEXT, "--sources", "1", "--out", str(tmp_path))
+    with pytest.raises(SystemExit) as refused:
+        run("knockout", *argv, "--features", "all", old)
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert f"features '{old}' is ambiguous: use knock_{old}" in error and f"keep_{old}" in error
+    assert not (tmp_path / "knockout.json").exists()
 
 
 @pytest.mark.parametrize(

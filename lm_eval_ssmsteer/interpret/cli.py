@@ -18,7 +18,13 @@ from lm_eval_ssmsteer.interpret.capture import (
     layer_window,
     mamba_layers,
 )
-from lm_eval_ssmsteer.interpret.knockout import FEATURES, KnockoutSpec, knockout_effect, next_token_probs
+from lm_eval_ssmsteer.interpret.knockout import (
+    FEATURES,
+    KnockoutSpec,
+    check_features,
+    knockout_effect,
+    next_token_probs,
+)
 from lm_eval_ssmsteer.interpret.latim import METHODS, latim_maps, rollout
 from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, mixer_kind
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, save_npz, token_labels
@@ -40,6 +46,13 @@ def parse_indices(text: str, what: str) -> list[int]:
 
 def _index_list(what: str):
     return lambda text: parse_indices(text, what)
+
+
+def _feature_set(name: str) -> str:
+    try:
+        return check_features(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +108,17 @@ def add_parser(subparsers) -> None:
         type=int,
         help="one window from this layer (default: every window; --layers restricts the starts)",
     )
-    knock.add_argument("--features", nargs="+", choices=FEATURES, default=["all"])
+    knock.add_argument(
+        "--features",
+        nargs="+",
+        type=_feature_set,
+        choices=FEATURES,
+        default=["all"],
+        metavar="NAME",
+        help="one knockout per value: "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in FEATURES.items())
+        + " (default: all)",
+    )
     knock.add_argument("--position", type=int, default=-1, help="prediction position (default: -1)")
     knock.add_argument(
         "--target-token-id",
@@ -219,7 +242,9 @@ def run_knockout(args: argparse.Namespace) -> list[Path]:
             spec = KnockoutSpec(window, tuple(args.sources), tuple(args.targets), features)
             effect = knockout_effect(model, input_ids, spec, args.target_token_id, position, base_probs)
             results.append({"spec": spec.to_dict(), **effect.to_dict()})
-    written = [save_json(args.out / "knockout.json", {**meta, "results": results})]
+    feature_sets = {name: FEATURES[name] for name in args.features}  # what each spec's "features" means
+    record = {**meta, "feature_sets": feature_sets, "results": results}
+    written = [save_json(args.out / "knockout.json", record)]
     if len(windows) > 1:
         starts = [w[0] for w in windows]
         series = {

@@ -1,5 +1,5 @@
 """Mamba Knockout (arXiv 2505.24244): block the flow from source tokens to target tokens in a window of
-layers, optionally only through the fastest- or slowest-decaying features, and measure the prediction.
+layers, in all features or split by decay (see FEATURES), and measure the prediction.
 
 In each mixer of the window, target positions t read a scan whose state skipped the source inputs
 (still decaying over them); every other position is untouched. Because the state is linear in its
@@ -27,13 +27,38 @@ from lm_eval_ssmsteer.interpret.attention import DEFAULT_MEMORY_BYTES, channel_a
 from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions, mamba_layers
 from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals, mixer_internals, readout
 
-FEATURES = ("all", "fast", "slow")
+# Which features (channels for Mamba-1, heads for Mamba-2) have their flow knocked out. "The fast third":
+# the third with the fastest decay (see decay_third). The authors' code (model_interface.py
+# _get_feature_mask) builds a mask of the features that KEEP their flow, so their FAST_DECAY / SLOW_DECAY
+# curves are keep_fast / keep_slow here.
+FEATURES = {
+    "all": "every channel/head is knocked out",
+    "knock_fast": "the fastest-decaying third of the channels/heads is knocked out; the rest keep their flow",
+    "knock_slow": "the slowest-decaying third of the channels/heads is knocked out; the rest keep their flow",
+    "keep_fast": "the fastest-decaying third of the channels/heads keeps its flow; the other two thirds are "
+    "knocked out (the paper's FAST_DECAY)",
+    "keep_slow": "the slowest-decaying third of the channels/heads keeps its flow; the other two thirds are "
+    "knocked out (the paper's SLOW_DECAY)",
+}
+
+
+def check_features(name: str) -> str:
+    """``name`` if it is one of FEATURES; the pre-rename "fast"/"slow" are refused with both meanings."""
+    if name in ("fast", "slow"):
+        raise ValueError(
+            f"features {name!r} is ambiguous: use knock_{name} (the {name}est-decaying third is knocked "
+            f"out, the rest keep their flow; the old {name!r}) or keep_{name} (that third keeps its flow, "
+            f"the other two thirds are knocked out; the paper's {name.upper()}_DECAY)"
+        )
+    if name not in FEATURES:
+        raise ValueError(f"features {name!r} is not one of {', '.join(FEATURES)}")
+    return name
 
 
 @dataclass(frozen=True)
 class KnockoutSpec:
     """Which flow to block: from token positions ``sources`` to ``targets`` (negative = from the end) in
-    mixers ``layers``, through ``features`` ("all", "fast" or "slow" third of channels/heads by decay)."""
+    mixers ``layers``, through ``features`` (a key of FEATURES)."""
 
     layers: tuple[int, ...]
     sources: tuple[int, ...]
@@ -41,8 +66,7 @@ class KnockoutSpec:
     features: str = "all"
 
     def __post_init__(self) -> None:
-        if self.features not in FEATURES:
-            raise ValueError(f"features {self.features!r} is not one of {', '.join(FEATURES)}")
+        check_features(self.features)
         if not self.layers:
             raise ValueError("the knockout window is empty: give at least one layer")
         if not self.targets:
@@ -60,16 +84,23 @@ def decay_score(internals: MixerInternals) -> torch.Tensor:
     return torch.exp(internals.A)  # (H,)
 
 
+def decay_third(score: torch.Tensor, speed: str) -> torch.Tensor:
+    """Indices of the ``speed`` ("fast"/"slow") third of the features by decay score (at least one; ties
+    in index order). The authors rank the same way and size the third n // 3 (no minimum)."""
+    order = torch.argsort(score, descending=speed == "slow", stable=True)
+    return order[: max(1, score.numel() // 3)]
+
+
 def knocked_channels(internals: MixerInternals, features: str) -> torch.Tensor:
-    """Bool (d,): the channels whose flow is knocked out. "fast"/"slow": the third of the features
-    (channels for Mamba-1, heads for Mamba-2, at least one) with the fastest/slowest decay."""
+    """Bool (d,): the channels whose flow is knocked out under ``features`` (see FEATURES); for Mamba-2
+    each head's mask is repeated over its channels."""
     score = decay_score(internals)
     knocked = torch.ones_like(score, dtype=torch.bool)
     if features != "all":
-        third = max(1, score.numel() // 3)
-        order = torch.argsort(score, descending=features == "slow")
-        knocked = torch.zeros_like(knocked)
-        knocked[order[:third]] = True
+        action, speed = check_features(features).split("_")
+        named = torch.zeros_like(knocked)
+        named[decay_third(score, speed)] = True
+        knocked = named if action == "knock" else ~named
     return knocked if internals.kind == MAMBA1 else knocked.repeat_interleave(internals.head_dim)
 
 
