@@ -11,7 +11,9 @@ model_args (besides everything ``hf`` takes):
 from __future__ import annotations
 
 import ast
+import inspect
 from contextlib import nullcontext
+from functools import cache
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -26,6 +28,8 @@ from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
 from lm_eval_ssmsteer.spec import SpecError, SteeringSpec, load_spec
 
 _SHORTHAND = ("steer_layer", "steer_site", "steer_channels", "steer_scale", "steer_positions")
+# lm-eval passes these to every backend, whatever its signature
+_ALWAYS_PASSED = ("batch_size", "max_batch_size", "device")
 
 
 def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpec | None:
@@ -154,3 +158,16 @@ class MambaSteeredLM(HFLM):
             }
         )
         return info
+
+
+@cache
+def model_argument_names() -> frozenset[str]:
+    """Every keyword that ``--model_args`` may give this backend: the parameters of its and HFLM's
+    ``__init__`` (read from their signatures) and what lm-eval passes to every backend."""
+    names = set(_ALWAYS_PASSED)
+    for cls in MambaSteeredLM.__mro__:
+        if "__init__" in vars(cls):
+            params = inspect.signature(cls.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names.discard("self")
+    return frozenset(names)
