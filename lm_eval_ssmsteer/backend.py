@@ -6,16 +6,24 @@ steering is ``hooks.steer``. Without a spec no hook is installed and it behaves 
 model_args (besides everything ``hf`` takes):
     steer=PATH.json | PRESET | '{...inline JSON...}'
     steer_layer=20,steer_site=mixer_out,steer_channels=[4,38],steer_scale=5.0[,steer_positions=all]
+
+Prompts are never cut unless ``max_length`` is given: a state-space model has no positional limit, while
+``hf`` falls back to 2,048 tokens for a config that names no context length (every Mamba config).
 """
 
 from __future__ import annotations
 
 import ast
-from contextlib import nullcontext
+import inspect
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from functools import cache
 from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import normalize_gen_kwargs
 
 import lm_eval_ssmsteer.stable_mamba  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
 from lm_eval_ssmsteer import __version__
@@ -25,7 +33,15 @@ from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
 from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
 from lm_eval_ssmsteer.spec import SpecError, SteeringSpec, load_spec
 
+log = logging.getLogger(__name__)
+
 _SHORTHAND = ("steer_layer", "steer_site", "steer_channels", "steer_scale", "steer_positions")
+# what `max_length` is without a user value: larger than any prompt, small enough for slice arithmetic
+_NO_LIMIT = 2**62
+# lm-eval passes these to every backend, whatever its signature
+_ALWAYS_PASSED = ("batch_size", "max_batch_size", "device")
+# HFLM's own truncation lines (one per request or batch); the backend reports cuts once per call instead
+_HFLM_CUT_LINES = ("Combined length of context", "Left truncation applied")
 
 
 def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpec | None:
@@ -66,6 +82,40 @@ def _literal(value: Any, name: str) -> Any:
         raise SpecError(f"{name}={value!r} is not a number, a list of numbers, or 'all'") from None
 
 
+def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], max_length: int) -> None:
+    """One warning that counts the prompts of a call that `max_length` cuts (lengths, limits in tokens)."""
+    cut = [(n, limit) for n, limit in zip(lengths, limits, strict=True) if n > limit]
+    if not cut:
+        return
+    to = " or ".join(str(limit) for limit in sorted({limit for _, limit in cut}))
+    log.warning(
+        "max_length=%d cut %d of %d %s prompts to their last %s tokens (the longest had %d): a state-space "
+        "model has no positional limit; leave max_length unset to keep whole prompts",
+        max_length,
+        len(cut),
+        len(lengths),
+        request_type,
+        to,
+        max(n for n, _ in cut),
+    )
+
+
+class _DropHFLMCutLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_HFLM_CUT_LINES)
+
+
+@contextmanager
+def _hflm_cut_lines_dropped() -> Iterator[None]:
+    hflm_log = logging.getLogger(HFLM.__module__)
+    dropper = _DropHFLMCutLines()
+    hflm_log.addFilter(dropper)
+    try:
+        yield
+    finally:
+        hflm_log.removeFilter(dropper)
+
+
 @register_model("mamba-steered")
 class MambaSteeredLM(HFLM):
     """HFLM for Mamba, Mamba-2 and FalconMamba models with optional activation steering."""
@@ -99,6 +149,8 @@ class MambaSteeredLM(HFLM):
         else:
             describe_model(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
+        # the batch length that batch_size=auto probes with no max_length, until a call measures its prompts
+        self._longest_prompt = self._DEFAULT_MAX_LENGTH
         self.arch = describe_model(self.model)
         if self.steering_spec is not None:
             resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
@@ -131,6 +183,44 @@ class MambaSteeredLM(HFLM):
         super()._get_config(pretrained, **kwargs)
         describe_config(self._config)  # a non-Mamba model fails before its weights are loaded
 
+    @property
+    def max_length(self) -> int:
+        return self._max_length or _NO_LIMIT
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        if not requests and not self._max_length:
+            # HFLM would probe a batch as long as max_length; probe one as long as the longest prompt
+            requests = [(None, [self.eot_token_id] * self._longest_prompt, [self.eot_token_id])]
+        return super()._detect_batch_size(requests, pos)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if self._max_length:
+            # HFLM feeds (context + continuation)[:-1], keeping the last max_length tokens
+            lengths = [len(context) + len(continuation) - 1 for _, context, continuation in requests]
+            _warn_about_cuts("loglikelihood", lengths, [self._max_length] * len(lengths), self._max_length)
+        with _hflm_cut_lines_dropped():
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if self.batch_size == "auto" and not self._max_length:
+            # with no max_length a document is one window: its tokens after the prefix token
+            self._longest_prompt = max(self._prompt_lengths(requests), default=1)
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if self._max_length:
+            # HFLM keeps room for the generated tokens: a prompt keeps max_length - max_gen_toks tokens
+            gen_kwargs = [normalize_gen_kwargs(dict(r.args[1]), self.max_gen_toks) for r in requests]
+            limits = [self._max_length - kwargs["max_gen_toks"] for kwargs in gen_kwargs]
+            _warn_about_cuts("generate_until", self._prompt_lengths(requests), limits, self._max_length)
+        elif self.batch_size == "auto":
+            self._longest_prompt = max(self._prompt_lengths(requests), default=1)
+        with _hflm_cut_lines_dropped():
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    def _prompt_lengths(self, requests) -> list[int]:
+        return [len(self.tok_encode(r.args[0])) for r in requests]
+
     def _model_call(self, inps, attn_mask=None, labels=None):
         with self._scan(), steer(self.model, self.steering_spec):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
@@ -154,3 +244,16 @@ class MambaSteeredLM(HFLM):
             }
         )
         return info
+
+
+@cache
+def model_argument_names() -> frozenset[str]:
+    """Every keyword that ``--model_args`` may give this backend: the parameters of its and HFLM's
+    ``__init__`` (read from their signatures) and what lm-eval passes to every backend."""
+    names = set(_ALWAYS_PASSED)
+    for cls in MambaSteeredLM.__mro__:
+        if "__init__" in vars(cls):
+            params = inspect.signature(cls.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names.discard("self")
+    return frozenset(names)

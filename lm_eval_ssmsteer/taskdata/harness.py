@@ -3,8 +3,9 @@ that the YAMLs in ``tasks/`` call through their small ``utils.py``.
 
 lm-eval 0.4.13 calls ``custom_dataset(**kwargs)`` with the task YAML's metadata, ``--model_args`` and
 ``--metadata`` merged in one dict. So this module sorts the keys: knobs of this task are used, knobs of
-the suite's other tasks are ignored (one ``--metadata`` serves a whole group), a key that looks like a
-misspelt knob is an error, and everything else is taken as a model argument. Long-context lengths come
+the suite's other tasks are ignored (one ``--metadata`` serves a whole group), every argument of the
+``mamba-steered`` backend (and so of ``hf``) passes untouched, a key that looks like a misspelt knob is an
+error, and everything else is taken as a model argument. Long-context lengths come
 from ``max_seq_lengths`` and are measured with the tokenizer of ``tokenizer``/``pretrained``.
 """
 
@@ -24,13 +25,19 @@ DEFAULT_SEQ_LENGTHS = (512, 1024, 2048)
 DEFAULT_NUM_SAMPLES = {"copying": 100, "retrieval": 100, "longctx": 50}
 SUITE_KEYS = {"max_seq_lengths", "num_samples", "seed"}
 # keys lm-eval itself puts in the metadata
-_PLUMBING = {"version", "config_source", "_metadata", "task", "pretrained", "tokenizer", "model"}
+_PLUMBING = {"version", "config_source", "_metadata", "task", "model"}
 
 
 def _suite_knobs() -> set[str]:
     return SUITE_KEYS | {
         k for spec in TASKS.values() for k in spec.knobs if k != "length" or not spec.long_context
     }
+
+
+def _model_arguments() -> frozenset[str]:
+    from lm_eval_ssmsteer.backend import model_argument_names  # lm-eval glue: imported only when used
+
+    return model_argument_names()
 
 
 def split_metadata(task: str, metadata: dict[str, Any]) -> tuple[dict[str, Any], list[int], int, int]:
@@ -42,7 +49,7 @@ def split_metadata(task: str, metadata: dict[str, Any]) -> tuple[dict[str, Any],
     for key, value in metadata.items():
         if key in own:
             knobs[key] = value
-        elif key not in suite and key not in _PLUMBING:
+        elif key not in suite and key not in _PLUMBING and key not in _model_arguments():
             close = difflib.get_close_matches(key, sorted(suite), n=1, cutoff=0.8)
             if close:
                 raise TaskDataError(
