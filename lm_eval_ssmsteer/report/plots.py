@@ -1,4 +1,4 @@
-"""The leaderboard's two plots, as PNG bytes: score vs context length, and steering gains.
+"""The leaderboard's two plots: score vs context length, and steering gains; as figures and as PNG bytes.
 
 matplotlib (the ``plots`` extra) is imported only when a plot is drawn, with the Agg backend, so a
 report can be written on a machine without a display.
@@ -9,31 +9,49 @@ from __future__ import annotations
 import io
 import math
 
-from lm_eval_ssmsteer.report.leaderboard import Z_95, Leaderboard, Row
+from lm_eval_ssmsteer.report.intervals import interval
+from lm_eval_ssmsteer.report.leaderboard import Leaderboard, Row
 
 LENGTH_PLOT = "accuracy_vs_length.png"
-# rows with equal scores overlap exactly; distinct markers and dashes keep every row visible
+GAINS_PLOT = "steering_gains.png"
+CAPTIONS = {
+    LENGTH_PLOT: "Score vs context length, one line per run (runs side by side at each length). Bars: the "
+    "95% Wilson score interval over the n documents of that length for scores in [0, 1] (it stays in "
+    "[0, 1] and keeps its width at 0 and 1); ±1.96·stderr for other scores; none where neither is known.",
+    GAINS_PLOT: "Steered − the same model unsteered, per task column. Bars: 95% interval "
+    "1.96·√(se_a² + se_b²) from lm-eval's stderrs; a dot without a bar has no interval (no stderr). "
+    "Hatched n/a rows: nothing to compare (the column has no score in the steered run or its reference).",
+}
+# rows with equal scores overlap exactly; distinct markers, dashes and a small sideways offset keep
+# every row visible
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", ":", "-.")
-GAINS_PLOT = "steering_gains.png"
-
-
-def draw_plots(board: Leaderboard) -> dict[str, bytes]:
-    """File name -> PNG bytes for each plot the data supports (lengths measured; steered rows present)."""
-    plots = {}
-    if board.length_tasks:
-        plots[LENGTH_PLOT] = _length_plot(board)
-    if any(row.reference is not None for row in board.rows):
-        plots[GAINS_PLOT] = _gains_plot(board)
-    return plots
-
-
-def row_label(row: Row) -> str:
-    return f"{row.run.model_label} · {row.run.spec_label}"
+DODGE = 0.06  # sideways offset between runs, in log2(length) units
+NOT_AVAILABLE = "n/a"
 
 
 class PlotsUnavailable(RuntimeError):
     """matplotlib is not installed: the report is written without plots."""
+
+
+def draw_plots(board: Leaderboard) -> dict[str, bytes]:
+    """File name -> PNG bytes for each plot the data supports (lengths measured; steered rows present)."""
+    return {name: to_png(fig) for name, fig in figures(board).items()}
+
+
+def figures(board: Leaderboard) -> dict:
+    """File name -> matplotlib Figure, for each plot the data supports."""
+    found = {}
+    if board.length_tasks:
+        found[LENGTH_PLOT] = length_figure(board)
+    if any(row.reference is not None for row in board.rows):
+        found[GAINS_PLOT] = gains_figure(board)
+    return found
+
+
+def row_label(row: Row) -> str:
+    rank = "" if row.rank is None else f"#{row.rank} "
+    return f"{rank}{row.label}"
 
 
 def _pyplot():
@@ -50,68 +68,142 @@ def _pyplot():
     return plt
 
 
-def _png(plt, fig) -> bytes:
+def to_png(fig) -> bytes:
+    plt = _pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
 
 
-def _length_plot(board: Leaderboard) -> bytes:
+def length_figure(board: Leaderboard):
     plt = _pyplot()
     tasks = board.length_tasks
     ncols = min(3, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(5 * ncols, 3.6 * nrows + 0.4 * len(board.rows)),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, task in zip(axes.flat, tasks, strict=False):
         columns = board.length_columns(task)
+        bounded = True
         for i, row in enumerate(board.rows):
             points = [(c.length, row.cells[c]) for c in columns if row.cells[c] is not None]
-            if points:
+            if not points:
+                continue
+            shift = 2 ** ((i - (len(board.rows) - 1) / 2) * DODGE)
+            xs = [length * shift for length, _ in points]
+            (line,) = ax.plot(
+                xs,
+                [score.value for _, score in points],
+                marker=MARKERS[i % len(MARKERS)],
+                linestyle=LINESTYLES[i % len(LINESTYLES)],
+                markersize=6,
+                label=row_label(row),
+            )
+            bars = [(x, score, interval(score)) for x, (_, score) in zip(xs, points, strict=True)]
+            bars = [(x, score, ci) for x, score, ci in bars if ci is not None]
+            if bars:
                 ax.errorbar(
-                    [length for length, _ in points],
-                    [score.value for _, score in points],
-                    yerr=[Z_95 * (score.stderr or 0.0) for _, score in points],
-                    marker=MARKERS[i % len(MARKERS)],
-                    linestyle=LINESTYLES[i % len(LINESTYLES)],
-                    markersize=7 - (i % 3),
+                    [x for x, _, _ in bars],
+                    [score.value for _, score, _ in bars],
+                    yerr=[
+                        [score.value - ci[0] for _, score, ci in bars],
+                        [ci[1] - score.value for _, score, ci in bars],
+                    ],
+                    fmt="none",
+                    ecolor=line.get_color(),
                     capsize=3,
-                    label=row_label(row),
                 )
+            bounded &= all(0.0 <= score.value <= 1.0 for _, score in points)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length")
-        ax.set_ylabel(columns[0].key.metric if columns[0].length is None else "score")
-        ax.set_title(task)
+        lengths = [c.length for c in columns]
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("score")
+        if bounded:
+            ax.set_ylim(-0.04, 1.04)
+        ns = {row.run.tasks[task].n_samples for row in board.rows if task in row.run.tasks}
+        ax.set_title(f"{task} (n={_range(ns)} per length)", fontsize="medium")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
-    fig.suptitle("Score vs context length (bars: 95% interval where lm-eval reports a stderr)")
-    return _png(plt, fig)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=1)
+    fig.suptitle("Score vs context length (bars: 95% Wilson score interval over n documents)")
+    return fig
 
 
-def _gains_plot(board: Leaderboard) -> bytes:
+def _range(counts: set[int | None]) -> str:
+    known = sorted(n for n in counts if n is not None)
+    if not known:
+        return "?"
+    return str(known[0]) if known[0] == known[-1] else f"{known[0]}–{known[-1]}"
+
+
+def gains_figure(board: Leaderboard):
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     steered = [row for row in board.rows if row.reference is not None]
     labels = [c.label for c in board.columns] + ["average"]
     height = 0.8 / len(steered)
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.3 * len(labels) * len(steered) ** 0.5))
+    slot = 0.32 + 0.16 * (len(steered) - 1)  # inches per task column
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.3 * len(steered) + slot * len(labels)), layout="constrained")
+    extent = 0.05
+    gaps = []
     for i, row in enumerate(steered):
         deltas = [row.deltas.get(c) for c in board.columns] + [row.average_delta]
         positions = [y + (i - (len(steered) - 1) / 2) * height for y in range(len(labels))]
-        ax.barh(
-            positions,
-            [d.value if d is not None else 0.0 for d in deltas],
+        shown = [(y, d) for y, d in zip(positions, deltas, strict=True) if d is not None]
+        gaps += [y for y, d in zip(positions, deltas, strict=True) if d is None]
+        bars = ax.barh(
+            [y for y, _ in shown],
+            [d.value for _, d in shown],
             height=height,
-            xerr=[d.half_width if d is not None and d.half_width is not None else 0.0 for d in deltas],
-            capsize=3,
             label=f"{row_label(row)} vs {row.reference.spec_label}",
         )
-    ax.axvline(0.0, color="black", linewidth=0.8)
+        colour = bars.patches[0].get_facecolor() if bars.patches else None
+        # a dot on every measured gain: a gain of 0 stays visible, unlike a missing one
+        ax.plot([d.value for _, d in shown], [y for y, _ in shown], "o", color=colour, markersize=4, zorder=3)
+        known = [(y, d) for y, d in shown if d.half_width is not None]
+        ax.errorbar(
+            [d.value for _, d in known],
+            [y for y, _ in known],
+            xerr=[d.half_width for _, d in known],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
+        extent = max([extent, *(abs(d.value) + (d.half_width or 0.0) for _, d in shown)])
+    limit = extent * 1.1
+    ax.set_xlim(-limit, limit)
+    for y in gaps:
+        ax.barh(y, 2 * limit, left=-limit, height=height, color="none", edgecolor="0.6", hatch="///", lw=0)
+        ax.text(
+            0,
+            y,
+            NOT_AVAILABLE,
+            ha="center",
+            va="center",
+            fontsize="small",
+            color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
+        )
+    ax.axvline(0.0, color="black", linewidth=0.8, zorder=1)
     ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("steered − unsteered (bars: 95% interval where known)")
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlabel("steered − unsteered (bars: 95% interval where lm-eval reports stderrs)")
     ax.set_title("Steering gains over the same model unsteered")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    return _png(plt, fig)
+    handles, names = ax.get_legend_handles_labels()
+    if gaps:
+        handles.append(Patch(facecolor="none", edgecolor="0.6", hatch="///", label=""))
+        names.append(f"{NOT_AVAILABLE}: nothing to compare (no score in the steered run or its reference)")
+    fig.legend(handles, names, loc="outside lower center", fontsize="small")
+    return fig
