@@ -88,6 +88,7 @@ def length_figure(board: Leaderboard):
         squeeze=False,
         layout="constrained",
     )
+    row_counts = [{row.run.tasks[t].n_samples for t in tasks if t in row.run.tasks} for row in board.rows]
     for ax, task in zip(axes.flat, tasks, strict=False):
         columns = board.length_columns(task)
         bounded = True
@@ -103,7 +104,7 @@ def length_figure(board: Leaderboard):
                 marker=MARKERS[i % len(MARKERS)],
                 linestyle=LINESTYLES[i % len(LINESTYLES)],
                 markersize=6,
-                label=row_label(row),
+                label=f"{row_label(row)} (n={_range(row_counts[i])})",
             )
             bars = [(x, score, interval(score)) for x, (_, score) in zip(xs, points, strict=True)]
             bars = [(x, score, ci) for x, score, ci in bars if ci is not None]
