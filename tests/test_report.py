@@ -556,8 +556,10 @@ def test_html_renders_sorts_and_shows_plots_in_chromium(runs, tmp_path, capsys):
     spec.loader.exec_module(checker)
     out = tmp_path / "report"
     assert run_cli(capsys, "report", runs["base"], runs["mild"], runs["harmful"], "--out", out)[0] == 0
-    result = checker.check(out / "report.html", screenshot=tmp_path / "shot.png")
+    result = checker.check(out / "report.html", screenshots=tmp_path / "shots")
     assert result["rows"] == 3
     assert result["sorted_descending"] and result["sorted_ascending"]
     assert result["images"] == 2 and result["images_visible"] == 2
-    assert (tmp_path / "shot.png").read_bytes().startswith(b"\x89PNG")
+    assert result["page_width"] <= result["window_width"] == checker.WINDOW[0]
+    for shot in ("report_top.png", "report_full.png"):
+        assert (tmp_path / "shots" / shot).read_bytes().startswith(b"\x89PNG")
