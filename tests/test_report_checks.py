@@ -21,7 +21,7 @@ import pytest
 
 from lm_eval_ssmsteer.report import cli as report_cli
 from lm_eval_ssmsteer.report import cli_regress
-from lm_eval_ssmsteer.report.intervals import WILSON, interval, is_proportion, wilson
+from lm_eval_ssmsteer.report.intervals import NEWCOMBE, WILSON, difference, interval, is_proportion, wilson
 from lm_eval_ssmsteer.report.leaderboard import build_leaderboard
 from lm_eval_ssmsteer.report.results import Score, load_runs
 from lm_eval_ssmsteer.report.writers import leaderboard_table, scores_csv, scores_table, to_csv, to_html
@@ -123,6 +123,15 @@ def test_proportions_get_wilson_other_scores_get_their_stderr():
     assert not is_proportion(Score(12.3, 0.5, 100))  # a perplexity
     assert not is_proportion(Score(0.5, 0.4, 16))  # wider than any mean of scores in [0, 1]
     assert interval(Score(0.5, None, None)) is None  # neither n nor stderr: no interval, not a zero one
+
+
+def test_a_gain_between_equal_proportions_on_few_documents_is_not_zero_plus_minus_zero():
+    low, high, how = difference(Score(1.0, 0.0, 4), Score(1.0, 0.0, 4))  # 4 of 4 against 4 of 4
+    assert how == NEWCOMBE and -1.0 <= low < 0.0 < high <= 1.0
+    low, high, _ = difference(Score(1.0, 0.0, 400), Score(1.0, 0.0, 400))
+    assert -0.02 < low < 0.0 < high < 0.02  # more documents, narrower
+    low, high, _ = difference(Score(1.0, 0.0, 16), Score(0.0, 0.0, 16))  # all against none: a real gain
+    assert 0.0 < low < high <= 1.0
 
 
 # -- n in every cell, warnings where n differs ----------------------------------------------------------

@@ -1,9 +1,9 @@
 """The leaderboard: one row per (model, steering spec), one column per task (per length for RULER-style
 tasks), the average, the gain over the same model unsteered with a 95% interval, and the rank.
 
-Intervals come from lm-eval's standard errors, treating the two runs as independent samples:
-``1.96 * sqrt(se_a**2 + se_b**2)``. Where lm-eval reports no stderr (custom aggregations, e.g. the
-per-length RULER metrics) the interval is unknown and shown as such, never as zero.
+A gain's interval treats the two runs as independent samples (intervals.difference): Newcombe's interval
+where both scores are proportions, else ``1.96 * sqrt(se_a**2 + se_b**2)`` from lm-eval's standard
+errors. Where neither is known the interval is unknown and shown as such, never as zero.
 
 Rows may have evaluated different numbers of documents (lm-eval's ``--limit``): every score carries its
 n, and the leaderboard's ``warnings`` say where rows of different n are compared.
@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lm_eval_ssmsteer.report.intervals import Z_95
+from lm_eval_ssmsteer.report.intervals import difference
 from lm_eval_ssmsteer.report.results import (
     MetricKey,
     ResultsError,
@@ -45,11 +45,12 @@ class Column:
 @dataclass(frozen=True)
 class Delta:
     value: float
-    half_width: float | None  # of the 95% interval; None when a stderr is missing
+    low: float | None  # the 95% interval; None when unknown
+    high: float | None
 
     @property
     def significant(self) -> bool:
-        return self.half_width is not None and abs(self.value) > self.half_width
+        return self.low is not None and (self.low > 0 or self.high < 0)
 
 
 @dataclass
@@ -273,9 +274,9 @@ def mean_score(scores: list[Score]) -> Score:
 def delta(current: Score | None, reference: Score | None) -> Delta | None:
     if current is None or reference is None:
         return None
-    if current.stderr is None or reference.stderr is None:
-        return Delta(current.value - reference.value, None)
-    return Delta(current.value - reference.value, Z_95 * math.hypot(current.stderr, reference.stderr))
+    found = difference(current, reference)
+    low, high = (None, None) if found is None else found[:2]
+    return Delta(current.value - reference.value, low, high)
 
 
 def _add_deltas(rows: list[Row], columns: list[Column]) -> None:

@@ -18,8 +18,9 @@ CAPTIONS = {
     LENGTH_PLOT: "Score vs context length, one line per run (runs side by side at each length). Bars: the "
     "95% Wilson score interval over the n documents of that length for scores in [0, 1] (it stays in "
     "[0, 1] and keeps its width at 0 and 1); ±1.96·stderr for other scores; none where neither is known.",
-    GAINS_PLOT: "Steered − the same model unsteered, per task column. Bars: 95% interval "
-    "1.96·√(se_a² + se_b²) from lm-eval's stderrs; a dot without a bar has no interval (no stderr). "
+    GAINS_PLOT: "Steered − the same model unsteered, per task column. Bars: 95% interval, Newcombe's from "
+    "the two Wilson score intervals where both scores are proportions, else 1.96·√(se_a² + se_b²) from "
+    "lm-eval's stderrs; a dot without a bar has no known interval. "
     "Hatched n/a rows: nothing to compare (the column has no score in the steered run or its reference).",
 }
 # rows with equal scores overlap exactly; distinct markers, dashes and a small sideways offset keep
@@ -172,16 +173,16 @@ def gains_figure(board: Leaderboard):
         colour = bars.patches[0].get_facecolor() if bars.patches else None
         # a dot on every measured gain: a gain of 0 stays visible, unlike a missing one
         ax.plot([d.value for _, d in shown], [y for y, _ in shown], "o", color=colour, markersize=4, zorder=3)
-        known = [(y, d) for y, d in shown if d.half_width is not None]
+        known = [(y, d) for y, d in shown if d.low is not None]
         ax.errorbar(
             [d.value for _, d in known],
             [y for y, _ in known],
-            xerr=[d.half_width for _, d in known],
+            xerr=[[d.value - d.low for _, d in known], [d.high - d.value for _, d in known]],
             fmt="none",
             ecolor="black",
             capsize=3,
         )
-        extent = max([extent, *(abs(d.value) + (d.half_width or 0.0) for _, d in shown)])
+        extent = max([extent, *(abs(x) for _, d in shown for x in (d.value, d.low, d.high) if x is not None)])
     limit = extent * 1.1
     ax.set_xlim(-limit, limit)
     for y in gaps:
@@ -199,7 +200,7 @@ def gains_figure(board: Leaderboard):
     ax.axvline(0.0, color="black", linewidth=0.8, zorder=1)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set_xlabel("steered − unsteered (bars: 95% interval where lm-eval reports stderrs)")
+    ax.set_xlabel("steered − unsteered (bars: 95% interval; Newcombe's for proportions)")
     ax.set_title("Steering gains over the same model unsteered")
     ax.grid(True, axis="x", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()

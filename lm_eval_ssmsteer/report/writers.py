@@ -57,8 +57,8 @@ def format_score(score: Score | None) -> str:
 def format_delta(d: Delta | None) -> str:
     if d is None:
         return NO_VALUE
-    interval = "±?" if d.half_width is None else f"±{d.half_width:.4f}"
-    return f"{d.value:+.4f} ({interval}){' *' if d.significant else ''}"
+    interval = "[?]" if d.low is None else f"[{d.low:+.4f}, {d.high:+.4f}]"
+    return f"{d.value:+.4f} {interval}{' *' if d.significant else ''}"
 
 
 def format_n(task: TaskResult | None) -> str:
@@ -75,8 +75,9 @@ EXPLANATION = (
     "Scores are value ± lm-eval stderr; n is the number of documents behind a score (for a task scored per "
     "length, per length). The average is the mean over tasks (a task measured at several lengths counts "
     "once, as the mean of its lengths) of the columns where higher is better; rows missing a task get no "
-    "average and no rank. Δ: steered − the same model unsteered, ± the half-width of its 95% interval "
-    "(1.96·√(se_a² + se_b²)); ±? where a stderr is unknown; * where the interval excludes 0."
+    "average and no rank. Δ: steered − the same model unsteered, [its 95% interval]: Newcombe's from the "
+    "two Wilson score intervals where both scores are proportions (0/1 per document), else "
+    "±1.96·√(se_a² + se_b²); [?] where unknown; * where the interval excludes 0."
 )
 
 
@@ -95,7 +96,9 @@ def _text(text: str) -> Cell:
 
 
 def _score(score: Score | None, task: TaskResult | None = None) -> Cell:
-    return Cell(format_score(score), None if score is None else score.value, note=format_n(task))
+    if score is None:
+        return Cell(NO_VALUE)
+    return Cell(format_score(score), score.value, note=format_n(task))
 
 
 def _delta(d: Delta | None, note: str = "") -> Cell:
@@ -246,7 +249,8 @@ def to_csv(board: Leaderboard) -> str:
             "average",
             "average stderr",
             "delta average",
-            "delta average ci95 half-width",
+            "delta average ci95 low",
+            "delta average ci95 high",
         ]
     )
     for row in board.rows:
@@ -263,7 +267,8 @@ def to_csv(board: Leaderboard) -> str:
                 *scores,
                 *_triple(row.average)[:2],
                 _number(d.value if d else None),
-                _number(d.half_width if d else None),
+                _number(d.low if d else None),
+                _number(d.high if d else None),
             ]
         )
     return buffer.getvalue()
