@@ -9,7 +9,6 @@ as missing, not as 0; and ``regress`` calls a drop it cannot resolve inconclusiv
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -18,9 +17,8 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from test_report import run_cli
 
-from lm_eval_ssmsteer.report import cli as report_cli
-from lm_eval_ssmsteer.report import cli_regress
 from lm_eval_ssmsteer.report.intervals import NEWCOMBE, WILSON, difference, interval, is_proportion, wilson
 from lm_eval_ssmsteer.report.leaderboard import build_leaderboard
 from lm_eval_ssmsteer.report.results import Score, load_runs
@@ -77,17 +75,6 @@ def results_file(
     path = folder / "results_2026-12-01T00-00-00.json"
     path.write_text(json.dumps(data))
     return path
-
-
-def run_cli(capsys, *argv: object) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="ssmsteer")
-    subparsers = parser.add_subparsers()
-    report_cli.add_parser(subparsers)
-    cli_regress.add_parser(subparsers)
-    args = parser.parse_args([str(a) for a in argv])
-    code = args.func(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
