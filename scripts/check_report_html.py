@@ -6,9 +6,11 @@ screenshots of it, for a person to look at.
 Loads a copy of the page, in a window of a normal screen's size (1400×1000), with a small self-test
 appended, which sorts the leaderboard by its average (clicking the header twice), measures the plots and
 the page's width; reads the verdict back from ``--dump-dom``; then takes two screenshots of the page
-itself: the first screen (``report_top.png``) and the whole page (``report_full.png``), into
-``report/screenshots/``. Exits 1 (and says why) when the table did not render, sorting did not reorder
-it, a plot is not visible, or the page is wider than the window (a table that runs off the page).
+itself: the first screen (``report_top.png``), the whole page (``report_full.png``) and the scores
+per task scrolled right and down inside their box (``report_scrolled.png``: the header row and the task
+column must stay in view), into ``report/screenshots/``. Exits 1 (and says why) when the table did not
+render, sorting did not reorder it, a plot is not visible, or the page is wider than the window (a table
+that runs off the page).
 """
 
 from __future__ import annotations
@@ -105,8 +107,29 @@ def _run_browser(*args: str) -> str:
     return done.stdout
 
 
-def screenshot(html_path: Path, out: Path, width: int, height: int) -> Path:
-    _run_browser(f"--window-size={width},{height}", f"--screenshot={Path(out).resolve()}", html_path.as_uri())
+# shows the per-task scores first (what comes before it hidden: headless screenshots do not follow a
+# scrolled window) and scrolls its box right and down: the header row and the task column must stay
+SCROLLED = """
+<script>
+window.addEventListener("load", function () {
+  var table = document.getElementById("scores");
+  if (!table) { return; }
+  var box = table.parentElement;
+  for (var node = box.previousElementSibling; node; node = node.previousElementSibling) {
+    if (node.tagName !== "H2") { node.style.display = "none"; }
+  }
+  box.scrollLeft = box.scrollWidth;
+  box.scrollTop = 300;
+});
+</script>
+"""
+
+
+def screenshot(html_path: Path, out: Path, width: int, height: int, script: str = "") -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(tmp) / html_path.name
+        page.write_text(html_path.read_text(encoding="utf-8").replace("</body>", script + "</body>", 1))
+        _run_browser(f"--window-size={width},{height}", f"--screenshot={Path(out).resolve()}", page.as_uri())
     if not out.is_file() or out.stat().st_size == 0:
         raise AssertionError(f"chromium wrote no screenshot to {out}")
     return out
@@ -152,6 +175,7 @@ def check(html_path: Path, screenshots: Path | None = None) -> dict:
         result["screenshots"] = [
             str(screenshot(html_path, screenshots / "report_top.png", width, height)),
             str(screenshot(html_path, screenshots / "report_full.png", width, full_height)),
+            str(screenshot(html_path, screenshots / "report_scrolled.png", width, height, SCROLLED)),
         ]
     return result
 

@@ -572,5 +572,5 @@ def test_html_renders_sorts_and_shows_plots_in_chromium(runs, tmp_path, capsys):
     assert result["sorted_descending"] and result["sorted_ascending"]
     assert result["images"] == 2 and result["images_visible"] == 2
     assert result["page_width"] <= result["window_width"] == checker.WINDOW[0]
-    for shot in ("report_top.png", "report_full.png"):
+    for shot in ("report_top.png", "report_full.png", "report_scrolled.png"):
         assert (tmp_path / "shots" / shot).read_bytes().startswith(b"\x89PNG")

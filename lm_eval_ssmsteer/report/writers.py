@@ -363,13 +363,14 @@ th, td { border-right: 1px solid #ddd; border-bottom: 1px solid #ddd; padding: 4
          white-space: nowrap; background: #fff; }
 td.text, th.text { text-align: left; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; min-width: 6em;
-     max-width: 16em; vertical-align: bottom; }
+     vertical-align: bottom; }
 thead th { position: sticky; top: 0; z-index: 2; }
 td:first-child, th:first-child { position: sticky; left: 0; z-index: 1; }
 thead th:first-child { z-index: 3; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 td.significant { font-weight: bold; }
+span.line { display: block; white-space: nowrap; }
 span.n { display: block; font-size: 11px; color: #666; font-weight: normal; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 figcaption { max-width: 60em; color: #555; }
@@ -401,7 +402,11 @@ def _html_table(table_id: str, table: Table) -> str:
         return f'<td{attrs(cell)} data-sort="{html.escape(sort)}">{html.escape(cell.text)}{note}</td>'
 
     def th(cell: Cell) -> str:
-        text = "<br>".join(map(_breakable, cell.lines)) if cell.lines else _breakable(cell.text)
+        text = (
+            "".join(f'<span class="line">{html.escape(line)}</span>' for line in cell.lines)
+            if cell.lines
+            else _breakable(cell.text)
+        )
         return f'<th{attrs(cell)} title="click to sort">{text}</th>'
 
     head = "".join(map(th, header))
