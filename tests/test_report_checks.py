@@ -22,7 +22,14 @@ from test_report import run_cli
 from lm_eval_ssmsteer.report.intervals import NEWCOMBE, WILSON, difference, interval, is_proportion, wilson
 from lm_eval_ssmsteer.report.leaderboard import build_leaderboard
 from lm_eval_ssmsteer.report.results import Score, load_runs
-from lm_eval_ssmsteer.report.writers import leaderboard_table, scores_csv, scores_table, to_csv, to_html
+from lm_eval_ssmsteer.report.writers import (
+    gains_table,
+    leaderboard_table,
+    scores_csv,
+    scores_table,
+    to_csv,
+    to_html,
+)
 
 PLAIN_TASKS = [f"ssm_task{i:02d}" for i in range(12)]
 LENGTH_TASKS = [f"ssm_long{i}" for i in range(9)]
@@ -149,6 +156,9 @@ def test_every_score_cell_shows_its_n_in_markdown_html_and_csv(mixed, tmp_path, 
     assert {r["limit"] for r in wide} == {"", "--limit 4"}
     long = list(csv.DictReader(io.StringIO(scores_csv(board))))
     assert {(r["n"], r["n_original"], r["limit"]) for r in long} >= {("16", "100", ""), ("4", "100", "4.0")}
+    for cells in gains_table(board)[1][:-1]:  # the last row is the average: no n of its own
+        for cell in cells[1:]:
+            assert (cell.text, cell.note) == ("—", "") or re.fullmatch(r"n=4 vs 16", cell.note), cell
     summary = leaderboard_table(board)[1]
     assert {cells[4].text for cells in summary} == {"n=16", "n=4"}
 

@@ -102,9 +102,9 @@ def _score(score: Score | None, task: TaskResult | None = None) -> Cell:
 
 
 def _delta(d: Delta | None, note: str = "") -> Cell:
-    return Cell(
-        format_delta(d), None if d is None else d.value, significant=bool(d and d.significant), note=note
-    )
+    if d is None:
+        return Cell(NO_VALUE)
+    return Cell(format_delta(d), d.value, significant=d.significant, note=note)
 
 
 def _run_header(row: Row, prefix: str = "") -> Cell:
