@@ -301,8 +301,8 @@ def test_a_different_n_between_baseline_and_current_is_reported(tmp_path, capsys
     assert code == 2
     assert "task 'ssm_task00': n=16 documents in the baseline, n=4 documents (--limit 4) now" in err
     code, out, _ = run_cli(
-        capsys, "regress", "--baseline", baseline, "--current", current, "--allow-config-mismatch"
+        capsys, "regress", "--baseline", baseline, "--current", current, "--allow-config-mismatch", "--all"
     )
     assert code == 0
-    assert "| 16 → 4 |" in out or "unchanged" in out
+    assert re.search(r"\| ssm_task00 \| acc,none \| 16 → 4 \| 0\.5000 .* \| unchanged \|", out)
     assert "warning: compared despite: ref-mamba1 [mamba-steered] unsteered, task 'ssm_task00': n=16" in out
