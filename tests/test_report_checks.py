@@ -306,3 +306,25 @@ def test_a_different_n_between_baseline_and_current_is_reported(tmp_path, capsys
     assert code == 0
     assert re.search(r"\| ssm_task00 \| acc,none \| 16 → 4 \| 0\.5000 .* \| unchanged \|", out)
     assert "warning: compared despite: ref-mamba1 [mamba-steered] unsteered, task 'ssm_task00': n=16" in out
+
+
+def test_a_sweep_of_many_specs_is_one_heatmap_not_a_bar_per_spec_and_task(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from lm_eval_ssmsteer.report.plots import MAX_PANELS, figures
+
+    files = [results_file(tmp_path / "base", n=16)]
+    for k in range(MAX_PANELS + 2):
+        spec = {**SPEC, "interventions": [{**SPEC["interventions"][0], "scale": 2.0 + k}]}
+        drop = ("ssm_task03",) if k == 0 else ()
+        files.append(results_file(tmp_path / f"s{k}", n=16, steer=spec, drop=drop, shift=-0.05 * k))
+    fig = figures(build_leaderboard(load_runs(files)))["steering_gains.png"]
+    try:
+        heatmap, colorbar = fig.axes
+        assert len(heatmap.images) == 1
+        assert len(heatmap.get_xticklabels()) == MAX_PANELS + 2
+        assert [t.get_text() for t in heatmap.texts].count("n/a") == 2  # its task, and so its average
+        assert overlapping_texts(fig) == []
+    finally:
+        plt.close("all")

@@ -18,16 +18,18 @@ CAPTIONS = {
     LENGTH_PLOT: "Score vs context length, one line per run (runs side by side at each length). Bars: the "
     "95% Wilson score interval over the n documents of that length for scores in [0, 1] (it stays in "
     "[0, 1] and keeps its width at 0 and 1); ±1.96·stderr for other scores; none where neither is known.",
-    GAINS_PLOT: "Steered − the same model unsteered, per task column. Bars: 95% interval, Newcombe's from "
-    "the two Wilson score intervals where both scores are proportions, else 1.96·√(se_a² + se_b²) from "
-    "lm-eval's stderrs; a dot without a bar has no known interval. "
-    "Hatched n/a rows: nothing to compare (the column has no score in the steered run or its reference).",
+    GAINS_PLOT: "Steered − the same model unsteered, per task column: a panel per steered run (up to 4; "
+    "more make a heatmap, * where the interval excludes 0). Bars: 95% interval, Newcombe's from the two "
+    "Wilson score intervals where both scores are proportions, else 1.96·√(se_a² + se_b²) from lm-eval's "
+    "stderrs; a dot without a bar has no known interval. Hatched n/a: nothing to compare (the column has "
+    "no score in the steered run or its reference).",
 }
 # rows with equal scores overlap exactly; distinct markers, dashes and a small sideways offset keep
 # every row visible
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", ":", "-.")
 DODGE = 0.06  # sideways offset between runs, in log2(length) units
+MAX_PANELS = 4  # steering gains: one panel per steered run up to this many, then a heatmap
 NOT_AVAILABLE = "n/a"
 
 
@@ -149,44 +151,112 @@ def _range(counts: set[int | None]) -> str:
 
 
 def gains_figure(board: Leaderboard):
+    """Up to MAX_PANELS steered runs: one panel each, side by side, the task columns down a shared axis,
+    a bar with its interval per gain. More (a sweep of specs): a heatmap, a cell per task and run."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
     steered = [row for row in board.rows if row.reference is not None]
     labels = [c.label for c in board.columns] + ["average"]
-    height = 0.8 / len(steered)
-    slot = 0.32 + 0.16 * (len(steered) - 1)  # inches per task column
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.3 * len(steered) + slot * len(labels)), layout="constrained")
-    extent = 0.05
-    gaps = []
-    for i, row in enumerate(steered):
-        deltas = [row.deltas.get(c) for c in board.columns] + [row.average_delta]
-        positions = [y + (i - (len(steered) - 1) / 2) * height for y in range(len(labels))]
-        shown = [(y, d) for y, d in zip(positions, deltas, strict=True) if d is not None]
-        gaps += [y for y, d in zip(positions, deltas, strict=True) if d is None]
-        bars = ax.barh(
-            [y for y, _ in shown],
-            [d.value for _, d in shown],
-            height=height,
-            label=f"{row_label(row)} vs {row.reference.spec_label}",
+    deltas = [[row.deltas.get(c) for c in board.columns] + [row.average_delta] for row in steered]
+    ends = [abs(x) for ds in deltas for d in ds if d for x in (d.value, d.low, d.high) if x is not None]
+    limit = 1.1 * max([0.05, *ends])
+    if len(steered) > MAX_PANELS:
+        fig, gaps = _gains_heatmap(plt, steered, labels, deltas, limit)
+    else:
+        fig, axes = plt.subplots(
+            1,
+            len(steered),
+            figsize=(max(9.0, 2.6 + 2.6 * len(steered)), 1.6 + 0.3 * len(labels)),
+            sharex=True,
+            sharey=True,
+            squeeze=False,
+            layout="constrained",
         )
-        colour = bars.patches[0].get_facecolor() if bars.patches else None
-        # a dot on every measured gain: a gain of 0 stays visible, unlike a missing one
-        ax.plot([d.value for _, d in shown], [y for y, _ in shown], "o", color=colour, markersize=4, zorder=3)
-        known = [(y, d) for y, d in shown if d.low is not None]
-        ax.errorbar(
-            [d.value for _, d in known],
-            [y for y, _ in known],
-            xerr=[[d.value - d.low for _, d in known], [d.high - d.value for _, d in known]],
-            fmt="none",
-            ecolor="black",
-            capsize=3,
+        gaps = False
+        for i, (ax, row) in enumerate(zip(axes.flat, steered, strict=True)):
+            gaps |= _gains_panel(ax, deltas[i], limit, f"C{i}")
+            ax.set_title(_run_lines(row), fontsize="small")
+            ax.set_xlabel("steered − unsteered")
+        axes.flat[0].set_yticks(range(len(labels)), labels)
+        axes.flat[0].set_ylim(len(labels) - 0.5, -0.5)
+        axes.flat[0].set_xlim(-limit, limit)
+        fig.suptitle(
+            "Steering gains over the same model unsteered\n(bars: 95% interval; Newcombe's for proportions)"
         )
-        extent = max([extent, *(abs(x) for _, d in shown for x in (d.value, d.low, d.high) if x is not None)])
-    limit = extent * 1.1
-    ax.set_xlim(-limit, limit)
-    for y in gaps:
-        ax.barh(y, 2 * limit, left=-limit, height=height, color="none", edgecolor="0.6", hatch="///", lw=0)
+    if gaps:
+        fig.legend(
+            [Patch(facecolor="none", edgecolor="0.6", hatch="///")],
+            [f"{NOT_AVAILABLE}: nothing to compare (no score in the steered run or its reference)"],
+            loc="outside lower center",
+            fontsize="small",
+        )
+    return fig
+
+
+def _run_lines(row: Row) -> str:
+    rank = "" if row.rank is None else f"#{row.rank} "
+    run = row.run
+    return f"{rank}{run.model_label} [{run.backend}]\n{run.spec_label}\nvs {row.reference.spec_label}"
+
+
+def _gains_heatmap(plt, steered: list[Row], labels: list[str], deltas: list[list], limit: float):
+    import matplotlib
+    import numpy as np
+
+    values = np.array([[np.nan if d is None else d.value for d in ds] for ds in deltas]).T  # (task, run)
+    fig, ax = plt.subplots(figsize=(4.0 + 1.0 * len(steered), 2.5 + 0.3 * len(labels)), layout="constrained")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="white")
+    image = ax.imshow(values, cmap=cmap, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    gaps = False
+    for x, ds in enumerate(deltas):
+        for y, d in enumerate(ds):
+            if d is None:
+                gaps = True
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (x - 0.5, y - 0.5), 1, 1, facecolor="none", edgecolor="0.6", hatch="///", lw=0
+                    )
+                )
+                text, colour = NOT_AVAILABLE, "0.3"
+            else:
+                text = f"{d.value:+.2f}{'*' if d.significant else ''}"
+                colour = "white" if abs(d.value) > 0.6 * limit else "black"
+            ax.text(x, y, text, ha="center", va="center", fontsize="x-small", color=colour)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(
+        range(len(steered)),
+        [f"{'' if r.rank is None else f'#{r.rank} '}{r.run.spec_label}" for r in steered],
+        rotation=90,
+    )
+    fig.colorbar(image, ax=ax, shrink=0.5, label="steered − unsteered")
+    model = ", ".join(dict.fromkeys(f"{r.run.model_label} [{r.run.backend}]" for r in steered))
+    ax.set_title(
+        f"Steering gains over the same model unsteered: {model}\n"
+        "(* where the 95% interval excludes 0: Newcombe's for proportions)",
+        fontsize="medium",
+    )
+    return fig, gaps
+
+
+def _gains_panel(ax, deltas: list, limit: float, colour: str) -> bool:
+    """One steered run's gains, a row per task column; returns whether any gain is missing."""
+    shown = [(y, d) for y, d in enumerate(deltas) if d is not None]
+    ax.barh([y for y, _ in shown], [d.value for _, d in shown], height=0.7, color=colour)
+    # a dot on every measured gain: a gain of 0 stays visible, unlike a missing one
+    ax.plot([d.value for _, d in shown], [y for y, _ in shown], "o", color=colour, markersize=4, zorder=3)
+    known = [(y, d) for y, d in shown if d.low is not None]
+    ax.errorbar(
+        [d.value for _, d in known],
+        [y for y, _ in known],
+        xerr=[[d.value - d.low for _, d in known], [d.high - d.value for _, d in known]],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+    )
+    missing = [y for y, d in enumerate(deltas) if d is None]
+    for y in missing:
+        ax.barh(y, 2 * limit, left=-limit, height=0.7, color="none", edgecolor="0.6", hatch="///", lw=0)
         ax.text(
             0,
             y,
@@ -198,14 +268,5 @@ def gains_figure(board: Leaderboard):
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
         )
     ax.axvline(0.0, color="black", linewidth=0.8, zorder=1)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set_xlabel("steered − unsteered (bars: 95% interval; Newcombe's for proportions)")
-    ax.set_title("Steering gains over the same model unsteered")
     ax.grid(True, axis="x", alpha=0.3)
-    handles, names = ax.get_legend_handles_labels()
-    if gaps:
-        handles.append(Patch(facecolor="none", edgecolor="0.6", hatch="///", label=""))
-        names.append(f"{NOT_AVAILABLE}: nothing to compare (no score in the steered run or its reference)")
-    fig.legend(handles, names, loc="outside lower center", fontsize="small")
-    return fig
+    return bool(missing)
