@@ -72,6 +72,11 @@ class Row:
         return f"{self.run.model_label} [{self.run.backend}] · {self.run.spec_label}"
 
     @property
+    def rank_prefix(self) -> str:
+        """``"#1 "``, to put before a label; empty for an unranked row."""
+        return "" if self.rank is None else f"#{self.rank} "
+
+    @property
     def documents(self) -> str:
         """The row's documents per task: "16", "8–16" when tasks differ, "?" when a file does not say."""
         return _count_range(task.n_samples for task in self.run.tasks.values())

@@ -53,8 +53,7 @@ def figures(board: Leaderboard) -> dict:
 
 
 def row_label(row: Row) -> str:
-    rank = "" if row.rank is None else f"#{row.rank} "
-    return f"{rank}{row.label}"
+    return f"{row.rank_prefix}{row.label}"
 
 
 def _pyplot():
@@ -195,9 +194,10 @@ def gains_figure(board: Leaderboard):
 
 
 def _run_lines(row: Row) -> str:
-    rank = "" if row.rank is None else f"#{row.rank} "
     run = row.run
-    return f"{rank}{run.model_label} [{run.backend}]\n{run.spec_label}\nvs {row.reference.spec_label}"
+    return (
+        f"{row.rank_prefix}{run.model_label} [{run.backend}]\n{run.spec_label}\nvs {row.reference.spec_label}"
+    )
 
 
 def _gains_heatmap(plt, steered: list[Row], labels: list[str], deltas: list[list], limit: float):
@@ -226,7 +226,7 @@ def _gains_heatmap(plt, steered: list[Row], labels: list[str], deltas: list[list
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xticks(
         range(len(steered)),
-        [f"{'' if r.rank is None else f'#{r.rank} '}{r.run.spec_label}" for r in steered],
+        [f"{r.rank_prefix}{r.run.spec_label}" for r in steered],
         rotation=90,
     )
     fig.colorbar(image, ax=ax, shrink=0.5, label="steered − unsteered")

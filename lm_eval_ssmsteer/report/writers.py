@@ -145,13 +145,9 @@ def leaderboard_table(board: Leaderboard) -> Table:
     return header, rows
 
 
-def _rank_prefix(row: Row) -> str:
-    return "" if row.rank is None else f"#{row.rank} "
-
-
 def scores_table(board: Leaderboard) -> Table:
     """Tasks as rows, runs as columns (in leaderboard order); every cell with its n."""
-    header = [_text("task"), *(_run_header(row, _rank_prefix(row)) for row in board.rows)]
+    header = [_text("task"), *(_run_header(row, row.rank_prefix) for row in board.rows)]
     rows = [
         [
             _text(column.label),
