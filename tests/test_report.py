@@ -13,6 +13,7 @@ import base64
 import csv
 import importlib.util
 import json
+import math
 import random
 import re
 import shutil
@@ -23,7 +24,8 @@ import pytest
 
 from lm_eval_ssmsteer.report import cli as report_cli
 from lm_eval_ssmsteer.report import cli_regress
-from lm_eval_ssmsteer.report.leaderboard import Z_95, build_leaderboard, delta
+from lm_eval_ssmsteer.report.intervals import Z_95, wilson
+from lm_eval_ssmsteer.report.leaderboard import build_leaderboard, delta
 from lm_eval_ssmsteer.report.regress import tolerance, write_baseline
 from lm_eval_ssmsteer.report.results import ResultsError, Score, load_runs
 
@@ -290,18 +292,27 @@ def test_report_has_one_row_per_model_and_spec_with_scores_from_the_files(runs, 
     assert "| 1 | tiny-mamba |" in stdout and "Steering gains per task" in stdout
 
 
-def test_steering_gain_interval_comes_from_both_stderrs(runs):
+def test_steering_gain_interval_of_proportions_is_newcombes_from_the_wilson_intervals(runs):
     board = build_leaderboard(load_runs([runs["base"], runs["harmful"]]))
     steered = next(row for row in board.rows if row.steered)
     column = next(c for c in board.columns if c.task == "ssmrep_recall")
     base, harmful = scores_of(runs["base"])["ssmrep_recall"], scores_of(runs["harmful"])["ssmrep_recall"]
+    n = json.loads(runs["base"].read_text())["n-samples"]["ssmrep_recall"]["effective"]
     d = steered.deltas[column]
     assert d.value == pytest.approx(harmful["acc,none"] - base["acc,none"])
-    expected = Z_95 * (base["acc_stderr,none"] ** 2 + harmful["acc_stderr,none"] ** 2) ** 0.5
-    assert d.half_width == pytest.approx(expected)
+    (low_h, high_h), (low_b, high_b) = wilson(harmful["acc,none"], n), wilson(base["acc,none"], n)
+    assert d.low == pytest.approx(
+        d.value - math.hypot(harmful["acc,none"] - low_h, high_b - base["acc,none"])
+    )
+    assert d.high == pytest.approx(
+        d.value + math.hypot(high_h - harmful["acc,none"], base["acc,none"] - low_b)
+    )
     assert d.significant
-    # lengths have no stderr: their gain has no interval rather than a fake zero-width one
-    assert all(steered.deltas[c].half_width is None for c in board.columns if c.length is not None)
+    # lengths have no stderr but n documents each: their gains get an interval too, never a zero-width one
+    assert all(steered.deltas[c].high > steered.deltas[c].low for c in board.columns if c.length is not None)
+    # scores that are not proportions: 1.96 * sqrt(se_a^2 + se_b^2)
+    other = delta(Score(12.0, 0.3), Score(11.0, 0.4))
+    assert (other.low, other.high) == pytest.approx((1.0 - Z_95 * 0.5, 1.0 + Z_95 * 0.5))
 
 
 def test_html_is_self_contained_with_the_png_plots_inlined(runs, tmp_path, capsys):
@@ -533,7 +544,7 @@ def test_baseline_file_round_trips(runs, tmp_path, capsys):
 def test_tolerance_is_the_larger_of_the_floor_and_the_stderr_interval():
     assert tolerance(Score(0.5, 0.03), Score(0.4, 0.04), z=1.96, floor=0.01) == pytest.approx(1.96 * 0.05)
     assert tolerance(Score(0.5, None), Score(0.4, None), z=1.96, floor=0.02) == 0.02
-    assert delta(Score(0.5, 0.03), Score(0.4, None)).half_width is None
+    assert delta(Score(0.5, 0.03), Score(0.4, None)).low is None
 
 
 def test_loader_error_type_carries_the_file(tmp_path):
@@ -556,8 +567,10 @@ def test_html_renders_sorts_and_shows_plots_in_chromium(runs, tmp_path, capsys):
     spec.loader.exec_module(checker)
     out = tmp_path / "report"
     assert run_cli(capsys, "report", runs["base"], runs["mild"], runs["harmful"], "--out", out)[0] == 0
-    result = checker.check(out / "report.html", screenshot=tmp_path / "shot.png")
+    result = checker.check(out / "report.html", screenshots=tmp_path / "shots")
     assert result["rows"] == 3
     assert result["sorted_descending"] and result["sorted_ascending"]
     assert result["images"] == 2 and result["images_visible"] == 2
-    assert (tmp_path / "shot.png").read_bytes().startswith(b"\x89PNG")
+    assert result["page_width"] <= result["window_width"] == checker.WINDOW[0]
+    for shot in ("report_top.png", "report_full.png", "report_scrolled.png"):
+        assert (tmp_path / "shots" / shot).read_bytes().startswith(b"\x89PNG")

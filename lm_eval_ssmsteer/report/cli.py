@@ -24,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
     except (ResultsError, ValueError) as exc:
         print(f"ssmsteer report: {exc}", file=sys.stderr)
         return 2
-    for task in board.superseded:
+    for old, _ in board.superseded:
         print(
-            f"note: {task.source}: '{task.name}' superseded by a newer run of the same model and spec",
+            f"note: {old.source}: '{old.name}' superseded by a newer run of the same model and spec",
             file=sys.stderr,
         )
+    for warning in board.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     written, no_plots = write_report(board, args.out, title=args.title)
     if no_plots:
         print(f"note: {no_plots}", file=sys.stderr)

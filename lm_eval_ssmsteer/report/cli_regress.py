@@ -7,11 +7,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm_eval_ssmsteer.report.regress import DEFAULT_FLOOR, DEFAULT_Z
+from lm_eval_ssmsteer.report.regress import DEFAULT_DETECT, DEFAULT_FLOOR, DEFAULT_Z
 
 
 def run(args: argparse.Namespace) -> int:
-    from lm_eval_ssmsteer.report.regress import NotComparable, compare, format_comparison, write_baseline
+    from lm_eval_ssmsteer.report.regress import (
+        INCONCLUSIVE,
+        NotComparable,
+        compare,
+        format_comparison,
+        inconclusive_note,
+        write_baseline,
+    )
     from lm_eval_ssmsteer.report.results import ResultsError, load_runs
 
     try:
@@ -24,12 +31,15 @@ def run(args: argparse.Namespace) -> int:
             load_runs(args.current),
             z=args.z,
             floor=args.tolerance,
+            detect=args.detect,
             allow_config_mismatch=args.allow_config_mismatch,
         )
     except (ResultsError, NotComparable) as exc:
         print(f"ssmsteer regress: refusing to compare: {exc}", file=sys.stderr)
         return 2
     print(format_comparison(comparison, show_all=args.all))
+    if comparison.count(INCONCLUSIVE):
+        print(f"WARNING: {inconclusive_note(comparison)}", file=sys.stderr)
     if comparison.failed:
         print(f"FAIL: {len(comparison.failed)} metric(s) regressed or missing", file=sys.stderr)
         return 1
@@ -48,9 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "regress",
         help="compare lm-eval results with a baseline; exit 1 on a regression",
         description="A metric regresses when it moves in its worse direction by more than "
-        "max(TOLERANCE, Z*sqrt(se_baseline^2 + se_current^2)). Exit codes: 0 no regression, 1 a metric "
-        "regressed or is missing, 2 the results cannot be compared (different task versions/configs, "
-        "no common model, malformed files).",
+        "max(TOLERANCE, Z*sqrt(se_baseline^2 + se_current^2)); where that tolerance is wider than "
+        "--detect, a worse score within it is inconclusive (exit 0, with a warning). Exit codes: 0 no "
+        "regression, 1 a metric regressed or is missing, 2 the results cannot be compared (different task "
+        "versions/configs or numbers of documents, no common model, malformed files).",
     )
     p.add_argument(
         "--baseline",
@@ -70,6 +81,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=_non_negative,
         default=DEFAULT_Z,
         help=f"stderr multiplier of the tolerance (default {DEFAULT_Z}, a 95%% interval)",
+    )
+    p.add_argument(
+        "--detect",
+        type=_non_negative,
+        default=DEFAULT_DETECT,
+        metavar="DROP",
+        help="the drop the check must be able to detect, in metric units (default "
+        f"{DEFAULT_DETECT}): a worse score within a wider tolerance (too few documents) is reported as "
+        "'inconclusive: n=N', not as within tolerance",
     )
     p.add_argument(
         "--allow-config-mismatch",

@@ -1,9 +1,12 @@
 """The leaderboard: one row per (model, steering spec), one column per task (per length for RULER-style
 tasks), the average, the gain over the same model unsteered with a 95% interval, and the rank.
 
-Intervals come from lm-eval's standard errors, treating the two runs as independent samples:
-``1.96 * sqrt(se_a**2 + se_b**2)``. Where lm-eval reports no stderr (custom aggregations, e.g. the
-per-length RULER metrics) the interval is unknown and shown as such, never as zero.
+A gain's interval treats the two runs as independent samples (intervals.difference): Newcombe's interval
+where both scores are proportions, else ``1.96 * sqrt(se_a**2 + se_b**2)`` from lm-eval's standard
+errors. Where neither is known the interval is unknown and shown as such, never as zero.
+
+Rows may have evaluated different numbers of documents (lm-eval's ``--limit``): every score carries its
+n, and the leaderboard's ``warnings`` say where rows of different n are compared.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from lm_eval_ssmsteer.report.results import MetricKey, ResultsError, Run, Score, TaskResult, merge_runs
-
-Z_95 = 1.96
+from lm_eval_ssmsteer.report.intervals import difference
+from lm_eval_ssmsteer.report.results import (
+    MetricKey,
+    ResultsError,
+    Run,
+    Score,
+    TaskResult,
+    format_limit,
+    merge_runs,
+)
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,12 @@ class Column:
 @dataclass(frozen=True)
 class Delta:
     value: float
-    half_width: float | None  # of the 95% interval; None when a stderr is missing
+    low: float | None  # the 95% interval; None when unknown
+    high: float | None
 
     @property
     def significant(self) -> bool:
-        return self.half_width is not None and abs(self.value) > self.half_width
+        return self.low is not None and (self.low > 0 or self.high < 0)
 
 
 @dataclass
@@ -56,12 +67,45 @@ class Row:
     def steered(self) -> bool:
         return self.run.steering_spec_sha256 is not None
 
+    @property
+    def label(self) -> str:
+        return f"{self.run.model_label} [{self.run.backend}] · {self.run.spec_label}"
+
+    @property
+    def rank_prefix(self) -> str:
+        """``"#1 "``, to put before a label; empty for an unranked row."""
+        return "" if self.rank is None else f"#{self.rank} "
+
+    @property
+    def documents(self) -> str:
+        """The row's documents per task: "16", "8–16" when tasks differ, "?" when a file does not say."""
+        return _count_range(task.n_samples for task in self.run.tasks.values())
+
+    @property
+    def limits(self) -> str:
+        """The ``--limit`` its results were made with ("" when none)."""
+        return ", ".join(
+            sorted({format_limit(t.limit) for t in self.run.tasks.values() if t.limit is not None})
+        )
+
+
+def _count_range(counts: Iterable[int | None]) -> str:
+    counts = set(counts)
+    known = {n for n in counts if n is not None}
+    unknown = "?" if None in counts or not known else ""
+    if not known:
+        return unknown
+    low, high = min(known), max(known)
+    shown = str(low) if low == high else f"{low}–{high}"
+    return f"{shown} and ?" if unknown else shown
+
 
 @dataclass
 class Leaderboard:
     columns: list[Column]
     rows: list[Row]
-    superseded: list[TaskResult] = field(default_factory=list)  # older reruns left out
+    superseded: list[tuple[TaskResult, TaskResult]] = field(default_factory=list)  # (left out, kept)
+    warnings: list[str] = field(default_factory=list)  # rows of different n compared, --limit used
 
     @property
     def length_tasks(self) -> list[str]:
@@ -86,12 +130,53 @@ def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = N
     _add_deltas(rows, columns)
     _rank(rows)
     rows.sort(key=lambda r: (r.rank is None, r.rank or 0, r.run.model_label, r.run.spec_label))
-    return Leaderboard(columns, rows, superseded)
+    return Leaderboard(columns, rows, superseded, sample_size_warnings(rows, superseded))
+
+
+def sample_size_warnings(
+    rows: list[Row], superseded: Iterable[tuple[TaskResult, TaskResult]] = ()
+) -> list[str]:
+    """What a reader must know before comparing the rows' values: tasks that rows evaluated on different
+    numbers of documents, rows made with ``--limit`` (the first documents of each task only), and reruns
+    on a different number of documents that replaced a result."""
+    replaced: dict[tuple, list[tuple[TaskResult, TaskResult]]] = {}
+    for old, new in superseded:
+        if old.n_samples != new.n_samples:
+            replaced.setdefault((old.source, new.source), []).append((old, new))
+    warnings = [
+        f"{new_source} (n={_count_range(new.n_samples for _, new in pairs)}) replaced {old_source} "
+        f"(n={_count_range(old.n_samples for old, _ in pairs)}) on {len(pairs)} task(s), as the newer "
+        "run of the same model and spec"
+        for (old_source, new_source), pairs in replaced.items()
+    ]
+    counts: dict[str, set[int | None]] = {}
+    for row in rows:
+        for name, task in row.run.tasks.items():
+            counts.setdefault(name, set()).add(task.n_samples)
+    mixed = sorted(name for name, found in counts.items() if len(found) > 1)
+    if mixed:
+        per_row = "; ".join(
+            f"{row.label}: n={_count_range(row.run.tasks[t].n_samples for t in mixed if t in row.run.tasks)}"
+            for row in rows
+            if any(t in row.run.tasks for t in mixed)
+        )
+        named = ", ".join(mixed[:6]) + (f" and {len(mixed) - 6} more" if len(mixed) > 6 else "")
+        warnings.append(
+            f"rows evaluated different numbers of documents on {len(mixed)} task(s) ({named}): "
+            f"{per_row}. Compare such rows by their intervals, not their values."
+        )
+    limited = [f"{row.label} ({row.limits})" for row in rows if row.limits]
+    if limited:
+        warnings.append(
+            f"{len(limited)} of {len(rows)} row(s) evaluated only the first documents of each task "
+            f"(lm-eval's --limit, meant for testing): {'; '.join(limited)}."
+        )
+    return warnings
 
 
 def check_same_task_definitions(runs: list[Run]) -> None:
-    """A column compares scores of one task definition; results from different task versions, configs,
-    shot counts or sample limits cannot share it."""
+    """A column compares scores of one task definition; results from different task versions, configs
+    or shot counts cannot share it. Different document counts can (see sample_size_warnings)."""
     first: dict[str, TaskResult] = {}
     for run in runs:
         for name, task in run.tasks.items():
@@ -105,14 +190,16 @@ def check_same_task_definitions(runs: list[Run]) -> None:
 
 
 def task_differences(a: TaskResult, b: TaskResult) -> list[tuple[str, object, object]]:
-    """What makes two results of a task incomparable: (what, value in a, value in b)."""
+    """What makes two results of a task results of different tasks: (what, value in a, value in b).
+
+    The number of documents is not among them (``--limit`` evaluates the first documents of the same
+    task); lm-eval's hash of the documents is compared only where both evaluated the same number.
+    """
     found = []
     if a.version != b.version:
         found.append(("task version", a.version, b.version))
     if a.n_shot != b.n_shot:
         found.append(("n-shot", a.n_shot, b.n_shot))
-    if a.n_samples != b.n_samples:
-        found.append(("number of evaluated documents", a.n_samples, b.n_samples))
     if a.config_sha256 != b.config_sha256:
         fields = differing_fields(a.config, b.config)
         found.append(
@@ -122,7 +209,7 @@ def task_differences(a: TaskResult, b: TaskResult) -> list[tuple[str, object, ob
                 b.config_sha256[:12],
             )
         )
-    if a.task_hash and b.task_hash and a.task_hash != b.task_hash:
+    if a.task_hash and b.task_hash and a.n_samples == b.n_samples and a.task_hash != b.task_hash:
         found.append(("documents/prompts hash (task_hashes)", a.task_hash[:12], b.task_hash[:12]))
     return found
 
@@ -192,9 +279,9 @@ def mean_score(scores: list[Score]) -> Score:
 def delta(current: Score | None, reference: Score | None) -> Delta | None:
     if current is None or reference is None:
         return None
-    if current.stderr is None or reference.stderr is None:
-        return Delta(current.value - reference.value, None)
-    return Delta(current.value - reference.value, Z_95 * math.hypot(current.stderr, reference.stderr))
+    found = difference(current, reference)
+    low, high = (None, None) if found is None else found[:2]
+    return Delta(current.value - reference.value, low, high)
 
 
 def _add_deltas(rows: list[Row], columns: list[Column]) -> None:

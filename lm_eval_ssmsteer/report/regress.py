@@ -2,7 +2,9 @@
 
 A metric regresses when it moves in its worse direction by more than
 ``max(floor, z * sqrt(se_baseline**2 + se_current**2))``; where lm-eval reports no stderr only the
-floor applies. Results made with different task definitions (version, config, documents, shots) are not
+floor applies. A worse score within a tolerance wider than the drop the check is asked to detect
+(``detect``) is not a pass but *inconclusive*: its n is too small to tell. Results made with different
+task definitions (version, config, documents, shots) or on different numbers of documents are not
 compared at all unless the caller allows it: a changed task makes any difference meaningless.
 """
 
@@ -20,6 +22,8 @@ from lm_eval_ssmsteer.report.results import (
     MetricKey,
     Run,
     Score,
+    TaskResult,
+    format_limit,
     load_runs,
     merge_runs,
     run_to_baseline,
@@ -27,11 +31,13 @@ from lm_eval_ssmsteer.report.results import (
 
 DEFAULT_Z = 1.96
 DEFAULT_FLOOR = 0.01
+DEFAULT_DETECT = 0.1
 
-REGRESSED, IMPROVED, WITHIN, UNCHANGED, MISSING = (
+REGRESSED, IMPROVED, WITHIN, INCONCLUSIVE, UNCHANGED, MISSING = (
     "REGRESSED",
     "improved",
     "within tolerance",
+    "inconclusive",
     "unchanged",
     "MISSING",
 )
@@ -55,11 +61,27 @@ class MetricChange:
     def delta(self) -> float | None:
         return None if self.current is None else self.current.value - self.baseline.value
 
+    @property
+    def documents(self) -> str:
+        """n of the baseline, and of the current score where it differs: "16", "16 → 4"."""
+        base = "?" if self.baseline.n is None else str(self.baseline.n)
+        if self.current is None or self.current.n == self.baseline.n:
+            return base
+        return f"{base} → {'?' if self.current.n is None else self.current.n}"
+
+    @property
+    def status_text(self) -> str:
+        if self.status == INCONCLUSIVE:
+            known = [s.n for s in (self.baseline, self.current) if s is not None and s.n is not None]
+            return f"{INCONCLUSIVE}: n={min(known) if known else '?'}"
+        return self.status
+
 
 @dataclass
 class Comparison:
     changes: list[MetricChange]
     warnings: list[str]
+    detect: float = DEFAULT_DETECT  # the drop the check had to be able to detect
 
     @property
     def failed(self) -> list[MetricChange]:
@@ -80,12 +102,15 @@ def compare(
     *,
     z: float = DEFAULT_Z,
     floor: float = DEFAULT_FLOOR,
+    detect: float = DEFAULT_DETECT,
     allow_config_mismatch: bool = False,
 ) -> Comparison:
     """Every metric of every baseline run against the current run of the same backend, model and spec.
 
-    Raises NotComparable when the two share no run, or when a task's definition differs (unless
-    ``allow_config_mismatch``, which turns those into warnings).
+    ``detect`` is the drop the check must be able to detect (metric units): a worse score within a
+    wider tolerance is INCONCLUSIVE. Raises NotComparable when the two share no run, or when a task's
+    definition or document count differs (unless ``allow_config_mismatch``, which turns those into
+    warnings).
     """
     base_runs, _ = merge_runs(list(baseline))
     current_runs, _ = merge_runs(list(current))
@@ -114,6 +139,11 @@ def compare(
                 continue
             for what, a, b in task_differences(base_task, cur_task):
                 mismatches.append(f"{label}, task '{task_name}': {what} {a} in the baseline, {b} now")
+            if base_task.n_samples != cur_task.n_samples:
+                mismatches.append(
+                    f"{label}, task '{task_name}': {_documents(base_task)} in the baseline, "
+                    f"{_documents(cur_task)} now"
+                )
             if base.lm_eval_version != cur.lm_eval_version:
                 warnings.append(
                     f"{label}: baseline made with lm-eval {base.lm_eval_version}, current with "
@@ -130,6 +160,7 @@ def compare(
                         base_task.is_higher_better(key),
                         z,
                         floor,
+                        detect,
                     )
                 )
     if mismatches and not allow_config_mismatch:
@@ -139,7 +170,7 @@ def compare(
             + "\nRe-make the baseline with the current tasks, or pass --allow-config-mismatch to compare."
         )
     warnings = list(dict.fromkeys(warnings + [f"compared despite: {m}" for m in mismatches]))
-    return Comparison(changes, warnings)
+    return Comparison(changes, warnings, detect)
 
 
 def pair_runs(baseline: list[Run], current: list[Run]) -> dict[tuple, Run | None]:
@@ -179,6 +210,7 @@ def _change(
     higher_is_better: bool,
     z: float,
     floor: float,
+    detect: float,
 ) -> MetricChange:
     if cur is None:
         return MetricChange(label, task, key, base, None, None, MISSING)
@@ -190,6 +222,8 @@ def _change(
         status = REGRESSED
     elif gain > tol:
         status = IMPROVED
+    elif gain < 0 and tol > max(detect, floor):
+        status = INCONCLUSIVE  # a drop of `detect` would have passed too: n is too small to tell
     else:
         status = WITHIN
     return MetricChange(label, task, key, base, cur, tol, status)
@@ -199,6 +233,11 @@ def _label(run: Run) -> str:
     return f"{run.model_label} [{run.backend}] {run.spec_label}"
 
 
+def _documents(task: TaskResult) -> str:
+    n = "an unknown number of documents" if task.n_samples is None else f"n={task.n_samples} documents"
+    return n if task.limit is None else f"{n} ({format_limit(task.limit)})"
+
+
 def _describe(runs: Iterable[Run]) -> str:
     return "; ".join(_label(run) for run in runs) or "(none)"
 
@@ -206,7 +245,7 @@ def _describe(runs: Iterable[Run]) -> str:
 def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
     """A Markdown table of what changed (every metric with ``show_all``), then a one-line summary."""
     shown = [c for c in comparison.changes if show_all or c.status != UNCHANGED]
-    header = ["run", "task", "metric", "baseline", "current", "Δ", "tolerance", "status"]
+    header = ["run", "task", "metric", "n", "baseline", "current", "Δ", "tolerance", "status"]
     lines = []
     if shown:
         lines.append("| " + " | ".join(header) + " |")
@@ -216,20 +255,32 @@ def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
                 c.run_label,
                 c.task,
                 str(c.key),
+                c.documents,
                 _fmt(c.baseline),
                 _fmt(c.current),
                 "—" if c.delta is None else f"{c.delta:+.4f}",
                 "—" if c.tolerance is None else f"{c.tolerance:.4f}",
-                c.status,
+                c.status_text,
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     counts = ", ".join(
-        f"{comparison.count(s)} {s.lower()}" for s in (REGRESSED, MISSING, IMPROVED, WITHIN, UNCHANGED)
+        f"{comparison.count(s)} {s.lower()}"
+        for s in (REGRESSED, MISSING, INCONCLUSIVE, IMPROVED, WITHIN, UNCHANGED)
     )
     lines.append(f"{len(comparison.changes)} metrics compared: {counts}.")
+    if comparison.count(INCONCLUSIVE):
+        lines.append(inconclusive_note(comparison))
     lines.extend(f"warning: {w}" for w in comparison.warnings)
     return "\n".join(lines)
+
+
+def inconclusive_note(comparison: Comparison) -> str:
+    return (
+        f"inconclusive: {comparison.count(INCONCLUSIVE)} metric(s) got worse within a tolerance wider "
+        f"than {comparison.detect:g}, the drop this check must detect (--detect): too few documents to "
+        "tell a regression from noise. Not a pass; evaluate more documents to decide."
+    )
 
 
 def _fmt(score: Score | None) -> str:

@@ -61,6 +61,7 @@ class ResultsError(ValueError):
 class Score:
     value: float
     stderr: float | None  # None where lm-eval reported "N/A" (e.g. custom aggregations)
+    n: int | None = None  # documents behind the score (the task's n_samples); None when unknown
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,20 @@ class TaskResult:
     source: Path
     version: Any
     n_shot: Any
-    n_samples: int | None  # documents actually evaluated ("effective"), None when the file does not say
+    # documents evaluated: lm-eval's n-samples "effective" (for metrics named by length, the most documents
+    # any one length had), None when the file does not say; "original" is the task's full document count
+    n_samples: int | None
     config: dict  # the task config, normalised (see normalise_task_config)
     config_sha256: str
     task_hash: str | None  # lm-eval's hash of documents, prompts and targets (only with --log_samples)
     higher_is_better: dict[str, bool]
     scores: dict[MetricKey, Score]
+    n_original: int | None = None
+    limit: float | None = None  # lm-eval's --limit (a count, or a fraction of the documents when < 1)
+
+    @property
+    def limited(self) -> bool:
+        return self.limit is not None
 
     def is_higher_better(self, key: MetricKey) -> bool:
         return self.higher_is_better.get(key.metric, True)
@@ -227,6 +236,7 @@ def run_from_results(source: Path, data: dict) -> Run:
     groups = set(data.get("group_subtasks") or {})
     task_hashes = data.get("task_hashes") or {}
     n_samples = data.get("n-samples") or {}
+    limit = _limit(source, config.get("limit"))
 
     run = Run(
         source=source,
@@ -250,17 +260,20 @@ def run_from_results(source: Path, data: dict) -> Run:
         if not isinstance(entry, dict):
             raise ResultsError(source, f"results for task '{task}' should be an object")
         task_config = normalise_task_config(configs[task], model_args)
+        counts = n_samples.get(task)
         run.tasks[task] = TaskResult(
             name=task,
             source=source,
             version=data["versions"][task],
             n_shot=data["n-shot"][task],
-            n_samples=_effective_samples(n_samples.get(task)),
+            n_samples=_count(counts, "effective"),
             config=task_config,
             config_sha256=canonical_sha256(task_config),
             task_hash=task_hashes.get(task) or None,
             higher_is_better=dict((data.get("higher_is_better") or {}).get(task) or {}),
-            scores=_scores(source, task, entry),
+            scores=_scores(source, task, entry, _count(counts, "effective")),
+            n_original=_count(counts, "original"),
+            limit=limit,
         )
     if not run.tasks:
         raise ResultsError(source, "contains no task results")
@@ -343,13 +356,26 @@ def _steering(config: dict, model_args: dict) -> tuple[Any, str | None]:
     return spec, str(sha) if sha else canonical_sha256(spec)
 
 
-def _effective_samples(entry: Any) -> int | None:
-    if isinstance(entry, dict) and isinstance(entry.get("effective"), (int, float)):
-        return int(entry["effective"])
-    return None
+def _count(entry: Any, key: str) -> int | None:
+    """One count of lm-eval's ``n-samples`` entry of a task ("effective" or "original"), None if absent."""
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _scores(source: Path, task: str, entry: dict) -> dict[MetricKey, Score]:
+def _limit(source: Path, raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+        raise ResultsError(source, f"config.limit should be a positive number or null, found {raw!r}")
+    return float(raw)
+
+
+def format_limit(limit: float) -> str:
+    """As the user gave it: ``--limit 4`` or ``--limit 0.1``."""
+    return f"--limit {int(limit) if limit == int(limit) else limit}"
+
+
+def _scores(source: Path, task: str, entry: dict, n: int | None) -> dict[MetricKey, Score]:
     values: dict[MetricKey, float] = {}
     stderrs: dict[MetricKey, float | None] = {}
     for raw_key, raw_value in entry.items():
@@ -369,7 +395,7 @@ def _scores(source: Path, task: str, entry: dict) -> dict[MetricKey, Score]:
     if not values:
         raise ResultsError(source, f"task '{task}' has no scores")
     return {
-        key: Score(value, stderrs.get(key))
+        key: Score(value, stderrs.get(key), n)
         for key, value in values.items()
         if not (key.length is not None and value == NOT_MEASURED)
     }
@@ -413,9 +439,13 @@ def _runs_from_baseline(source: Path, data: dict) -> list[Run]:
                     task_hash=task.get("task_hash"),
                     higher_is_better=task.get("higher_is_better", {}),
                     scores={
-                        MetricKey(*k.split(",", 1)): Score(float(s["value"]), s.get("stderr"))
+                        MetricKey(*k.split(",", 1)): Score(
+                            float(s["value"]), s.get("stderr"), task.get("n_samples")
+                        )
                         for k, s in task["scores"].items()
                     },
+                    n_original=task.get("n_original"),
+                    limit=_limit(source, task.get("limit")),
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problem = f"baseline run {i} is malformed ({type(exc).__name__}: {exc})"
@@ -440,6 +470,8 @@ def run_to_baseline(run: Run) -> dict:
                 "version": task.version,
                 "n_shot": task.n_shot,
                 "n_samples": task.n_samples,
+                "n_original": task.n_original,
+                "limit": task.limit,
                 "task_hash": task.task_hash,
                 "higher_is_better": task.higher_is_better,
                 "scores": {str(k): {"value": s.value, "stderr": s.stderr} for k, s in task.scores.items()},
@@ -450,16 +482,19 @@ def run_to_baseline(run: Run) -> dict:
     }
 
 
-def merge_runs(runs: list[Run]) -> tuple[list[Run], list[TaskResult]]:
+def merge_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[TaskResult, TaskResult]]]:
     """One run per (backend, model, spec), each task from the newest file that measured it (lm-eval's
-    ``date``, then the file name), as when a folder holds reruns. Returns (merged runs, superseded)."""
+    ``date``, then the file name), as when a folder holds reruns.
+
+    Returns (merged runs, superseded), where superseded lists (older result left out, newer result kept).
+    """
     merged: dict[tuple, Run] = {}
-    superseded: list[TaskResult] = []
+    superseded: list[tuple[TaskResult, TaskResult]] = []
     for run in sorted(runs, key=lambda r: (r.date, str(r.source))):
         target = merged.setdefault(run.key, replace(run, tasks={}))
         target.source, target.date = run.source, run.date
         for name, task in run.tasks.items():
             if name in target.tasks:
-                superseded.append(target.tasks[name])
+                superseded.append((target.tasks[name], task))
             target.tasks[name] = task
     return list(merged.values()), superseded

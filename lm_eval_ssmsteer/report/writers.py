@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lm_eval_ssmsteer.report.leaderboard import Delta, Leaderboard, Row
-from lm_eval_ssmsteer.report.results import Score
+from lm_eval_ssmsteer.report.results import Score, TaskResult, format_limit
 
 MARKDOWN = "leaderboard.md"
 CSV = "leaderboard.csv"
@@ -57,15 +57,27 @@ def format_score(score: Score | None) -> str:
 def format_delta(d: Delta | None) -> str:
     if d is None:
         return NO_VALUE
-    interval = "±?" if d.half_width is None else f"±{d.half_width:.4f}"
-    return f"{d.value:+.4f} ({interval}){' *' if d.significant else ''}"
+    interval = "[?]" if d.low is None else f"[{d.low:+.4f}, {d.high:+.4f}]"
+    return f"{d.value:+.4f} {interval}{' *' if d.significant else ''}"
+
+
+def format_n(task: TaskResult | None) -> str:
+    """The documents behind a task's scores: ``n=16``; ``n=4 of 36`` when ``--limit`` cut it short."""
+    if task is None:
+        return ""
+    n = "n=?" if task.n_samples is None else f"n={task.n_samples}"
+    if task.limited and task.n_original is not None and task.n_original != task.n_samples:
+        return f"{n} of {task.n_original}"
+    return f"{n} ({format_limit(task.limit)})" if task.limited else n
 
 
 EXPLANATION = (
-    "Scores are value ± lm-eval stderr. The average is the mean over tasks (a task measured at several "
-    "lengths counts once, as the mean of its lengths) of the columns where higher is better; rows missing "
-    "a task get no average and no rank. Δ: steered − the same model unsteered, ± the half-width of its 95% "
-    "interval (1.96·√(se_a² + se_b²)); ±? where a stderr is unknown; * where the interval excludes 0."
+    "Scores are value ± lm-eval stderr; n is the number of documents behind a score (for a task scored per "
+    "length, per length). The average is the mean over tasks (a task measured at several lengths counts "
+    "once, as the mean of its lengths) of the columns where higher is better; rows missing a task get no "
+    "average and no rank. Δ: steered − the same model unsteered, [its 95% interval]: Newcombe's from the "
+    "two Wilson score intervals where both scores are proportions (0/1 per document), else "
+    "±1.96·√(se_a² + se_b²); [?] where unknown; * where the interval excludes 0."
 )
 
 
@@ -75,30 +87,45 @@ class Cell:
     sort: float | str | None = None  # what the HTML table sorts by; None sorts last
     numeric: bool = True
     significant: bool = False
+    note: str = ""  # a second, smaller line: the cell's n
+    lines: tuple[str, ...] = ()  # a header shown on several lines in HTML (``text`` joins them)
 
 
 def _text(text: str) -> Cell:
     return Cell(text, text, numeric=False)
 
 
-def _score(score: Score | None) -> Cell:
-    return Cell(format_score(score), None if score is None else score.value)
+def _score(score: Score | None, task: TaskResult | None = None) -> Cell:
+    if score is None:
+        return Cell(NO_VALUE)
+    return Cell(format_score(score), score.value, note=format_n(task))
 
 
-def _delta(d: Delta | None) -> Cell:
-    return Cell(format_delta(d), None if d is None else d.value, significant=bool(d and d.significant))
+def _delta(d: Delta | None, note: str = "") -> Cell:
+    if d is None:
+        return Cell(NO_VALUE)
+    return Cell(format_delta(d), d.value, significant=d.significant, note=note)
+
+
+def _run_header(row: Row, prefix: str = "") -> Cell:
+    run = row.run
+    lines = (f"{prefix}{run.model_label}", run.spec_label, f"[{run.backend}]")
+    return Cell(" · ".join(lines), lines=lines)
 
 
 Table = tuple[list[Cell], list[list[Cell]]]  # header, rows
 
 
 def leaderboard_table(board: Leaderboard) -> Table:
+    """One row per run: who it is, its documents, its average and gain; the scores per task follow in
+    :func:`scores_table`, with the tasks as rows, so that the page stays as wide as the runs."""
     header = [
         Cell("rank"),
         _text("model"),
         _text("backend"),
         _text("steering"),
-        *(Cell(c.label) for c in board.columns),
+        _text("documents per task"),
+        _text("limit"),
         Cell("average"),
         Cell("Δ average vs unsteered (95% CI)"),
     ]
@@ -108,7 +135,8 @@ def leaderboard_table(board: Leaderboard) -> Table:
             _text(row.run.model_label),
             _text(row.run.backend),
             _text(row.run.spec_label),
-            *(_score(row.cells[c]) for c in board.columns),
+            _text(f"n={row.documents}"),
+            _text(row.limits or NO_VALUE),
             _score(row.average),
             _delta(row.average_delta),
         ]
@@ -117,33 +145,54 @@ def leaderboard_table(board: Leaderboard) -> Table:
     return header, rows
 
 
-def gains_table(board: Leaderboard) -> Table:
-    header = [
-        _text("model"),
-        _text("steering"),
-        _text("reference"),
-        *(Cell(c.label) for c in board.columns),
-        Cell("average"),
-    ]
+def scores_table(board: Leaderboard) -> Table:
+    """Tasks as rows, runs as columns (in leaderboard order); every cell with its n."""
+    header = [_text("task"), *(_run_header(row, row.rank_prefix) for row in board.rows)]
     rows = [
         [
-            _text(row.run.model_label),
-            _text(row.run.spec_label),
-            _text(f"{row.reference.backend} · {row.reference.spec_label}"),
-            *(_delta(row.deltas.get(c)) for c in board.columns),
-            _delta(row.average_delta),
+            _text(column.label),
+            *(_score(row.cells[column], row.run.tasks.get(column.task)) for row in board.rows),
         ]
-        for row in board.rows
-        if row.reference is not None
+        for column in board.columns
     ]
     return header, rows
+
+
+def gains_table(board: Leaderboard) -> Table:
+    """Tasks as rows, steered runs as columns: the gain over the same model unsteered."""
+    steered = [row for row in board.rows if row.reference is not None]
+    header = [_text("task"), *(_run_header(row, "Δ ") for row in steered)]
+    if not steered:
+        return header, []
+    rows = [
+        [
+            _text(column.label),
+            *(_delta(row.deltas.get(column), _pair_n(row, column.task)) for row in steered),
+        ]
+        for column in board.columns
+    ]
+    rows.append([_text("average"), *(_delta(row.average_delta) for row in steered)])
+    return header, rows
+
+
+def _pair_n(row: Row, task: str) -> str:
+    """The n behind a gain: ``n=16``, or ``n=4 vs 16`` (steered vs reference) where they differ."""
+    mine, theirs = row.run.tasks.get(task), row.reference.tasks.get(task) if row.reference else None
+    if mine is None or theirs is None:
+        return ""
+    if mine.n_samples == theirs.n_samples:
+        return format_n(mine)
+    return f"n={mine.n_samples} vs {theirs.n_samples}"
 
 
 def _markdown_table(table: Table) -> str:
     header, rows = table
 
+    def text(cell: Cell) -> str:
+        return f"{cell.text} ({cell.note})" if cell.note else cell.text
+
     def line(cells: list[Cell]) -> str:
-        return "| " + " | ".join(cell.text.replace("|", "\\|") for cell in cells) + " |"
+        return "| " + " | ".join(text(cell).replace("|", "\\|") for cell in cells) + " |"
 
     return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)])
 
@@ -154,16 +203,20 @@ def to_markdown(
     plot_files: tuple[str, ...] | list[str] = (),
     no_plots: str = "",
 ) -> str:
-    parts = [f"# {title}", "", EXPLANATION, "", _markdown_table(leaderboard_table(board))]
+    from lm_eval_ssmsteer.report.plots import CAPTIONS
+
+    parts = [f"# {title}", "", EXPLANATION, ""]
+    for warning in board.warnings:
+        parts += [f"> **Warning:** {warning}", ""]
+    parts += [_markdown_table(leaderboard_table(board))]
+    parts += ["", "## Scores per task", "", _markdown_table(scores_table(board))]
     gains = gains_table(board)
     if gains[1]:
         parts += ["", "## Steering gains per task", "", _markdown_table(gains)]
-    parts += [part for name in plot_files for part in ("", f"![{name}]({name})")]
+    parts += [part for name in plot_files for part in ("", f"![{name}]({name})", "", f"*{CAPTIONS[name]}*")]
     parts += ["", f"*{no_plots}*"] if no_plots else []
     parts += ["", "## Sources", ""]
-    parts += [
-        f"- {row.run.model_label} · {row.run.spec_label}: {', '.join(_sources(row))}" for row in board.rows
-    ]
+    parts += [f"- {row.label}: {', '.join(_sources(row))}" for row in board.rows]
     return "\n".join(parts) + "\n"
 
 
@@ -176,10 +229,10 @@ def _number(x: float | None) -> str:
 
 
 def to_csv(board: Leaderboard) -> str:
-    """The wide leaderboard: raw numbers, one value and one stderr column per task column."""
+    """The wide leaderboard: raw numbers, a value, a stderr and an n column per task column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    score_headers = [h for c in board.columns for h in (c.label, f"{c.label} stderr")]
+    score_headers = [h for c in board.columns for h in (c.label, f"{c.label} stderr", f"{c.label} n")]
     writer.writerow(
         [
             "rank",
@@ -187,15 +240,17 @@ def to_csv(board: Leaderboard) -> str:
             "backend",
             "steering",
             "steering_spec_sha256",
+            "limit",
             *score_headers,
             "average",
             "average stderr",
             "delta average",
-            "delta average ci95 half-width",
+            "delta average ci95 low",
+            "delta average ci95 high",
         ]
     )
     for row in board.rows:
-        scores = [x for c in board.columns for x in _pair(row.cells[c])]
+        scores = [x for c in board.columns for x in _triple(row.cells[c])]
         d = row.average_delta
         writer.writerow(
             [
@@ -204,17 +259,21 @@ def to_csv(board: Leaderboard) -> str:
                 row.run.backend,
                 row.run.spec_label,
                 row.run.steering_spec_sha256 or "",
+                row.limits,
                 *scores,
-                *_pair(row.average),
+                *_triple(row.average)[:2],
                 _number(d.value if d else None),
-                _number(d.half_width if d else None),
+                _number(d.low if d else None),
+                _number(d.high if d else None),
             ]
         )
     return buffer.getvalue()
 
 
-def _pair(score: Score | None) -> tuple[str, str]:
-    return ("", "") if score is None else (_number(score.value), _number(score.stderr))
+def _triple(score: Score | None) -> tuple[str, str, str]:
+    if score is None:
+        return "", "", ""
+    return _number(score.value), _number(score.stderr), "" if score.n is None else str(score.n)
 
 
 def scores_csv(board: Leaderboard) -> str:
@@ -234,6 +293,9 @@ def scores_csv(board: Leaderboard) -> str:
             "length",
             "value",
             "stderr",
+            "n",
+            "n_original",
+            "limit",
             "higher_is_better",
             "source",
         ]
@@ -255,6 +317,9 @@ def scores_csv(board: Leaderboard) -> str:
                         "" if key.length is None else key.length,
                         _number(score.value),
                         _number(score.stderr),
+                        "" if task.n_samples is None else task.n_samples,
+                        "" if task.n_original is None else task.n_original,
+                        _number(task.limit),
                         task.is_higher_better(key),
                         task.source,
                     ]
@@ -287,16 +352,27 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-div.scroll { overflow-x: auto; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; white-space: nowrap; }
+div.scroll { overflow: auto; max-width: 100%; max-height: 85vh; width: fit-content; margin: 1em 0;
+             border: 1px solid #ccc; }
+table { border-collapse: separate; border-spacing: 0; font-size: 14px; }
+th, td { border-right: 1px solid #ddd; border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right;
+         white-space: nowrap; background: #fff; }
 td.text, th.text { text-align: left; }
-th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; }
+th { background: #f0f0f0; cursor: pointer; user-select: none; white-space: normal; min-width: 6em;
+     vertical-align: bottom; }
+thead th { position: sticky; top: 0; z-index: 2; }
+td:first-child, th:first-child { position: sticky; left: 0; z-index: 1; }
+thead th:first-child { z-index: 3; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 td.significant { font-weight: bold; }
+span.line { display: block; white-space: nowrap; }
+span.n { display: block; font-size: 11px; color: #666; font-weight: normal; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+figcaption { max-width: 60em; color: #555; }
 p.note { max-width: 60em; color: #555; }
+div.warning { max-width: 60em; background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 1em;
+              margin: 0.5em 0; }
 """
 
 
@@ -318,9 +394,18 @@ def _html_table(table_id: str, table: Table) -> str:
         sort = (
             "" if cell.sort is None else (repr(cell.sort) if isinstance(cell.sort, float) else str(cell.sort))
         )
-        return f'<td{attrs(cell)} data-sort="{html.escape(sort)}">{html.escape(cell.text)}</td>'
+        note = f'<span class="n">{html.escape(cell.note)}</span>' if cell.note else ""
+        return f'<td{attrs(cell)} data-sort="{html.escape(sort)}">{html.escape(cell.text)}{note}</td>'
 
-    head = "".join(f'<th{attrs(cell)} title="click to sort">{_breakable(cell.text)}</th>' for cell in header)
+    def th(cell: Cell) -> str:
+        text = (
+            "".join(f'<span class="line">{html.escape(line)}</span>' for line in cell.lines)
+            if cell.lines
+            else _breakable(cell.text)
+        )
+        return f'<th{attrs(cell)} title="click to sort">{text}</th>'
+
+    head = "".join(map(th, header))
     body = "\n".join(f"<tr>{''.join(map(td, cells))}</tr>" for cells in rows)
     return (
         f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>\n'
@@ -333,20 +418,24 @@ def _data_url(png: bytes) -> str:
 
 
 def to_html(board: Leaderboard, title: str, plots: dict[str, bytes], no_plots: str = "") -> str:
+    from lm_eval_ssmsteer.report.plots import CAPTIONS
+
+    warnings = "\n".join(
+        f'<div class="warning"><b>Warning:</b> {html.escape(w)}</div>' for w in board.warnings
+    )
     leaderboard = _html_table("leaderboard", leaderboard_table(board))
+    scores = _html_table("scores", scores_table(board))
     gains_header, gains_rows = gains_table(board)
     gains = ""
     if gains_rows:
         gains = "<h2>Steering gains per task</h2>\n" + _html_table("gains", (gains_header, gains_rows))
     figures = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="{_data_url(png)}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        f"<figcaption>{html.escape(name)}: {html.escape(CAPTIONS[name])}</figcaption></figure>"
         for name, png in plots.items()
     )
     sources = "\n".join(
-        f"<li>{html.escape(row.run.model_label)} · {html.escape(row.run.spec_label)}: "
-        f"{html.escape(', '.join(_sources(row)))}</li>"
-        for row in board.rows
+        f"<li>{html.escape(row.label)}: {html.escape(', '.join(_sources(row)))}</li>" for row in board.rows
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -354,7 +443,10 @@ def to_html(board: Leaderboard, title: str, plots: dict[str, bytes], no_plots: s
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="note">{html.escape(EXPLANATION)} Click a column header to sort.</p>
+{warnings}
 {leaderboard}
+<h2>Scores per task</h2>
+{scores}
 {gains}
 <h2>Plots</h2>
 {figures or f"<p>{html.escape(no_plots or NO_PLOTS)}</p>"}
