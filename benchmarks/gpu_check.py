@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM  # noqa: E402
 
+from lm_eval_ssmsteer.compat import cache_keyword, output_cache  # noqa: E402
 from lm_eval_ssmsteer.hooks import steer  # noqa: E402
 from lm_eval_ssmsteer.sites import describe_model  # noqa: E402
 from lm_eval_ssmsteer.spec import SITES, SteeringSpec  # noqa: E402
@@ -63,7 +64,7 @@ def kernel_launches(model, spec, ids, fragment: str, decode: bool) -> int:
             nxt = out.logits[:, -1:].argmax(-1)
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                model(nxt, cache_params=out.cache_params, use_cache=True)
+                model(nxt, use_cache=True, **{cache_keyword(model): output_cache(out)})
                 torch.cuda.synchronize()
         else:
             with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -33,7 +33,7 @@ from transformers import (
     MambaForCausalLM,
 )
 
-from lm_eval_ssmsteer.compat import cache_keyword
+from lm_eval_ssmsteer.compat import cache_keyword, output_cache
 from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.spec import POSITIONS, SITES, SteeringSpec
 
@@ -130,9 +130,8 @@ def kernel_launches(model, spec, ids) -> tuple[int, int]:
             torch.cuda.synchronize()
         prefill_count = sum(e.count for e in prof.key_averages() if PREFILL_KERNEL[arch] in e.key)
         nxt = out.logits[:, -1:].argmax(-1)
-        cache = getattr(out, "cache", None) or getattr(out, "cache_params", None)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(nxt, use_cache=True, **{cache_keyword(model): cache})
+            model(nxt, use_cache=True, **{cache_keyword(model): output_cache(out)})
             torch.cuda.synchronize()
         decode_count = sum(e.count for e in prof.key_averages() if DECODE_KERNEL in e.key)
     return prefill_count, decode_count

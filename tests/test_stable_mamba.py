@@ -12,6 +12,7 @@ from lm_eval.tasks import TaskManager
 from tiny import VOCAB, make_model, make_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
+from lm_eval_ssmsteer.compat import cache_keyword, output_cache
 from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.sites import describe_model
@@ -73,9 +74,9 @@ def test_cached_decoding_equals_the_full_forward(model):
     full = model(ids).logits
     out = model(ids[:, :5], use_cache=True)
     steps = [out.logits[:, -1]]
-    cache = out.cache_params
+    cache, keyword = output_cache(out), cache_keyword(model)
     for t in range(5, 9):
-        out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], use_cache=True, **{keyword: cache})
         steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=1e-4, atol=1e-5)
 

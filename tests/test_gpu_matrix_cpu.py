@@ -1,0 +1,47 @@
+"""benchmarks/gpu_matrix.py on the CPU: half-precision steering at scale 1.0 is the identity on the torch
+path too, and the matrix catches a steering path that is not (the real run is on the GPU machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_ssmsteer import hooks
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def matrix(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_matrix", BENCHMARKS / "gpu_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_matrix_passes_on_cpu(matrix, tmp_path):
+    out = tmp_path / "matrix.json"
+    code = matrix.main(["--device", "cpu", "--shape", "tiny", "--dtypes", "bf16", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["failures"] == []
+    assert code == 0
+    sites_seen = {(r["arch"], r["site"], r["positions"]) for r in doc["rows"]}
+    assert len(sites_seen) == 3 * 7 * 3  # every architecture, site and positions mode
+    assert all(r["identity_prefill"] == 0.0 and r["identity_decode"] == 0.0 for r in doc["rows"])
+
+
+def test_matrix_reports_a_scale_one_that_is_not_the_identity(matrix, monkeypatch, tmp_path):
+    # the rounding this project once had: a scaled tensor kept in half precision is rounded again
+    monkeypatch.setattr(hooks, "_scaled", lambda t, f: t * f.to(t.dtype) * (1 + 2**-7))
+    out = tmp_path / "matrix.json"
+    code = matrix.main(
+        ["--device", "cpu", "--shape", "tiny", "--archs", "mamba", "--dtypes", "bf16", "--out", str(out)]
+    )
+    failures = json.loads(out.read_text())["failures"]
+    assert code == 1
+    assert any("mamba/bf16/mixer_out/all: scale 1.0 prefill differs" in f for f in failures)
