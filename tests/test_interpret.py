@@ -346,6 +346,18 @@ def test_knockout_effect_reports_probability_change_and_argmax(model):
     assert not other.argmax_hit_base
 
 
+@torch.no_grad()
+def test_knockout_refuses_cached_decoding_steps(model):
+    # generate() feeds one token at a time with the cache under transformers' keyword of the day
+    # (cache_params up to 5.23, cache from 5.24): either way the step must be refused, not knocked wrongly
+    ids = random_ids(length=12)
+    spec = KnockoutSpec(layers=(0,), sources=(0,), targets=(-1,))
+    with knockout(model, spec), pytest.raises(RuntimeError, match="one-token decoding step with a cache"):
+        model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with knockout(model, spec):  # a whole sequence without a cache is what knockout is for
+        model(input_ids=ids, use_cache=False)
+
+
 def test_knockout_hooks_are_removed_even_after_an_error(model):
     mixers = [block.mixer for block in mamba_layers(model)]
     with pytest.raises(RuntimeError, match="boom"), knockout(model, KnockoutSpec((0, 2), (1,), (-1,))):
