@@ -1,4 +1,10 @@
-"""``ssmsteer find``: locate a bottleneck on calibration data and write the steering spec."""
+"""``ssmsteer find``: locate a bottleneck on calibration data and write the steering spec.
+
+Scores every (layer, site) on the calibration documents, screens and sweeps the best (channel count,
+then scale), and writes the configuration that lowers the answer loss most, if it also lowers it on the
+validation documents; otherwise the spec written is the identity (scale 1.0). Beside the spec:
+<stem>.scores.json (every score and sweep point) and <stem>.heatmap.png. Methods: docs/finder.md.
+"""
 
 from __future__ import annotations
 
@@ -129,7 +135,10 @@ def run(args: argparse.Namespace):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "find", help="find a bottleneck on calibration data and write a steering spec (docs/finder.md)"
+        "find",
+        help="find a bottleneck on calibration data and write a steering spec (docs/finder.md)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="shipped model name, HF id or local folder")
     p.add_argument(

@@ -4,6 +4,7 @@ NPZ and JSON under --out."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -70,6 +71,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _analysis_parser(analyses, name: str, help: str, library_function) -> argparse.ArgumentParser:
+    """An analysis's parser; its --help describes the analysis with the docstring of its library module."""
+    return analyses.add_parser(
+        name,
+        help=help,
+        description=inspect.getmodule(library_function).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "interpret",
@@ -78,7 +89,7 @@ def add_parser(subparsers) -> None:
     )
     analyses = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
-    attention = analyses.add_parser("attention", help="hidden attention maps per layer")
+    attention = _analysis_parser(analyses, "attention", "hidden attention maps per layer", hidden_attention)
     _add_common(attention)
     attention.add_argument(
         "--aggregate",
@@ -94,13 +105,17 @@ def add_parser(subparsers) -> None:
     )
     attention.set_defaults(func=run_attention)
 
-    latim = analyses.add_parser("latim", help="LaTIM token-to-token maps per layer, and their rollout")
+    latim = _analysis_parser(
+        analyses, "latim", "LaTIM token-to-token maps per layer, and their rollout", latim_maps
+    )
     _add_common(latim)
     latim.add_argument("--scores", nargs="+", choices=METHODS, default=list(METHODS))
     latim.add_argument("--rollout", action="store_true", help="also chain the block maps across the layers")
     latim.set_defaults(func=run_latim)
 
-    knock = analyses.add_parser("knockout", help="block sources -> targets in windows of layers")
+    knock = _analysis_parser(
+        analyses, "knockout", "block sources -> targets in windows of layers", knockout_effect
+    )
     _add_common(knock)
     knock.add_argument("--sources", type=_index_list("--sources"), required=True, help="e.g. 3-7")
     knock.add_argument("--targets", type=_index_list("--targets"), default=[-1], help="default: -1")
