@@ -423,8 +423,8 @@ def _train(
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, description: str = __doc__) -> int:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=ARCHS, required=True)
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--steps", type=int, default=6000)

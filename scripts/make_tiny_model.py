@@ -1,21 +1,41 @@
-"""Rebuild the bundled `tiny-random-mamba` smoke model (random weights, byte-level tokenizer).
+"""Build the `tiny-random-mamba` smoke model (random weights, byte-level tokenizer) into a folder.
 
-It exists so that `lm_eval --model mamba-steered` runs out of the box before any trained reference
-model is present; its scores are chance level by construction.
+The package ships one (lm_eval_ssmsteer/models/tiny-random-mamba) so that `lm_eval --model
+mamba-steered` runs out of the box; its scores are chance level by construction. The shipped copy is
+rewritten only when asked: --into-package, or --out naming its folder.
 
-    python scripts/make_tiny_model.py
+    python scripts/make_tiny_model.py --out /tmp/tiny-random-mamba
+    python scripts/make_tiny_model.py --into-package
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+SHIPPED = ROOT / "lm_eval_ssmsteer" / "models" / "tiny-random-mamba"
 
-from tiny import save_tiny  # noqa: E402
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="folder to write (created)")
+    where.add_argument(
+        "--into-package", action="store_true", help=f"rewrite the shipped copy ({SHIPPED.relative_to(ROOT)})"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0, as shipped)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import save_tiny
+
+    out = save_tiny(SHIPPED if args.into_package else args.out, "mamba", seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
 
 if __name__ == "__main__":
-    out = save_tiny(ROOT / "lm_eval_ssmsteer" / "models" / "tiny-random-mamba", "mamba", seed=0)
-    print(f"wrote {out}")
+    raise SystemExit(main())

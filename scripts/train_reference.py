@@ -9,4 +9,4 @@ See lm_eval_ssmsteer/train.py for the data mix, model shapes and schedule.
 from lm_eval_ssmsteer.train import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(description=__doc__))

@@ -192,3 +192,81 @@ def test_bad_input_fails_clearly_before_the_search_and_writes_nothing(
     assert rc == 2
     assert message in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.jsonl", "empty.jsonl"]
+
+
+def _greedy_answers(model, examples: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:
+    """The documents with their answers replaced by the model's own greedy continuation: steering that
+    flattens the predictions (what the sweep finds on random answers) raises the loss on these."""
+    out = []
+    for ids, start in examples:
+        ids = list(ids[:start])
+        with torch.no_grad():
+            for _ in range(4):
+                ids.append(int(model(torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()))
+        out.append((ids, start))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rejected_run():
+    """find on the tiny Mamba with every tqdm bar it opens recorded; validation rejects its choice."""
+    from tqdm.auto import tqdm
+
+    class RecordedBar(tqdm):
+        made: list[RecordedBar] = []
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.first_total, self.updates = self.total, 0
+            RecordedBar.made.append(self)
+
+        def update(self, n=1):
+            self.updates += 1
+            return super().update(n)
+
+    model = make_model("mamba")
+    data = CalibrationData.from_ids(_docs(8), "random ids")
+    validation = CalibrationData.from_ids(_greedy_answers(model, _docs(8, seed=1)), "own predictions")
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning, match="validation documents"):
+        patch.setattr(finder_search, "tqdm", RecordedBar)
+        result = find(model, data, sites=["mixer_out", "delta"], verify=2, validation=validation)
+    return model, data, validation, result, RecordedBar.made
+
+
+def test_find_shows_one_bar_per_phase_with_its_total_fixed_when_the_phase_starts(rejected_run):
+    _, data, validation, _, bars = rejected_run
+    phases = ["unsteered", "attribution", "screen", "verify", "sweep", "re-choose k", "validation"]
+    assert [bar.desc for bar in bars] == [f"find: {phase}" for phase in phases]
+    for bar in bars:  # one update per item (batch or configuration), so tqdm shows rate and ETA
+        assert bar.total == bar.first_total == bar.n == bar.updates > 0, bar.desc
+    totals = {bar.desc: bar.total for bar in bars}
+    assert totals["find: unsteered"] == totals["find: attribution"] == len(data.batches())
+    assert totals["find: validation"] == 2 * len(validation.batches())
+
+
+def test_heatmap_title_names_the_choice_or_why_the_identity_was_written(rejected_run):
+    model, data, _, rejected, _ = rejected_run
+    arch, sites = describe_model(model), ["mixer_out", "delta"]
+    assert rejected.rejected == "rejected by validation" and rejected.spec.interventions[0].scale == 1.0
+    chosen = rejected.scores["chosen"]
+    title = finder_search._heatmap_figure(rejected, arch, sites).axes[0].get_title()
+    assert title == (
+        f"causal pair score; best: layer {chosen['layer']} {chosen['site']}\n"
+        "rejected by validation: identity written"
+    )
+    kept = find(model, data, sites=sites, verify=2, progress=False)  # no validation: the choice is written
+    title = finder_search._heatmap_figure(kept, arch, sites).axes[0].get_title()
+    assert kept.rejected is None
+    assert title == f"causal pair score; chosen: layer {chosen['layer']} {chosen['site']}"
+
+
+def test_find_command_prints_warnings_as_one_line_without_source(model_dir, tmp_path, capsys, monkeypatch):
+    def no_matplotlib(*args):
+        raise ImportError("matplotlib")
+
+    monkeypatch.setattr(finder_search, "_heatmap", no_matplotlib)
+    args = ["find", "--model", str(model_dir), "--out", str(tmp_path / "found.json")]
+    args += ["--data", str(_data_file(tmp_path, 8)), "--sites", "mixer_out", "--no-progress"]
+    assert main(args) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warn" in line.lower()]
+    assert warned == ["warning: matplotlib is not installed (extra 'plots'): no heatmap PNG written"]

@@ -137,6 +137,21 @@ def test_knockout_sweeps_windows_and_reports_each(model_dir, tmp_path, capsys):
     assert "layers 1-2 features=keep_slow: p=" in capsys.readouterr().out
 
 
+def test_knockout_window_defaults_to_the_whole_of_a_shallow_model_and_names_the_target(
+    model_dir, tmp_path, capsys
+):
+    argv = ("--model", str(model_dir), "--text", TEXT, "--sources", "6-10", "--out", str(tmp_path))
+    assert run("knockout", *argv) == 0
+    out = capsys.readouterr().out
+    assert "window: 3 layers (the model has 3; the paper's default is 9)" in out
+    record = json.loads((tmp_path / "knockout.json").read_text())
+    assert [r["spec"]["layers"] for r in record["results"]] == [[0, 1, 2]]
+    target = record["results"][0]["target_token"]
+    text = make_tokenizer().decode([target])
+    assert record["target_token_text"] == text
+    assert f"target token: id {target} {text!r} (the unintervened prediction at position 18)" in out
+
+
 @pytest.mark.parametrize("old", ["fast", "slow"])
 def test_knockout_refuses_the_ambiguous_old_feature_names(model_dir, tmp_path, capsys, old):
     argv = ("--model", str(model_dir), "--text", TEXT, "--sources", "1", "--out", str(tmp_path))

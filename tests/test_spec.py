@@ -118,3 +118,91 @@ def test_spec_cli_shows_hash_and_checks_against_a_model(tmp_path, capsys):
     assert "n_layers: spec 24, model 3" in capsys.readouterr().out
     small = json.dumps({"version": 1, "interventions": [{"layer": 2, "site": "B", "scale": 2.0}]})
     assert main(["spec", "check", small, "--model", str(folder)]) == 0
+
+
+def _spec_naming(model: str | None) -> str:
+    doc = {"version": 1, "interventions": [{"layer": 2, "site": "B", "scale": 2.0}]}
+    if model is not None:
+        doc["model"] = {"architecture": "mamba", "n_layers": 3, "name": model}
+    return json.dumps(doc)
+
+
+def test_spec_check_takes_the_model_from_the_spec_else_requires_model(capsys):
+    from lm_eval_ssmsteer.cli import main
+
+    assert main(["spec", "check", _spec_naming("tiny-random-mamba")]) == 0
+    out = capsys.readouterr().out
+    assert "model: tiny-random-mamba (the spec's model.name)" in out
+    assert "ok: 1 (layer, site) interventions fit tiny-random-mamba" in out
+    assert main(["spec", "check", _spec_naming(None)]) == 2
+    assert "error: the spec names no model (its 'model' block has no 'name'); pass --model" in (
+        capsys.readouterr().out
+    )
+    assert main(["spec", "check", _spec_naming(None), "--model", "./no/such/folder"]) == 2
+    assert "--model './no/such/folder' is not a shipped model" in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty hub cache, no proxy, and a failed test if anything is loaded or connected to."""
+    import socket
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from lm_eval_ssmsteer import loading
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(urllib.request, "getproxies", dict)
+    monkeypatch.setattr(loading, "prepare_pretrained", lambda *a: pytest.fail("tried to load the model"))
+    return monkeypatch, socket, constants
+
+
+def test_spec_check_of_an_uncached_hub_id_fails_at_once_when_offline(no_hub, capsys):
+    from lm_eval_ssmsteer.cli import main
+
+    monkeypatch, socket, constants = no_hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    assert main(["spec", "check", _spec_naming("nobody/uncached-mamba")]) == 2
+    assert (
+        "error: the spec's model.name 'nobody/uncached-mamba' is a Hugging Face hub id (not a shipped model "
+        "or a local folder), the hub is offline (HF_HUB_OFFLINE is set) and the model is not in the local "
+        "cache: pass --model a local folder that holds its config.json"
+    ) in capsys.readouterr().out
+
+
+def test_spec_check_of_an_uncached_hub_id_fails_at_once_without_network(no_hub, capsys):
+    from lm_eval_ssmsteer.cli import main
+
+    monkeypatch, socket, constants = no_hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(address, timeout):
+        assert address == ("huggingface.co", 443) and timeout <= 3
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    assert main(["spec", "check", "paper-mamba-130m"]) == 2
+    out = capsys.readouterr().out
+    assert "model: state-spaces/mamba-130m-hf (the spec's model.name)" in out
+    assert "the hub is offline (huggingface.co cannot be reached)" in out
+
+
+def test_spec_check_offline_reads_a_cached_hub_model_from_its_snapshot_folder(no_hub, tmp_path, capsys):
+    from lm_eval_ssmsteer import loading
+    from lm_eval_ssmsteer.cli import main
+
+    monkeypatch, _, constants = no_hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo = tmp_path / "hub" / "models--someone--tiny-mamba"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(
+        (loading.MODELS_DIR / "tiny-random-mamba" / "config.json").read_text()
+    )
+    monkeypatch.setattr(loading, "prepare_pretrained", lambda path: (path, False))
+    assert main(["spec", "check", _spec_naming("someone/tiny-mamba")]) == 0
+    assert "ok: 1 (layer, site) interventions fit someone/tiny-mamba" in capsys.readouterr().out

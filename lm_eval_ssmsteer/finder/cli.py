@@ -1,8 +1,16 @@
-"""``ssmsteer find``: locate a bottleneck on calibration data and write the steering spec."""
+"""``ssmsteer find``: locate a bottleneck on calibration data and write the steering spec.
+
+Scores every (layer, site) on the calibration documents, screens and sweeps the best (channel count,
+then scale), and writes the configuration that lowers the answer loss most, if it also lowers it on the
+validation documents; otherwise the spec written is the identity (scale 1.0). Beside the spec:
+<stem>.scores.json (every score and sweep point) and <stem>.heatmap.png. Methods: docs/finder.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
@@ -10,21 +18,31 @@ from lm_eval_ssmsteer.finder.methods import METHODS
 from lm_eval_ssmsteer.spec import SITES
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, without the source line that Python's default format echoes."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
-    try:
-        paths, result = run(args)
-    except FinderError as exc:
-        print(f"error: {exc}")
-        return 2
+    from lm_eval_ssmsteer.finder.search import REJECTED_BY_VALIDATION, IdentityWritten
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IdentityWritten)  # the summary below says it, and why
+        warnings.showwarning = _print_warning
+        try:
+            paths, result = run(args)
+        except FinderError as exc:
+            print(f"error: {exc}")
+            return 2
     chosen = result.scores["chosen"]
     gain = result.spec.provenance["calibration_gain"]
     iv = result.spec.interventions[0]
-    if iv.scale == 1.0:
+    if result.rejected is not None:
         checked = result.scores["validation"]
         why = (
             f"it lowered the calibration loss but not the validation loss "
             f"({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f})"
-            if checked is not None and not checked["held"]
+            if result.rejected == REJECTED_BY_VALIDATION
             else "it did not lower the calibration loss"
         )
         print(
@@ -129,7 +147,10 @@ def run(args: argparse.Namespace):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "find", help="find a bottleneck on calibration data and write a steering spec (docs/finder.md)"
+        "find",
+        help="find a bottleneck on calibration data and write a steering spec (docs/finder.md)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="shipped model name, HF id or local folder")
     p.add_argument(

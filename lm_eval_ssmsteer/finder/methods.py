@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,11 @@ VERIFY_AMPLIFY = 3.0
 
 Pair = tuple[int, str]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
+Advance = Callable[[], object]  # called once per item done (a batch, a channel), for a progress bar
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,14 @@ def _answer_loss(model, ids, labels, start=None) -> tuple[torch.Tensor, int]:
 
 
 def evaluate(
-    model, batches: Batches, spec: SteeringSpec | None = None, start: LayerInputs | None = None
+    model,
+    batches: Batches,
+    spec: SteeringSpec | None = None,
+    start: LayerInputs | None = None,
+    advance: Advance = _nothing,
 ) -> Score:
     """Loss and accuracy on ``batches``; ``start``: run from that cached layer input (spec steers there
-    or later)."""
+    or later); ``advance`` after each batch."""
     loss, right, tokens, docs = 0.0, 0, 0, 0
     with torch.no_grad(), steer(model, spec):
         for i, (ids, labels) in enumerate(batches):
@@ -117,6 +127,7 @@ def evaluate(
             right += batch_right
             tokens += int((labels[:, 1:] != -100).sum())
             docs += ids.shape[0]
+            advance()
     return Score(loss / tokens, right / docs)
 
 
@@ -125,8 +136,11 @@ def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels != -100).flip(1).cumsum(1).flip(1) > 0
 
 
-def activation_variance(model, batches: Batches, pairs: list[Pair]) -> dict[Pair, torch.Tensor]:
-    """Per-channel variance across documents of the token-averaged activation at each pair."""
+def activation_variance(
+    model, batches: Batches, pairs: list[Pair], advance: Advance = _nothing
+) -> dict[Pair, torch.Tensor]:
+    """Per-channel variance across documents of the token-averaged activation at each pair (``advance``
+    after each batch)."""
     bad = [p for p in pairs if p[1] not in VARIANCE_SITES]
     if bad:
         raise ValueError(f"activation variance reads only {VARIANCE_SITES}, not {bad}")
@@ -152,6 +166,7 @@ def activation_variance(model, batches: Batches, pairs: list[Pair]) -> dict[Pair
             for ids, labels in batches:
                 mask[:] = [_valid_positions(labels)]
                 model(ids, use_cache=False)
+                advance()
     finally:
         for handle in handles:
             handle.remove()
@@ -181,9 +196,12 @@ class Attribution:
         return -self.grad / self.fisher.sqrt().clamp(min=1e-20)
 
 
-def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> dict[Pair, Attribution]:
+def attribution(
+    model, batches: Batches, pairs: list[Pair], arch: ArchInfo, advance: Advance = _nothing
+) -> dict[Pair, Attribution]:
     """Per-document gradients for every channel of every pair (L = Σ_d ℓ_d: the mean answer-token loss),
-    from one forward and backward pass per batch with one factor per document (all ones)."""
+    from one forward and backward pass per batch with one factor per document (all ones); ``advance``
+    after each batch."""
     device = next(model.parameters()).device
     tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in batches)
     per_doc: dict[Pair, list[torch.Tensor]] = {p: [] for p in pairs}
@@ -201,6 +219,7 @@ def attribution(model, batches: Batches, pairs: list[Pair], arch: ArchInfo) -> d
                 (loss / tokens).backward()
             for p, f in factors.items():
                 per_doc[p].append(f.grad[:, 0, :].float())  # (b, c)
+            advance()
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -263,10 +282,12 @@ def verify(
     n: int,
     start: LayerInputs | None = None,
     directions: tuple[str, ...] = ("amplify", "damp"),
+    advance: Advance = _nothing,
 ) -> dict[str, dict[int, float]]:
-    """Measured loss decrease of the top ``n`` channels of each direction, one real intervention each:
-    amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the front in measured order,
-    and ``ranking.helpful`` counts those that lowered the loss (a channel count the sweep tries)."""
+    """Measured loss decrease of the top ``n`` channels of each direction, one real intervention each
+    (``advance`` after each): amplify by VERIFY_AMPLIFY, ablate to 0. The verified channels move to the
+    front in measured order, and ``ranking.helpful`` counts those that lowered the loss (a channel count
+    the sweep tries)."""
     layer, site = pair
     measured: dict[str, dict[int, float]] = {}
     for direction, scale in (("amplify", VERIFY_AMPLIFY), ("damp", 0.0)):
@@ -277,6 +298,7 @@ def verify(
         for channel in order[:n]:
             spec = SteeringSpec.single(layer=layer, site=site, channels=[channel], scale=scale)
             gains[channel] = base.loss - evaluate(model, batches, spec, start).loss
+            advance()
         measured[direction] = gains
         verified = sorted(gains, key=gains.get, reverse=True)
         setattr(ranking, direction, verified + order[n:])

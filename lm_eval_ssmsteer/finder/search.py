@@ -10,7 +10,10 @@ The sweep, per pair and direction: first the number of channels k at a reference
 at the best k; finally k again at the scale of the best point. The chosen configuration is the one with
 the lowest calibration loss among every point evaluated (screen included); if none beats the unsteered
 model, or (with validation documents) it does not also lower the loss on those, the spec written is the
-identity (scale 1.0) and a warning says so.
+identity (scale 1.0) and a warning (``IdentityWritten``) says so.
+
+Progress: one bar per phase (unsteered, attribution or variance, screen, verify, sweep, re-choose k,
+validation), each with its number of batches or configurations fixed when the phase starts.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from lm_eval_ssmsteer.finder import methods
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
@@ -39,6 +44,16 @@ DIRECTIONS = ("amplify", "damp")
 AMPLIFY_SCALES = (1.5, 2.0, 3.0, 5.0, 8.0)
 DAMP_SCALES = (0.0, 0.5)
 REFERENCE_SCALE = {"amplify": 3.0, "damp": 0.0}
+OTHER_SCALES = {
+    "amplify": tuple(s for s in AMPLIFY_SCALES if s != REFERENCE_SCALE["amplify"]),
+    "damp": tuple(s for s in DAMP_SCALES if s != REFERENCE_SCALE["damp"]),
+}
+NO_GAIN = "no calibration gain"
+REJECTED_BY_VALIDATION = "rejected by validation"
+
+
+class IdentityWritten(UserWarning):
+    """The spec is the identity (scale 1.0): the best configuration was not kept."""
 
 
 @dataclass
@@ -48,6 +63,31 @@ class FindResult:
     best: Score
     scores: dict[str, Any]  # the raw scores document
     heatmap: dict[Pair, float] = field(default_factory=dict)
+    # why the best configuration was not written (NO_GAIN, REJECTED_BY_VALIDATION); None if it was
+    rejected: str | None = None
+
+
+class _Progress:
+    """One tqdm bar per phase of the search, its total fixed when the phase starts; ``advance`` moves it
+    one item (a batch, or one configuration evaluated on every batch), so that tqdm shows rate and ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+
+    @contextmanager
+    def phase(self, name: str, total: int, unit: str):
+        self._bar = tqdm(total=total, desc=f"find: {name}", unit=unit, disable=not (self.enabled and total))
+        try:
+            yield
+        finally:
+            self._bar.close()
+            self._bar = None
+
+    def advance(self, what: str = "") -> None:
+        if what:
+            self._bar.set_postfix_str(what, refresh=False)
+        self._bar.update()
 
 
 def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -> None:
@@ -118,8 +158,6 @@ def find(
     """Score, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
     the loss there, else the identity is returned (the sweep's choice overfits a few documents)."""
-    from tqdm.auto import tqdm
-
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     arch = describe_model(model)
@@ -128,39 +166,34 @@ def find(
     t0 = time.time()
     device = next(model.parameters()).device
     batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
-    bar = tqdm(total=0, desc="ssmsteer find", unit="pass", disable=not progress)
-
-    def step(what: str, passes: int = 1) -> None:
-        bar.set_postfix_str(what)
-        bar.update(passes)
+    bars = _Progress(progress)
 
     with _scan_context(model, arch):
-        bar.total = 1 + (3 * len(batches) if method in ("attribution", "causal") else 1)
-        base = methods.evaluate(model, batches)
-        step("unsteered")
-        rankings, raw = _score(model, batches, arch, method, sites, step)
-        sweep = _Sweep(model, batches, arch, rankings, step)
+        with bars.phase("unsteered", len(batches), "batch"):
+            base = methods.evaluate(model, batches, advance=bars.advance)
+        rankings, raw = _score(model, batches, arch, method, sites, bars)
+        sweep = _Sweep(model, batches, arch, rankings, bars.advance)
         screened: list[dict[str, Any]] = []
         if method == "causal":
             shortlist = _distinct_best(rankings, max(screen, candidates))
-            bar.total += sum(len(_screen_counts(arch, p)) for p in shortlist)
-            for pair in shortlist:
-                direction = rankings[pair].direction or "amplify"
-                points = [
-                    sweep.run(pair, direction, k, REFERENCE_SCALE[direction], "screen")
-                    for k in _screen_counts(arch, pair)
-                ]
-                best_point = min(points, key=lambda point: point["loss"])
-                screened.append(
-                    {
-                        "layer": pair[0],
-                        "site": pair[1],
-                        "score": rankings[pair].score,
-                        "direction": direction,
-                        "loss": best_point["loss"],
-                        "k": best_point["k"],
-                    }
-                )
+            with bars.phase("screen", sum(len(_screen_counts(arch, p)) for p in shortlist), "config"):
+                for pair in shortlist:
+                    direction = rankings[pair].direction or "amplify"
+                    points = [
+                        sweep.run(pair, direction, k, REFERENCE_SCALE[direction], "screen")
+                        for k in _screen_counts(arch, pair)
+                    ]
+                    best_point = min(points, key=lambda point: point["loss"])
+                    screened.append(
+                        {
+                            "layer": pair[0],
+                            "site": pair[1],
+                            "score": rankings[pair].score,
+                            "direction": direction,
+                            "loss": best_point["loss"],
+                            "k": best_point["k"],
+                        }
+                    )
             ranked = sorted(screened, key=lambda row: row["loss"])[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
         else:
@@ -170,28 +203,32 @@ def find(
         verify_counts = {
             p: min(verify, arch.site_width(p[1])) if method == "causal" else 0 for p in chosen_pairs
         }
-        bar.total = bar.n + sum(verify_counts.values()) * (1 if method == "causal" else 2)
-        bar.total += _sweep_passes(arch, plan, rankings, max_channels)  # an estimate: see _gap_k
         verified = {}
         if method == "causal":
-            for pair, directions in plan:
-                n = verify_counts[pair]
-                verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
-                    model, batches, base, pair, rankings[pair], n, sweep.start(pair[0]), directions
-                )
-                step(f"verified layer {pair[0]} {pair[1]}", n * len(directions))
-        sweep.sweep(plan, max_channels)
+            with bars.phase("verify", sum(verify_counts[p] * len(d) for p, d in plan), "config"):
+                for pair, directions in plan:
+                    verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
+                        model,
+                        batches,
+                        base,
+                        pair,
+                        rankings[pair],
+                        verify_counts[pair],
+                        sweep.start(pair[0]),
+                        directions,
+                        partial(bars.advance, f"layer {pair[0]} {pair[1]}"),
+                    )
+        sweep.sweep(plan, max_channels, bars)
         curve = sweep.curve
         best = min(curve, key=lambda point: point["loss"])
         improved = best["loss"] < base.loss
         checked = None
         if validation is not None and improved:
-            bar.total = bar.n + 2
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
             candidate = SteeringSpec.single(best["layer"], best["site"], best["channels"], best["scale"])
-            v_base = methods.evaluate(model, held_out)
-            v_steered = methods.evaluate(model, held_out, candidate)
-            step("validation", 2)
+            with bars.phase("validation", 2 * len(held_out), "batch"):
+                v_base = methods.evaluate(model, held_out, advance=bars.advance)
+                v_steered = methods.evaluate(model, held_out, candidate, advance=bars.advance)
             checked = {
                 "source": validation.source,
                 "sha256": validation.sha256,
@@ -200,22 +237,25 @@ def find(
                 "accuracy": {"unsteered": v_base.accuracy, "steered": v_steered.accuracy},
                 "held": v_steered.loss < v_base.loss,
             }
-        bar.total = bar.n
-    bar.close()
 
+    rejected = None
     if not improved:
+        rejected = NO_GAIN
         warnings.warn(
             "no steering configuration lowered the calibration loss; the spec written is the identity "
             "(scale 1.0), so steering with it changes nothing",
+            IdentityWritten,
             stacklevel=2,
         )
     elif checked is not None and not checked["held"]:
         improved = False
+        rejected = REJECTED_BY_VALIDATION
         warnings.warn(
             f"the best configuration (layer {best['layer']} {best['site']}, {best['k']} channels "
             f"x{best['scale']:g}) lowered the calibration loss but not the loss on the validation "
             f"documents ({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f}); the spec "
             "written is the identity (scale 1.0), so steering with it changes nothing",
+            IdentityWritten,
             stacklevel=2,
         )
     channels = best["channels"]
@@ -287,8 +327,10 @@ def find(
         "sweep": curve,
         "chosen": {k: best[k] for k in ("layer", "site", "direction", "k", "scale", "loss", "accuracy")},
         "validation": checked,
+        "rejected": rejected,
     }
-    return FindResult(spec, base, best_score, scores, {p: r.score for p, r in rankings.items()})
+    heatmap = {p: r.score for p, r in rankings.items()}
+    return FindResult(spec, base, best_score, scores, heatmap, rejected)
 
 
 def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
@@ -309,12 +351,14 @@ def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
     return chosen
 
 
-def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
+def _score(
+    model, batches, arch, method, sites, bars: _Progress
+) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
     pairs = [(layer, site) for layer in range(arch.n_layers) for site in sites]
     raw: dict[str, Any] = {}
     if method in ("attribution", "causal"):
-        grads = methods.attribution(model, batches, pairs, arch)
-        step("attribution", 3 * len(batches))
+        with bars.phase("attribution", len(batches), "batch"):
+            grads = methods.attribution(model, batches, pairs, arch, bars.advance)
         raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}
         raw["fisher"] = {f"{p[0]}/{p[1]}": g.fisher.tolist() for p, g in grads.items()}
         per_doc = next(iter(grads.values())).per_doc  # one set of sign flips for every pair
@@ -324,8 +368,8 @@ def _score(model, batches, arch, method, sites, step) -> tuple[dict[Pair, Rankin
         stats = methods.dt_bias_layers(model, arch)
         raw["dt_bias"] = stats
         pairs = [(methods.dt_bias_layer(stats), "mixer_out")]
-    variances = methods.activation_variance(model, batches, pairs)
-    step("activation variance")
+    with bars.phase("activation variance", len(batches), "batch"):
+        variances = methods.activation_variance(model, batches, pairs, bars.advance)
     raw["variance"] = {f"{p[0]}/{p[1]}": v.tolist() for p, v in variances.items()}
     return {p: methods.rank_variance(v) for p, v in variances.items()}, raw
 
@@ -348,23 +392,14 @@ def _screen_counts(arch: ArchInfo, pair: Pair) -> list[int]:
     return [k for k in SCREEN_K if k <= arch.site_width(pair[1])]
 
 
-def _sweep_passes(arch, plan, rankings, max_channels) -> int:
-    """Passes of the sweep, the final re-choice of k counted as K_GRID's size (an upper bound; points
-    already evaluated in the screen are not evaluated again)."""
-    scales = {"amplify": AMPLIFY_SCALES, "damp": DAMP_SCALES}
-    return len(K_GRID) + sum(
-        len(_channel_counts(rankings[p], d, min(arch.site_width(p[1]), max_channels))) + len(scales[d]) - 1
-        for p, directions in plan
-        for d in directions
-    )
-
-
 class _Sweep:
     """Evaluations of single interventions on the calibration data, each configuration once; ``curve``
-    keeps every point in the order evaluated."""
+    keeps every point in the order evaluated. ``advance`` follows every configuration asked for, also
+    one evaluated before (it takes no time then)."""
 
-    def __init__(self, model, batches, arch: ArchInfo, rankings: dict[Pair, Ranking], step) -> None:
-        self.model, self.batches, self.arch, self.rankings, self.step = model, batches, arch, rankings, step
+    def __init__(self, model, batches, arch: ArchInfo, rankings: dict[Pair, Ranking], advance) -> None:
+        self.model, self.batches, self.arch, self.rankings = model, batches, arch, rankings
+        self.advance = advance
         self.curve: list[dict[str, Any]] = []
         self._seen: dict[tuple, dict[str, Any]] = {}
         self._starts: dict[int, methods.LayerInputs] = {}
@@ -377,47 +412,54 @@ class _Sweep:
     def run(self, pair: Pair, direction: str, k: int, scale: float, stage: str = "sweep") -> dict[str, Any]:
         channels = sorted(getattr(self.rankings[pair], direction)[:k])
         key = (pair, tuple(channels), scale)
-        if key in self._seen:
-            return {**self._seen[key], "direction": direction, "k": k}
-        spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
-        score = methods.evaluate(self.model, self.batches, spec, self.start(pair[0]))
-        self.step(f"{stage} layer {pair[0]} {pair[1]} k={k} x{scale:g}")
-        point = {
-            "stage": stage,
-            "layer": pair[0],
-            "site": pair[1],
-            "direction": direction,
-            "k": k,
-            "scale": scale,
-            "channels": channels,
-            "loss": score.loss,
-            "accuracy": score.accuracy,
-        }
-        self._seen[key] = point
-        self.curve.append(point)
-        return point
+        if key not in self._seen:
+            spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
+            score = methods.evaluate(self.model, self.batches, spec, self.start(pair[0]))
+            point = {
+                "stage": stage,
+                "layer": pair[0],
+                "site": pair[1],
+                "direction": direction,
+                "k": k,
+                "scale": scale,
+                "channels": channels,
+                "loss": score.loss,
+                "accuracy": score.accuracy,
+            }
+            self._seen[key] = point
+            self.curve.append(point)
+        self.advance(f"{stage} layer {pair[0]} {pair[1]} k={k} x{scale:g}")
+        return {**self._seen[key], "direction": direction, "k": k}
 
-    def sweep(self, plan: list[tuple[Pair, tuple[str, ...]]], max_channels: int) -> None:
-        scales = {"amplify": AMPLIFY_SCALES, "damp": DAMP_SCALES}
+    def sweep(self, plan: list[tuple[Pair, tuple[str, ...]]], max_channels: int, bars: _Progress) -> None:
+        """Per pair and direction: every channel count at the reference scale, then the other scales at
+        the best count; then the best point's count again at its own scale."""
+        counts = {
+            (pair, direction): sorted(
+                _channel_counts(
+                    self.rankings[pair], direction, min(self.arch.site_width(pair[1]), max_channels)
+                )
+            )
+            for pair, directions in plan
+            for direction in directions
+        }
         swept: list[dict[str, Any]] = []
-        for pair, directions in plan:
-            width = self.arch.site_width(pair[1])
-            ranking = self.rankings[pair]
-            for direction in directions:
-                ks = _channel_counts(ranking, direction, min(width, max_channels))
-                reference = REFERENCE_SCALE[direction]
-                at_reference = [self.run(pair, direction, k, reference) for k in sorted(ks)]
+        with bars.phase(
+            "sweep", sum(len(ks) + len(OTHER_SCALES[d]) for (_, d), ks in counts.items()), "config"
+        ):
+            for (pair, direction), ks in counts.items():
+                at_reference = [self.run(pair, direction, k, REFERENCE_SCALE[direction]) for k in ks]
                 swept += at_reference
                 best_k = min(at_reference, key=lambda point: point["loss"])["k"]
-                swept += [self.run(pair, direction, best_k, s) for s in scales[direction] if s != reference]
+                swept += [self.run(pair, direction, best_k, s) for s in OTHER_SCALES[direction]]
         # the best point's k was chosen at the reference scale: choose it again at the point's own scale
         best = min(swept, key=lambda point: point["loss"])
         if best["scale"] != REFERENCE_SCALE[best["direction"]]:
             pair = (best["layer"], best["site"])
-            width = self.arch.site_width(pair[1])
-            ks = _channel_counts(self.rankings[pair], best["direction"], min(width, max_channels))
-            for k in sorted(ks - {best["k"]}):
-                self.run(pair, best["direction"], k, best["scale"])
+            others = [k for k in counts[(pair, best["direction"])] if k != best["k"]]
+            with bars.phase("re-choose k", len(others), "config"):
+                for k in others:
+                    self.run(pair, best["direction"], k, best["scale"])
 
 
 def write_outputs(result: FindResult, out: Path, arch: ArchInfo, sites: list[str]) -> dict[str, Path]:
@@ -443,10 +485,28 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _heatmap_title(result: FindResult) -> str:
+    """The pair-score heatmap's title: the configuration written, or the best one and why it was not."""
+    chosen = result.scores["chosen"]
+    where = f"layer {chosen['layer']} {chosen['site']}"
+    if result.rejected is None:
+        return f"{result.scores['method']} pair score; chosen: {where}"
+    return f"{result.scores['method']} pair score; best: {where}\n{result.rejected}: identity written"
+
+
 def _heatmap(result: FindResult, arch: ArchInfo, sites: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = _heatmap_figure(result, arch, sites)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def _heatmap_figure(result: FindResult, arch: ArchInfo, sites: list[str]):
+    """Layer x site grid of the pair scores (a matplotlib figure)."""
     import matplotlib.pyplot as plt
 
     shown = [s for s in sites if any((layer, s) in result.heatmap for layer in range(arch.n_layers))]
@@ -460,9 +520,7 @@ def _heatmap(result: FindResult, arch: ArchInfo, sites: list[str], path: Path) -
     ax.set_yticks(range(arch.n_layers), [str(i) for i in range(arch.n_layers)])
     ax.set_xlabel("site")
     ax.set_ylabel("layer")
-    chosen = result.scores["chosen"]
-    ax.set_title(f"{result.scores['method']} pair score; chosen: layer {chosen['layer']} {chosen['site']}")
+    ax.set_title(_heatmap_title(result))
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    return fig

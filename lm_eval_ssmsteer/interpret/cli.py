@@ -4,6 +4,7 @@ NPZ and JSON under --out."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ from lm_eval_ssmsteer.interpret.knockout import (
 from lm_eval_ssmsteer.interpret.latim import METHODS, latim_maps, rollout
 from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, mixer_kind
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, save_npz, token_labels
+
+PAPER_WINDOW = 9  # layers per knockout window in the paper's Figure 6; capped at the model's depth
 
 
 def parse_indices(text: str, what: str) -> list[int]:
@@ -68,6 +71,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _analysis_parser(analyses, name: str, help: str, library_function) -> argparse.ArgumentParser:
+    """An analysis's parser; its --help describes the analysis with the docstring of its library module."""
+    return analyses.add_parser(
+        name,
+        help=help,
+        description=inspect.getmodule(library_function).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "interpret",
@@ -76,7 +89,7 @@ def add_parser(subparsers) -> None:
     )
     analyses = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
-    attention = analyses.add_parser("attention", help="hidden attention maps per layer")
+    attention = _analysis_parser(analyses, "attention", "hidden attention maps per layer", hidden_attention)
     _add_common(attention)
     attention.add_argument(
         "--aggregate",
@@ -92,17 +105,25 @@ def add_parser(subparsers) -> None:
     )
     attention.set_defaults(func=run_attention)
 
-    latim = analyses.add_parser("latim", help="LaTIM token-to-token maps per layer, and their rollout")
+    latim = _analysis_parser(
+        analyses, "latim", "LaTIM token-to-token maps per layer, and their rollout", latim_maps
+    )
     _add_common(latim)
     latim.add_argument("--scores", nargs="+", choices=METHODS, default=list(METHODS))
     latim.add_argument("--rollout", action="store_true", help="also chain the block maps across the layers")
     latim.set_defaults(func=run_latim)
 
-    knock = analyses.add_parser("knockout", help="block sources -> targets in windows of layers")
+    knock = _analysis_parser(
+        analyses, "knockout", "block sources -> targets in windows of layers", knockout_effect
+    )
     _add_common(knock)
     knock.add_argument("--sources", type=_index_list("--sources"), required=True, help="e.g. 3-7")
     knock.add_argument("--targets", type=_index_list("--targets"), default=[-1], help="default: -1")
-    knock.add_argument("--window-size", type=int, default=9, help="layers per window (default: 9)")
+    knock.add_argument(
+        "--window-size",
+        type=int,
+        help=f"layers per window (default: {PAPER_WINDOW}, the paper's, or every layer of a shallower model)",
+    )
     knock.add_argument(
         "--window-start",
         type=int,
@@ -151,7 +172,7 @@ def _load(args: argparse.Namespace):
         "tokens": token_labels(tokenizer, input_ids[0].tolist()),
         "token_ids": input_ids[0].tolist(),
     }
-    return model, blocks, input_ids, layers, meta
+    return model, tokenizer, blocks, input_ids, layers, meta
 
 
 def _main(run):
@@ -184,7 +205,7 @@ def _save_arrays(args, meta: dict, arrays: dict, layers: tuple[int, ...]) -> lis
 
 @_main
 def run_attention(args: argparse.Namespace) -> list[Path]:
-    model, blocks, input_ids, layers, meta = _load(args)
+    model, _, blocks, input_ids, layers, meta = _load(args)
     captured = capture_layers(model, input_ids, layers)
     arrays, written = {}, []
     budget = args.memory_mb * 2**20
@@ -201,7 +222,7 @@ def run_attention(args: argparse.Namespace) -> list[Path]:
 
 @_main
 def run_latim(args: argparse.Namespace) -> list[Path]:
-    model, blocks, input_ids, layers, meta = _load(args)
+    model, _, blocks, input_ids, layers, meta = _load(args)
     if args.rollout and list(layers) != list(range(layers[0], layers[-1] + 1)):
         raise ValueError(f"--rollout chains consecutive layers; got layers {list(layers)}")
     captured = capture_layers(model, input_ids, layers)
@@ -224,17 +245,20 @@ def run_latim(args: argparse.Namespace) -> list[Path]:
 
 @_main
 def run_knockout(args: argparse.Namespace) -> list[Path]:
-    model, blocks, input_ids, layers, meta = _load(args)
+    model, tokenizer, blocks, input_ids, layers, meta = _load(args)
     n_layers, length = len(blocks), input_ids.shape[1]
     check_positions(args.sources, length, "source")
     check_positions(args.targets, length, "target")
     (position,) = check_positions([args.position], length, "prediction")
+    size = args.window_size
+    if size is None:
+        size = min(PAPER_WINDOW, n_layers)
+        print(f"window: {size} layers (the model has {n_layers}; the paper's default is {PAPER_WINDOW})")
     if args.window_start is not None:
-        windows = [layer_window(args.window_start, args.window_size, n_layers)]
+        windows = [layer_window(args.window_start, size, n_layers)]
     else:
-        layer_window(0, args.window_size, n_layers)  # refuses an empty or too large window
-        starts = [s for s in layers if s + args.window_size <= n_layers]
-        windows = [layer_window(s, args.window_size, n_layers) for s in starts]
+        layer_window(0, size, n_layers)  # refuses an empty or too large window
+        windows = [layer_window(s, size, n_layers) for s in layers if s + size <= n_layers]
     base_probs = next_token_probs(model, input_ids, position)
     results = []
     for features in args.features:
@@ -243,7 +267,9 @@ def run_knockout(args: argparse.Namespace) -> list[Path]:
             effect = knockout_effect(model, input_ids, spec, args.target_token_id, position, base_probs)
             results.append({"spec": spec.to_dict(), **effect.to_dict()})
     feature_sets = {name: FEATURES[name] for name in args.features}  # what each spec's "features" means
-    record = {**meta, "feature_sets": feature_sets, "results": results}
+    target = results[0]["target_token"] if results else None  # the same in every result
+    target_text = None if target is None else tokenizer.decode([target])
+    record = {**meta, "target_token_text": target_text, "feature_sets": feature_sets, "results": results}
     written = [save_json(args.out / "knockout.json", record)]
     if len(windows) > 1:
         starts = [w[0] for w in windows]
@@ -251,7 +277,7 @@ def run_knockout(args: argparse.Namespace) -> list[Path]:
             f"features={f}": [r["relative_change_pct"] for r in results if r["spec"]["features"] == f]
             for f in args.features
         }
-        title = f"{args.model}: knockout {args.sources} -> {args.targets}, windows of {args.window_size}"
+        title = f"{args.model}: knockout {args.sources} -> {args.targets}, windows of {size}"
         written.append(
             save_lines(
                 starts,
@@ -262,6 +288,9 @@ def run_knockout(args: argparse.Namespace) -> list[Path]:
                 "target probability change (%)",
             )
         )
+    if target is not None:
+        given = "the unintervened prediction" if args.target_token_id is None else "--target-token-id, read"
+        print(f"target token: id {target} {target_text!r} ({given} at position {position})")
     for r in results:
         print(
             f"layers {r['spec']['layers'][0]}-{r['spec']['layers'][-1]} features={r['spec']['features']}: "
