@@ -52,9 +52,11 @@ def pop_cache(kwargs: dict[str, Any]) -> Any:
 
 
 def output_cache(output: Any) -> Any:
-    """The cache a model forward returned in its output (None when it returned none)."""
+    """The cache a model forward returned in its output (None when it returned none). Only the output's
+    real fields are read: 5.24 keeps ``cache_params`` as a property that warns on every read."""
+    fields = getattr(type(output), "__dataclass_fields__", {})
     for name in CACHE_NAMES:
-        cache = getattr(output, name, None)
+        cache = getattr(output, name, None) if name in fields else None
         if cache is not None:
             return cache
     return None
