@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
@@ -30,6 +29,7 @@ from lm_eval_ssmsteer import __version__
 from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
+from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
 from lm_eval_ssmsteer.model_args import check_model_args
 from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
 from lm_eval_ssmsteer.spec import SpecError
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 _NO_LIMIT = 2**62
 # lm-eval passes these to every backend, whatever its signature
 _ALWAYS_PASSED = ("batch_size", "max_batch_size", "device")
-# HFLM's own truncation lines (one per request or batch); the backend reports cuts once per call instead
-_HFLM_CUT_LINES = ("Combined length of context", "Left truncation applied")
 
 
 def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], max_length: int) -> None:
@@ -60,22 +58,6 @@ def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], m
         to,
         max(n for n, _ in cut),
     )
-
-
-class _DropHFLMCutLines(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_HFLM_CUT_LINES)
-
-
-@contextmanager
-def _hflm_cut_lines_dropped() -> Iterator[None]:
-    hflm_log = logging.getLogger(HFLM.__module__)
-    dropper = _DropHFLMCutLines()
-    hflm_log.addFilter(dropper)
-    try:
-        yield
-    finally:
-        hflm_log.removeFilter(dropper)
 
 
 @register_model("mamba-steered")
@@ -122,6 +104,8 @@ class MambaSteeredLM(HFLM):
         if self.steering_spec is not None:
             resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
         self.fast_scan = self._check_fast_scan(fast_scan)
+        if self.model.device.type == "cpu":
+            drop_cpu_kernel_fallback()
 
     def _check_fast_scan(self, value: bool | str) -> bool:
         """`fast_scan=True`: Mamba-1/FalconMamba on CPU run lm_eval_ssmsteer.fastscan instead of the loop."""
@@ -165,7 +149,7 @@ class MambaSteeredLM(HFLM):
             # HFLM feeds (context + continuation)[:-1], keeping the last max_length tokens
             lengths = [len(context) + len(continuation) - 1 for _, context, continuation in requests]
             _warn_about_cuts("loglikelihood", lengths, [self._max_length] * len(lengths), self._max_length)
-        with _hflm_cut_lines_dropped():
+        with hflm_cut_lines_dropped():
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -182,7 +166,7 @@ class MambaSteeredLM(HFLM):
             _warn_about_cuts("generate_until", self._prompt_lengths(requests), limits, self._max_length)
         elif self.batch_size == "auto":
             self._longest_prompt = max(self._prompt_lengths(requests), default=1)
-        with _hflm_cut_lines_dropped():
+        with hflm_cut_lines_dropped():
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     def _prompt_lengths(self, requests) -> list[int]:

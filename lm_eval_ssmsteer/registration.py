@@ -7,6 +7,7 @@ Called by the start-up hook (``_autoload``) when lm_eval's registry or task mana
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def tasks_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"lm_eval_ssmsteer: task folder not found beside {here}")
+
+
+@functools.cache
+def task_names() -> frozenset[str]:
+    """The task and group names the shipped YAMLs define (read from the files: no lm-eval index)."""
+    name = re.compile(r"^(?:task|group):[ \t]*([\w.-]+)[ \t]*$", re.MULTILINE)
+    return frozenset(m for path in tasks_dir().rglob("*.yaml") for m in name.findall(path.read_text()))
 
 
 def register_model() -> None:
@@ -56,6 +64,10 @@ def register_tasks() -> None:
 
     __init__._ssmsteer = True
     TaskManager.__init__ = __init__
+    # our tasks say once per run which defaults they use (taskdata.harness) instead
+    from lm_eval_ssmsteer.log_filters import drop_metadata_hint
+
+    drop_metadata_hint(lambda task: task in task_names())
 
 
 def register_if_loaded() -> None:
