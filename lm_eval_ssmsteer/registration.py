@@ -1,7 +1,9 @@
-"""Makes lm_eval see the ``mamba-steered`` backend and the package's task folder.
+"""Makes lm_eval see the ``mamba-steered`` backend and the package's task folder, and makes its command
+line report the plugin's errors in one line (``cli_errors``).
 
-Called by the start-up hook (``_autoload``) when lm_eval's registry or task manager is imported, by
-``import lm_eval_ssmsteer`` when lm_eval is already loaded, and by the ``ssmsteer`` console script.
+Called by the start-up hook (``_autoload``) when lm_eval's registry, task manager or command line is
+imported, by ``import lm_eval_ssmsteer`` when lm_eval is already loaded, and by the ``ssmsteer`` console
+script.
 """
 
 from __future__ import annotations
@@ -70,8 +72,18 @@ def register_tasks() -> None:
     drop_metadata_hint(lambda task: task in task_names())
 
 
+def register_cli() -> None:
+    from lm_eval._cli.harness import HarnessCLI
+
+    from lm_eval_ssmsteer import cli_errors
+
+    cli_errors.install(HarnessCLI)
+
+
 def register_if_loaded() -> None:
     if "lm_eval.api.registry" in sys.modules:
         register_model()
     if "lm_eval.tasks" in sys.modules:
         register_tasks()
+    if "lm_eval._cli.harness" in sys.modules:
+        register_cli()
