@@ -2,13 +2,18 @@
 
 lm-eval 0.4.13 has no plugin discovery, so the stock ``lm_eval --model mamba-steered`` command can only
 find this backend through a hook that runs in every Python process. It must cost nothing there: it
-installs one tiny ``sys.meta_path`` finder, imports nothing, and acts only when ``lm_eval.api.registry``
-or ``lm_eval.tasks`` finish importing.
+installs one tiny ``sys.meta_path`` finder, imports nothing, and acts only when ``lm_eval.api.registry``,
+``lm_eval.tasks`` or ``lm_eval._cli.harness`` (the command line) finish importing.
 """
 
 import sys
 
-_WATCHED = ("lm_eval.api.registry", "lm_eval.tasks")
+# watched module -> the ``registration`` function that runs once it has been imported
+_WATCHED = {
+    "lm_eval.api.registry": "register_model",
+    "lm_eval.tasks": "register_tasks",
+    "lm_eval._cli.harness": "register_cli",
+}
 
 
 class _AfterImport:
@@ -52,10 +57,7 @@ class _LmEvalWatcher:
 def _on_import(name):
     from lm_eval_ssmsteer import registration
 
-    if name == "lm_eval.api.registry":
-        registration.register_model()
-    else:
-        registration.register_tasks()
+    getattr(registration, _WATCHED[name])()
 
 
 def install():

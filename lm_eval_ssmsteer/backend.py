@@ -1,7 +1,8 @@
 """The ``mamba-steered`` lm-eval backend: HFLM plus a steering spec applied around every model call.
 
-The backend glues, it does not compute: loading is ``loading``, validation is ``spec``/``sites``,
-steering is ``hooks.steer``. Without a spec no hook is installed and it behaves exactly like ``hf``.
+The backend glues, it does not compute: loading is ``loading``, validation is ``model_args``, ``spec`` and
+``sites``, steering is ``hooks.steer``. Without a spec no hook is installed and it behaves exactly like
+``hf``.
 
 model_args (besides everything ``hf`` takes):
     steer=PATH.json | PRESET | '{...inline JSON...}'
@@ -13,11 +14,9 @@ Prompts are never cut unless ``max_length`` is given: a state-space model has no
 
 from __future__ import annotations
 
-import ast
 import inspect
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
@@ -30,56 +29,17 @@ from lm_eval_ssmsteer import __version__
 from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.hooks import steer
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
+from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
+from lm_eval_ssmsteer.model_args import check_model_args
 from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
-from lm_eval_ssmsteer.spec import SpecError, SteeringSpec, load_spec
+from lm_eval_ssmsteer.spec import SpecError
 
 log = logging.getLogger(__name__)
 
-_SHORTHAND = ("steer_layer", "steer_site", "steer_channels", "steer_scale", "steer_positions")
 # what `max_length` is without a user value: larger than any prompt, small enough for slice arithmetic
 _NO_LIMIT = 2**62
 # lm-eval passes these to every backend, whatever its signature
 _ALWAYS_PASSED = ("batch_size", "max_batch_size", "device")
-# HFLM's own truncation lines (one per request or batch); the backend reports cuts once per call instead
-_HFLM_CUT_LINES = ("Combined length of context", "Left truncation applied")
-
-
-def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpec | None:
-    """The spec named by ``steer=`` or spelled inline with the ``steer_*`` shorthand (not both)."""
-    given = {k: v for k, v in shorthand.items() if v is not None}
-    if steer_arg is not None and given:
-        raise SpecError(
-            f"give either steer= or the steer_* shorthand, not both (got steer and {sorted(given)})"
-        )
-    if steer_arg is not None:
-        if isinstance(steer_arg, (dict, SteeringSpec)):
-            return load_spec(steer_arg)
-        return load_spec(str(steer_arg))
-    if not given:
-        return None
-    missing = [k for k in ("steer_layer", "steer_site", "steer_scale") if k not in given]
-    if missing:
-        raise SpecError(f"the steer_* shorthand needs {missing} as well (got {sorted(given)})")
-    return SteeringSpec.single(
-        layer=_literal(given["steer_layer"], "steer_layer"),
-        site=given["steer_site"],
-        channels=_literal(given.get("steer_channels", "all"), "steer_channels"),
-        scale=_literal(given["steer_scale"], "steer_scale"),
-        positions=given.get("steer_positions", "all"),
-    )
-
-
-def _literal(value: Any, name: str) -> Any:
-    """model_args strings like "[4,38]" or "4;38" (lm-eval's Python API splits on bare commas)."""
-    if not isinstance(value, str) or value == "all":
-        return value
-    text = value.strip()
-    if ";" in text:
-        text = "[" + text.replace(";", ",") + "]"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise SpecError(f"{name}={value!r} is not a number, a list of numbers, or 'all'") from None
 
 
 def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], max_length: int) -> None:
@@ -100,22 +60,6 @@ def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], m
     )
 
 
-class _DropHFLMCutLines(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_HFLM_CUT_LINES)
-
-
-@contextmanager
-def _hflm_cut_lines_dropped() -> Iterator[None]:
-    hflm_log = logging.getLogger(HFLM.__module__)
-    dropper = _DropHFLMCutLines()
-    hflm_log.addFilter(dropper)
-    try:
-        yield
-    finally:
-        hflm_log.removeFilter(dropper)
-
-
 @register_model("mamba-steered")
 class MambaSteeredLM(HFLM):
     """HFLM for Mamba, Mamba-2 and FalconMamba models with optional activation steering."""
@@ -132,14 +76,19 @@ class MambaSteeredLM(HFLM):
         fast_scan: bool | str = False,
         **kwargs: Any,
     ) -> None:
-        # Everything about the spec that can be checked without the model fails here, before loading.
-        self.steering_spec = spec_from_model_args(
-            steer,
-            steer_layer=steer_layer,
-            steer_site=steer_site,
-            steer_channels=steer_channels,
-            steer_scale=steer_scale,
-            steer_positions=steer_positions,
+        # Everything that can be checked without the model (pretrained, dtype, misspelt steer_* keys, the
+        # spec itself) fails here, before loading.
+        self.steering_spec = check_model_args(
+            {
+                "pretrained": pretrained,
+                "steer": steer,
+                "steer_layer": steer_layer,
+                "steer_site": steer_site,
+                "steer_channels": steer_channels,
+                "steer_scale": steer_scale,
+                "steer_positions": steer_positions,
+                **kwargs,
+            }
         )
         self._requested_model = pretrained if isinstance(pretrained, str) else type(pretrained).__name__
         if isinstance(pretrained, str):
@@ -155,6 +104,8 @@ class MambaSteeredLM(HFLM):
         if self.steering_spec is not None:
             resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
         self.fast_scan = self._check_fast_scan(fast_scan)
+        if self.model.device.type == "cpu":
+            drop_cpu_kernel_fallback()
 
     def _check_fast_scan(self, value: bool | str) -> bool:
         """`fast_scan=True`: Mamba-1/FalconMamba on CPU run lm_eval_ssmsteer.fastscan instead of the loop."""
@@ -198,7 +149,7 @@ class MambaSteeredLM(HFLM):
             # HFLM feeds (context + continuation)[:-1], keeping the last max_length tokens
             lengths = [len(context) + len(continuation) - 1 for _, context, continuation in requests]
             _warn_about_cuts("loglikelihood", lengths, [self._max_length] * len(lengths), self._max_length)
-        with _hflm_cut_lines_dropped():
+        with hflm_cut_lines_dropped():
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -215,7 +166,7 @@ class MambaSteeredLM(HFLM):
             _warn_about_cuts("generate_until", self._prompt_lengths(requests), limits, self._max_length)
         elif self.batch_size == "auto":
             self._longest_prompt = max(self._prompt_lengths(requests), default=1)
-        with _hflm_cut_lines_dropped():
+        with hflm_cut_lines_dropped():
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     def _prompt_lengths(self, requests) -> list[int]:

@@ -1,4 +1,5 @@
-"""``ssmsteer eval ...``: lm_eval's own command line with the plugin registered."""
+"""``ssmsteer eval ...``: lm_eval's own command line with the plugin registered (its errors in one line,
+``cli_errors``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import sys
 
 
 def run_lm_eval(lm_eval_args: list[str]) -> int:
+    # `import lm_eval_ssmsteer` installed the import watcher (``_autoload``), .pth hook or not: lm_eval's
+    # registry, task manager and command line are registered as lm_eval imports them, and no sooner (a
+    # mistake in the model_args is reported before torch or the backends load).
+    from lm_eval.__main__ import cli_evaluate
+
     from lm_eval_ssmsteer import registration
 
-    registration.register_model()
-    registration.register_tasks()
-    from lm_eval.__main__ import cli_evaluate
+    registration.register_if_loaded()
 
     sys.argv = ["lm_eval", *lm_eval_args]
     cli_evaluate()

@@ -3,9 +3,21 @@ name, and native mamba-ssm checkpoints (converted once to the equivalent transfo
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+# huggingface_hub's repo id rule: `name` or `namespace/name`, each part word characters, `-` and `.`,
+# starting and ending with a word character, no `--` or `..`, at most 96 characters in all
+_HUB_PART = r"\w(?:[\w.-]*\w)?"
+_HUB_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
+_HUB_ID_MAX = 96
+
+
+class ModelNotFoundError(OSError):
+    """``pretrained`` names no folder, shipped model or hub id. An OSError, like transformers' own error
+    for a model it cannot find, so that callers handling that one handle this one too."""
 
 
 def shipped_models() -> dict[str, Path]:
@@ -13,6 +25,43 @@ def shipped_models() -> dict[str, Path]:
     if not MODELS_DIR.is_dir():
         return {}
     return {p.name: p for p in sorted(MODELS_DIR.iterdir()) if (p / "config.json").is_file()}
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return (
+        name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    )
+
+
+def _is_hub_id(name: str) -> bool:
+    return (
+        len(name) <= _HUB_ID_MAX
+        and _HUB_ID.fullmatch(name) is not None
+        and "--" not in name
+        and ".." not in name
+    )
+
+
+def check_model_name(pretrained: str) -> None:
+    """Fail, before anything loads, on a name that is no existing folder, shipped model or well-formed
+    hub id (a path-like name that does not exist is "no such folder")."""
+    if pretrained in shipped_models() or Path(pretrained).is_dir():
+        return
+    if Path(pretrained).exists():
+        problem = "not a folder"
+    elif _looks_like_a_path(pretrained):
+        problem = "no such folder"
+        if pretrained.startswith("~") and Path(pretrained).expanduser().is_dir():
+            problem += " (~ is not expanded here: give the full path)"
+    elif _is_hub_id(pretrained):
+        return
+    else:
+        problem = "not a folder, a shipped model or a hub id"
+    shipped = ", ".join(shipped_models()) or "none"
+    raise ModelNotFoundError(
+        f"pretrained={pretrained!r}: {problem}; allowed: an existing model folder, a shipped model "
+        f"({shipped}) or a hub id 'name' or 'namespace/name'"
+    )
 
 
 def resolve_model_path(pretrained: str) -> str:
@@ -137,8 +186,8 @@ def _native_source(pretrained: str) -> Path | None:
 def prepare_pretrained(pretrained: str, cache_dir: str | Path | None = None) -> tuple[str, bool]:
     """Resolve ``pretrained`` to something ``from_pretrained`` loads; returns (path_or_id, was_native)."""
     import hashlib
-    import os
 
+    check_model_name(pretrained)
     resolved = resolve_model_path(pretrained)
     native = _native_source(resolved)
     if native is None:

@@ -1,12 +1,15 @@
-"""Makes lm_eval see the ``mamba-steered`` backend and the package's task folder.
+"""Makes lm_eval see the ``mamba-steered`` backend and the package's task folder, and makes its command
+line report the plugin's errors in one line (``cli_errors``).
 
-Called by the start-up hook (``_autoload``) when lm_eval's registry or task manager is imported, by
-``import lm_eval_ssmsteer`` when lm_eval is already loaded, and by the ``ssmsteer`` console script.
+Called by the start-up hook (``_autoload``) when lm_eval's registry, task manager or command line is
+imported, by ``import lm_eval_ssmsteer`` when lm_eval is already loaded, and by the ``ssmsteer`` console
+script.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +24,13 @@ def tasks_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"lm_eval_ssmsteer: task folder not found beside {here}")
+
+
+@functools.cache
+def task_names() -> frozenset[str]:
+    """The task and group names the shipped YAMLs define (read from the files: no lm-eval index)."""
+    name = re.compile(r"^(?:task|group):[ \t]*([\w.-]+)[ \t]*$", re.MULTILINE)
+    return frozenset(m for path in tasks_dir().rglob("*.yaml") for m in name.findall(path.read_text()))
 
 
 def register_model() -> None:
@@ -56,6 +66,18 @@ def register_tasks() -> None:
 
     __init__._ssmsteer = True
     TaskManager.__init__ = __init__
+    # our tasks say once per run which defaults they use (taskdata.harness) instead
+    from lm_eval_ssmsteer.log_filters import drop_metadata_hint
+
+    drop_metadata_hint(lambda task: task in task_names())
+
+
+def register_cli() -> None:
+    from lm_eval._cli.harness import HarnessCLI
+
+    from lm_eval_ssmsteer import cli_errors
+
+    cli_errors.install(HarnessCLI)
 
 
 def register_if_loaded() -> None:
@@ -63,3 +85,5 @@ def register_if_loaded() -> None:
         register_model()
     if "lm_eval.tasks" in sys.modules:
         register_tasks()
+    if "lm_eval._cli.harness" in sys.modules:
+        register_cli()

@@ -6,7 +6,9 @@ lm-eval 0.4.13 calls ``custom_dataset(**kwargs)`` with the task YAML's metadata,
 the suite's other tasks are ignored (one ``--metadata`` serves a whole group), every argument of the
 ``mamba-steered`` backend (and so of ``hf``) passes untouched, a key that looks like a misspelt knob is an
 error, and everything else is taken as a model argument. Long-context lengths come
-from ``max_seq_lengths`` and are measured with the tokenizer of ``tokenizer``/``pretrained``.
+from ``max_seq_lengths`` and are measured with the tokenizer of ``tokenizer``/``pretrained``. A run that
+leaves suite settings at their defaults is told so once (lm-eval's own per-task ``--metadata`` hint is
+silenced for these tasks, ``log_filters``).
 """
 
 from __future__ import annotations
@@ -104,10 +106,24 @@ def token_counter(metadata: dict[str, Any]) -> TokenCounter:
     return char_count
 
 
+@cache
+def _say_defaults_once() -> None:
+    num_samples = ", ".join(f"{n} ({family})" for family, n in DEFAULT_NUM_SAMPLES.items())
+    log.warning(
+        "ssmsteer tasks: settings that neither --metadata nor the task's YAML gives take their defaults: "
+        "max_seq_lengths=%s (long-context tasks), num_samples=%s, seed=0, task knobs as in docs/tasks.md; "
+        "e.g. --metadata='{\"max_seq_lengths\": [4096, 8192]}'",
+        list(DEFAULT_SEQ_LENGTHS),
+        num_samples,
+    )
+
+
 def documents(task: str, metadata: dict[str, Any]) -> list[dict]:
     """The test documents of `task` for the merged lm-eval metadata (every length for long-context)."""
     spec = task_spec(task)
     knobs, lengths, n, seed = split_metadata(task, metadata)
+    if SUITE_KEYS - metadata.keys():  # some suite setting is left at its default
+        _say_defaults_once()
     if not spec.long_context:
         docs = generate(task, "test", n, seed=seed, **knobs)
     else:
