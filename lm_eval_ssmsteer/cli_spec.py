@@ -9,67 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import urllib.request
-from pathlib import Path
-from urllib.parse import urlsplit
-
-HUB_PROBE_SECONDS = 3.0
-
-
-def _hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached now, or None. transformers, left to find out, retries
-    for about 50 s before it fails."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    url = urlsplit(constants.ENDPOINT)
-    if url.scheme in urllib.request.getproxies():
-        return None  # reached through a proxy: a direct connection proves nothing
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
-    except OSError:
-        return f"{url.hostname} cannot be reached"
-    return None
-
-
-def _loadable(model: str, named_by: str) -> str:
-    """What to load for ``model``: itself, or its cached snapshot folder when the hub cannot be reached;
-    a hub id neither reachable nor cached is refused in one sentence."""
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from lm_eval_ssmsteer.loading import shipped_models
-    from lm_eval_ssmsteer.spec import SpecError
-
-    if model in shipped_models() or Path(model).exists():
-        return model
-    shipped = ", ".join(shipped_models())
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        raise SpecError(
-            f"{named_by} {model!r} is not a shipped model ({shipped}), an existing folder or a hub id"
-        ) from None
-    why = _hub_unreachable()
-    if why is None:
-        return model
-    cached = try_to_load_from_cache(model, "config.json")
-    if isinstance(cached, str):
-        return str(Path(cached).parent)
-    raise SpecError(
-        f"{named_by} {model!r} is a Hugging Face hub id (not a shipped model or a local folder), the hub "
-        f"is offline ({why}) and the model is not in the local cache: pass --model a local folder that "
-        "holds its config.json"
-    )
 
 
 def _check(spec, given: str | None) -> None:
     from transformers import AutoConfig
 
-    from lm_eval_ssmsteer.loading import prepare_pretrained, shipped_models
+    from lm_eval_ssmsteer.loading import ModelNotFoundError, prepare_pretrained, shipped_models
     from lm_eval_ssmsteer.sites import describe_config, resolve
     from lm_eval_ssmsteer.spec import SpecError
 
@@ -82,7 +27,10 @@ def _check(spec, given: str | None) -> None:
     model, named_by = (given, "--model") if given is not None else (named, "the spec's model.name")
     if given is None:
         print(f"model: {model} (the spec's model.name)")
-    path, _ = prepare_pretrained(_loadable(model, named_by))
+    try:
+        path, _ = prepare_pretrained(model, field=named_by)
+    except ModelNotFoundError as exc:
+        raise SpecError(str(exc)) from None
     plans = resolve(spec, describe_config(AutoConfig.from_pretrained(path)))
     print(f"ok: {len(plans)} (layer, site) interventions fit {model}")
 

@@ -13,6 +13,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 _HUB_PART = r"\w(?:[\w.-]*\w)?"
 _HUB_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
 _HUB_ID_MAX = 96
+HUB_PROBE_SECONDS = 3.0
 
 
 class ModelNotFoundError(OSError):
@@ -42,9 +43,9 @@ def _is_hub_id(name: str) -> bool:
     )
 
 
-def check_model_name(pretrained: str) -> None:
+def check_model_name(pretrained: str, field: str = "pretrained") -> None:
     """Fail, before anything loads, on a name that is no existing folder, shipped model or well-formed
-    hub id (a path-like name that does not exist is "no such folder")."""
+    hub id (a path-like name that does not exist is "no such folder"). ``field`` is how the user gave it."""
     if pretrained in shipped_models() or Path(pretrained).is_dir():
         return
     if Path(pretrained).exists():
@@ -57,10 +58,53 @@ def check_model_name(pretrained: str) -> None:
         return
     else:
         problem = "not a folder, a shipped model or a hub id"
-    shipped = ", ".join(shipped_models()) or "none"
     raise ModelNotFoundError(
-        f"pretrained={pretrained!r}: {problem}; allowed: an existing model folder, a shipped model "
-        f"({shipped}) or a hub id 'name' or 'namespace/name'"
+        f"{field}={pretrained!r}: {problem}; allowed: an existing model folder, a shipped model "
+        f"({_shipped_names()}) or a hub id 'name' or 'namespace/name'"
+    )
+
+
+def _shipped_names() -> str:
+    return ", ".join(shipped_models()) or "none"
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None. transformers, left to find out, retries
+    for about 50 s before it fails."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(constants.ENDPOINT)
+    if url.scheme in urllib.request.getproxies():
+        return None  # reached through a proxy: a direct connection proves nothing
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return f"{url.hostname} cannot be reached"
+    return None
+
+
+def _hub_or_cache(name: str, field: str) -> str:
+    """A hub id as ``from_pretrained`` should get it: itself while the hub answers, else the folder of
+    its cached snapshot; neither fails at once (instead of transformers' ~50 s of retries)."""
+    why = hub_unreachable()
+    if why is None:
+        return name
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise ModelNotFoundError(
+        f"{field}={name!r}: a Hugging Face hub id that is not in the local cache, and the hub is offline "
+        f"({why}); allowed offline: an existing model folder (with its config.json) or a shipped model "
+        f"({_shipped_names()})"
     )
 
 
@@ -183,12 +227,17 @@ def _native_source(pretrained: str) -> Path | None:
     return Path(snapshot_download(pretrained, allow_patterns=["config.json", "pytorch_model.bin"]))
 
 
-def prepare_pretrained(pretrained: str, cache_dir: str | Path | None = None) -> tuple[str, bool]:
-    """Resolve ``pretrained`` to something ``from_pretrained`` loads; returns (path_or_id, was_native)."""
+def prepare_pretrained(
+    pretrained: str, cache_dir: str | Path | None = None, field: str = "pretrained"
+) -> tuple[str, bool]:
+    """Resolve ``pretrained`` to something ``from_pretrained`` loads; returns (path_or_id, was_native).
+    Errors (ModelNotFoundError) name the value as ``field``, the way the user gave it."""
     import hashlib
 
-    check_model_name(pretrained)
+    check_model_name(pretrained, field)
     resolved = resolve_model_path(pretrained)
+    if not Path(resolved).exists():
+        resolved = _hub_or_cache(resolved, field)
     native = _native_source(resolved)
     if native is None:
         return resolved, False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from tiny import make_model
 
@@ -57,3 +58,18 @@ def test_shipped_models_resolve_by_short_name():
     assert "tiny-random-mamba" in shipped
     assert resolve_model_path("tiny-random-mamba") == str(shipped["tiny-random-mamba"])
     assert resolve_model_path("state-spaces/mamba-130m-hf") == "state-spaces/mamba-130m-hf"
+
+
+def test_an_uncached_hub_id_fails_at_once_when_the_hub_is_offline(monkeypatch, tmp_path):
+    import time
+
+    from huggingface_hub import constants
+
+    from lm_eval_ssmsteer.loading import ModelNotFoundError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match=r"pretrained='nobody/uncached': a Hugging Face hub id that"):
+        prepare_pretrained("nobody/uncached")
+    assert time.perf_counter() - start < 1.0

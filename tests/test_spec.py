@@ -139,7 +139,10 @@ def test_spec_check_takes_the_model_from_the_spec_else_requires_model(capsys):
         capsys.readouterr().out
     )
     assert main(["spec", "check", _spec_naming(None), "--model", "./no/such/folder"]) == 2
-    assert "--model './no/such/folder' is not a shipped model" in capsys.readouterr().out
+    assert (
+        "--model='./no/such/folder': no such folder; allowed: an existing model folder"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.fixture
@@ -154,7 +157,7 @@ def no_hub(monkeypatch, tmp_path):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(urllib.request, "getproxies", dict)
-    monkeypatch.setattr(loading, "prepare_pretrained", lambda *a: pytest.fail("tried to load the model"))
+    monkeypatch.setattr(loading, "convert_native_checkpoint", lambda *a: pytest.fail("tried to load a model"))
     return monkeypatch, socket, constants
 
 
@@ -166,9 +169,8 @@ def test_spec_check_of_an_uncached_hub_id_fails_at_once_when_offline(no_hub, cap
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
     assert main(["spec", "check", _spec_naming("nobody/uncached-mamba")]) == 2
     assert (
-        "error: the spec's model.name 'nobody/uncached-mamba' is a Hugging Face hub id (not a shipped model "
-        "or a local folder), the hub is offline (HF_HUB_OFFLINE is set) and the model is not in the local "
-        "cache: pass --model a local folder that holds its config.json"
+        "error: the spec's model.name='nobody/uncached-mamba': a Hugging Face hub id that is not in the "
+        "local cache, and the hub is offline (HF_HUB_OFFLINE is set); allowed offline: an existing model"
     ) in capsys.readouterr().out
 
 
@@ -203,6 +205,5 @@ def test_spec_check_offline_reads_a_cached_hub_model_from_its_snapshot_folder(no
     (snapshot / "config.json").write_text(
         (loading.MODELS_DIR / "tiny-random-mamba" / "config.json").read_text()
     )
-    monkeypatch.setattr(loading, "prepare_pretrained", lambda path: (path, False))
     assert main(["spec", "check", _spec_naming("someone/tiny-mamba")]) == 0
     assert "ok: 1 (layer, site) interventions fit someone/tiny-mamba" in capsys.readouterr().out

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace):
         without,
     )
     from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
-    from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, load_model, prepare_pretrained
+    from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, ModelNotFoundError, load_model, prepare_pretrained
     from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_config, describe_model
 
     sites = args.sites or list(SITES)
@@ -93,8 +93,10 @@ def run(args: argparse.Namespace):
             raise FinderError(f"{flag}: {value} is too small; allowed: an integer >= {least}")
     check_output(args.out)
     try:
-        path, native = prepare_pretrained(args.model)
+        path, native = prepare_pretrained(args.model, field="--model")
         describe_config(AutoConfig.from_pretrained(path))
+    except ModelNotFoundError as exc:
+        raise FinderError(str(exc)) from None
     except UnsupportedModelError as exc:
         raise FinderError(f"--model {args.model!r}: {exc}") from None
     except OSError as exc:
