@@ -2,6 +2,7 @@
 
 The baseline, scripts/ci_regress.sh and the copyable workflow must name the same runs: a baseline run no
 job evaluates fails CI as missing, and a job no baseline run matches is compared with nothing. The
+workflow's lowest leg installs the lower bounds pyproject.toml declares for transformers and lm-eval. The
 planted regression is real lm-eval output of the shipped reference model on a few documents of one task:
 zeroing layer 3's mixer output takes needle-in-a-haystack retrieval from 1 to 0, and `ssmsteer regress`
 must exit 1 on it (docs/report.md runs the same on the whole of ssmsteer_quick against the committed
@@ -58,6 +59,19 @@ def test_baseline_script_and_workflow_name_the_same_runs():
             assert run.steering_spec_sha256 is None
         else:  # the spec file still says what the baseline was made with
             assert run.steering_spec_sha256 == load_spec(ROOT / run.spec_ref).sha256
+
+
+def test_workflow_lowest_leg_installs_the_declared_lower_bounds():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    yaml = pytest.importorskip("yaml")
+    from packaging.version import Version
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {re.match(r"[\w.-]+", d)[0]: Version(re.search(r">=([^,;]+)", d)[1]) for d in declared}
+    legs = yaml.safe_load(WORKFLOW.read_text())["jobs"]["regress"]["strategy"]["matrix"]["include"]
+    lowest = next(leg for leg in legs if leg["ends"] == "lowest")
+    assert Version(lowest["transformers"].removeprefix("==")) == floors["transformers"]
+    assert Version(lowest["lm_eval"].removeprefix("==")) == floors["lm-eval"]
 
 
 def evaluate(model_args: dict, out: Path) -> Path:
