@@ -4,7 +4,7 @@ Models of the reference shape (hidden 160, 6 layers, fp32, random weights) for M
 no mamba-ssm kernels (none exist on CPU). Backends, interleaved per round so that load on the machine
 hits them alike: (a) stock HFLM, (b) mamba-steered unsteered, (c) steered at mixer_out, (d) at delta,
 (e) at B and C, and for Mamba-1 (f) mamba-steered unsteered with `fast_scan=True` (the hand-written scan
-of lm_eval_ssmsteer.fastscan). Loglikelihood batches time `_model_call`; generation times
+of lm_eval_ssmsteer.mamba.fastscan). Loglikelihood batches time `_model_call`; generation times
 `_model_generate` (greedy). The median of the rounds is reported.
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_steering.py --rounds 5
@@ -65,7 +65,7 @@ def main() -> int:
     from lm_eval.models.huggingface import HFLM
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
-    from lm_eval_ssmsteer.backend import MambaSteeredLM
+    from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM
     from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
     from lm_eval_ssmsteer.train import model_config
 

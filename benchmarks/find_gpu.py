@@ -114,7 +114,7 @@ def fast_scan(device: str):
     if device.startswith("cuda"):
         return contextlib.nullcontext()
     try:
-        from lm_eval_ssmsteer.fastscan import use_fast_scan
+        from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
     except ImportError:
         return contextlib.nullcontext()
     return use_fast_scan()
@@ -323,8 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from lm_eval_ssmsteer.finder.methods import evaluate
     from lm_eval_ssmsteer.finder.search import find
-    from lm_eval_ssmsteer.sites import describe_model
-    from lm_eval_ssmsteer.spec import SITES
+    from lm_eval_ssmsteer.mamba.arch import describe_model
+    from lm_eval_ssmsteer.mamba.sites import SITES
 
     device = args.device
     model = build_model(args)

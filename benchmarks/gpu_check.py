@@ -28,10 +28,11 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM  # noqa: E402
 
-from lm_eval_ssmsteer.compat import cache_keyword, output_cache  # noqa: E402
-from lm_eval_ssmsteer.hooks import steer  # noqa: E402
-from lm_eval_ssmsteer.sites import describe_model  # noqa: E402
-from lm_eval_ssmsteer.spec import SITES, SteeringSpec  # noqa: E402
+from lm_eval_ssmsteer.mamba.arch import describe_model  # noqa: E402
+from lm_eval_ssmsteer.mamba.compat import cache_keyword, output_cache  # noqa: E402
+from lm_eval_ssmsteer.mamba.sites import SITES  # noqa: E402
+from lm_eval_ssmsteer.spec import SteeringSpec  # noqa: E402
+from lm_eval_ssmsteer.steering import steer  # noqa: E402
 
 # kernel-name fragments: mamba-ssm's CUDA selective scan, its Triton state update, Mamba-2's chunk scan
 PREFILL_KERNEL = {"mamba": "selective_scan_fwd", "mamba2": "chunk_scan_fwd"}

@@ -33,9 +33,10 @@ from transformers import (
     MambaForCausalLM,
 )
 
-from lm_eval_ssmsteer.compat import cache_keyword, output_cache
-from lm_eval_ssmsteer.hooks import steer
-from lm_eval_ssmsteer.spec import POSITIONS, SITES, SteeringSpec
+from lm_eval_ssmsteer.mamba.compat import cache_keyword, output_cache
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import POSITIONS, SteeringSpec
+from lm_eval_ssmsteer.steering import steer
 
 ARCHS = ("mamba", "mamba2", "falcon_mamba")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -24,7 +24,7 @@ def importtime_of_hook() -> int:
     total = 0
     for line in err.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
-        if m and m.group(3) in ("lm_eval_ssmsteer", "lm_eval_ssmsteer._autoload"):
+        if m and m.group(3) in ("lm_eval_ssmsteer", "lm_eval_ssmsteer.lmeval._autoload"):
             total = max(total, int(m.group(2)))
     return total
 

@@ -84,7 +84,7 @@ def main() -> int:
     from lm_eval.models.huggingface import HFLM
     from transformers import MambaConfig, MambaForCausalLM
 
-    from lm_eval_ssmsteer.backend import MambaSteeredLM
+    from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM
 
     kernels = kernel_versions()
     tok = make_tokenizer()

@@ -1,6 +1,6 @@
 """Find and steer the activation bottlenecks of Mamba-family SSMs, measured through lm-evaluation-harness.
 
-Kept import-light: a ``.pth`` start-up hook imports ``lm_eval_ssmsteer._autoload`` in every Python
+Kept import-light: a ``.pth`` start-up hook imports ``lm_eval_ssmsteer.lmeval._autoload`` in every Python
 process, so this module must not import torch, transformers or lm_eval. The public API loads lazily.
 """
 
@@ -13,11 +13,11 @@ _LAZY = {
     "Intervention": "lm_eval_ssmsteer.spec",
     "SpecError": "lm_eval_ssmsteer.spec",
     "load_spec": "lm_eval_ssmsteer.spec",
-    "steer": "lm_eval_ssmsteer.hooks",
-    "describe_model": "lm_eval_ssmsteer.sites",
+    "steer": "lm_eval_ssmsteer.steering",
+    "describe_model": "lm_eval_ssmsteer.mamba.arch",
     "load_model": "lm_eval_ssmsteer.loading",
-    "StableMambaConfig": "lm_eval_ssmsteer.stable_mamba",
-    "StableMambaForCausalLM": "lm_eval_ssmsteer.stable_mamba",
+    "StableMambaConfig": "lm_eval_ssmsteer.mamba.stable",
+    "StableMambaForCausalLM": "lm_eval_ssmsteer.mamba.stable",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -36,10 +36,10 @@ def _register_with_lm_eval() -> None:
     lm_eval is already loaded, else when it is (the same watcher the ``.pth`` hook installs)."""
     import sys
 
-    from lm_eval_ssmsteer import _autoload  # noqa: F401  (installs the import watcher)
+    from lm_eval_ssmsteer.lmeval import _autoload  # noqa: F401  (installs the import watcher)
 
     if "lm_eval" in sys.modules or "lm_eval.api.registry" in sys.modules:
-        from lm_eval_ssmsteer import registration
+        from lm_eval_ssmsteer.lmeval import registration
 
         registration.register_if_loaded()
 

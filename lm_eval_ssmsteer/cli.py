@@ -13,7 +13,7 @@ import sys
 
 # subcommand name -> module providing add_parser(); modules are imported only when listed here.
 SUBCOMMANDS = {
-    "eval": "lm_eval_ssmsteer.cli_eval",
+    "eval": "lm_eval_ssmsteer.lmeval.cli_eval",
     "spec": "lm_eval_ssmsteer.cli_spec",
 }
 OPTIONAL_SUBCOMMANDS = {
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         # lm_eval parses sys.argv itself; hand it everything after `eval` untouched.
-        from lm_eval_ssmsteer.cli_eval import run_lm_eval
+        from lm_eval_ssmsteer.lmeval.cli_eval import run_lm_eval
 
         return run_lm_eval(argv[1:])
     parser = build_parser()

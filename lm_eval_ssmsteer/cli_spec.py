@@ -15,8 +15,9 @@ def _check(spec, given: str | None) -> None:
     from transformers import AutoConfig
 
     from lm_eval_ssmsteer.loading import ModelNotFoundError, prepare_pretrained, shipped_models
-    from lm_eval_ssmsteer.sites import describe_config, resolve
+    from lm_eval_ssmsteer.mamba.arch import describe_config
     from lm_eval_ssmsteer.spec import SpecError
+    from lm_eval_ssmsteer.steering.plan import resolve
 
     named = (spec.model or {}).get("name")
     if given is None and named is None:

@@ -252,14 +252,16 @@ def prepare_pretrained(
     return str(dst), True
 
 
-def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) for any supported model name; the library-side twin of the lm-eval backend."""
+def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu", field: str = "pretrained"):
+    """(model, tokenizer) for any supported model name, in eval mode: the one loader of the library (the
+    lm-eval backend hands ``prepare_pretrained``'s result to HFLM, which loads the same way). Errors name
+    the value as ``field``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import lm_eval_ssmsteer.stable_mamba  # noqa: F401  (registers model_type "stable_mamba")
+    import lm_eval_ssmsteer.mamba.stable  # noqa: F401  (registers model_type "stable_mamba")
 
-    path, native = prepare_pretrained(pretrained)
+    path, native = prepare_pretrained(pretrained, field=field)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
     return model, tokenizer

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lm_eval_ssmsteer.mamba.arch import FINGERPRINT_KEYS
+from lm_eval_ssmsteer.mamba.sites import site_names
+
 SPEC_VERSION = 1
-SITES = ("mixer_out", "residual", "delta", "B", "C", "ssm_out", "gate")
 POSITIONS = ("all", "prompt", "generated")
-FINGERPRINT_KEYS = ("architecture", "n_layers", "d_model", "d_inner", "d_state", "n_heads", "n_groups")
 
 _TOP_KEYS = {"version", "interventions", "model", "provenance"}
 _INTERVENTION_KEYS = {"layer", "site", "channels", "scale", "positions"}
@@ -162,10 +163,6 @@ class SteeringSpec:
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    @property
-    def is_identity(self) -> bool:
-        return all(iv.scale == 1.0 for iv in self.interventions)
-
 
 def _parse_intervention(item: Any, where: str) -> Intervention:
     if not isinstance(item, dict):
@@ -178,8 +175,8 @@ def _parse_intervention(item: Any, where: str) -> Intervention:
             raise SpecError(f"{where}: missing required key {required!r}")
 
     site = item["site"]
-    if site not in SITES:
-        raise SpecError(f"{where}: site={site!r} is not a known site; allowed: {', '.join(SITES)}")
+    if site not in site_names():
+        raise SpecError(f"{where}: site={site!r} is not a known site; allowed: {', '.join(site_names())}")
 
     layers = _parse_index_set(item["layer"], f"{where}.layer")
     channels = _parse_index_set(item.get("channels", "all"), f"{where}.channels")

@@ -14,7 +14,6 @@ import math
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 from lm_eval_ssmsteer.taskdata import TASKS, answer_text, generate
@@ -66,9 +65,9 @@ CHUNK = 16  # documents per (task, knob draw)
 VOCAB_SIZE = 128  # the 99-token project vocabulary, rounded up
 
 
-ARCHS = ("mamba1", "mamba2", "stable_mamba")
+ARCHS = ("mamba", "mamba2", "stable_mamba")  # model types (mamba.arch)
 # (hidden, layers) of the reference models; Mamba-2's heads (2 * hidden / 32) must be a multiple of 8
-REF_SHAPES = {"mamba1": (224, 6), "stable_mamba": (224, 6), "mamba2": (256, 5)}
+REF_SHAPES = {"mamba": (224, 6), "stable_mamba": (224, 6), "mamba2": (256, 5)}
 
 
 def train_ranges(max_length: int = TRAIN_MAX_LENGTH) -> dict[str, dict[str, tuple[int, int]]]:
@@ -104,10 +103,10 @@ def model_config(arch: str, hidden: int | None = None, layers: int | None = None
         "bos_token_id": 1,
         "tie_word_embeddings": True,
     }
-    if arch == "mamba1":
+    if arch == "mamba":
         return MambaConfig(state_size=16, expand=2, conv_kernel=4, **common)
     if arch == "stable_mamba":
-        from lm_eval_ssmsteer.stable_mamba import StableMambaConfig
+        from lm_eval_ssmsteer.mamba.stable import StableMambaConfig
 
         return StableMambaConfig(state_size=16, expand=2, conv_kernel=4, num_timescales=2, **common)
     if arch == "mamba2":
@@ -250,14 +249,13 @@ def train(
 ) -> dict:
     from contextlib import ExitStack
 
-    from lm_eval_ssmsteer.fastscan import use_fast_scan
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal_for, use_fast_scan
 
-    # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
-    cpu_mamba1 = arch in ("mamba1", "stable_mamba") and not device.startswith("cuda")
     with ExitStack() as stack:
-        if cpu_mamba1:
+        # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
+        if fast_scan_refusal_for(arch, device) is None:
             stack.enter_context(use_fast_scan())
-        elif arch in ("mamba1", "mamba2") and device.startswith("cuda") and not _has_causal_conv1d():
+        elif device.startswith("cuda") and not _has_causal_conv1d():
             stack.enter_context(_unfused(arch))
         return _train(
             arch,
@@ -285,26 +283,18 @@ def _has_causal_conv1d() -> bool:
     return importlib.util.find_spec("causal_conv1d") is not None
 
 
-@contextmanager
-def _unfused(arch: str):
-    """mamba-ssm's fused training functions need causal-conv1d's kernel; without it, transformers' mixers
-    take their unfused path (torch conv, mamba-ssm's scan kernels) when the fused function returns None."""
-    if arch == "mamba1":
-        from transformers.models.mamba import modeling_mamba as module
+def _unfused(model_type: str):
+    """mamba-ssm's fused training functions need causal-conv1d's kernel; without it, the mixers take
+    their unfused path (torch conv, mamba-ssm's scan kernels) when the fused function returns None."""
+    import importlib
 
-        names = ["mamba_inner_fn"]
-    else:
-        from transformers.models.mamba2 import modeling_mamba2 as module
+    from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
+    from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+    from lm_eval_ssmsteer.mamba.patch import returns_none, swapped
 
-        names = ["mamba2_split_conv1d_scan_combined", "mamba_split_conv1d_scan_combined"]
-    saved = {n: getattr(module, n) for n in names if hasattr(module, n)}
-    for n in saved:
-        setattr(module, n, lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(module, n, f)
+    arch = ARCHITECTURES[model_type]
+    module = vars(importlib.import_module(arch.modeling_module))
+    return swapped(module, {SCAN_FUNCTIONS[arch.family][2]: returns_none})
 
 
 def _train(
@@ -328,7 +318,7 @@ def _train(
     import torch
     from transformers import Mamba2ForCausalLM, MambaForCausalLM
 
-    from lm_eval_ssmsteer.stable_mamba import StableMambaForCausalLM
+    from lm_eval_ssmsteer.mamba.stable import StableMambaForCausalLM
 
     torch.manual_seed(seed)
     t0 = time.time()
@@ -338,7 +328,7 @@ def _train(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
     )
     model_class = {
-        "mamba1": MambaForCausalLM,
+        "mamba": MambaForCausalLM,
         "mamba2": Mamba2ForCausalLM,
         "stable_mamba": StableMambaForCausalLM,
     }[arch]

@@ -34,8 +34,8 @@ def _evaluate(run: Path, task: str, metadata: dict, batch_size: int, device: str
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_ssmsteer.fastscan import use_fast_scan
-    from lm_eval_ssmsteer.registration import tasks_dir
+    from lm_eval_ssmsteer.lmeval.registration import tasks_dir
+    from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
 
     # the task knobs travel in the TaskManager's metadata, as `lm_eval --metadata` does
     model_args = {"pretrained": str(run), "device": device, "backend": "causal"}

@@ -45,7 +45,7 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_ssmsteer.registration import register_model
+    from lm_eval_ssmsteer.lmeval.registration import register_model
 
     register_model()  # where the start-up hook is not installed (a checkout on PYTHONPATH)
 
@@ -123,7 +123,7 @@ def win_back(undamped, damped, steered) -> dict[str, float | None]:
 def paper_heuristic_spec(model, data, out: Path) -> Path:
     """The authors' recipe: Δ-bias layer, top-16 variance channels of its mixer output, scale 5."""
     from lm_eval_ssmsteer.finder import methods
-    from lm_eval_ssmsteer.sites import describe_model
+    from lm_eval_ssmsteer.mamba.arch import describe_model
     from lm_eval_ssmsteer.spec import SteeringSpec
 
     arch = describe_model(model)
@@ -252,7 +252,7 @@ def main() -> int:
     from lm_eval_ssmsteer.finder import cli as find_cli
     from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs, token_counter
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
-    from lm_eval_ssmsteer.sites import describe_model
+    from lm_eval_ssmsteer.mamba.arch import describe_model
 
     cols = [c for task in a.tasks for c, _ in columns(task, a.lengths)]
     plant_name = f"planted-L{a.plant}"  # the default plant (8 mixer_out channels x0.2, seed 0) keeps its name

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_ssmsteer.interpret.capture import capture_layers, mamba_layers
+from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout
 from lm_eval_ssmsteer.interpret.latim import latim_maps, rollout
-from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, token_labels
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 VIEWS = ("copied", "predicting")
 
@@ -77,7 +78,7 @@ def analyse(name: str, n_docs: int, seed: int, window: int, length: int | None) 
     path = resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     layers = list(range(len(blocks)))
     columns = [*layers, "rollout"]
     windows = [tuple(range(start, start + window)) for start in range(len(blocks) - window + 1)]

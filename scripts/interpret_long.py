@@ -24,10 +24,11 @@ import time
 import torch
 
 from lm_eval_ssmsteer.interpret.attention import hidden_attention
-from lm_eval_ssmsteer.interpret.capture import capture_layers, mamba_layers
+from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout_effect
 from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows
-from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 
 def random_model(kind: str) -> torch.nn.Module:
@@ -104,7 +105,7 @@ def main() -> None:
     else:
         ids = torch.randint(0, vocab, (1, args.length), generator=torch.Generator().manual_seed(args.seed))
     length = ids.shape[1]
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     if args.knockout:
         start = time.perf_counter()
         spec = KnockoutSpec(tuple(args.knockout), tuple(sources), (position,))

@@ -38,11 +38,12 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_ssmsteer.interpret.capture import capture_layers, mamba_layers
+from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout
 from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows, rollout
-from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals
 from lm_eval_ssmsteer.interpret.output import _pyplot, save_json, save_lines
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 VIEWS = ("predicting", "answer")
 SOURCE_SETS = ("context", "haystack")
@@ -140,7 +141,7 @@ def control_span(d: dict, size: int, kernel: int) -> list[int]:
 def analyse(model, tokenizer, task: str, args) -> tuple[dict, dict]:
     from lm_eval_ssmsteer.taskdata import generate
 
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     layers = list(range(len(blocks)))
     kernel = blocks[0].mixer.conv1d.weight.shape[-1]
     docs = generate(task, "test", args.n, args.seed, length=args.length)

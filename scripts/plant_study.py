@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     from lm_eval_ssmsteer.finder import find
     from lm_eval_ssmsteer.finder.data import encode_pairs, task_pairs, token_counter, validation_pairs
     from lm_eval_ssmsteer.finder.methods import evaluate
-    from lm_eval_ssmsteer.finder.search import _scan_context
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
-    from lm_eval_ssmsteer.sites import describe_model
+    from lm_eval_ssmsteer.mamba.arch import describe_model
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
     from lm_eval_ssmsteer.spec import SteeringSpec
 
     path = resolve_model_path(a.model)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not a.no_validation:  # the documents `ssmsteer find` validates on by default
             held = validation_pairs(a.tasks, drawn, docs, length=a.length, count_tokens=count)
             validation[docs] = encode_pairs(tokenizer, held, "calibration split (validation)")
-    with _scan_context(model, arch):
+    with fast_scan_if_allowed(model):
         intact = evaluate(model, test)
     doc: dict = {
         "model": a.model,
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     for layer, site, n, seed in tqdm(todo, desc="plants", unit="plant"):
         model, _ = load_model(path, device=a.device)
         planted = damp_weights(model, layer, site, n, a.scale, seed)
-        with _scan_context(model, arch):
+        with fast_scan_if_allowed(model):
             damped = evaluate(model, test)
         row: dict = {
             "layer": layer,
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                 control_seed += 1
                 draw = sorted(random.Random(control_seed).sample(range(width), len(channels)))
             control = SteeringSpec.single(iv.layers[0], iv.site, draw, iv.scale) if channels else None
-            with _scan_context(model, arch):
+            with fast_scan_if_allowed(model):
                 steered = evaluate(model, test, result.spec)
                 randomized = evaluate(model, test, control) if control else steered
             row["finds"].append(

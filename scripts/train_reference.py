@@ -1,6 +1,6 @@
 """Train a shipped reference model.
 
-    python scripts/train_reference.py --arch mamba1 --out lm_eval_ssmsteer/models/ref-mamba1
+    python scripts/train_reference.py --arch mamba --out lm_eval_ssmsteer/models/ref-mamba1
 
 
 See lm_eval_ssmsteer/train.py for the data mix, model shapes and schedule.

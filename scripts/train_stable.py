@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.train import TRAIN_MAX_LENGTH, train
 
-ARCHS = ("mamba1", "stable_mamba")
+ARCHS = ("mamba", "stable_mamba")  # model types
 
 
 def main(argv: list[str] | None = None) -> int:

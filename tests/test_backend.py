@@ -10,8 +10,8 @@ import pytest
 from lm_eval.tasks import TaskManager
 from tiny import ARCHITECTURES, save_tiny
 
-from lm_eval_ssmsteer.backend import MambaSteeredLM
-from lm_eval_ssmsteer.sites import UnsupportedModelError
+from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM
+from lm_eval_ssmsteer.mamba.arch import UnsupportedModelError
 from lm_eval_ssmsteer.spec import SpecError
 
 TASKS_DIR = Path(__file__).parent / "data" / "tiny_tasks"
@@ -162,7 +162,14 @@ def test_fast_scan_matches_the_torch_loop(tmp_path, task_manager, steer_args):
 
 @pytest.mark.parametrize(
     ("arch", "value", "message"),
-    [("mamba2", True, "applies to model types mamba and falcon_mamba"), ("mamba", "maybe", "true or false")],
+    [
+        (
+            "mamba2",
+            True,
+            "fast scan applies to model types mamba, falcon_mamba, stable_mamba; this model is mamba2",
+        ),
+        ("mamba", "maybe", "true or false"),
+    ],
 )
 def test_fast_scan_bad_input(tmp_path, arch, value, message):
     path = save_tiny(tmp_path / arch, arch, seed=2)

@@ -149,8 +149,8 @@ def _kept(logger: logging.Logger, message: str) -> bool:
 
 
 def test_only_the_plugins_errors_and_unknown_tasks_of_its_runs_become_one_line():
-    from lm_eval_ssmsteer.cli_errors import one_line
-    from lm_eval_ssmsteer.sites import UnsupportedModelError
+    from lm_eval_ssmsteer.lmeval.cli_errors import one_line
+    from lm_eval_ssmsteer.mamba.arch import UnsupportedModelError
     from lm_eval_ssmsteer.spec import SpecError
     from lm_eval_ssmsteer.taskdata import TaskDataError
 
@@ -166,7 +166,7 @@ def test_only_the_plugins_errors_and_unknown_tasks_of_its_runs_become_one_line()
 
 
 def test_other_backends_model_args_are_not_checked(capsys):
-    from lm_eval_ssmsteer.cli_errors import run
+    from lm_eval_ssmsteer.lmeval.cli_errors import run
 
     executed = []
     run(executed.append, Namespace(model="hf", model_args={"dtype": "float33"}))
@@ -182,7 +182,7 @@ def test_exactly_the_cpu_kernel_fallback_lines_are_dropped():
 
     import transformers.integrations.hub_kernels as hub_kernels
 
-    from lm_eval_ssmsteer.log_filters import KERNEL_FALLBACK_LOGGER, drop_cpu_kernel_fallback
+    from lm_eval_ssmsteer.lmeval.log_filters import KERNEL_FALLBACK_LOGGER, drop_cpu_kernel_fallback
 
     assert "is falling back to its reference PyTorch implementation because " in inspect.getsource(
         hub_kernels
@@ -209,8 +209,8 @@ def test_lm_evals_metadata_hint_is_dropped_for_our_tasks_only():
 
     import lm_eval.api.task
 
-    from lm_eval_ssmsteer import registration
-    from lm_eval_ssmsteer.log_filters import METADATA_HINT_LOGGER
+    from lm_eval_ssmsteer.lmeval import registration
+    from lm_eval_ssmsteer.lmeval.log_filters import METADATA_HINT_LOGGER
 
     assert ": Custom kwargs can be passed to `--metadata`" in inspect.getsource(lm_eval.api.task)
     registration.register_tasks()

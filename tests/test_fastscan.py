@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.models.mamba import modeling_mamba
 
-from lm_eval_ssmsteer.fastscan import selective_scan, use_fast_scan
+from lm_eval_ssmsteer.mamba.fastscan import selective_scan, use_fast_scan
 from tests.tiny import make_model
 
 

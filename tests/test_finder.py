@@ -13,9 +13,11 @@ from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.finder import CalibrationData, FinderError, find
 from lm_eval_ssmsteer.finder import search as finder_search
 from lm_eval_ssmsteer.finder.methods import LayerInputs, evaluate
-from lm_eval_ssmsteer.hooks import steer, steer_factors
-from lm_eval_ssmsteer.sites import describe_model, resolve
-from lm_eval_ssmsteer.spec import SITES, SteeringSpec, load_spec
+from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import SteeringSpec, load_spec
+from lm_eval_ssmsteer.steering import steer, steer_factors
+from lm_eval_ssmsteer.steering.plan import resolve
 
 
 def _answer_logprob(model, ids):

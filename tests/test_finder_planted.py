@@ -15,9 +15,9 @@ import random
 import torch
 from transformers import MambaConfig, MambaForCausalLM
 
-from lm_eval_ssmsteer.fastscan import use_fast_scan
 from lm_eval_ssmsteer.finder import CalibrationData, find
 from lm_eval_ssmsteer.finder.methods import evaluate
+from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
 from lm_eval_ssmsteer.spec import SteeringSpec
 
 VOCAB, LENGTH, LAG, ANSWER = 24, 32, 3, 16

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_ssmsteer import hooks
+from lm_eval_ssmsteer.steering import apply as hooks
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

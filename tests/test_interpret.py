@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from lm_eval_ssmsteer.compat import gated_norm_group_size
 from lm_eval_ssmsteer.interpret.attention import hidden_attention, scan_from_attention
 from lm_eval_ssmsteer.interpret.capture import (
     capture_layers,
@@ -15,7 +14,6 @@ from lm_eval_ssmsteer.interpret.capture import (
     check_positions,
     layer_internals,
     layer_window,
-    mamba_layers,
 )
 from lm_eval_ssmsteer.interpret.knockout import (
     FEATURES,
@@ -26,9 +24,12 @@ from lm_eval_ssmsteer.interpret.knockout import (
     knockout_effect,
 )
 from lm_eval_ssmsteer.interpret.latim import iter_contributions, latim_maps, latim_rows, rollout
-from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, readout
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.compat import gated_norm_group_size
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals, readout
 
 VOCAB, LENGTH, N_LAYERS = 64, 40, 3
+NOT_MAMBA = r"LlamaForCausalLM \(model_type 'llama'\) is not a supported Mamba-family model"
 ARCHS = ("mamba1", "falcon", "mamba2")
 
 
@@ -83,7 +84,7 @@ def model(request) -> transformers.PreTrainedModel:
 def test_mixer_math_reproduces_the_real_mixer_output_every_layer(model):
     ids = random_ids()
     captured = capture_layers(model, ids, range(N_LAYERS))
-    for layer, blocks in zip(range(N_LAYERS), mamba_layers(model), strict=True):
+    for layer, blocks in zip(range(N_LAYERS), mamba_blocks(model), strict=True):
         internals = mixer_internals(blocks.mixer, captured[layer].mixer_input)
         assert relative_error(internals.output, captured[layer].mixer_output) < 1e-5, layer
 
@@ -92,7 +93,7 @@ def test_mixer_math_matches_left_padded_batches(model):
     ids = random_ids()
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
-    mixer = mamba_layers(model)[1].mixer
+    mixer = mamba_blocks(model)[1].mixer
     hidden = torch.randn(1, LENGTH, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         real = mixer(hidden, attention_mask=mask)
@@ -273,7 +274,7 @@ def test_knockout_equals_a_brute_force_scan_without_the_sources(model, features)
     base = capture_layers(model, ids, [1])
     with knockout(model, spec):
         knocked = capture_layers(model, ids, [1, 2])
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     for layer in (1, 2):
         with torch.no_grad():
             mixer, hidden = blocks[layer].mixer, knocked[layer].mixer_input
@@ -290,7 +291,7 @@ def feature_of_each_channel(internals) -> torch.Tensor:
 
 @pytest.mark.parametrize("features", list(FEATURES))
 def test_the_knocked_channels_follow_the_decay_ranking(model, features):
-    mixer = mamba_layers(model)[1].mixer
+    mixer = mamba_blocks(model)[1].mixer
     internals = layer_internals(model, random_ids(), [1])[1]
     by_hand = knocked_features_by_hand(mixer, features)
     expected = torch.tensor([int(f) in by_hand for f in feature_of_each_channel(internals)])
@@ -359,7 +360,7 @@ def test_knockout_refuses_cached_decoding_steps(model):
 
 
 def test_knockout_hooks_are_removed_even_after_an_error(model):
-    mixers = [block.mixer for block in mamba_layers(model)]
+    mixers = [block.mixer for block in mamba_blocks(model)]
     with pytest.raises(RuntimeError, match="boom"), knockout(model, KnockoutSpec((0, 2), (1,), (-1,))):
         assert all(len(m._forward_hooks) == 1 for m in (mixers[0], mixers[2]))
         raise RuntimeError("boom")
@@ -395,10 +396,10 @@ def test_a_non_mamba_model_is_refused_by_name():
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
     )
     llama = transformers.LlamaForCausalLM(config)
-    with pytest.raises(ValueError, match="LlamaForCausalLM is not a Mamba-family model"):
+    with pytest.raises(ValueError, match=NOT_MAMBA):
         layer_internals(llama, random_ids(), [0])
     with (
-        pytest.raises(ValueError, match="LlamaForCausalLM is not a Mamba-family model"),
+        pytest.raises(ValueError, match=NOT_MAMBA),
         knockout(llama, KnockoutSpec((0,), (0,), (1,))),
     ):
         pass

@@ -190,7 +190,10 @@ def test_a_non_mamba_model_is_refused(tmp_path, capsys):
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     make_tokenizer().save_pretrained(tmp_path / "llama")
     assert run("attention", "--model", str(tmp_path / "llama"), "--text", TEXT, "--out", str(tmp_path)) == 2
-    assert "LlamaForCausalLM is not a Mamba-family model" in capsys.readouterr().err
+    assert (
+        "LlamaForCausalLM (model_type 'llama') is not a supported Mamba-family model"
+        in capsys.readouterr().err
+    )
 
 
 def test_index_lists_parse_ranges_and_negatives():

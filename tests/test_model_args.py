@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lm_eval_ssmsteer.lmeval.model_args import DTYPES, ModelArgsError, check_dtype, check_model_args
 from lm_eval_ssmsteer.loading import ModelNotFoundError, check_model_name, load_model
-from lm_eval_ssmsteer.model_args import DTYPES, ModelArgsError, check_dtype, check_model_args
 
 ALLOWED_NAMES = (
     "allowed: an existing model folder, a shipped model (ref-mamba1, tiny-random-mamba) or a hub id"
@@ -108,7 +108,7 @@ def test_hflm_and_transformers_arguments_pass_and_the_spec_comes_back():
 
 
 def test_the_backend_checks_before_loading(tmp_path):
-    from lm_eval_ssmsteer.backend import MambaSteeredLM
+    from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM
 
     with pytest.raises(ModelArgsError, match="dtype='float33'"):
         MambaSteeredLM(pretrained="tiny-random-mamba", device="cpu", dtype="float33")

@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
-from lm_eval_ssmsteer.backend import MambaSteeredLM, model_argument_names
+from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM, model_argument_names
 from lm_eval_ssmsteer.taskdata import TASKS, TaskDataError
 from lm_eval_ssmsteer.taskdata.harness import split_metadata
 
@@ -195,7 +195,7 @@ def test_max_length_below_a_prompt_cuts_it_with_one_warning_per_request_type(rea
         )
     n_generate = len(_prompts(results, "ssm_niah_single"))
     n_scored = len(_prompts(results, "ssm_niah_single_mc"))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.backend"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.lmeval.backend"]
     assert len(warnings) == 2, warnings
     assert (
         f"max_length=4096 cut {n_generate} of {n_generate} generate_until prompts to their last 4000 tokens"
@@ -222,7 +222,7 @@ def test_max_length_model_arg_runs_end_to_end_on_the_shipped_tiny_model(caplog):
         )
     for task in ("ssm_niah_single", "ssmq_passkey_mc"):
         assert 0.0 <= results["results"][task]["256,none"] <= 1.0
-    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.backend")
+    warnings = sorted(r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.lmeval.backend")
     assert [w.split(" tokens")[0] for w in warnings] == [
         "max_length=200 cut 2 of 2 generate_until prompts to their last 104",
         f"max_length=200 cut {len(_prompts(results, 'ssmq_passkey_mc'))} of "

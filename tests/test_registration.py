@@ -38,7 +38,7 @@ def test_startup_hook_imports_nothing_heavy():
     imported = {
         line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")
     }
-    assert "lm_eval_ssmsteer._autoload" in imported, "the .pth hook is not installed"
+    assert "lm_eval_ssmsteer.lmeval._autoload" in imported, "the .pth hook is not installed"
     assert not {"torch", "lm_eval", "transformers", "numpy"} & imported
 
 
@@ -122,7 +122,7 @@ def test_python_api_after_import_and_package_tasks_are_indexed():
         "import lm_eval_ssmsteer, lm_eval\n"
         "from lm_eval.api.registry import get_model\n"
         "from lm_eval.tasks import TaskManager\n"
-        "from lm_eval_ssmsteer.registration import tasks_dir\n"
+        "from lm_eval_ssmsteer.lmeval.registration import tasks_dir\n"
         "assert get_model('mamba-steered').__name__ == 'MambaSteeredLM'\n"
         "assert get_model('hf').__name__ == 'HFLM'\n"
         "tm = TaskManager(include_defaults=False)\n"

@@ -8,8 +8,9 @@ import math
 import pytest
 from tiny import make_model
 
-from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_model, resolve
+from lm_eval_ssmsteer.mamba.arch import UnsupportedModelError, describe_model
 from lm_eval_ssmsteer.spec import PRESETS, SpecError, SteeringSpec, load_spec
+from lm_eval_ssmsteer.steering.plan import resolve
 
 DOC = {
     "version": 1,
@@ -101,7 +102,7 @@ def test_non_mamba_model_lists_supported_architectures():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(
-        UnsupportedModelError, match="model_type 'gpt2' is not a supported .*MambaForCausalLM"
+        UnsupportedModelError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\) is not a supported .*MambaForCausalLM"
     ):
         describe_model(gpt2)
 

@@ -12,12 +12,13 @@ from lm_eval.tasks import TaskManager
 from tiny import VOCAB, make_model, make_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
-from lm_eval_ssmsteer.compat import cache_keyword, output_cache
-from lm_eval_ssmsteer.fastscan import use_fast_scan
-from lm_eval_ssmsteer.hooks import steer
-from lm_eval_ssmsteer.sites import describe_model
-from lm_eval_ssmsteer.spec import SITES, SteeringSpec
-from lm_eval_ssmsteer.stable_mamba import StableMambaConfig, StableMambaForCausalLM
+from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.compat import cache_keyword, output_cache
+from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.mamba.stable import StableMambaConfig, StableMambaForCausalLM
+from lm_eval_ssmsteer.spec import SteeringSpec
+from lm_eval_ssmsteer.steering import steer
 
 TASKS_DIR = Path(__file__).parent / "data" / "tiny_tasks"
 
@@ -81,7 +82,12 @@ def test_cached_decoding_equals_the_full_forward(model):
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=1e-4, atol=1e-5)
 
 
-def test_fast_scan_matches_transformers_scan_values_and_grads(model):
+def test_fast_scan_runs_in_stable_mamba_and_matches_transformers_scan_values_and_grads(model, monkeypatch):
+    from lm_eval_ssmsteer.mamba import fastscan
+
+    calls = []
+    real = fastscan.selective_scan
+    monkeypatch.setattr(fastscan, "selective_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
     ids = _ids(l=8)
     grads = []
     for fast in (False, True):
@@ -91,6 +97,8 @@ def test_fast_scan_matches_transformers_scan_values_and_grads(model):
         loss.backward()
         grads.append((loss.detach(), model.backbone.layers[0].mixer.dt_proj.weight.grad.clone()))
     model.zero_grad()
+    # the fast scan really ran: once per timescale gate in every layer (the comparison is not a tautology)
+    assert len(calls) == model.config.num_timescales * model.config.num_hidden_layers
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
 

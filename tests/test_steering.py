@@ -9,10 +9,11 @@ import torch
 from reference import reference_logits
 from tiny import ARCHITECTURES, make_model, make_tokenizer
 
-from lm_eval_ssmsteer.compat import SCAN_FUNCTIONS
-from lm_eval_ssmsteer.hooks import steer
-from lm_eval_ssmsteer.sites import describe_model
-from lm_eval_ssmsteer.spec import SITES, SteeringSpec
+from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import SteeringSpec
+from lm_eval_ssmsteer.steering import steer
 
 POSITIONS = ("all", "prompt", "generated")
 

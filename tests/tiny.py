@@ -46,7 +46,7 @@ def make_model(arch: str, seed: int = 0, n_layers: int = 3) -> torch.nn.Module:
     elif arch == "falcon_mamba":
         model = FalconMambaForCausalLM(FalconMambaConfig(**common, expand=2))
     elif arch == "stable_mamba":  # not in ARCHITECTURES: tests/test_stable_mamba.py covers it
-        from lm_eval_ssmsteer.stable_mamba import StableMambaConfig, StableMambaForCausalLM
+        from lm_eval_ssmsteer.mamba.stable import StableMambaConfig, StableMambaForCausalLM
 
         model = StableMambaForCausalLM(StableMambaConfig(**common, expand=2, num_timescales=2))
     elif arch == "mamba2":

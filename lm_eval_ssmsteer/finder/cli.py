@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
 from lm_eval_ssmsteer.finder.methods import METHODS
-from lm_eval_ssmsteer.spec import SITES
+from lm_eval_ssmsteer.mamba.sites import SITES
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace):
     )
     from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
     from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, ModelNotFoundError, load_model, prepare_pretrained
-    from lm_eval_ssmsteer.sites import UnsupportedModelError, describe_config, describe_model
+    from lm_eval_ssmsteer.mamba.arch import UnsupportedModelError, describe_config, describe_model
 
     sites = args.sites or list(SITES)
     check_request(args.method, sites)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ssmsteer.hooks import steer, steer_factors
-from lm_eval_ssmsteer.sites import ArchInfo
+from lm_eval_ssmsteer.mamba.arch import ArchInfo
 from lm_eval_ssmsteer.spec import SteeringSpec
+from lm_eval_ssmsteer.steering import steer, steer_factors
 
 METHODS = ("causal", "attribution", "variance", "dt-bias")
 VARIANCE_SITES = ("mixer_out", "residual")

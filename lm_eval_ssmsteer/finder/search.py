@@ -23,7 +23,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 from lm_eval_ssmsteer.finder import methods
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
 from lm_eval_ssmsteer.finder.methods import METHODS, VARIANCE_SITES, Pair, Ranking, Score
-from lm_eval_ssmsteer.sites import ArchInfo, describe_model
-from lm_eval_ssmsteer.spec import SITES, SteeringSpec
+from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
+from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import SteeringSpec
 
 K_GRID = (1, 2, 4, 8, 16, 32)
 SCREEN_K = tuple(k for k in K_GRID if k <= methods.SITE_TOP)
@@ -120,15 +122,6 @@ def check_output(out: Path) -> None:
         raise FinderError(f"--out: cannot write in {str(parent)!r} ({exc.strerror})") from None
 
 
-def _scan_context(model, arch: ArchInfo):
-    """Mamba-1 on CPU: the fast torch scan (same values and gradients as transformers' loop)."""
-    if arch.architecture == "mamba" and next(model.parameters()).device.type == "cpu":
-        from lm_eval_ssmsteer.fastscan import use_fast_scan
-
-        return use_fast_scan()
-    return nullcontext()
-
-
 def _gap_k(benefit: list[float], order: list[int], limit: int) -> int | None:
     """The k after which the positive expected benefit drops the most (relative), if any."""
     values = [benefit[c] for c in order[: limit + 1]]
@@ -168,7 +161,7 @@ def find(
     batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
     bars = _Progress(progress)
 
-    with _scan_context(model, arch):
+    with fast_scan_if_allowed(model):
         with bars.phase("unsteered", len(batches), "batch"):
             base = methods.evaluate(model, batches, advance=bars.advance)
         rankings, raw = _score(model, batches, arch, method, sites, bars)

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import torch
 
-from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals
+from lm_eval_ssmsteer.mamba.arch import MAMBA1
+from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals
 
 AGGREGATES = ("mean", "norm", "none")
 DEFAULT_MEMORY_BYTES = 512 * 2**20

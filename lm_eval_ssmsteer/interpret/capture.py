@@ -9,24 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lm_eval_ssmsteer.interpret.mixer_math import MixerInternals, mixer_internals, mixer_kind
-
-
-def mamba_layers(model: nn.Module) -> list[nn.Module]:
-    """The blocks ``backbone.layers[i]`` of a Mamba/FalconMamba/Mamba-2 causal LM; ValueError otherwise."""
-    layers = getattr(getattr(model, "backbone", None), "layers", None)
-    name = type(model).__name__
-    if layers is None or len(layers) == 0 or not all(hasattr(block, "mixer") for block in layers):
-        raise ValueError(
-            f"{name} is not a Mamba-family model: expected backbone.layers[i].mixer "
-            "(MambaForCausalLM, FalconMambaForCausalLM or Mamba2ForCausalLM)"
-        )
-    for i, block in enumerate(layers):
-        try:
-            mixer_kind(block.mixer)
-        except ValueError as exc:
-            raise ValueError(f"{name} layer {i}: {exc}") from None
-    return list(layers)
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals, mixer_internals
 
 
 def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
@@ -86,7 +70,7 @@ def capture_layers(
     model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
 ) -> dict[int, LayerCapture]:
     """Run the model once (no cache) and record each chosen block's residual input, mixer input and output."""
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     layers = check_layers(layers, len(blocks))
     seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layers}
     handles = []
@@ -113,6 +97,6 @@ def layer_internals(
     model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
 ) -> dict[int, MixerInternals]:
     """Mixer internals of each chosen layer for one forward pass of input_ids (1, l)."""
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     captured = capture_layers(model, input_ids, layers)
     return {i: mixer_internals(blocks[i].mixer, c.mixer_input) for i, c in captured.items()}

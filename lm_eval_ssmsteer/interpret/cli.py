@@ -17,7 +17,6 @@ from lm_eval_ssmsteer.interpret.capture import (
     check_layers,
     check_positions,
     layer_window,
-    mamba_layers,
 )
 from lm_eval_ssmsteer.interpret.knockout import (
     FEATURES,
@@ -27,8 +26,9 @@ from lm_eval_ssmsteer.interpret.knockout import (
     next_token_probs,
 )
 from lm_eval_ssmsteer.interpret.latim import METHODS, latim_maps, rollout
-from lm_eval_ssmsteer.interpret.mixer_math import mixer_internals, mixer_kind
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, save_npz, token_labels
+from lm_eval_ssmsteer.mamba.arch import family_of_mixer, mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 PAPER_WINDOW = 9  # layers per knockout window in the paper's Figure 6; capped at the model's depth
 
@@ -150,24 +150,20 @@ def add_parser(subparsers) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lm_eval_ssmsteer.loading import resolve_model_path
+    from lm_eval_ssmsteer.loading import load_model
 
     text = args.text if args.text is not None else args.text_file.read_text()
     if not text:
         raise ValueError("the input text is empty")
-    path = resolve_model_path(args.model)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(args.device).eval()
-    blocks = mamba_layers(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_model(args.model, device=args.device, field="--model")
+    blocks = mamba_blocks(model)
     input_ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)
     layers = check_layers(args.layers if args.layers is not None else range(len(blocks)), len(blocks))
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": args.model,
         "architecture": type(model).__name__,
-        "mixer": mixer_kind(blocks[0].mixer),
+        "mixer": family_of_mixer(blocks[0].mixer),
         "n_layers": len(blocks),
         "tokens": token_labels(tokenizer, input_ids[0].tolist()),
         "token_ids": input_ids[0].tolist(),

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lm_eval_ssmsteer.compat import forward_cache
 from lm_eval_ssmsteer.interpret.attention import DEFAULT_MEMORY_BYTES, channel_attention_rows, row_chunks
-from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions, mamba_layers
-from lm_eval_ssmsteer.interpret.mixer_math import MAMBA1, MixerInternals, mixer_internals, readout
+from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions
+from lm_eval_ssmsteer.mamba.arch import MAMBA1, mamba_blocks
+from lm_eval_ssmsteer.mamba.compat import forward_cache
+from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals, mixer_internals, readout
 
 # Which features (channels for Mamba-1, heads for Mamba-2) have their flow knocked out. "The fast third":
 # the third with the fastest decay (see decay_third). The authors' code (model_interface.py
@@ -170,7 +171,7 @@ def knockout(
     model: nn.Module, spec: KnockoutSpec, memory_bytes: int = DEFAULT_MEMORY_BYTES
 ) -> Iterator[None]:
     """Within the block, every forward pass of ``model`` has the flow of ``spec`` knocked out."""
-    blocks = mamba_layers(model)
+    blocks = mamba_blocks(model)
     layers = check_layers(spec.layers, len(blocks))
     handles = []
     try:

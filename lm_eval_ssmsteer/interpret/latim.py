@@ -31,7 +31,7 @@ from lm_eval_ssmsteer.interpret.attention import (
     diagonal_skip,
     row_chunks,
 )
-from lm_eval_ssmsteer.interpret.mixer_math import MixerInternals, linear_gate
+from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals, linear_gate
 
 METHODS = ("l2", "alti")
 

@@ -37,7 +37,7 @@ def _suite_knobs() -> set[str]:
 
 
 def _model_arguments() -> frozenset[str]:
-    from lm_eval_ssmsteer.backend import model_argument_names  # lm-eval glue: imported only when used
+    from lm_eval_ssmsteer.lmeval.backend import model_argument_names  # lm-eval glue: imported only when used
 
     return model_argument_names()
 

@@ -17,6 +17,6 @@ run() {  # name arch tokens_per_batch lr [extra args]
     python3 -m lm_eval_ssmsteer.train --arch "$arch" --out "$out/$name" --tokens-per-batch "$tpb" --lr "$lr" \
         --time-budget "$budget" --steps 1000000 --docs 200000 --workers 4 --device cuda "$@" >"$out/$name.log" 2>&1
 }
-run ref-mamba1 mamba1 32768 "${MAMBA1_LR:-2e-3}" ${MAMBA1_INIT:+--init "$MAMBA1_INIT"} &
+run ref-mamba1 mamba 32768 "${MAMBA1_LR:-2e-3}" ${MAMBA1_INIT:+--init "$MAMBA1_INIT"} &
 run ref-mamba2 mamba2 32768 2e-3 &
 wait

@@ -24,15 +24,15 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import normalize_gen_kwargs
 
-import lm_eval_ssmsteer.stable_mamba  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
+import lm_eval_ssmsteer.mamba.stable  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
 from lm_eval_ssmsteer import __version__
-from lm_eval_ssmsteer.fastscan import use_fast_scan
-from lm_eval_ssmsteer.hooks import steer
+from lm_eval_ssmsteer.lmeval.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
+from lm_eval_ssmsteer.lmeval.model_args import check_model_args
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
-from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
-from lm_eval_ssmsteer.model_args import check_model_args
-from lm_eval_ssmsteer.sites import describe_config, describe_model, resolve
+from lm_eval_ssmsteer.mamba.arch import describe_config, describe_model
+from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
 from lm_eval_ssmsteer.spec import SpecError
+from lm_eval_ssmsteer.steering import SteeringPlan, steer
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +101,25 @@ class MambaSteeredLM(HFLM):
         # the batch length that batch_size=auto probes with no max_length, until a call measures its prompts
         self._longest_prompt = self._DEFAULT_MAX_LENGTH
         self.arch = describe_model(self.model)
-        if self.steering_spec is not None:
-            resolve(self.steering_spec, self.arch)  # shape checks: layer/channel ranges, fingerprint
+        # resolved once against the model (shape checks included) and applied to every call
+        spec = self.steering_spec
+        self.steering_plan = None if spec is None else SteeringPlan.build(self.model, spec)
         self.fast_scan = self._check_fast_scan(fast_scan)
         if self.model.device.type == "cpu":
             drop_cpu_kernel_fallback()
 
     def _check_fast_scan(self, value: bool | str) -> bool:
-        """`fast_scan=True`: Mamba-1/FalconMamba on CPU run lm_eval_ssmsteer.fastscan instead of the loop."""
+        """``fast_scan=True``: lm_eval_ssmsteer.mamba.fastscan instead of transformers' scan loop, where
+        ``fast_scan_refusal`` allows it."""
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise SpecError(f"fast_scan={value!r}: allowed values are true or false")
             value = value.lower() in ("true", "1")
         if not value:
             return False
-        if self.arch.architecture not in ("mamba", "falcon_mamba"):
-            raise SpecError(
-                f"fast_scan=True applies to model types mamba and falcon_mamba; this model is "
-                f"{self.arch.architecture}"
-            )
-        if self.model.device.type != "cpu":
-            raise SpecError(
-                f"fast_scan=True is for the CPU torch path; on {self.model.device.type} it would replace "
-                "the mamba-ssm kernels"
-            )
+        refusal = fast_scan_refusal(self.model)
+        if refusal is not None:
+            raise SpecError(f"fast_scan=True: {refusal}")
         return True
 
     def _scan(self):
@@ -173,11 +168,11 @@ class MambaSteeredLM(HFLM):
         return [len(self.tok_encode(r.args[0])) for r in requests]
 
     def _model_call(self, inps, attn_mask=None, labels=None):
-        with self._scan(), steer(self.model, self.steering_spec):
+        with self._scan(), steer(self.model, self.steering_plan):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        with self._scan(), steer(self.model, self.steering_spec):
+        with self._scan(), steer(self.model, self.steering_plan):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def get_model_info(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Applying a steering spec to a loaded model: ``with steer(model, spec): ...``.
+"""Applying a steering plan to a loaded model: ``with steer(model, spec_or_plan): ...``.
 
-How each site is reached, so that steered layers keep transformers' own code and kernels:
+How each way of reaching a site (``mamba.sites.REACHES``) is implemented, so that steered layers keep
+transformers' own code and kernels:
 - ``mixer_out`` and ``residual``: a forward hook on the mixer / block multiplies its output.
 - ``delta``, ``B``, ``C`` (and ``ssm_out``, ``gate`` on Mamba-1): while a steered mixer runs, the
   scan functions its modeling module calls (``mamba_selective_scan`` / ``mamba_selective_state_update``,
@@ -28,8 +29,7 @@ attribution).
 from __future__ import annotations
 
 import weakref
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +37,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ssmsteer.compat import forward_cache, output_cache, scan_functions
-from lm_eval_ssmsteer.sites import ArchInfo, SitePlan, describe_model, resolve
-from lm_eval_ssmsteer.spec import Intervention, SteeringSpec, load_spec
+from lm_eval_ssmsteer.mamba import sites as S
+from lm_eval_ssmsteer.mamba.compat import forward_cache, output_cache, scan_functions
+from lm_eval_ssmsteer.mamba.patch import returns_none, swap_during_calls
+from lm_eval_ssmsteer.spec import SteeringSpec
+from lm_eval_ssmsteer.steering.plan import SiteFactors, SteeringPlan
 
-# Sites reached by wrapping the scan functions (prefill and decode) of the mixer's modeling module.
-INNER_SITES = {"mamba1": ("delta", "B", "C", "ssm_out", "gate"), "mamba2": ("delta", "B", "C")}
+SCAN_REACHES = (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C, S.SCAN_GATED_OUTPUT)
 
 
 @dataclass
@@ -52,31 +53,6 @@ class _ForwardState:
     phase: str = "prompt"
     keep: torch.Tensor | None = None  # (b, l) bool, False at pad positions; None = no padding
     seen_caches: weakref.WeakSet = field(default_factory=weakref.WeakSet)
-
-
-class _SiteScaler:
-    """The multiplicative factor of one (layer, site), built once per forward from its plans."""
-
-    def __init__(self, plans: list[SitePlan], width: int, device: torch.device):
-        by_positions: dict[str, torch.Tensor] = {}
-        for plan in plans:
-            vec = by_positions.setdefault(plan.positions, torch.ones(width, device=device))
-            if plan.channels is None:
-                vec.mul_(plan.scale)
-            else:
-                idx = torch.tensor(plan.channels, device=device)
-                vec[idx] = vec[idx] * plan.scale
-        self.by_positions = by_positions
-
-    def factor(self, state: _ForwardState) -> torch.Tensor | None:
-        """fp32 (c,) if every position is scaled alike, (b, l, c) if pads or phases differ; None = no-op."""
-        out = None
-        for positions, vec in self.by_positions.items():
-            if positions not in ("all", state.phase):
-                continue
-            f = vec if state.keep is None else torch.where(state.keep[..., None], vec, vec.new_ones(()))
-            out = f if out is None else out * f
-        return out
 
 
 def _scaled(t: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -94,26 +70,24 @@ def _one_step(f: torch.Tensor) -> torch.Tensor:
     return f if f.dim() == 1 else f[:, -1, :]
 
 
-def _swap_globals(module_dict: dict, replacements: dict[str, Callable]) -> dict[str, Callable]:
-    saved = {name: module_dict[name] for name in replacements}
-    module_dict.update(replacements)
-    return saved
-
-
 class _Steerer:
-    def __init__(self, model: torch.nn.Module, spec: SteeringSpec, arch: ArchInfo):
+    def __init__(self, model: torch.nn.Module, plan: SteeringPlan):
         self.model = model
-        self.arch = arch
+        self.plan = plan
         self.state = _ForwardState()
         self.handles: list[Any] = []
-        self.restore: list[tuple[dict, dict]] = []
-        device = next(model.parameters()).device
-        grouped: dict[tuple[int, str], list[SitePlan]] = defaultdict(list)
-        for plan in resolve(spec, arch):
-            grouped[(plan.layer, plan.site)].append(plan)
-        self.scalers: dict[int, dict[str, _SiteScaler]] = defaultdict(dict)
-        for (layer, site), plans in grouped.items():
-            self.scalers[layer][site] = _SiteScaler(plans, arch.site_width(site), device)
+
+    def factor(self, group: list[SiteFactors]) -> torch.Tensor | None:
+        """The fp32 factor of the sites in ``group`` for this forward: (c,) if every position is scaled
+        alike, (b, l, c) if pads or phases differ; None = nothing to do."""
+        out = None
+        for by_positions in group:
+            for positions, vec in by_positions.items():
+                if positions not in ("all", self.state.phase):
+                    continue
+                f = vec if self.state.keep is None else torch.where(self.state.keep[..., None], vec, 1.0)
+                out = f if out is None else out * f
+        return out
 
     # -- installation -------------------------------------------------------------------------
     def install(self) -> None:
@@ -122,30 +96,29 @@ class _Steerer:
         self.handles.append(
             backbone.register_forward_hook(self._end_forward, with_kwargs=True, always_call=True)
         )
-        for layer, sites in self.scalers.items():
+        family = self.plan.arch.family
+        for layer, sites in self.plan.factors.items():
+            by_reach: dict[str, list[SiteFactors]] = {}
+            for site, factors in sites.items():
+                by_reach.setdefault(S.site_row(site, family).reach, []).append(factors)
             block = backbone.layers[layer]
-            mixer = block.mixer
-            if "mixer_out" in sites:
-                self.handles.append(mixer.register_forward_hook(self._output_hook(sites["mixer_out"])))
-            if "residual" in sites:
-                self.handles.append(block.register_forward_hook(self._output_hook(sites["residual"])))
-            inner = {s: sites[s] for s in INNER_SITES[self.arch.family] if s in sites}
-            if inner:
-                self._install_scan_swap(mixer, inner)
-            if self.arch.family == "mamba2" and ("ssm_out" in sites or "gate" in sites):
+            if S.MIXER_OUTPUT in by_reach:
                 self.handles.append(
-                    mixer.norm.register_forward_pre_hook(
-                        self._gated_norm_hook(sites.get("ssm_out"), sites.get("gate")), with_kwargs=True
-                    )
+                    block.mixer.register_forward_hook(self._output_hook(by_reach[S.MIXER_OUTPUT]))
                 )
+            if S.BLOCK_OUTPUT in by_reach:
+                self.handles.append(block.register_forward_hook(self._output_hook(by_reach[S.BLOCK_OUTPUT])))
+            if S.GATED_NORM_INPUT in by_reach:
+                hook = self._gated_norm_hook(by_reach[S.GATED_NORM_INPUT])
+                self.handles.append(block.mixer.norm.register_forward_pre_hook(hook, with_kwargs=True))
+            scans = {r: by_reach[r] for r in SCAN_REACHES if r in by_reach}
+            if scans:
+                self._install_scan_swap(block.mixer, scans)
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        while self.restore:
-            module_dict, saved = self.restore.pop()
-            module_dict.update(saved)
 
     # -- forward bookkeeping ------------------------------------------------------------------
     def _begin_forward(self, module, args, kwargs):
@@ -165,26 +138,22 @@ class _Steerer:
             self.state.seen_caches.add(cache)
         self.state.phase, self.state.keep = "prompt", None
 
-    def _factor(self, scaler: _SiteScaler | None) -> torch.Tensor | None:
-        return None if scaler is None else scaler.factor(self.state)
-
-    # -- sites ----------------------------------------------------------------------------------
-    def _output_hook(self, scaler: _SiteScaler):
+    # -- reaches --------------------------------------------------------------------------------
+    def _output_hook(self, group: list[SiteFactors]):
         def hook(module, args, output):
-            f = self._factor(scaler)
+            f = self.factor(group)
             return output if f is None else _scaled(output, f)
 
         return hook
 
-    def _gated_norm_hook(self, ssm_out: _SiteScaler | None, gate: _SiteScaler | None):
-        """Mamba-2: the norm gates y with SiLU(z) in fp32; scaling y (rounded once) by the factors of both
-        sites scales that product, and where the factors are 1 the norm sees exactly its own input."""
+    def _gated_norm_hook(self, group: list[SiteFactors]):
+        """Mamba-2: the norm gates y with SiLU(z) in fp32; scaling y (rounded once) scales that product,
+        and where the factors are 1 the norm sees exactly its own input."""
 
         def hook(module, args, kwargs):
-            factors = [f for f in (self._factor(ssm_out), self._factor(gate)) if f is not None]
-            if not factors:
+            f = self.factor(group)
+            if f is None:
                 return None
-            f = factors[0] if len(factors) == 1 else factors[0] * factors[1]
             if args:
                 return (_scaled(args[0], f), *args[1:]), kwargs
             kwargs["hidden_states"] = _scaled(kwargs["hidden_states"], f)
@@ -192,46 +161,33 @@ class _Steerer:
 
         return hook
 
-    def _install_scan_swap(self, mixer: torch.nn.Module, sites: dict[str, _SiteScaler]) -> None:
-        module_dict, (scan_name, step_name, fused_name) = scan_functions(mixer, self.arch.family)
-        make = self._mamba2_wrappers if self.arch.family == "mamba2" else self._mamba1_wrappers
-        scan, step = make(module_dict[scan_name], module_dict[step_name], sites)
-        replacements = {scan_name: scan, step_name: step, fused_name: _no_fused_path}
+    def _install_scan_swap(self, mixer: torch.nn.Module, scans: dict[str, list[SiteFactors]]) -> None:
+        module_dict, (scan_name, step_name, fused_name) = scan_functions(mixer, self.plan.arch.family)
+        make = self._mamba2_wrappers if self.plan.arch.family == "mamba2" else self._mamba1_wrappers
+        scan, step = make(module_dict[scan_name], module_dict[step_name], scans)
+        replacements = {scan_name: scan, step_name: step, fused_name: returns_none}
+        self.handles.extend(swap_during_calls(mixer, module_dict, replacements))
 
-        def swap_in(module, args):
-            self.restore.append((module_dict, _swap_globals(module_dict, replacements)))
-
-        def swap_out(module, args, output):
-            if self.restore:
-                module_dict_, saved = self.restore.pop()
-                module_dict_.update(saved)
-
-        self.handles.append(mixer.register_forward_pre_hook(swap_in))
-        self.handles.append(mixer.register_forward_hook(swap_out, always_call=True))
-
-    def _mamba1_wrappers(self, scan_fn, step_fn, sites):
-        delta, b_site, c_site = sites.get("delta"), sites.get("B"), sites.get("C")
-        gated = [sites[s] for s in ("ssm_out", "gate") if s in sites]
+    def _mamba1_wrappers(self, scan_fn, step_fn, scans):
+        delta, b_site, c_site = (scans.get(r, []) for r in (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C))
+        gated = scans.get(S.SCAN_GATED_OUTPUT, [])
 
         def scale_inputs(dt, B, C, kwargs, bias_key, softplus_key, to_layout):
-            f = self._factor(delta)
+            f = self.factor(delta)
             if f is not None:
                 dt = _steered_dt(dt, to_layout(f), kwargs.get(bias_key), kwargs.get(softplus_key, False))
-            f = self._factor(b_site)
+            f = self.factor(b_site)
             if f is not None:
                 B = _scaled(B, to_layout(f))
-            f = self._factor(c_site)
+            f = self.factor(c_site)
             if f is not None:
                 C = _scaled(C, to_layout(f))
             return dt, B, C
 
         def scale_output(out, to_layout):
             # the scan returns y·SiLU(z) (D skip included): ssm_out and gate both scale that product
-            for scaler in gated:
-                f = self._factor(scaler)
-                if f is not None:
-                    out = _scaled(out, to_layout(f))
-            return out
+            f = self.factor(gated)
+            return out if f is None else _scaled(out, to_layout(f))
 
         def scan(u, dt, A, B, C, *args, **kwargs):  # u, dt, z: (b, d_inner, l); B, C: (b, d_state, l)
             dt, B, C = scale_inputs(dt, B, C, kwargs, "delta_bias", "delta_softplus", _channels_first)
@@ -246,21 +202,21 @@ class _Steerer:
 
         return scan, step
 
-    def _mamba2_wrappers(self, scan_fn, step_fn, sites):
-        delta, b_site, c_site = sites.get("delta"), sites.get("B"), sites.get("C")
-        groups, d_state = self.arch.n_groups, self.arch.d_state
+    def _mamba2_wrappers(self, scan_fn, step_fn, scans):
+        delta, b_site, c_site = (scans.get(r, []) for r in (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C))
+        groups, d_state = self.plan.arch.n_groups, self.plan.arch.d_state
 
         def scale_bc(B, C, per_group):
-            f = self._factor(b_site)
+            f = self.factor(b_site)
             if f is not None:
                 B = _scaled(B, per_group(f))
-            f = self._factor(c_site)
+            f = self.factor(c_site)
             if f is not None:
                 C = _scaled(C, per_group(f))
             return B, C
 
         def scan(x, dt, A, B, C, *args, **kwargs):  # x: (b, l, h, p); dt: (b, l, h); B, C: (b, l, g, n)
-            f = self._factor(delta)
+            f = self.factor(delta)
             if f is not None:
                 limit = tuple(kwargs.get("dt_limit", _NO_LIMIT))
                 dt = _steered_dt(dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False), limit)
@@ -270,7 +226,7 @@ class _Steerer:
             return scan_fn(x, dt, A, B, C, *args, **kwargs)
 
         def step(state, x, dt, A, B, C, *args, **kwargs):  # x, dt: (b, h, p); B, C: (b, g, n)
-            f = self._factor(delta)
+            f = self.factor(delta)
             if f is not None:
                 softplus = kwargs.get("dt_softplus", False)
                 dt = _steered_head_dt(dt, _one_step(f), kwargs.get("dt_bias"), softplus)
@@ -334,22 +290,38 @@ def _steered_dt(
     return torch.where(changed, steered, dt)
 
 
-def _no_fused_path(*args: Any, **kwargs: Any) -> None:
-    """Stands in for the fused training kernel: None makes the mixer take its steerable path."""
-    return None
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def plan_for(model: torch.nn.Module, spec: SteeringSpec | SteeringPlan | str | dict) -> SteeringPlan:
+    """The plan of ``spec`` for ``model``, built once per (model, spec, device) and reused."""
+    if isinstance(spec, SteeringPlan):
+        return spec
+    from lm_eval_ssmsteer.spec import load_spec
+
+    spec = load_spec(spec)
+    device = next(model.parameters()).device
+    cache = _PLANS.setdefault(model, {})
+    key = (spec.sha256, str(device))
+    if key not in cache:
+        cache[key] = SteeringPlan.build(model, spec)
+    return cache[key]
 
 
 @contextmanager
-def steer(model: torch.nn.Module, spec: SteeringSpec | str | dict | None) -> Iterator[SteeringSpec | None]:
-    """Steer ``model`` inside the block; ``spec=None`` is a no-op that installs nothing."""
+def steer(
+    model: torch.nn.Module, spec: SteeringSpec | SteeringPlan | str | dict | None
+) -> Iterator[SteeringSpec | None]:
+    """Steer ``model`` inside the block (a spec, a preset name, JSON, or a plan built for this model);
+    ``None`` is a no-op that installs nothing."""
     if spec is None:
         yield None
         return
-    spec = load_spec(spec)
-    steerer = _Steerer(model, spec, describe_model(model))
+    plan = plan_for(model, spec)
+    steerer = _Steerer(model, plan)
     try:
         steerer.install()
-        yield spec
+        yield plan.spec
     finally:
         steerer.remove()
 
@@ -362,20 +334,7 @@ def steer_factors(model: torch.nn.Module, factors: dict[tuple[int, str], torch.T
     used as given (not copied), so a factor that requires grad receives the gradient of whatever is
     computed from the steered forward pass.
     """
-    if not factors:
-        raise ValueError("steer_factors needs at least one (layer, site) factor")
-    arch = describe_model(model)
-    spec = SteeringSpec(tuple(Intervention((layer,), site, "all", 1.0) for layer, site in factors))
-    steerer = _Steerer(model, spec, arch)  # checks every layer and site against the model
-    for (layer, site), factor in factors.items():
-        width = arch.site_width(site)
-        shape = tuple(factor.shape)
-        if shape != (width,) and not (len(shape) == 3 and shape[1:] == (1, width)):
-            raise ValueError(
-                f"factor for layer {layer}, site {site!r} has shape {shape}; the site has {width} "
-                f"channels, so the shape must be ({width},) or (batch, 1, {width})"
-            )
-        steerer.scalers[layer][site].by_positions = {"all": factor}
+    steerer = _Steerer(model, SteeringPlan.from_factors(model, factors))
     try:
         steerer.install()
         yield

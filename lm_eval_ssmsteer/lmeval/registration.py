@@ -14,16 +14,16 @@ import sys
 from pathlib import Path
 
 MODEL_NAME = "mamba-steered"
-BACKEND_TARGET = "lm_eval_ssmsteer.backend:MambaSteeredLM"
+BACKEND_TARGET = "lm_eval_ssmsteer.lmeval.backend:MambaSteeredLM"
 
 
 def tasks_dir() -> Path:
     """The shipped task YAMLs: inside the wheel, or the repository's top-level ``tasks/`` when editable."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "tasks", here.parent / "tasks"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "tasks", package.parent / "tasks"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"lm_eval_ssmsteer: task folder not found beside {here}")
+    raise FileNotFoundError(f"lm_eval_ssmsteer: task folder not found beside {package}")
 
 
 @functools.cache
@@ -67,7 +67,7 @@ def register_tasks() -> None:
     __init__._ssmsteer = True
     TaskManager.__init__ = __init__
     # our tasks say once per run which defaults they use (taskdata.harness) instead
-    from lm_eval_ssmsteer.log_filters import drop_metadata_hint
+    from lm_eval_ssmsteer.lmeval.log_filters import drop_metadata_hint
 
     drop_metadata_hint(lambda task: task in task_names())
 
@@ -75,7 +75,7 @@ def register_tasks() -> None:
 def register_cli() -> None:
     from lm_eval._cli.harness import HarnessCLI
 
-    from lm_eval_ssmsteer import cli_errors
+    from lm_eval_ssmsteer.lmeval import cli_errors
 
     cli_errors.install(HarnessCLI)
 

@@ -16,7 +16,7 @@ supported range by CI (``.ci/run`` runs the tests on the lowest and the newest r
 
 from __future__ import annotations
 
-import sys
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,15 +63,17 @@ def output_cache(output: Any) -> Any:
 
 
 def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, str, str]]:
-    """(the globals of the mixer's modeling module, its (prefill, decode, fused) scan function names)."""
-    module_dict = vars(sys.modules[type(mixer).__module__])
+    """(the globals its ``forward`` reads, the mixer family's (prefill, decode, fused) scan function names).
+    The forward's own globals, not those of the module defining the mixer's class: a subclass that
+    inherits ``forward`` calls the functions of the module that wrote it."""
+    module_dict = inspect.unwrap(type(mixer).forward).__globals__
     names = SCAN_FUNCTIONS[family]
     missing = [n for n in names if n not in module_dict]
     if missing:
         import transformers
 
         raise RuntimeError(
-            f"{type(mixer).__module__} has no {missing} in transformers {transformers.__version__}; "
+            f"{module_dict.get('__name__')} has no {missing} in transformers {transformers.__version__}; "
             f"lm_eval_ssmsteer supports transformers{SUPPORTED_RANGE}"
         )
     return module_dict, names

@@ -55,7 +55,7 @@ class _LmEvalWatcher:
 
 
 def _on_import(name):
-    from lm_eval_ssmsteer import registration
+    from lm_eval_ssmsteer.lmeval import registration
 
     getattr(registration, _WATCHED[name])()
 

@@ -33,23 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm_eval_ssmsteer.compat import gated_norm_group_size
-
-MAMBA1 = "mamba1"
-MAMBA2 = "mamba2"
-
-
-def mixer_kind(mixer: nn.Module) -> str:
-    """``"mamba1"`` for Mamba-1/FalconMamba mixers, ``"mamba2"`` for Mamba-2; ValueError otherwise."""
-    names = {name for name, _ in mixer.named_parameters(recurse=True)}
-    if {"in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight", "A_log", "D"} <= names:
-        return MAMBA1
-    if {"in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight"} <= names:
-        return MAMBA2
-    raise ValueError(
-        f"{type(mixer).__name__} is not a Mamba-1/FalconMamba/Mamba-2 mixer "
-        f"(expected in_proj, conv1d, A_log, D and x_proj/dt_proj or dt_bias/norm)"
-    )
+from lm_eval_ssmsteer.mamba.arch import MAMBA1, MAMBA2, family_of_mixer
+from lm_eval_ssmsteer.mamba.compat import gated_norm_group_size
 
 
 @dataclass
@@ -198,7 +183,7 @@ def mixer_internals(
     mixer: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> MixerInternals:
     """Recompute one mixer call in fp32 from its input hidden states (b, l, d_model)."""
-    kind = mixer_kind(mixer)
+    kind = family_of_mixer(mixer)
     x = _mask_padding(hidden_states.detach().float(), attention_mask)
     projected = x @ _f32(mixer.in_proj.weight).T  # (b, l, in_proj width)
     if mixer.in_proj.bias is not None:

@@ -45,8 +45,8 @@ from transformers.models.mamba.modeling_mamba import (
     mamba_selective_state_update,
 )
 
-from lm_eval_ssmsteer.compat import cached_states, pop_cache, records_past
-from lm_eval_ssmsteer.stable_mamba.configuration import StableMambaConfig
+from lm_eval_ssmsteer.mamba.compat import cached_states, pop_cache, records_past
+from lm_eval_ssmsteer.mamba.stable.configuration import StableMambaConfig
 
 
 def timescale_bands(config: StableMambaConfig) -> list[tuple[float, float]]:

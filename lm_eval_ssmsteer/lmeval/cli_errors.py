@@ -45,12 +45,12 @@ def install(harness_cli: type) -> None:
 
 
 def run(execute: Callable[[Any], Any], args: Any) -> Any:
-    from lm_eval_ssmsteer.registration import MODEL_NAME
+    from lm_eval_ssmsteer.lmeval.registration import MODEL_NAME
 
     ours = getattr(args, "model", None) == MODEL_NAME
     try:
         if ours and isinstance(getattr(args, "model_args", None), dict):
-            from lm_eval_ssmsteer.model_args import check_model_args
+            from lm_eval_ssmsteer.lmeval.model_args import check_model_args
 
             check_model_args(args.model_args)
         return execute(args)
@@ -66,7 +66,7 @@ def one_line(exc: Exception, mamba_steered_run: bool) -> str | None:
     if type(exc).__module__.split(".")[0] == _PACKAGE:
         return str(exc)
     if mamba_steered_run and isinstance(exc, ValueError) and str(exc).startswith(_TASKS_NOT_FOUND):
-        from lm_eval_ssmsteer.registration import task_names
+        from lm_eval_ssmsteer.lmeval.registration import task_names
 
         missing = str(exc)[len(_TASKS_NOT_FOUND) :].split(", ")
         return unknown_tasks(missing, task_names())

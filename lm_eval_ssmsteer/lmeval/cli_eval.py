@@ -13,7 +13,7 @@ def run_lm_eval(lm_eval_args: list[str]) -> int:
     # mistake in the model_args is reported before torch or the backends load).
     from lm_eval.__main__ import cli_evaluate
 
-    from lm_eval_ssmsteer import registration
+    from lm_eval_ssmsteer.lmeval import registration
 
     registration.register_if_loaded()
 

@@ -8,7 +8,8 @@ tokens/s, 1,300 with this module. Here the scan is one autograd Function with a 
 Same mathematics as `transformers.models.mamba.modeling_mamba.mamba_selective_scan`'s recurrent path;
 tests/test_fastscan.py compares values and gradients.
 
-`use_fast_scan()` swaps it into the Mamba-1 and Stable-Mamba modeling modules for a `with` block.
+`use_fast_scan()` swaps it into every Mamba-1-family modeling module for a `with` block;
+`fast_scan_refusal(model)` is the one rule for where that may happen.
 """
 
 from __future__ import annotations
@@ -114,27 +115,50 @@ def selective_scan(
     return y
 
 
-MODULES = (
-    "transformers.models.mamba.modeling_mamba",
-    "transformers.models.falcon_mamba.modeling_falcon_mamba",
-)
+def fast_scan_refusal(model: torch.nn.Module) -> str | None:
+    """The one rule for where the fast scan may run: a Mamba-1-family model on the CPU, where the
+    scan is transformers' torch reference. None when it may; else why not, in a sentence."""
+    from lm_eval_ssmsteer.mamba.arch import describe_model
+
+    return fast_scan_refusal_for(describe_model(model).architecture, next(model.parameters()).device.type)
+
+
+def fast_scan_refusal_for(model_type: str, device: str) -> str | None:
+    """``fast_scan_refusal`` for a model not built yet: its model type and device ("cpu", "cuda", ...)."""
+    from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
+
+    if ARCHITECTURES[model_type].family != "mamba1":
+        allowed = ", ".join(mt for mt, a in ARCHITECTURES.items() if a.family == "mamba1")
+        return f"the fast scan applies to model types {allowed}; this model is {model_type}"
+    if not device.startswith("cpu"):
+        return f"the fast scan is for the CPU torch path; on {device} it would replace the kernels"
+    return None
 
 
 @contextmanager
-def use_fast_scan(modules: tuple[str, ...] = MODULES) -> Iterator[None]:
-    """Within the block, transformers' Mamba-1 / FalconMamba torch path runs `selective_scan`.
+def use_fast_scan() -> Iterator[None]:
+    """Within the block, every Mamba-1-family modeling module (transformers' Mamba and FalconMamba,
+    Stable-Mamba, any registered one) runs ``selective_scan`` instead of ``mamba_selective_scan``.
 
-    Only for the torch path: where mamba-ssm is installed, `mamba_selective_scan` is its CUDA kernel,
-    which this would replace (the backend refuses `fast_scan` off the CPU).
+    Only for the torch path: where mamba-ssm is installed, ``mamba_selective_scan`` is its CUDA kernel,
+    which this would replace; ``fast_scan_refusal`` says where it may run.
     """
     import importlib
+    from contextlib import ExitStack
 
-    dicts = [vars(importlib.import_module(name)) for name in modules]
-    saved = [d["mamba_selective_scan"] for d in dicts]
-    for d in dicts:
-        d["mamba_selective_scan"] = selective_scan
-    try:
+    from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
+    from lm_eval_ssmsteer.mamba.patch import swapped
+
+    with ExitStack() as stack:
+        for arch in ARCHITECTURES.values():
+            if arch.family == "mamba1":
+                module = vars(importlib.import_module(arch.modeling_module))
+                stack.enter_context(swapped(module, {"mamba_selective_scan": selective_scan}))
         yield
-    finally:
-        for d, fn in zip(dicts, saved, strict=True):
-            d["mamba_selective_scan"] = fn
+
+
+def fast_scan_if_allowed(model: torch.nn.Module):
+    """``use_fast_scan()`` where ``fast_scan_refusal`` allows it, else a block that changes nothing."""
+    from contextlib import nullcontext
+
+    return use_fast_scan() if fast_scan_refusal(model) is None else nullcontext()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lm_eval_ssmsteer.stable_mamba.configuration import StableMambaConfig
-from lm_eval_ssmsteer.stable_mamba.modeling import StableMambaForCausalLM, StableMambaMixer, StableMambaModel
+from lm_eval_ssmsteer.mamba.stable.configuration import StableMambaConfig
+from lm_eval_ssmsteer.mamba.stable.modeling import StableMambaForCausalLM, StableMambaMixer, StableMambaModel
 
 
 def register() -> None:
