@@ -102,7 +102,8 @@ def test_non_mamba_model_lists_supported_architectures():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(
-        UnsupportedModelError, match=r"GPT2LMHeadModel \(model_type 'gpt2'\) is not a supported .*MambaForCausalLM"
+        UnsupportedModelError,
+        match=r"GPT2LMHeadModel \(model_type 'gpt2'\) is not a supported .*MambaForCausalLM",
     ):
         describe_model(gpt2)
 
