@@ -148,10 +148,9 @@ class SteeringSpec:
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a crash never leaves a half-written spec behind."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
+        from lm_eval_ssmsteer.files import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
 
     @property
     def sha256(self) -> str:

@@ -93,7 +93,7 @@ def analyse(name: str, n_docs: int, seed: int, window: int, length: int | None) 
         maps_by_column, block_maps = {}, []
         for layer in layers:
             internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
-            maps = latim_maps(internals, ("l2",), residual=captured[layer].residual)
+            maps = latim_maps(internals, ("l2",), block_input=captured[layer].block_input)
             maps_by_column[layer] = maps["l2"]
             block_maps.append(maps["l2_block"])
         maps_by_column["rollout"] = rollout(block_maps)

@@ -163,7 +163,7 @@ def analyse(model, tokenizer, task: str, args) -> tuple[dict, dict]:
         for layer in layers:
             internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
             if with_rollout:
-                maps = latim_maps(internals, ("l2",), residual=captured[layer].residual)
+                maps = latim_maps(internals, ("l2",), block_input=captured[layer].block_input)
                 block_maps.append(maps["l2_block"])
                 per_layer[layer] = maps["l2"][rows[0] : rows[-1] + 1]
             else:

@@ -165,7 +165,7 @@ def test_latim_maps_are_causal_row_distributions(model):
     internals = layer_internals(model, ids, range(N_LAYERS))
     block_maps = []
     for layer in range(N_LAYERS):
-        maps = latim_maps(internals[layer], residual=captured[layer].residual)
+        maps = latim_maps(internals[layer], block_input=captured[layer].block_input)
         for key, scores in maps.items():
             sums = scores.sum(-1)
             if key.startswith("l2"):

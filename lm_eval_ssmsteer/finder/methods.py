@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ssmsteer.mamba.arch import ArchInfo
+from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
 
 METHODS = ("causal", "attribution", "variance", "dt-bias")
-VARIANCE_SITES = ("mixer_out", "residual")
 SITE_TOP = 8  # a pair's statistic is the mean of its best 8 channels' values (a sum would favour wide sites)
 NULL_DRAWS = 256  # random sign flips of the per-document gradients behind a pair's standardized score
 NULL_SEED = 0
@@ -47,7 +47,7 @@ def _nothing() -> None:
 
 
 @dataclass(frozen=True)
-class Score:
+class LossAccuracy:
     loss: float  # mean answer-token cross-entropy
     accuracy: float  # share of documents whose whole answer is the greedy (teacher-forced) choice
 
@@ -116,7 +116,7 @@ def evaluate(
     spec: SteeringSpec | None = None,
     start: LayerInputs | None = None,
     advance: Advance = _nothing,
-) -> Score:
+) -> LossAccuracy:
     """Loss and accuracy on ``batches``; ``start``: run from that cached layer input (spec steers there
     or later); ``advance`` after each batch."""
     loss, right, tokens, docs = 0.0, 0, 0, 0
@@ -128,7 +128,7 @@ def evaluate(
             tokens += int((labels[:, 1:] != -100).sum())
             docs += ids.shape[0]
             advance()
-    return Score(loss / tokens, right / docs)
+    return LossAccuracy(loss / tokens, right / docs)
 
 
 def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -141,9 +141,9 @@ def activation_variance(
 ) -> dict[Pair, torch.Tensor]:
     """Per-channel variance across documents of the token-averaged activation at each pair (``advance``
     after each batch)."""
-    bad = [p for p in pairs if p[1] not in VARIANCE_SITES]
+    bad = [p for p in pairs if p[1] not in OUTPUT_SITES]
     if bad:
-        raise ValueError(f"activation variance reads only {VARIANCE_SITES}, not {bad}")
+        raise ValueError(f"activation variance reads only {OUTPUT_SITES}, not {bad}")
     means: dict[Pair, list[torch.Tensor]] = {p: [] for p in pairs}
     mask: list[torch.Tensor] = []
 
@@ -276,7 +276,7 @@ def rank_variance(var: torch.Tensor) -> Ranking:
 def verify(
     model,
     batches: Batches,
-    base: Score,
+    base: LossAccuracy,
     pair: Pair,
     ranking: Ranking,
     n: int,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -32,12 +31,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lm_eval_ssmsteer.files import atomic_write
 from lm_eval_ssmsteer.finder import methods
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
-from lm_eval_ssmsteer.finder.methods import METHODS, VARIANCE_SITES, Pair, Ranking, Score
+from lm_eval_ssmsteer.finder.methods import METHODS, LossAccuracy, Pair, Ranking
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
-from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 
 K_GRID = (1, 2, 4, 8, 16, 32)
@@ -61,8 +61,8 @@ class IdentityWritten(UserWarning):
 @dataclass
 class FindResult:
     spec: SteeringSpec
-    base: Score
-    best: Score
+    base: LossAccuracy
+    best: LossAccuracy
     scores: dict[str, Any]  # the raw scores document
     heatmap: dict[Pair, float] = field(default_factory=dict)
     # why the best configuration was not written (NO_GAIN, REJECTED_BY_VALIDATION); None if it was
@@ -101,9 +101,9 @@ def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -
     unknown = [s for s in sites if s not in SITES]
     if unknown:
         raise FinderError(f"--sites: unknown site(s) {unknown}; allowed: {', '.join(SITES)}")
-    if method == "variance" and not set(sites) & set(VARIANCE_SITES):
+    if method == "variance" and not set(sites) & set(OUTPUT_SITES):
         raise FinderError(
-            f"--sites {sites} with --method variance: variance reads only {', '.join(VARIANCE_SITES)}"
+            f"--sites {sites} with --method variance: variance reads only {', '.join(OUTPUT_SITES)}"
         )
 
 
@@ -148,14 +148,14 @@ def find(
     screen: int = 3,
     validation: CalibrationData | None = None,
 ) -> FindResult:
-    """Score, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
+    """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
     the loss there, else the identity is returned (the sweep's choice overfits a few documents)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     arch = describe_model(model)
     if method == "variance":
-        sites = [s for s in sites if s in VARIANCE_SITES]
+        sites = [s for s in sites if s in OUTPUT_SITES]
     t0 = time.time()
     device = next(model.parameters()).device
     batches = [(ids.to(device), labels.to(device)) for ids, labels in data.batches()]
@@ -253,7 +253,7 @@ def find(
         )
     channels = best["channels"]
     scale = best["scale"] if improved else 1.0
-    best_score = Score(best["loss"], best["accuracy"]) if improved else base
+    best_score = LossAccuracy(best["loss"], best["accuracy"]) if improved else base
     layer, site = best["layer"], best["site"]
     ranking = rankings[(layer, site)]
     provenance = {
@@ -459,7 +459,7 @@ def write_outputs(result: FindResult, out: Path, arch: ArchInfo, sites: list[str
     """The spec, ``<stem>.scores.json`` and ``<stem>.heatmap.png`` beside it, each written atomically."""
     stem = out.with_suffix("") if out.suffix == ".json" else out
     paths = {"spec": out, "scores": Path(f"{stem}.scores.json"), "heatmap": Path(f"{stem}.heatmap.png")}
-    _atomic_write(paths["scores"], lambda tmp: tmp.write_text(json.dumps(result.scores, indent=1) + "\n"))
+    atomic_write(paths["scores"], lambda tmp: tmp.write_text(json.dumps(result.scores, indent=1) + "\n"))
     try:
         _heatmap(result, arch, sites, paths["heatmap"])
     except ImportError:
@@ -467,15 +467,6 @@ def write_outputs(result: FindResult, out: Path, arch: ArchInfo, sites: list[str
         del paths["heatmap"]
     result.spec.save(out)
     return paths
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _heatmap_title(result: FindResult) -> str:
@@ -494,7 +485,7 @@ def _heatmap(result: FindResult, arch: ArchInfo, sites: list[str], path: Path) -
     import matplotlib.pyplot as plt
 
     fig = _heatmap_figure(result, arch, sites)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 

@@ -58,9 +58,9 @@ def check_positions(positions: Sequence[int], length: int, what: str) -> tuple[i
 
 @dataclass
 class LayerCapture:
-    """What one block saw: residual (b, l, d_model) block input, mixer_input (normed), mixer_output."""
+    """What one block saw: block_input (b, l, d_model), mixer_input (normed), mixer_output."""
 
-    residual: torch.Tensor
+    block_input: torch.Tensor
     mixer_input: torch.Tensor
     mixer_output: torch.Tensor
 
@@ -69,7 +69,7 @@ class LayerCapture:
 def capture_layers(
     model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
 ) -> dict[int, LayerCapture]:
-    """Run the model once (no cache) and record each chosen block's residual input, mixer input and output."""
+    """Run the model once (no cache) and record each chosen block's input, mixer input and output."""
     blocks = mamba_blocks(model)
     layers = check_layers(layers, len(blocks))
     seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layers}
@@ -83,7 +83,7 @@ def capture_layers(
 
     try:
         for i in layers:
-            handles.append(blocks[i].register_forward_pre_hook(keep(i, "residual")))
+            handles.append(blocks[i].register_forward_pre_hook(keep(i, "block_input")))
             handles.append(blocks[i].mixer.register_forward_pre_hook(keep(i, "mixer_input")))
             handles.append(blocks[i].mixer.register_forward_hook(keep(i, "mixer_output")))
         model(input_ids=input_ids, use_cache=False)

@@ -225,8 +225,8 @@ def run_latim(args: argparse.Namespace) -> list[Path]:
     arrays, written, block_maps = {}, [], {score: [] for score in args.scores}
     for layer in layers:
         internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
-        residual = captured[layer].residual if args.rollout else None
-        maps = latim_maps(internals, tuple(args.scores), residual, args.memory_mb * 2**20)
+        block_input = captured[layer].block_input if args.rollout else None
+        maps = latim_maps(internals, tuple(args.scores), block_input, args.memory_mb * 2**20)
         for score in args.scores:
             title = f"layer {layer}: LaTIM {score}"
             written.append(_save_map(args, meta, arrays, f"layer{layer}_{score}", maps[score], title))

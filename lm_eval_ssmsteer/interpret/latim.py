@@ -91,11 +91,11 @@ def score_rows(T: torch.Tensor, output: torch.Tensor, method: str) -> torch.Tens
 def latim_maps(
     internals: MixerInternals,
     methods: tuple[str, ...] = METHODS,
-    residual: torch.Tensor | None = None,
+    block_input: torch.Tensor | None = None,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> dict[str, torch.Tensor]:
     """Token-to-token maps (l, l) of one layer: {method: mixer map}, plus {method + "_block": map of the
-    block output r_i + o_i} when the residual (1, l, d_model) is given."""
+    block output r_i + o_i} when the block's input r (1, l, d_model) is given."""
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
         raise ValueError(f"LaTIM scores {unknown or list(methods)} are not among {', '.join(METHODS)}")
@@ -104,8 +104,8 @@ def latim_maps(
     for rows, T, bias in iter_contributions(internals, memory_bytes):
         output = T.sum(1) + bias  # (r, d_model): equals the real mixer output
         variants = [("", T, output)]
-        if residual is not None:
-            r = residual[0, rows.start : rows.stop]  # (r, d_model)
+        if block_input is not None:
+            r = block_input[0, rows.start : rows.stop]  # (r, d_model)
             T_block = T.clone()
             targets = torch.arange(rows.start, rows.stop, device=T.device)
             T_block[targets - rows.start, targets] += r

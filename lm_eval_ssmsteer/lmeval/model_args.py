@@ -83,15 +83,15 @@ def spec_from_model_args(steer_arg: Any = None, **shorthand: Any) -> SteeringSpe
     if missing:
         raise SpecError(f"the steer_* shorthand needs {missing} as well (got {sorted(given)})")
     return SteeringSpec.single(
-        layer=_literal(given["steer_layer"], "steer_layer"),
+        layer=_number_or_list(given["steer_layer"], "steer_layer"),
         site=given["steer_site"],
-        channels=_literal(given.get("steer_channels", "all"), "steer_channels"),
-        scale=_literal(given["steer_scale"], "steer_scale"),
+        channels=_number_or_list(given.get("steer_channels", "all"), "steer_channels"),
+        scale=_number_or_list(given["steer_scale"], "steer_scale"),
         positions=given.get("steer_positions", "all"),
     )
 
 
-def _literal(value: Any, name: str) -> Any:
+def _number_or_list(value: Any, name: str) -> Any:
     """model_args strings like "[4,38]" or "4;38" (lm-eval's Python API splits on bare commas)."""
     if not isinstance(value, str) or value == "all":
         return value

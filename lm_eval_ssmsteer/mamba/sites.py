@@ -122,3 +122,5 @@ for _row in (
     register_site(_row)
 
 SITES = site_names()  # the built-in sites, in order (pinned by tests/test_mamba_tables.py)
+# sites that are a module's output on every family: a forward hook can read them (the finder's variance)
+OUTPUT_SITES = tuple(s for s in SITES if all(site_row(s, f).reach in OUTPUT_REACHES for f in FAMILIES))

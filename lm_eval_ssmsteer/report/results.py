@@ -147,8 +147,6 @@ def spec_label(spec: Any, sha256: str | None) -> str:
     short = sha256[:8]
     if not isinstance(spec, dict):
         return f"spec {short}"
-    if spec.get("name"):
-        return f"{spec['name']} ({short})"
     interventions = spec.get("interventions")
     if (
         isinstance(interventions, list)
@@ -323,13 +321,13 @@ def _model_args(source: Path, raw: Any) -> dict:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ResultsError(source, f"config.model_args: '{item}' is not of the form key=value")
-            args[key.strip()] = _literal(value.strip())
+            args[key.strip()] = _model_arg_value(value.strip())
         return args
     found = type(raw).__name__
     raise ResultsError(source, f"config.model_args should be an object or a string, found {found}")
 
 
-def _literal(text: str) -> Any:
+def _model_arg_value(text: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
