@@ -263,5 +263,9 @@ def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu", fie
 
     path, native = prepare_pretrained(pretrained, field=field)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    if model.device.type == "cpu":
+        from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback
+
+        drop_cpu_kernel_fallback()  # the kernels are CUDA-only: on the CPU their fallback is expected
     tokenizer = AutoTokenizer.from_pretrained(NATIVE_TOKENIZER if native else path)
     return model, tokenizer

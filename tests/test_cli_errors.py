@@ -182,7 +182,7 @@ def test_exactly_the_cpu_kernel_fallback_lines_are_dropped():
 
     import transformers.integrations.hub_kernels as hub_kernels
 
-    from lm_eval_ssmsteer.lmeval.log_filters import KERNEL_FALLBACK_LOGGER, drop_cpu_kernel_fallback
+    from lm_eval_ssmsteer.log_filters import KERNEL_FALLBACK_LOGGER, drop_cpu_kernel_fallback
 
     assert "is falling back to its reference PyTorch implementation because " in inspect.getsource(
         hub_kernels
@@ -210,7 +210,7 @@ def test_lm_evals_metadata_hint_is_dropped_for_our_tasks_only():
     import lm_eval.api.task
 
     from lm_eval_ssmsteer.lmeval import registration
-    from lm_eval_ssmsteer.lmeval.log_filters import METADATA_HINT_LOGGER
+    from lm_eval_ssmsteer.log_filters import METADATA_HINT_LOGGER
 
     assert ": Custom kwargs can be passed to `--metadata`" in inspect.getsource(lm_eval.api.task)
     registration.register_tasks()

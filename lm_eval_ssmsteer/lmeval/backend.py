@@ -26,9 +26,9 @@ from lm_eval.models.utils import normalize_gen_kwargs
 
 import lm_eval_ssmsteer.mamba.stable  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
 from lm_eval_ssmsteer import __version__
-from lm_eval_ssmsteer.lmeval.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
 from lm_eval_ssmsteer.lmeval.model_args import check_model_args
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
+from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
 from lm_eval_ssmsteer.mamba.arch import describe_config, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
 from lm_eval_ssmsteer.spec import SpecError

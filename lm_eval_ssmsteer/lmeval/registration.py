@@ -67,7 +67,7 @@ def register_tasks() -> None:
     __init__._ssmsteer = True
     TaskManager.__init__ = __init__
     # our tasks say once per run which defaults they use (taskdata.harness) instead
-    from lm_eval_ssmsteer.lmeval.log_filters import drop_metadata_hint
+    from lm_eval_ssmsteer.log_filters import drop_metadata_hint
 
     drop_metadata_hint(lambda task: task in task_names())
 
