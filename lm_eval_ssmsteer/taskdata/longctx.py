@@ -6,10 +6,10 @@ A document is intro + haystack with the needles at their depths + question; as i
 the generation budget together fill the length. Needles and their depths (uniform in [0, 1], as RULER's
 random depths) are drawn first, from the document's own stream, so one seed gives the same needles at
 the same depths at every length: scores across lengths compare like with like. The haystack is fitted
-word by word to the length, with at least k + 1 full sentences for k needles (a shorter length is
-refused, naming the minimum), and every needle sits between two sentences: at the boundary nearest its
-depth, or, where needles would meet, at the nearest free one in depth order, so that filler separates
-every two needles.
+word by word to the length, with at least one full sentence between every two needles (k - 1 for k
+needles, and one at least; a shorter length is refused, naming the minimum), and every needle sits
+between two sentences: at the boundary nearest its depth, or, where needles would meet, at the nearest
+free one in depth order, so that filler separates every two needles.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def build_document(
     depths: list[float],
 ) -> str:
     """intro, haystack with the needles at `depths`, question: the longest such text whose tokens plus
-    the generation `budget` stay within `length`; at least len(needles) + 1 filler sentences."""
+    the generation `budget` stay within `length`; at least max(1, len(needles) - 1) filler sentences."""
     stream = random.Random(rng.getrandbits(64))
     words: list[str] = []
 
@@ -92,7 +92,7 @@ def build_document(
         grow(n_words)
         return f"{intro}\n{_place(words[:n_words], needles, depths)}\n{question}"
 
-    while sum(w.endswith(".") for w in words) < len(needles) + 1:
+    while sum(w.endswith(".") for w in words) < max(1, len(needles) - 1):
         words.extend(haystack.sentence(stream).split(" "))
     least = len(words)
     minimum = count_tokens(assemble(least)) + budget
