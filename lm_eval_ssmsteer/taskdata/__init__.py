@@ -30,7 +30,17 @@ from lm_eval_ssmsteer.taskdata.core import (
 TASKS: dict[str, TaskSpec] = {**copying.TASKS, **retrieval.TASKS, **longctx.TASKS, **ruler.TASKS}
 FAMILIES = ("copying", "retrieval", "longctx")
 
-__all__ = ["FAMILIES", "SPLITS", "TASKS", "TaskDataError", "TaskSpec", "answer_text", "generate", "task_spec"]
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "TASKS",
+    "TaskDataError",
+    "TaskSpec",
+    "answer_text",
+    "generate",
+    "prompts",
+    "task_spec",
+]
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -76,3 +86,8 @@ def generate(
 def answer_text(doc: dict) -> str:
     """What follows the context after one space: the answer in the task's format."""
     return doc["completion"]
+
+
+def prompts(doc: dict) -> list[tuple[str, str]]:
+    """(context, completion) of every query of a document: one for most tasks, one per query for MQAR."""
+    return [(q["context"], q["completion"]) for q in doc.get("queries") or [doc]]
