@@ -15,7 +15,7 @@ from lm_eval.api.model import LM
 from lm_eval.models.utils import postprocess_generated_text
 from lm_eval.tasks import TaskManager
 
-from lm_eval_ssmsteer.taskdata import generate
+from lm_eval_ssmsteer.taskdata import TASKS, generate
 from lm_eval_ssmsteer.taskdata.harness import (
     by_length_generated,
     choice_per_query,
@@ -26,25 +26,8 @@ from lm_eval_ssmsteer.taskdata.harness import (
 )
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
-GENERATION_TASKS = [
-    "ssm_copy",
-    "ssm_selective_copy",
-    "ssm_mamba_selective_copy",
-    "ssm_phonebook",
-    "ssm_mqar",
-    "ssm_kv_retrieval",
-    "ssm_induction",
-    "ssm_passkey",
-    "ssm_niah_single",
-    "ssm_niah_multikey",
-    "ssm_niah_multivalue",
-    "ssm_niah_multiquery",
-    "ssm_variable_tracking",
-    "ssm_ruler_niah_single",
-    "ssm_ruler_niah_multikey",
-    "ssmq_copy",
-    "ssmq_niah_single",
-]
+# every task's generation variant (Zoology's MQAR is scored by loglikelihood only), and the quick ones
+GENERATION_TASKS = [t for t in TASKS if t != "ssm_zoology_mqar"] + ["ssmq_copy", "ssmq_niah_single"]
 # what pretrained models write after an answer
 CONTINUATIONS = ["", " and then the text goes on", ", and more", ". The next sentence", "\nThe next line"]
 

@@ -176,28 +176,30 @@ def make_passkey(rng: random.Random, split: str, knobs: dict, count_tokens: Toke
     )
 
 
-def _one_key_question(key: str) -> str:
-    return f"What is the magic number for {key}? The magic number for {key} is"
-
-
-def make_niah_single(rng: random.Random, split: str, knobs: dict, count_tokens: TokenCounter) -> dict:
-    [(key, [value])] = _key_needles(rng, split, 1, 1)
-    depths = _depths(rng, 1)
-    choices, gold = choices_with_gold(rng, value, [_number(rng, 7) for _ in range(3)])
+def _one_key_doc(rng, knobs, count_tokens, needles, depths, key, value, others) -> dict:
+    """A document that asks the value of one key (among `needles`), with choices from `others`."""
+    choices, gold = choices_with_gold(rng, value, others)
     return _doc(
         rng,
         knobs,
         count_tokens,
         MAGIC_INTRO,
-        [_magic(key, value)],
+        needles,
         depths,
-        _one_key_question(key),
+        f"What is the magic number for {key}? The magic number for {key} is",
         value,
         f"{value}.",
         choices=choices,
         gold=gold,
         key=key,
     )
+
+
+def make_niah_single(rng: random.Random, split: str, knobs: dict, count_tokens: TokenCounter) -> dict:
+    [(key, [value])] = _key_needles(rng, split, 1, 1)
+    depths = _depths(rng, 1)
+    others = [_number(rng, 7) for _ in range(3)]
+    return _one_key_doc(rng, knobs, count_tokens, [_magic(key, value)], depths, key, value, others)
 
 
 def make_niah_multikey(rng: random.Random, split: str, knobs: dict, count_tokens: TokenCounter) -> dict:
@@ -205,21 +207,8 @@ def make_niah_multikey(rng: random.Random, split: str, knobs: dict, count_tokens
     depths = _depths(rng, len(pairs))
     key, [value] = pairs[rng.randrange(len(pairs))]
     others = [v for _, [v] in pairs] + [_number(rng, 7) for _ in range(3)]
-    choices, gold = choices_with_gold(rng, value, others)
-    return _doc(
-        rng,
-        knobs,
-        count_tokens,
-        MAGIC_INTRO,
-        [_magic(k, v) for k, [v] in pairs],
-        depths,
-        _one_key_question(key),
-        value,
-        f"{value}.",
-        choices=choices,
-        gold=gold,
-        key=key,
-    )
+    needles = [_magic(k, v) for k, [v] in pairs]
+    return _one_key_doc(rng, knobs, count_tokens, needles, depths, key, value, others)
 
 
 def make_niah_multivalue(rng: random.Random, split: str, knobs: dict, count_tokens: TokenCounter) -> dict:
