@@ -156,7 +156,7 @@ TASKS = {
         make_mqar,
         {
             "num_pairs": Knob(16, "key-value pairs (distinct 3-digit values)", minimum=1, maximum=1000),
-            "num_queries": Knob(4, "queries per sequence (one document each)", minimum=1),
+            "num_queries": Knob(4, "queries per sequence", minimum=1),
             "power_a": Knob(
                 0.0, "power-law exponent of the query choice (0 = uniform)", minimum=0.0, kind=float
             ),
