@@ -108,7 +108,5 @@ def test_zeroed_mixer_on_ref_mamba1_is_a_regression(tmp_path, capsys):
     capsys.readouterr()
     assert regress(zeroed) == 1
     out = capsys.readouterr().out
-    assert re.search(
-        r"\| ssm_passkey \| 512,none \| 2 \| 1\.0000 .* \| 0\.0000 .* \| REGRESSED \|", out
-    ), out
+    assert re.search(r"\| ssm_passkey \| 512,none \| 2 \| 1\.0000 .* \| 0\.0000 .* \| REGRESSED \|", out), out
     assert "the steering spec changed, now L3 mixer_out×0.0" in out
