@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from lm_eval_ssmsteer.taskdata import TASKS, answer_text, generate
+from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
 
 TRAIN_MAX_LENGTH = 768
@@ -24,24 +24,31 @@ TRAIN_MAX_LENGTH = 768
 TRAIN_RANGES: dict[str, dict[str, tuple[int, int]]] = {
     "ssm_copy": {"length": (4, 32)},
     "ssm_selective_copy": {"length": (8, 64), "num_tokens": (2, 8)},
+    "ssm_mamba_selective_copy": {"length": (16, 256), "num_tokens": (2, 16)},
     "ssm_phonebook": {"num_entries": (3, 24)},
     "ssm_mqar": {"num_pairs": (2, 24), "num_queries": (1, 4)},
+    "ssm_zoology_mqar": {"num_pairs": (2, 16), "length": (16, 128)},
     "ssm_kv_retrieval": {"num_pairs": (1, 16)},
     "ssm_induction": {"length": (4, 64)},
-    # lower ends: the shortest prompt each task can make with the largest knobs, plus some haystack
-    "ssm_passkey": {"length": (160, TRAIN_MAX_LENGTH)},
-    "ssm_niah_single": {"length": (240, TRAIN_MAX_LENGTH)},
-    "ssm_niah_multikey": {"length": (448, TRAIN_MAX_LENGTH), "num_needles": (1, 4)},
-    "ssm_niah_multivalue": {"length": (448, TRAIN_MAX_LENGTH), "num_values": (1, 4)},
-    "ssm_niah_multiquery": {"length": (480, TRAIN_MAX_LENGTH), "num_needles": (2, 4), "num_queries": (1, 2)},
-    "ssm_variable_tracking": {"length": (288, TRAIN_MAX_LENGTH), "num_hops": (1, 4)},
+    # lower ends: the least length (prompt and generation budget) of the worst of 1,000 train documents
+    # with the largest knobs, plus some haystack
+    "ssm_passkey": {"length": (240, TRAIN_MAX_LENGTH)},
+    "ssm_niah_single": {"length": (260, TRAIN_MAX_LENGTH)},
+    "ssm_niah_multikey": {"length": (460, TRAIN_MAX_LENGTH), "num_needles": (1, 4)},
+    "ssm_niah_multivalue": {"length": (500, TRAIN_MAX_LENGTH), "num_values": (1, 4)},
+    "ssm_niah_multiquery": {"length": (500, TRAIN_MAX_LENGTH), "num_needles": (2, 4), "num_queries": (1, 2)},
+    "ssm_variable_tracking": {"length": (480, TRAIN_MAX_LENGTH), "num_hops": (1, 4)},
+    "ssm_ruler_niah_single": {"length": (440, TRAIN_MAX_LENGTH)},
+    "ssm_ruler_niah_multikey": {"length": (480, TRAIN_MAX_LENGTH)},
 }
 # sampling weight of each task in the mix (harder tasks more often)
 TASK_WEIGHTS = {
     "ssm_copy": 1.0,
     "ssm_selective_copy": 1.0,
+    "ssm_mamba_selective_copy": 1.0,
     "ssm_phonebook": 1.5,
     "ssm_mqar": 1.5,
+    "ssm_zoology_mqar": 1.5,
     "ssm_kv_retrieval": 1.5,
     "ssm_induction": 1.0,
     "ssm_passkey": 1.0,
@@ -50,13 +57,17 @@ TASK_WEIGHTS = {
     "ssm_niah_multivalue": 1.5,
     "ssm_niah_multiquery": 1.5,
     "ssm_variable_tracking": 1.5,
+    "ssm_ruler_niah_single": 1.0,
+    "ssm_ruler_niah_multikey": 1.5,
 }
 # evaluation inside the script (teacher-forced exact answers): default knobs, then a harder setting
 EVAL_SETTINGS = {
     "ssm_copy": [{}, {"length": 48}],
     "ssm_selective_copy": [{}, {"length": 96, "num_tokens": 12}],
+    "ssm_mamba_selective_copy": [{"length": 256}, {}],
     "ssm_phonebook": [{}, {"num_entries": 48}],
     "ssm_mqar": [{}, {"num_pairs": 48}],
+    "ssm_zoology_mqar": [{}, {"num_pairs": 24, "length": 256}],
     "ssm_kv_retrieval": [{}, {"num_pairs": 32}],
     "ssm_induction": [{}, {"length": 128}],
     **{t: [{"length": 512}, {"length": 1024}, {"length": 2048}] for t in TASKS if TASKS[t].long_context},
@@ -141,8 +152,10 @@ def _chunk(job: tuple[str, int, int, int]) -> list[tuple[str, str]]:
         knobs["num_queries"] = min(knobs["num_queries"], knobs["num_pairs"])
     if task == "ssm_selective_copy":
         knobs["num_tokens"] = min(knobs["num_tokens"], knobs["length"])
+    if task == "ssm_zoology_mqar":  # even, with as many query slots as pairs
+        knobs["length"] = max(knobs["length"], 4 * knobs["num_pairs"]) // 2 * 2
     docs = generate(task, "train", CHUNK, seed=seed * 1_000_003 + chunk, **knobs)
-    return [(d["context"], answer_text(d)) for d in docs]
+    return [pair for d in docs for pair in prompts(d)]
 
 
 def training_texts(
@@ -224,7 +237,7 @@ def evaluate(model, device, n: int) -> dict[str, dict[str, float]]:
             docs = generate(task, "test", n, seed=0, **knobs)
             label = ",".join(f"{k}={v}" for k, v in knobs.items()) or "default"
             scores.setdefault(task, {})[label] = answer_accuracy(
-                model, [(d["context"], answer_text(d)) for d in docs], device
+                model, [pair for d in docs for pair in prompts(d)], device
             )
     return scores
 

@@ -5,7 +5,9 @@ that docs/tasks.md shows. ``--backend hf`` uses the stock backend instead (same 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python scripts/score_reference.py --samples 20
 
 Copying and retrieval tasks run at their default knobs (in the training range) and at a harder setting
-(beyond it); long-context tasks at 512 (trained up to 768 characters), 1024 and 2048 tokens.
+(beyond it); long-context tasks at 512 (trained up to 768 characters), 1024 and 2048 tokens. Scores are
+exact match (copying, retrieval), Zoology's per-query accuracy (ssm_zoology_mqar) and RULER's
+string_match_all (long context).
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ SETTINGS = {  # task -> [(label, metadata)]: default (in distribution), then bey
         ("default (48/6)", {}),
         ("length=96,num_tokens=12", {"length": 96, "num_tokens": 12}),
     ],
+    "ssm_mamba_selective_copy": [("length=256 (16 tokens)", {"length": 256}), ("default (4096/16)", {})],
     "ssm_phonebook": [("default (16)", {}), ("num_entries=48", {"num_entries": 48})],
     "ssm_mqar": [("default (16)", {}), ("num_pairs=48", {"num_pairs": 48})],
+    "ssm_zoology_mqar": [
+        ("default (8/64)", {}),
+        ("num_pairs=24,length=256", {"num_pairs": 24, "length": 256}),
+    ],
     "ssm_kv_retrieval": [("default (12)", {}), ("num_pairs=32", {"num_pairs": 32})],
     "ssm_induction": [("default (48)", {}), ("length=128", {"length": 128})],
 }
@@ -78,7 +85,8 @@ def main() -> int:
         for task, settings in short_tasks.items():
             for label, knobs in settings:
                 res = run(model, [task], {"num_samples": a.samples, **knobs}, a.batch_size, a.backend)
-                scores.setdefault((task, label), {})[model] = res[task]["exact_match,none"]
+                metric = "acc,none" if "acc,none" in res[task] else "exact_match,none"
+                scores.setdefault((task, label), {})[model] = res[task][metric]
         long_meta = {"num_samples": a.samples, "max_seq_lengths": a.lengths}
         res = run(model, LONG_TASKS, long_meta, a.batch_size, a.backend)
         for task in LONG_TASKS:

@@ -91,6 +91,12 @@ def _prompts(results: dict, task: str) -> list[tuple[str, object]]:
     return [tuple(args) for sample in results["samples"][task] for args in sample["arguments"]]
 
 
+def _budget(results: dict, task: str) -> int:
+    """The generation budget of the task's documents (derived from the answer, the same for all)."""
+    [budget] = {sample["doc"]["max_gen_toks"] for sample in results["samples"][task]}
+    return budget
+
+
 # -- the tasks' metadata check ---------------------------------------------------------------------
 
 
@@ -174,13 +180,14 @@ def test_every_prompt_token_of_8192_token_tasks_reaches_a_real_shape_model(real_
 def test_stock_hf_backend_cuts_the_same_prompts_to_2048_tokens(real_shape, monkeypatch):
     folder, model_class = real_shape
     recorder = InputRecorder(monkeypatch, model_class)
-    _evaluate(
+    results = _evaluate(
         {"pretrained": str(folder)},
         ["ssm_niah_single", "ssm_niah_single_mc"],
         {"max_seq_lengths": [8192], "num_samples": 2},
         model="hf",
     )
-    assert set(recorder.generate_lengths) == {1952}  # 2048 minus the task's max_gen_toks (96)
+    # 2048 minus the documents' max_gen_toks
+    assert set(recorder.generate_lengths) == {2048 - _budget(results, "ssm_niah_single")}
     assert set(recorder.forward_lengths) == {2048}
 
 
@@ -195,10 +202,11 @@ def test_max_length_below_a_prompt_cuts_it_with_one_warning_per_request_type(rea
         )
     n_generate = len(_prompts(results, "ssm_niah_single"))
     n_scored = len(_prompts(results, "ssm_niah_single_mc"))
+    kept = 4096 - _budget(results, "ssm_niah_single")  # max_length minus the documents' max_gen_toks
     warnings = [r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.lmeval.backend"]
     assert len(warnings) == 2, warnings
     assert (
-        f"max_length=4096 cut {n_generate} of {n_generate} generate_until prompts to their last 4000 tokens"
+        f"max_length=4096 cut {n_generate} of {n_generate} generate_until prompts to their last {kept} tokens"
         in (warnings[0] + warnings[1])
     )
     assert (
@@ -206,7 +214,7 @@ def test_max_length_below_a_prompt_cuts_it_with_one_warning_per_request_type(rea
         in (warnings[0] + warnings[1])
     )
     assert not [r for r in caplog.records if r.getMessage().startswith(HFLM_CUT_LINES)]
-    assert set(recorder.generate_lengths) == {4000}  # 4096 minus the task's max_gen_toks (96)
+    assert set(recorder.generate_lengths) == {kept}
     assert set(recorder.forward_lengths) == {4096}
 
 
@@ -223,8 +231,9 @@ def test_max_length_model_arg_runs_end_to_end_on_the_shipped_tiny_model(caplog):
     for task in ("ssm_niah_single", "ssmq_passkey_mc"):
         assert 0.0 <= results["results"][task]["256,none"] <= 1.0
     warnings = sorted(r.getMessage() for r in caplog.records if r.name == "lm_eval_ssmsteer.lmeval.backend")
+    kept = 200 - _budget(results, "ssm_niah_single")
     assert [w.split(" tokens")[0] for w in warnings] == [
-        "max_length=200 cut 2 of 2 generate_until prompts to their last 104",
+        f"max_length=200 cut 2 of 2 generate_until prompts to their last {kept}",
         f"max_length=200 cut {len(_prompts(results, 'ssmq_passkey_mc'))} of "
         f"{len(_prompts(results, 'ssmq_passkey_mc'))} loglikelihood prompts to their last 200",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -38,9 +39,12 @@ def test_same_seed_gives_identical_documents_and_another_seed_differs(task):
 
 
 def _item(doc: dict) -> str:
-    """What makes a document the item it is (the haystack aside): its answer-bearing content."""
+    """What makes a document the item it is (the haystack and random filler aside)."""
     if doc["task"] in LONG:
-        return json.dumps([sorted(re.findall(r"\d{5,}|[A-Z]{5}", doc["context"])), doc["target"]])
+        return json.dumps([doc["target"], doc.get("key"), doc.get("needles")])
+    if doc["task"] == "ssm_zoology_mqar":
+        tokens = doc["sequence"].split(" ")
+        return json.dumps([tokens[: 2 * len(doc["queries"])], [q["position"] for q in doc["queries"]]])
     return doc["context"]
 
 
@@ -51,11 +55,14 @@ def _item(doc: dict) -> str:
         ("ssm_induction", {"length": 2}),
         ("ssm_kv_retrieval", {"num_pairs": 1}),
         ("ssm_mqar", {"num_pairs": 1, "num_queries": 1}),
+        ("ssm_zoology_mqar", {"num_pairs": 1, "length": 4}),
         ("ssm_selective_copy", {"length": 3, "num_tokens": 2}),
+        ("ssm_mamba_selective_copy", {"length": 3, "num_tokens": 1}),
         ("ssm_phonebook", {"num_entries": 3}),
-        ("ssm_passkey", {"length": 200}),
+        ("ssm_passkey", {"length": 260}),
         ("ssm_niah_single", {"length": 300}),
         ("ssm_variable_tracking", {"length": 300, "num_hops": 0}),
+        ("ssm_ruler_niah_single", {"length": 400}),
     ],
 )
 def test_test_items_never_appear_in_train_or_calibration(task, knobs):
@@ -81,12 +88,13 @@ def test_split_assignment_is_a_fixed_function_of_the_item():
 # --- reference solvers: each answers from the context alone, so every query is answerable ---
 
 
-def _solve(doc: dict):
-    task, ctx = doc["task"], doc["context"]
+def _solve(task: str, ctx: str):
     if task == "ssm_copy":
         return re.fullmatch(r"\$ ([a-z]+) \|", ctx).group(1)
     if task == "ssm_selective_copy":
-        return " ".join(t for t in ctx[:-2].split(" ") if t != ".")
+        return " ".join(t for t in ctx[:-2].split(" ") if t != "_")
+    if task == "ssm_mamba_selective_copy":
+        return " ".join(t for t in ctx.split(" ") if t not in ("_", "?"))
     if task == "ssm_phonebook":
         book, queries = ctx.split("\n\n")
         name = queries.split("\n")[-1].rstrip(":")
@@ -98,6 +106,9 @@ def _solve(doc: dict):
         table = dict(p.split(": ") for p in pairs_block.split(", "))
         assert len(table) == len(pairs_block.split(", "))
         return table[queries.split(", ")[-1].rstrip(":")]
+    if task == "ssm_zoology_mqar":
+        tokens = ctx.split(" ")  # the pairs come first: a key's first occurrence is its pair
+        return tokens[tokens.index(tokens[-1]) + 1]
     if task == "ssm_kv_retrieval":
         *lines, query = ctx.split("\n")
         table = dict(line.split(" -> ") for line in lines)
@@ -109,10 +120,14 @@ def _solve(doc: dict):
         return items[seen[0] + 1]
     if task == "ssm_passkey":
         return re.search(r"The pass key is (\d+)\. Remember it\.", ctx).group(1)
-    needles: dict[str, list[str]] = {}
-    for key, value in re.findall(r"One of the special magic numbers for ([a-z-]+) is: (\d+)\.", ctx):
-        needles.setdefault(key, []).append(value)
     question = ctx.split("\n")[-1]
+    if task.startswith("ssm_ruler_"):
+        key = re.search(r"number for ([a-z-]+) mentioned", question).group(1)
+        [value] = re.findall(rf"One of the special magic numbers for {key} is: (\d+)\.", ctx)
+        return value
+    needles: dict[str, list[str]] = {}
+    for key, value in re.findall(r"A magic number for ([a-z-]+) is (\d+)\.", ctx):
+        needles.setdefault(key, []).append(value)
     if task in ("ssm_niah_single", "ssm_niah_multikey"):
         [value] = needles[re.search(r"number for ([a-z-]+)\?", question).group(1)]
         return value
@@ -130,11 +145,17 @@ def _solve(doc: dict):
     raise AssertionError(task)
 
 
+def _queries(doc: dict) -> list[dict]:
+    return doc.get("queries") or [doc]
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_query_is_answerable_from_the_context_alone(task):
     knobs = {"length": 900} if task in LONG else {}
     for doc in generate(task, "test", 12, seed=1, **knobs):
-        assert _solve(doc) == doc["target"], doc["context"]
+        for query in _queries(doc):
+            assert _solve(task, query["context"]) == query["target"], query["context"]
+        assert (doc["context"], doc["target"]) == (_queries(doc)[-1]["context"], _queries(doc)[-1]["target"])
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -144,14 +165,26 @@ def test_answer_sits_where_it_should_and_nowhere_else(task):
         ctx, target = doc["context"], doc["target"]
         if task == "ssm_copy":
             assert ctx.count(target) == 1
-        elif task == "ssm_selective_copy":
-            tokens = ctx[:-2].split(" ")
+        elif task in ("ssm_selective_copy", "ssm_mamba_selective_copy"):
+            tokens = [t for t in ctx.split(" ") if t not in ("|", "?")]  # the separator, the markers
             assert [tokens[p] for p in doc["positions"]] == target.split(" ")
-            assert all(t == "." for i, t in enumerate(tokens) if i not in doc["positions"])
+            assert all(t == "_" for i, t in enumerate(tokens) if i not in doc["positions"])
         elif task == "ssm_phonebook":
             assert ctx.count(f"{doc['name']}: {target}") == 1 and ctx.count(target) == 1
         elif task == "ssm_mqar":
-            assert ctx.count(f"{doc['key']}: {target}") == 1 and ctx.count(target) == 1
+            for query in doc["queries"]:
+                context = query["context"]
+                assert context.count(f"{query['key']}: {query['target']}") == 1
+                assert context.count(query["target"]) == 1 and context.endswith(f" {query['key']}:")
+        elif task == "ssm_zoology_mqar":
+            tokens = doc["sequence"].split(" ")
+            n = len(doc["queries"])
+            assert len(tokens) == 64 and len({q["key"] for q in doc["queries"]}) == n  # every key once
+            for query in doc["queries"]:
+                pair = tokens[: 2 * n].index(query["key"])
+                assert pair % 2 == 0 and tokens[pair + 1] == query["target"]
+                assert query["position"] >= 2 * n and (query["position"] - 2 * n) % 2 == 0
+                assert query["context"] == " ".join(tokens[: query["position"] + 1])
         elif task == "ssm_kv_retrieval":
             assert ctx.count(f"{doc['key']} -> {target}") == 1 and ctx.count(target) == 1
         elif task == "ssm_induction":
@@ -166,23 +199,34 @@ def test_answer_sits_where_it_should_and_nowhere_else(task):
         else:
             for value in target if isinstance(target, list) else [target]:
                 assert ctx.count(value) == 1
-        if "choices" in doc:
-            assert doc["choices"][doc["gold"]] == target
-            assert len(set(doc["choices"])) == len(doc["choices"]) >= 2
+        for query in _queries(doc):
+            if "choices" in query:
+                assert query["choices"][query["gold"]] == query["target"]
+                assert len(set(query["choices"])) == len(query["choices"]) >= 2
 
 
 @pytest.mark.parametrize("task", LONG)
 @pytest.mark.parametrize("length", [512, 1024, 2048])
-def test_lengths_hit_the_target_within_5_percent_in_both_tokenizers(task, length, neox_count):
+def test_prompt_plus_generation_budget_hits_the_length_within_5_percent_in_both_tokenizers(
+    task, length, neox_count
+):
+    # as in RULER, the length counts the prompt and the tokens to generate
     for count in (len, neox_count):
         docs = generate(task, "test", 3, seed=0, count_tokens=count, length=length)
         for doc in docs:
-            assert 0.95 * length <= count(doc["context"]) <= length, (task, length, count(doc["context"]))
+            used = count(doc["context"]) + doc["max_gen_toks"]
+            if task == "ssm_ruler_niah_multikey":  # whole distractor needles: within one of the length
+                line = count("\n" + doc["context"].split("\n")[1])
+                assert length - line < used <= length, (task, length, used)
+            else:
+                assert 0.95 * length <= used <= length, (task, length, used)
 
 
-def test_same_seed_places_the_same_needles_at_every_length():
+def test_same_seed_places_the_same_needles_at_the_same_depths_at_every_length():
     short, long = (generate("ssm_niah_multikey", "test", 4, length=n) for n in (600, 2000))
-    assert [d["target"] for d in short] == [d["target"] for d in long]
+    assert [(d["target"], d["needles"], d["depths"]) for d in short] == [
+        (d["target"], d["needles"], d["depths"]) for d in long
+    ]
 
 
 def test_project_tokenizer_round_trips_every_task_text():
@@ -204,6 +248,14 @@ def test_project_tokenizer_round_trips_every_task_text():
         ("ssm_mqar", {"num_pairs": 3, "num_queries": 5}, "'num_queries' = 5 exceeds knob 'num_pairs' = 3"),
         ("ssm_selective_copy", {"length": 4, "num_tokens": 6}, "'num_tokens' = 6 exceeds knob 'length' = 4"),
         ("ssm_niah_multikey", {"length": 100}, "length 100 is below the minimum of"),
+        # knobs no document can honour: the allowed range, or the least length
+        ("ssm_mqar", {"num_pairs": 1001, "num_queries": 1}, "'num_pairs' = 1001 is above the maximum 1000"),
+        ("ssm_zoology_mqar", {"num_pairs": 27, "length": 200}, "allowed 1..26"),
+        ("ssm_zoology_mqar", {"num_pairs": 8, "length": 30}, "at least 4 x knob 'num_pairs' = 32"),
+        ("ssm_zoology_mqar", {"length": 65}, "'length' = 65 must be even"),
+        ("ssm_niah_multikey", {"num_needles": 41, "length": 9000}, "allowed 1..40 (needles (distinct"),
+        ("ssm_niah_multivalue", {"num_values": 12}, "length 512 is below the minimum of"),
+        ("ssm_ruler_niah_single", {"length": 300}, "length 300 is below the minimum of"),
     ],
 )
 def test_bad_knobs_fail_naming_the_key_the_value_and_what_is_allowed(task, knobs, message):
@@ -218,3 +270,106 @@ def test_bad_split_and_count_fail_clearly():
         generate("ssm_copy", "test", -1)
     with pytest.raises(TaskDataError, match="unknown task 'ssm_nope'"):
         generate("ssm_nope", "test", 1)
+
+
+# --- v2 properties: filler between needles, honest choices, budgets from the answer ------------------------
+
+MULTI_NEEDLE = ["ssm_niah_multikey", "ssm_niah_multivalue", "ssm_niah_multiquery", "ssm_variable_tracking"]
+
+
+def _needle_boundaries(doc: dict) -> tuple[list[int], int]:
+    """Per needle (in doc["needles"] order), the number of full filler sentences before it, and the total."""
+    haystack = doc["context"].split("\n")[1]
+    for i, needle in enumerate(doc["needles"]):
+        assert haystack.count(needle) == 1
+        haystack = haystack.replace(needle, f"<needle{i}>")
+    before, filler = {}, 0
+    for word in haystack.split(" "):
+        if word.startswith("<needle"):
+            before[int(word[7:-1])] = filler
+        elif word.endswith("."):
+            filler += 1
+    return [before[i] for i in range(len(doc["needles"]))], filler
+
+
+def _honoured(boundaries: list[int], depths: list[float], sentences: int) -> None:
+    """Every two needles have filler between them; a needle sits at the boundary nearest its depth, unless
+    needles met there: then within one boundary per other needle (they keep their depth order)."""
+    assert sentences >= max(1, len(boundaries) - 1)
+    ordered = sorted(range(len(depths)), key=lambda i: depths[i])
+    assert all(boundaries[b] - boundaries[a] >= 1 for a, b in zip(ordered, ordered[1:], strict=False))
+    for b, depth in zip(boundaries, depths, strict=True):
+        assert abs(b - depth * sentences) <= 0.5 + len(depths) - 1, (b, depth, sentences)
+
+
+@pytest.mark.parametrize("task", ["ssm_passkey", "ssm_niah_single", *MULTI_NEEDLE])
+def test_needles_are_separated_by_filler_and_sit_at_their_depths_at_512_character_tokens(task):
+    errors, first_at_start = [], 0
+    for doc in generate(task, "test", 50, seed=0, length=512):
+        boundaries, sentences = _needle_boundaries(doc)
+        _honoured(boundaries, doc["depths"], sentences)
+        errors += [abs(b - d * sentences) for b, d in zip(boundaries, doc["depths"], strict=True)]
+        first_at_start += min(boundaries) == 0
+    # in sentences (5 to 14 of them at 512 characters): rounding alone averages a quarter
+    assert sum(errors) / len(errors) < 0.6
+    if task == "ssm_niah_multikey":  # v1: 42 of 50, with no filler to put before the first needle
+        assert first_at_start < 20
+
+
+@pytest.mark.parametrize("task", MULTI_NEEDLE)
+def test_depths_hold_at_long_lengths_in_the_neox_tokenizer(task, neox_count):
+    for doc in generate(task, "test", 3, seed=4, count_tokens=neox_count, length=4096):
+        boundaries, sentences = _needle_boundaries(doc)
+        _honoured(boundaries, doc["depths"], sentences)
+        assert all(abs(b / sentences - d) < 0.02 for b, d in zip(boundaries, doc["depths"], strict=True))
+
+
+def test_keys_of_one_document_share_no_word_and_never_occur_in_the_haystack():
+    from lm_eval_ssmsteer.taskdata import haystack
+
+    filler = {w.strip(".").lower() for _ in range(2000) for w in haystack.sentence(random.Random(_)).split()}
+    assert not filler & set(haystack.KEY_COLOURS + haystack.KEY_ANIMALS)
+    for doc in generate("ssm_niah_multikey", "test", 50, seed=0, num_needles=8, length=1200):
+        words = [w for needle in doc["needles"] for w in needle.split(" ")[4].split("-")]
+        assert len(words) == len(set(words)) == 16
+
+
+@pytest.mark.parametrize(
+    ("task", "knobs"),
+    [
+        ("ssm_copy", {}),
+        ("ssm_copy", {"length": 2}),
+        ("ssm_copy", {"length": 3}),
+        ("ssm_selective_copy", {"length": 6, "num_tokens": 3}),
+        ("ssm_phonebook", {}),
+        ("ssm_mqar", {}),
+        ("ssm_kv_retrieval", {}),
+        ("ssm_induction", {}),
+        ("ssm_passkey", {"length": 300}),
+        ("ssm_niah_single", {"length": 300}),
+        ("ssm_niah_multikey", {"length": 600}),
+    ],
+)
+def test_no_choice_is_a_prefix_of_its_gold(task, knobs):
+    # a prefix's log-likelihood is at least the gold's: v1's copy choices had one in 3 of 100 documents
+    for doc in generate(task, "test", 100, seed=0, **knobs):
+        for query in _queries(doc):
+            gold = query["choices"][query["gold"]]
+            others = [c for i, c in enumerate(query["choices"]) if i != query["gold"]]
+            assert not [c for c in others if gold.startswith(c) or c.startswith(gold)], query["choices"]
+            if task == "ssm_copy" and not knobs:  # other near-copies replace the prefixes
+                assert len(query["choices"]) == 4
+
+
+def test_generation_budget_comes_from_the_answer():
+    from lm_eval_ssmsteer.taskdata.core import ANSWER_MARGIN
+
+    for task in TASKS:
+        for doc in generate(task, "test", 3, seed=0, **({"length": 700} if task in LONG else {})):
+            longest = max(len(" " + q["completion"]) for q in _queries(doc))
+            assert doc["max_gen_toks"] == longest + ANSWER_MARGIN
+    # v1: a copy longer than 160 letters, or 11 values, could not be written within max_gen_toks 160 / 96
+    [copy] = generate("ssm_copy", "test", 1, length=300)
+    assert copy["max_gen_toks"] >= len(" " + copy["string"] + " .")
+    [values] = generate("ssm_niah_multivalue", "test", 1, num_values=12, length=2048)
+    assert values["max_gen_toks"] >= len(" " + ", ".join(values["target"]) + ".") > 96

@@ -28,8 +28,10 @@ OFFLINE = {
 EXPECTED = {
     "ssm_copy",
     "ssm_selective_copy",
+    "ssm_mamba_selective_copy",
     "ssm_phonebook",
     "ssm_mqar",
+    "ssm_zoology_mqar",
     "ssm_kv_retrieval",
     "ssm_induction",
     "ssm_passkey",
@@ -38,6 +40,8 @@ EXPECTED = {
     "ssm_niah_multivalue",
     "ssm_niah_multiquery",
     "ssm_variable_tracking",
+    "ssm_ruler_niah_single",
+    "ssm_ruler_niah_multikey",
     "ssmsteer_copying",
     "ssmsteer_retrieval",
     "ssmsteer_longctx",
@@ -57,7 +61,9 @@ def walk(d):
         else:
             docs = list(v.test_docs())
             lengths = sorted({d.get("length", 0) for d in docs})
-            out["tasks"][v.config.task] = {"n": len(docs), "lengths": lengths, "type": v.config.output_type}
+            out["tasks"][v.config.task] = {
+                "n": len(docs), "lengths": lengths, "type": v.config.output_type, "version": v.VERSION
+            }
 walk(get_task_dict(["ssmsteer", "ssmsteer_quick"], tm))
 print("RESULT" + json.dumps(out))
 """
@@ -93,6 +99,30 @@ def test_every_task_and_group_loads_offline_with_the_metadata_knobs():
         "ssmq_induction_mc",
         "ssmq_passkey_mc",
         "ssmq_niah_single",
+    }
+
+
+# suite v2 (issue 16): the tasks whose documents, prompts or scoring changed are at 2.0, new tasks at 1.0;
+# a change to a task's documents or scoring bumps its version here and in its YAML
+VERSIONS = {
+    **dict.fromkeys(["ssm_phonebook_mc", "ssm_kv_retrieval_mc", "ssm_induction_mc"], 1.0),
+    **dict.fromkeys(["ssmq_phonebook_mc", "ssmq_kv_retrieval_mc", "ssmq_induction_mc"], 1.0),
+    **dict.fromkeys(
+        [
+            "ssm_mamba_selective_copy",
+            "ssm_zoology_mqar",
+            "ssm_ruler_niah_single",
+            "ssm_ruler_niah_multikey",
+        ],
+        1.0,
+    ),
+}
+
+
+def test_task_versions_are_pinned():
+    tasks = _load_all({"num_samples": 1, "max_seq_lengths": [600]})["tasks"]
+    assert {name: info["version"] for name, info in tasks.items()} == {
+        name: VERSIONS.get(name, 2.0) for name in tasks
     }
 
 

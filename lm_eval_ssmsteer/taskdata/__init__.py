@@ -1,9 +1,12 @@
 """Offline, deterministic data of the ssmsteer task suite (pure Python: no torch, no lm_eval).
 
 ``generate(task, split, n, seed, **knobs)`` returns ``n`` documents, each a dict with at least
-``context`` (the prompt) and ``target`` (the answer string, or a list of answer strings for the
-multi-answer long-context tasks); tasks with a multiple-choice variant add ``choices`` and ``gold``.
-The answer follows the context after one space: ``context + " " + answer``.
+``context`` (the prompt), ``completion`` (what a model should write after ``context + " "``: the answer
+in the task's format, with its terminator), ``target`` (the answer that is scored: a string, or a list of
+strings for the multi-answer long-context tasks) and ``max_gen_toks`` (the generation budget derived from
+the completion); tasks with a multiple-choice variant add ``choices`` and ``gold``. A document that asks
+several queries of one context (MQAR) lists them in ``queries``, each with its own ``context``,
+``completion``, ``target`` (and ``choices``/``gold``); its top-level fields are those of its last query.
 
 ``TASKS`` maps every task name to its ``TaskSpec`` (summary, anchor, knobs with defaults).
 """
@@ -13,9 +16,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from lm_eval_ssmsteer.taskdata import copying, longctx, retrieval
+from lm_eval_ssmsteer.taskdata import copying, longctx, retrieval, ruler
 from lm_eval_ssmsteer.taskdata.core import (
     SPLITS,
+    LengthTooShort,
     TaskDataError,
     TaskSpec,
     TokenCounter,
@@ -23,10 +27,20 @@ from lm_eval_ssmsteer.taskdata.core import (
     split_rng,
 )
 
-TASKS: dict[str, TaskSpec] = {**copying.TASKS, **retrieval.TASKS, **longctx.TASKS}
+TASKS: dict[str, TaskSpec] = {**copying.TASKS, **retrieval.TASKS, **longctx.TASKS, **ruler.TASKS}
 FAMILIES = ("copying", "retrieval", "longctx")
 
-__all__ = ["FAMILIES", "SPLITS", "TASKS", "TaskDataError", "TaskSpec", "answer_text", "generate", "task_spec"]
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "TASKS",
+    "TaskDataError",
+    "TaskSpec",
+    "answer_text",
+    "generate",
+    "prompts",
+    "task_spec",
+]
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -50,16 +64,30 @@ def generate(
     counter = count_tokens or char_count
     stream = split_rng(task, split, seed)
     docs: list[dict] = []
-    while len(docs) < n:
-        # every document (or MQAR sequence) gets its own stream: documents do not depend on each other's
-        # token counts, and the same seed gives the same needles at every length
-        made = spec.make(random.Random(stream.getrandbits(64)), split, resolved, counter)
-        for doc in made if isinstance(made, list) else [made]:
-            docs.append({"task": task, "split": split, "seed": seed, "index": len(docs), **doc})
-    return docs[:n]
+    minimums: list[int] = []
+    for index in range(n):
+        # every document gets its own stream: documents do not depend on each other's token counts, and the
+        # same seed gives the same needles at every length
+        try:
+            doc = spec.make(random.Random(stream.getrandbits(64)), split, resolved, counter)
+        except LengthTooShort as exc:
+            minimums.append(exc.minimum)  # go on: the message gives the least length for all n documents
+            continue
+        docs.append({"task": task, "split": split, "seed": seed, "index": index, **doc})
+    if minimums:
+        raise TaskDataError(
+            f"length {resolved['length']} is below the minimum of {max(minimums)} tokens that {task} needs "
+            f"with these knobs, seed and tokenizer: {len(minimums)} of {n} documents do not fit their intro, "
+            f"needles, question, filler between the needles and generation budget"
+        )
+    return docs
 
 
 def answer_text(doc: dict) -> str:
-    """The answer as one string: multi-answer targets are joined with ', '."""
-    target = doc["target"]
-    return target if isinstance(target, str) else ", ".join(target)
+    """What follows the context after one space: the answer in the task's format."""
+    return doc["completion"]
+
+
+def prompts(doc: dict) -> list[tuple[str, str]]:
+    """(context, completion) of every query of a document: one for most tasks, one per query for MQAR."""
+    return [(q["context"], q["completion"]) for q in doc.get("queries") or [doc]]

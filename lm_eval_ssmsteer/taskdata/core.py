@@ -26,6 +26,25 @@ class TaskDataError(ValueError):
     """A knob, split or count a task cannot honour: the message names key, value and what is allowed."""
 
 
+class LengthTooShort(TaskDataError):
+    """A long-context length below what one document needs; `minimum` is that document's least length."""
+
+    def __init__(self, message: str, minimum: int):
+        super().__init__(message)
+        self.minimum = minimum
+
+
+# Generation budget: a right answer of n characters is at most n tokens in any tokenizer of these ASCII
+# texts (a byte-level BPE token covers at least one byte), plus room for a leading newline or a stray word.
+ANSWER_MARGIN = 8
+
+
+def generation_budget(completion: str) -> int:
+    """Tokens to generate for `completion` (what follows the context after one space): its characters
+    (an upper bound of its tokens) plus ANSWER_MARGIN. Depends on the answer only, never on the tokenizer."""
+    return len(" " + completion) + ANSWER_MARGIN
+
+
 def char_count(text: str) -> int:
     """Token count in the project tokenizer (one token per character)."""
     return len(text)
@@ -63,6 +82,7 @@ class Knob:
     help: str
     minimum: int | float = 0
     kind: type = int
+    maximum: int | float | None = None  # where a larger value cannot make a valid document
 
     def check(self, task: str, name: str, value: Any) -> int | float:
         if (
@@ -78,6 +98,11 @@ class Knob:
         if value < self.minimum:
             raise TaskDataError(
                 f"{task}: knob {name!r} = {value!r} is below the minimum {self.minimum} ({self.help})"
+            )
+        if self.maximum is not None and value > self.maximum:
+            raise TaskDataError(
+                f"{task}: knob {name!r} = {value!r} is above the maximum {self.maximum}: allowed "
+                f"{self.minimum}..{self.maximum} ({self.help})"
             )
         return self.kind(value)
 
@@ -116,31 +141,32 @@ class TaskSpec:
 def choices_with_gold(
     rng: random.Random, gold: str, distractors: Sequence[str], k: int = 4
 ) -> tuple[list[str], int]:
-    """`k` distinct choices (fewer if there are not enough distractors): the gold one at a random place."""
-    pool = sorted({d for d in distractors if d != gold})
+    """`k` distinct choices (fewer if there are not enough distractors): the gold one at a random place.
+
+    No distractor is a prefix of the gold (its log-likelihood would be at least the gold's, so the gold could
+    not win) or extends it (it would lose to the gold for free)."""
+    pool = sorted({d for d in distractors if not gold.startswith(d) and not d.startswith(gold)})
     picked = rng.sample(pool, min(k - 1, len(pool)))
     position = rng.randrange(len(picked) + 1)
     return picked[:position] + [gold] + picked[position:], position
 
 
-def fit_sentences(
-    sentences: Sequence[str], budget: int, count_tokens: TokenCounter, assemble: Callable[[int], str]
-) -> str:
-    """The text `assemble(n)` with the largest n whose token count stays within `budget`.
-
-    `assemble(n)` must grow with n (it places the first n haystack sentences). Token counts of the parts
-    are nearly additive, so a prefix-sum guess is corrected by measuring the assembled text.
-    """
-    base = count_tokens(assemble(0))
-    if base > budget:
-        return assemble(0)
-    per_sentence = [count_tokens(" " + s) for s in sentences]
-    n, total = 0, base
-    while n < len(sentences) and total + per_sentence[n] <= budget:
-        total += per_sentence[n]
-        n += 1
-    while n > 0 and count_tokens(assemble(n)) > budget:
-        n -= 1
-    while n < len(sentences) and count_tokens(assemble(n + 1)) <= budget:
-        n += 1
-    return assemble(n)
+def largest_fitting(fits: Callable[[int], bool], guess: int, low: int) -> int:
+    """The largest n >= `low` with fits(n), for a `fits` that holds up to some n and fails beyond, given
+    fits(low) and a `guess` near the answer: a galloping search that measures few texts when the guess is
+    good (a token count of a long text is the expensive step)."""
+    n = max(guess, low)
+    if fits(n):
+        step = 1
+        while fits(n + step):
+            n, step = n + step, 2 * step
+        high = n + step  # fits(n), not fits(high)
+    else:
+        high, step = n, 1
+        while n - step > low and not fits(n - step):
+            high, step = n - step, 2 * step
+        n = max(low, n - step)
+    while high - n > 1:
+        mid = (n + high) // 2
+        n, high = (mid, high) if fits(mid) else (n, mid)
+    return n

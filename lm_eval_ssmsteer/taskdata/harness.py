@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from functools import cache
 from typing import Any
 
@@ -144,24 +145,82 @@ def dataset(task: str, **metadata: Any) -> dict:
     return {"test": datasets.Dataset.from_list(documents(task, metadata))}
 
 
-def _prediction(results: list[str]) -> str:
-    return results[0].strip().split("\n")[0].strip()
+# --- scoring ---------------------------------------------------------------------------------------------
+# A generation is scored on the answer it starts with, whatever follows (the rest of the line, ", ...",
+# ". ...", a newline): a pretrained model that goes on writing after a right answer is right. Answers are
+# runs of letters and digits (UUID-like keys keep their inner hyphens); whitespace and punctuation around
+# them are boundaries.
+
+_ITEM = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+
+
+def leading_items(generation: str, n: int) -> list[str]:
+    """The first `n` answer items of a generation."""
+    return _ITEM.findall(generation)[:n]
+
+
+def answer_at_start(target: str, generation: str) -> bool:
+    """Whether the generation starts with the target's items (a selective copy's letters are several)."""
+    items = target.split(" ")
+    return leading_items(generation, len(items)) == items
 
 
 def exact_match(doc: dict, results: list[str]) -> dict[str, float]:
-    return {"exact_match": float(_prediction(results) == doc["answer"])}
+    """The document's share of right answers: one answer, or one per query (MQAR)."""
+    targets = [q["target"] for q in doc["queries"]] if doc.get("queries") else [doc["target"]]
+    return {"exact_match": sum(map(answer_at_start, targets, results)) / len(targets)}
 
 
-def answers_found(doc: dict, results: list[str]) -> float:
-    """RULER's string_match_all: the share of the expected answers found in the prediction."""
-    prediction = _prediction(results)
-    targets = doc["target"] if isinstance(doc["target"], list) else [doc["target"]]
-    return sum(t in prediction for t in targets) / len(targets)
+def choice_per_query(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    """Multiple choice per query (MQAR): the share of queries whose gold choice has the top log-likelihood."""
+    right, start = 0, 0
+    for query in doc["queries"]:
+        logliks = [ll for ll, _ in results[start : start + len(query["choices"])]]
+        right += logliks.index(max(logliks)) == query["gold"]
+        start += len(query["choices"])
+    return {"acc": right / len(doc["queries"])}
+
+
+def greedy_per_query(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+    """Zoology's accuracy: the share of queries whose answer is the greedy next token(s)."""
+    return {"acc": sum(greedy for _, greedy in results) / len(results)}
+
+
+def ruler_postprocess(generation: str) -> str:
+    """RULER's postprocess_pred (scripts/eval/evaluate.py): strip, control characters to newlines, strip."""
+    return re.sub(r"[\x00-\x1f]", "\n", generation.strip()).strip()
+
+
+def string_match_all(prediction: str, references: list[str]) -> float:
+    """RULER's string_match_all for one document: the share of references contained in the prediction,
+    case-insensitively (RULER reports the mean over documents times 100)."""
+    return sum(r.lower() in prediction.lower() for r in references) / len(references)
+
+
+def string_match_part(prediction: str, references: list[str]) -> float:
+    """RULER's string_match_part for one document: 1 if any reference is contained, case-insensitively."""
+    return max(float(r.lower() in prediction.lower()) for r in references)
+
+
+def strict_match(prediction: str, references: list[str]) -> float:
+    """Stricter than RULER: the share of references among the prediction's first len(references) answer
+    items, exactly (case-sensitive; an extra digit or a preamble before the answers does not count)."""
+    items = leading_items(prediction, len(references))
+    return sum(r in items for r in references) / len(references)
 
 
 def by_length_generated(doc: dict, results: list[str]) -> dict[str, float]:
-    """One metric per length (named by the length), like lm-eval's RULER tasks."""
-    return {str(doc["length"]): answers_found(doc, results)}
+    """RULER's metrics, one per length as in lm-eval's RULER tasks: "<length>" is string_match_all (RULER's
+    metric for needles and variable tracking), "part_<length>" string_match_part, "strict_<length>" the
+    stricter strict_match."""
+    prediction = ruler_postprocess(results[0])
+    references = doc["target"] if isinstance(doc["target"], list) else [doc["target"]]
+    length = doc["length"]
+    return {
+        str(length): string_match_all(prediction, references),
+        f"part_{length}": string_match_part(prediction, references),
+        f"strict_{length}": strict_match(prediction, references),
+    }
 
 
 def by_length_choice(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:

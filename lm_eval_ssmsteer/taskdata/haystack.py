@@ -1,7 +1,7 @@
 """The filler text of the long-context tasks, generated here from small word lists (no downloads).
 
-Sentences are lowercase English words with a capital first letter and a full stop: no digits, no
-hyphens, no all-capital words, none of the needle key words. So a number, a hyphenated key or a
+Sentences are short, lowercase English words with a capital first letter and a full stop: no digits,
+no hyphens, no all-capital words, none of the needle key words. So a number, a hyphenated key or a
 variable name found in a haystack can only have come from a needle.
 """
 
@@ -118,46 +118,37 @@ ADVERBS = (
     "gladly",
     "quietly",
     "once",
-    "never",
     "always",
     "happily",
 )
-TIMES = (
-    "in the morning",
-    "after the rain",
-    "before the winter",
-    "at noon",
-    "during the fair",
-    "every spring",
-    "on that evening",
-    "at dawn",
-    "in the autumn",
-    "after supper",
-)
-PLACES = (
-    "near the river",
-    "by the old mill",
-    "across the valley",
-    "behind the school",
-    "along the road",
-    "under the bridge",
-    "beside the harbor",
-    "at the market",
-    "inside the tower",
-    "past the orchard",
+INTRANSITIVE_VERBS = (
+    "waited",
+    "rested",
+    "slept",
+    "paused",
+    "returned",
+    "wandered",
+    "listened",
+    "stayed",
+    "smiled",
+    "worked",
+    "lingered",
+    "sang",
 )
 
+# Short sentences (about 24 characters): needles sit between sentences, so short ones leave room for
+# filler between several needles even in a 512-character prompt.
 _TEMPLATES = (
-    "the {a} {n} {v} the {n2} {p}",
-    "{t} the {n} {adv} {v} a {a} {n2}",
-    "a {a} {n} {v} the {a2} {n2} {t}",
-    "the {n} {v} the {n2} {p} {t}",
-    "nobody {v} the {a} {n} {p}",
-    "the {n} and the {n2} {adv} {v} the {a} {n3}",
+    "the {n} is {a}",
+    "the {n} {vi}",
+    "a {a} {n} {vi}",
+    "the {n} {vi} {adv}",
+    "the {n} {v} the {n2}",
 )
 
-# Words the haystack can never contain: every key word of the needles is drawn from here.
-KEY_WORDS = (
+# Words the haystack can never contain: a needle key is one colour and one animal. Short words keep the
+# multi-needle prompts short.
+KEY_COLOURS = (
     "azure",
     "cobalt",
     "crimson",
@@ -174,6 +165,32 @@ KEY_WORDS = (
     "saffron",
     "sienna",
     "topaz",
+    "beige",
+    "cerise",
+    "coral",
+    "cyan",
+    "ebony",
+    "garnet",
+    "hazel",
+    "khaki",
+    "lilac",
+    "mauve",
+    "olive",
+    "onyx",
+    "opal",
+    "pearl",
+    "ruby",
+    "russet",
+    "sable",
+    "silver",
+    "taupe",
+    "copper",
+    "bronze",
+    "rust",
+    "slate",
+    "plum",
+)
+KEY_ANIMALS = (
     "falcon",
     "otter",
     "badger",
@@ -196,8 +213,24 @@ KEY_WORDS = (
     "jackal",
     "koala",
     "lemur",
-    "mongoose",
     "newt",
+    "alpaca",
+    "beaver",
+    "camel",
+    "dingo",
+    "egret",
+    "finch",
+    "hyena",
+    "iguana",
+    "jaguar",
+    "llama",
+    "moose",
+    "ocelot",
+    "panda",
+    "quokka",
+    "toucan",
+    "wombat",
+    "vole",
 )
 
 
@@ -205,19 +238,24 @@ def sentence(rng: random.Random) -> str:
     """One haystack sentence."""
     text = rng.choice(_TEMPLATES).format(
         a=rng.choice(ADJECTIVES),
-        a2=rng.choice(ADJECTIVES),
         n=rng.choice(NOUNS),
         n2=rng.choice(NOUNS),
-        n3=rng.choice(NOUNS),
         v=rng.choice(VERBS),
+        vi=rng.choice(INTRANSITIVE_VERBS),
         adv=rng.choice(ADVERBS),
-        t=rng.choice(TIMES),
-        p=rng.choice(PLACES),
     )
     return text[0].upper() + text[1:] + "."
 
 
+MAX_KEYS = min(len(KEY_COLOURS), len(KEY_ANIMALS))
+
+
+def key_words(rng: random.Random, k: int) -> list[str]:
+    """`k` needle keys such as ``amber-otter`` (a colour and an animal, which the haystack never contains);
+    no two keys of one document share a word."""
+    return [f"{c}-{a}" for c, a in zip(rng.sample(KEY_COLOURS, k), rng.sample(KEY_ANIMALS, k), strict=True)]
+
+
 def key_word(rng: random.Random) -> str:
-    """A needle key such as ``amber-otter``: two key words, which the haystack never contains."""
-    first, second = rng.sample(KEY_WORDS, 2)
-    return f"{first}-{second}"
+    """One needle key (keys drawn one by one may share words)."""
+    return f"{rng.choice(KEY_COLOURS)}-{rng.choice(KEY_ANIMALS)}"

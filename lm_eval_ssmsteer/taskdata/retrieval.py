@@ -1,14 +1,19 @@
-"""Associative recall tasks: multi-query associative recall (Arora et al. 2023, Zoology), key-value
-retrieval over UUID-like keys (Liu et al. 2023, Lost in the Middle) and induction (Olsson et al. 2022)."""
+"""Associative recall tasks: multi-query associative recall (Arora et al. 2023, Zoology; also in
+Zoology's own form), key-value retrieval over UUID-like keys (Liu et al. 2023, Lost in the Middle) and
+induction (Olsson et al. 2022)."""
 
 from __future__ import annotations
 
 import random
 import string
 
-from lm_eval_ssmsteer.taskdata.core import Knob, TaskSpec, choices_with_gold, draw_in_split
+from lm_eval_ssmsteer.taskdata.core import Knob, TaskSpec, choices_with_gold, draw_in_split, generation_budget
 
 HEX = "0123456789abcdef"
+# Zoology's MQAR draws keys from one half of the vocabulary and values from the other; here every key and
+# every value is one character, a single token in the project tokenizer and in GPT-NeoX (" a", " Q")
+ZOOLOGY_KEYS = string.ascii_lowercase
+ZOOLOGY_VALUES = string.ascii_uppercase
 
 
 def _distinct(rng: random.Random, n: int, draw) -> list[str]:
@@ -18,8 +23,20 @@ def _distinct(rng: random.Random, n: int, draw) -> list[str]:
     return list(seen)
 
 
-def make_mqar(rng: random.Random, split: str, knobs: dict, count_tokens) -> list[dict]:
-    """One sequence, one document per query: the context holds the earlier queries with their answers."""
+def _query(context: str, value: str, **extra) -> dict:
+    return {"context": context, "completion": value, "target": value, **extra}
+
+
+def _with_queries(queries: list[dict], **extra) -> dict:
+    """A document of several queries of one context: its top-level fields are those of its last query
+    (the longest context), its budget the largest any query needs."""
+    budget = max(generation_budget(q["completion"]) for q in queries)
+    return {**queries[-1], "max_gen_toks": budget, "queries": queries, **extra}
+
+
+def make_mqar(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
+    """One sequence, one document; each query asks one key, with the earlier queries answered before it.
+    The document scores the share of its queries answered: standard errors count sequences, not queries."""
     n_pairs, n_queries, power = knobs["num_pairs"], knobs["num_queries"], knobs["power_a"]
 
     def draw(r: random.Random) -> tuple[list[str], list[str], list[int]]:
@@ -37,23 +54,43 @@ def make_mqar(rng: random.Random, split: str, knobs: dict, count_tokens) -> list
 
     keys, values, order = draw_in_split(rng, split, draw, key=lambda item: repr(item))
     pairs = ", ".join(f"{k}: {v}" for k, v in zip(keys, values, strict=True)) + "."
-    docs = []
+    queries = []
     for j, i in enumerate(order):
         asked = ", ".join(f"{keys[q]}: {values[q]}" for q in order[:j])
-        context = f"{pairs} {asked + ', ' if asked else ''}{keys[i]}:"
         choices, gold = choices_with_gold(rng, values[i], values)
-        docs.append(
-            {
-                "context": context,
-                "target": values[i],
-                "choices": choices,
-                "gold": gold,
-                "key": keys[i],
-                "pair": i,
-                "query": j,
-            }
-        )
-    return docs
+        context = f"{pairs} {asked + ', ' if asked else ''}{keys[i]}:"
+        queries.append(_query(context, values[i], choices=choices, gold=gold, key=keys[i], pair=i))
+    return _with_queries(queries)
+
+
+def make_zoology_mqar(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
+    """Zoology's multiquery_ar: `num_pairs` key-value pairs, then a query region where every key is asked
+    once, at a slot drawn from a power law (slot i of the region's length/2 - num_pairs slots with weight
+    power_a * i ** (power_a - 1)); every other token is random. The token after a query is random too, so
+    no answer appears in the context. One document per sequence, one loglikelihood request per query."""
+    n_pairs, length, power = knobs["num_pairs"], knobs["length"], knobs["power_a"]
+    slots = (length - 2 * n_pairs) // 2
+    weights = [power * i ** (power - 1) for i in range(1, slots + 1)]
+
+    def draw(r: random.Random) -> tuple[list[str], list[str], list[int]]:
+        keys, values = r.sample(ZOOLOGY_KEYS, n_pairs), r.sample(ZOOLOGY_VALUES, n_pairs)
+        free, gaps = list(range(slots)), []
+        for _ in range(n_pairs):  # slots without replacement, each draw in proportion to the weights left
+            gaps.append(free.pop(r.choices(range(len(free)), [weights[g] for g in free])[0]))
+        return keys, values, gaps
+
+    keys, values, gaps = draw_in_split(rng, split, draw, key=lambda item: repr(item))
+    vocabulary = ZOOLOGY_KEYS + ZOOLOGY_VALUES
+    tokens = [t for kv in zip(keys, values, strict=True) for t in kv]
+    tokens += [rng.choice(vocabulary) for _ in range(length - len(tokens))]
+    asked = {2 * n_pairs + 2 * gap: i for i, gap in enumerate(gaps)}
+    for position, i in asked.items():
+        tokens[position] = keys[i]
+    queries = [
+        _query(" ".join(tokens[: position + 1]), values[i], key=keys[i], position=position)
+        for position, i in sorted(asked.items())
+    ]
+    return _with_queries(queries, sequence=" ".join(tokens))
 
 
 def make_kv_retrieval(rng: random.Random, split: str, knobs: dict, count_tokens) -> dict:
@@ -71,7 +108,9 @@ def make_kv_retrieval(rng: random.Random, split: str, knobs: dict, count_tokens)
     choices, gold = choices_with_gold(rng, values[q], values)
     return {
         "context": "\n".join(lines + [f"{keys[q]} ->"]),
+        "completion": values[q],
         "target": values[q],
+        "max_gen_toks": generation_budget(values[q]),
         "choices": choices,
         "gold": gold,
         "key": keys[q],
@@ -97,7 +136,9 @@ def make_induction(rng: random.Random, split: str, knobs: dict, count_tokens) ->
     choices, gold = choices_with_gold(rng, follower, [x for x in sequence if x != sequence[i]])
     return {
         "context": " ".join(sequence + [sequence[i]]),
+        "completion": follower,
         "target": follower,
+        "max_gen_toks": generation_budget(follower),
         "choices": choices,
         "gold": gold,
         "trigger": sequence[i],
@@ -109,13 +150,13 @@ TASKS = {
     "ssm_mqar": TaskSpec(
         "ssm_mqar",
         "retrieval",
-        "`key: value` pairs (3 letters: 3 digits), then queries of the keys at power-law gaps; one document "
-        "per query (earlier queries answered in the context), accuracy per query.",
+        "`key: value` pairs (3 letters: 3 digits), then queries of the keys at power-law gaps, earlier "
+        "queries answered in the context; one document per sequence, scored by its share of right queries.",
         "Arora et al. 2023, Zoology: MQAR",
         make_mqar,
         {
-            "num_pairs": Knob(16, "key-value pairs", minimum=1),
-            "num_queries": Knob(4, "queries per sequence (one document each)", minimum=1),
+            "num_pairs": Knob(16, "key-value pairs (distinct 3-digit values)", minimum=1, maximum=1000),
+            "num_queries": Knob(4, "queries per sequence", minimum=1),
             "power_a": Knob(
                 0.0, "power-law exponent of the query choice (0 = uniform)", minimum=0.0, kind=float
             ),
@@ -125,6 +166,28 @@ TASKS = {
             if k["num_queries"] <= k["num_pairs"]
             else f"knob 'num_queries' = {k['num_queries']} exceeds knob 'num_pairs' = {k['num_pairs']}: "
             "each key is queried once"
+        ),
+    ),
+    "ssm_zoology_mqar": TaskSpec(
+        "ssm_zoology_mqar",
+        "retrieval",
+        "Zoology's MQAR in text: single-character keys (a-z) and values (A-Z), `k v k v ...`, then every key "
+        "queried once at power-law positions among random tokens, no answers in the context; accuracy of "
+        "the greedy next token at each query, averaged per sequence.",
+        "Arora et al. 2023, Zoology: multiquery_ar (random_non_queries)",
+        make_zoology_mqar,
+        {
+            "num_pairs": Knob(8, "key-value pairs, every key queried once", minimum=1, maximum=26),
+            "length": Knob(64, "tokens of the sequence (pairs and query region)", minimum=4),
+            "power_a": Knob(
+                0.01, "power-law exponent of the query slots (1 = uniform)", minimum=1e-6, kind=float
+            ),
+        },
+        constraint=lambda k: (
+            None
+            if k["length"] >= 4 * k["num_pairs"] and k["length"] % 2 == 0
+            else f"knob 'length' = {k['length']} must be even and at least 4 x knob 'num_pairs' = "
+            f"{4 * k['num_pairs']} (the pairs and as many query slots as keys, as in Zoology)"
         ),
     ),
     "ssm_kv_retrieval": TaskSpec(

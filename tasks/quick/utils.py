@@ -5,9 +5,11 @@ from functools import partial
 from lm_eval_ssmsteer.taskdata.harness import (  # noqa: F401  (named by the YAMLs)
     by_length_choice,
     by_length_generated,
+    choice_per_query,
     dataset,
     exact_match,
 )
+from lm_eval_ssmsteer.taskdata.suite_task import SuiteTask  # noqa: F401
 
 ssm_copy = partial(dataset, "ssm_copy")
 ssm_phonebook = partial(dataset, "ssm_phonebook")
