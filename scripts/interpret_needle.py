@@ -41,7 +41,7 @@ import torch
 from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout
 from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows, rollout
-from lm_eval_ssmsteer.interpret.output import _pyplot, save_json, save_lines
+from lm_eval_ssmsteer.interpret.output import pyplot, save_json, save_lines
 from lm_eval_ssmsteer.mamba.arch import mamba_blocks
 from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
@@ -260,7 +260,7 @@ def write_figures(result: dict, example: dict, tokenizer, out: Path) -> None:
         "share of answer digits",
     )
 
-    plt = _pyplot()
+    plt = pyplot()
     d, rows, maps = example["d"], example["rows"], example["maps"]
     best = max(layers, key=lambda c: result["alignment"]["predicting"]["context"][c]["span"])
     panels = [int(best)] + (["rollout"] if "rollout" in maps else [])
