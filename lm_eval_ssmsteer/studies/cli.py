@@ -17,6 +17,9 @@ STUDIES = {
     "score-specs": "lm_eval_ssmsteer.studies.score_specs",
     "plant": "lm_eval_ssmsteer.studies.plant",
     "damp": "lm_eval_ssmsteer.studies.damping",
+    "needle": "lm_eval_ssmsteer.studies.needle",
+    "copy": "lm_eval_ssmsteer.studies.copy_task",
+    "long": "lm_eval_ssmsteer.studies.long_input",
 }
 
 
