@@ -20,6 +20,8 @@ STUDIES = {
     "needle": "lm_eval_ssmsteer.studies.needle",
     "copy": "lm_eval_ssmsteer.studies.copy_task",
     "long": "lm_eval_ssmsteer.studies.long_input",
+    "stable-train": "lm_eval_ssmsteer.studies.stable_train",
+    "stable-eval": "lm_eval_ssmsteer.studies.stable_eval",
 }
 
 
