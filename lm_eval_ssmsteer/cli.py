@@ -21,6 +21,7 @@ OPTIONAL_SUBCOMMANDS = {
     "report": "lm_eval_ssmsteer.report.cli",
     "regress": "lm_eval_ssmsteer.report.cli_regress",
     "interpret": "lm_eval_ssmsteer.interpret.cli",
+    "study": "lm_eval_ssmsteer.studies.cli",
 }
 
 

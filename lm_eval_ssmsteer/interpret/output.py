@@ -15,7 +15,8 @@ import torch
 MAX_LABELLED_TOKENS = 64  # beyond this, label every k-th token so the axis stays readable
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's ``pyplot`` on the Agg backend (no display needed), imported when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +51,7 @@ def save_heatmap(
     cmap: str = "viridis",
 ) -> Path:
     """A (l, l) map, rows = targets, columns = sources, each axis labelled with the tokens."""
-    plt = _pyplot()
+    plt = pyplot()
     data = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
     size = min(12.0, 3.0 + 0.16 * min(len(labels), MAX_LABELLED_TOKENS))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
@@ -79,7 +80,7 @@ def save_lines(
     ylabel: str,
 ) -> Path:
     """One line per series over x (e.g. knockout effect per window start)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in series.items():
         ax.plot(list(x), list(values), marker="o", label=name)

@@ -13,19 +13,8 @@ out=${1:?usage: find_bench.sh OUTDIR}
 mkdir -p "$out"
 python3 benchmarks/find_gpu.py --out "$out/find_gpu.json" 2>&1 | tee "$out/find_gpu.log" | grep -v "it/s\]" || true
 planted="$out/planted-L2-B-4x0.1-seed2"
-python3 - "$planted" <<'PY'
-import sys
-from pathlib import Path
-
-sys.path.insert(0, "scripts")
-from find_table import plant
-
-from lm_eval_ssmsteer.loading import resolve_model_path
-
-folder = Path(sys.argv[1] + ".model")
-folder.mkdir(parents=True, exist_ok=True)
-print(plant(resolve_model_path("ref-mamba1"), 2, folder, seed=2, site="B", count=4, scale=0.1))
-PY
+python3 -m lm_eval_ssmsteer study damp --model ref-mamba1 --layer 2 --site B --channels 4 --scale 0.1 \
+    --seed 2 --out "$planted.model" 2>&1 | grep -v "Loading weights\|Writing model shards"
 for docs in 2 8 32; do
     start=$SECONDS
     python3 -m lm_eval_ssmsteer find --model "$planted.model" --out "$planted.docs$docs.json" \

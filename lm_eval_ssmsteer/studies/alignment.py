@@ -1,0 +1,42 @@
+"""What the alignment studies (``needle``, ``copy``) share: every layer's LaTIM l2 map of one document
+with their rollout, and the teacher-forced probability of each gold token."""
+
+from __future__ import annotations
+
+import torch
+
+from lm_eval_ssmsteer.interpret.capture import capture_layers
+from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows, rollout
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
+
+
+def l2_maps(model, ids: torch.Tensor, rows: range | None = None, with_rollout: bool = True) -> dict:
+    """Layer -> LaTIM l2 map of ``ids`` (its ``rows`` only, if given: (len(rows), l), else (l, l)) and,
+    ``with_rollout``, "rollout" -> the rollout across every layer, which needs every layer's full map
+    (l² cost); without it only ``rows`` are computed (``latim_rows``, cheap)."""
+    blocks = mamba_blocks(model)
+    rows = range(ids.shape[1]) if rows is None else rows
+    captured = capture_layers(model, ids, list(range(len(blocks))))
+    maps, block_maps = {}, []
+    for layer, block in enumerate(blocks):
+        internals = mixer_internals(block.mixer, captured[layer].mixer_input)
+        if with_rollout:
+            full = latim_maps(internals, ("l2",), block_input=captured[layer].block_input)
+            block_maps.append(full["l2_block"])
+            maps[layer] = full["l2"][rows.start : rows.stop]
+        else:
+            maps[layer] = latim_rows(internals, rows, ("l2",))["l2"]
+    if with_rollout:
+        maps["rollout"] = rollout(block_maps)[rows.start : rows.stop]
+    return maps
+
+
+@torch.no_grad()
+def gold_probs(model, ids: torch.Tensor, predicting: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced, at each predicting position: the probability of the next (gold) token, and 1.0
+    where it is the argmax, 0.0 elsewhere; both (len(predicting),)."""
+    logits = model(input_ids=ids, use_cache=False).logits[0, predicting].float()
+    gold = ids[0, [p + 1 for p in predicting]]
+    probs = torch.softmax(logits, -1)[torch.arange(len(gold)), gold]
+    return probs, (logits.argmax(-1) == gold).float()

@@ -1,0 +1,100 @@
+"""Save a copy of a Mamba-1 model with random channels of one layer's site damped in its weights.
+
+A planted bottleneck for the finder's validation (docs/finder.md): ``count`` channels drawn with
+``random.Random(seed)`` (never by a finder score) are multiplied by ``scale`` in the weights that write
+them: mixer_out = ``out_proj`` rows, ssm_out = ``out_proj`` columns, B or C = ``x_proj`` rows (it has no
+bias, so scaling its rows scales B or C exactly). The tokenizer is saved beside the weights.
+
+    ssmsteer study damp --model ref-mamba1 --layer 2 --site B --channels 4 --scale 0.1 --seed 2 \\
+        --out planted.model
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+PLANT_SITES = ("mixer_out", "ssm_out", "B", "C")
+PLANTED_CHANNELS = 8  # the first planted protocol's plant: 8 mixer_out channels x0.2, seed 0
+PLANTED_SCALE = 0.2
+
+
+def random_channels(width: int, count: int, seed: int) -> list[int]:
+    """``count`` of ``width`` channels drawn with ``random.Random(seed)``, sorted: every plant and every
+    random control is drawn so."""
+    return sorted(random.Random(seed).sample(range(width), count))
+
+
+def control_channels(width: int, count: int, avoid: list[int] | None = None) -> tuple[list[int], int]:
+    """A random control (channels, seed): the draw of seed 0, or of the first seed after it whose draw is
+    not ``avoid`` (the planted channels, when the control sits at the plant's layer and site), so that the
+    control is never the plant."""
+    if count == width and avoid == list(range(width)):
+        raise ValueError(f"all {width} channels are planted: no random control can differ from the plant")
+    seed = 0
+    while (channels := random_channels(width, count, seed)) == avoid:
+        seed += 1
+    return channels, seed
+
+
+def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
+    """Damp ``count`` random channels (``seed``) of ``layer``'s ``site`` by ``scale``, in the weights, in
+    place. Returns the channels, sorted."""
+    import torch
+
+    from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks
+
+    if site not in PLANT_SITES:
+        raise ValueError(f"site {site!r} cannot be damped in the weights; allowed: {', '.join(PLANT_SITES)}")
+    mixer = mamba_blocks(model)[layer].mixer
+    if site == "mixer_out":
+        weight, first_row = mixer.out_proj.weight, 0
+    elif site == "ssm_out":
+        weight, first_row = mixer.out_proj.weight.T, 0
+    else:  # x_proj's rows: Δ's rank, then B's state channels, then C's
+        weight = mixer.x_proj.weight
+        first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
+    width = describe_model(model).site_width(site)
+    channels = random_channels(width, count, seed)
+    with torch.no_grad():
+        weight[[first_row + c for c in channels]] *= scale
+    return channels
+
+
+def save_damped(
+    pretrained: str,
+    layer: int,
+    folder: Path,
+    seed: int = 0,
+    site: str = "mixer_out",
+    count: int = PLANTED_CHANNELS,
+    scale: float = PLANTED_SCALE,
+) -> tuple[str, list[int]]:
+    """``pretrained`` saved in ``folder`` with ``damp_weights`` applied; returns the folder and the damped
+    channels."""
+    from lm_eval_ssmsteer.loading import load_model
+
+    model, tokenizer = load_model(pretrained)
+    channels = damp_weights(model, layer, site, count, scale, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder), channels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="shipped model name, HF id or local folder")
+    parser.add_argument("--layer", type=int, required=True)
+    parser.add_argument("--site", default="mixer_out", choices=PLANT_SITES)
+    parser.add_argument("--channels", type=int, default=PLANTED_CHANNELS, help="how many channels to damp")
+    parser.add_argument("--scale", type=float, default=PLANTED_SCALE, help="the damping factor")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random choice of channels")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder, channels = save_damped(
+        args.model, args.layer, args.out, args.seed, args.site, args.channels, args.scale
+    )
+    print(f"{folder}: layer {args.layer} {args.site} channels {channels} x{args.scale:g}")
+    return 0

@@ -1,0 +1,145 @@
+"""The studies' small pure pieces (``lm_eval_ssmsteer.studies``): the needle found in a document, the
+plant and its random control, the win-back and paired statistics, and the tables they print. The studies
+themselves are long runs; docs/ says which command measured what."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+import torch
+
+from lm_eval_ssmsteer.loading import load_model
+from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.studies.copy_task import aer, alignment_counts
+from lm_eval_ssmsteer.studies.damping import PLANT_SITES, control_channels, damp_weights, random_channels
+from lm_eval_ssmsteer.studies.find_table import plant_name, win_back
+from lm_eval_ssmsteer.studies.needle import TASKS as NEEDLE_TASKS
+from lm_eval_ssmsteer.studies.needle import needle_span
+from lm_eval_ssmsteer.studies.plant import fraction, parse_plant
+from lm_eval_ssmsteer.studies.score_specs import paired, summary
+from lm_eval_ssmsteer.studies.stable_eval import table
+from lm_eval_ssmsteer.taskdata import generate
+
+
+@pytest.mark.parametrize("task", NEEDLE_TASKS)
+@pytest.mark.parametrize("length", [256, 1024])
+def test_needle_span_is_the_whole_sentences_of_the_haystack_that_state_the_answer(task, length):
+    for doc in generate(task, "test", 10, seed=3, length=length):
+        context, answer = doc["context"], doc["target"]
+        span = needle_span(context, answer)
+        needle = context[span.start : span.stop]
+        haystack = context[context.index("\n") + 1 : context.rindex("\n")]
+        assert needle in haystack and needle[0].isupper() and needle.endswith(".")
+        assert context[span.start - 1] == "\n" or context[span.start - 2 : span.start] == ". "
+        assert needle.count(answer) == (2 if task == "ssm_passkey" else 1)
+        outside = haystack.replace(needle, "")
+        assert not re.search(r"\d", outside), "a digit outside the needle"
+
+
+def test_needle_span_refuses_a_document_whose_haystack_lacks_the_answer():
+    with pytest.raises(ValueError, match="not in the haystack"):
+        needle_span("intro\nSome filler. More filler.\nWhat is it?", "12345")
+
+
+def test_random_control_is_seed_0_unless_that_draw_is_the_plant():
+    assert control_channels(16, 4) == (random_channels(16, 4, 0), 0)
+    planted = random_channels(16, 4, 0)
+    channels, seed = control_channels(16, 4, avoid=planted)
+    assert seed == 1 and channels == random_channels(16, 4, 1) != planted
+
+
+def test_random_control_refuses_a_plant_of_every_channel():
+    with pytest.raises(ValueError, match="all 4 channels are planted"):
+        control_channels(4, 4, avoid=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("site", PLANT_SITES)
+def test_damping_scales_exactly_the_planted_channels_weights(site):
+    model, _ = load_model("tiny-random-mamba")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    channels = damp_weights(model, 1, site, 3, 0.1, seed=2)
+    mixer = mamba_blocks(model)[1].mixer
+    prefix = "backbone.layers.1.mixer."
+    if site in ("mixer_out", "ssm_out"):
+        name, rows = prefix + "out_proj.weight", channels
+    else:
+        name = prefix + "x_proj.weight"
+        rows = [mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0) + c for c in channels]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {name}
+    expected = before[name].clone()
+    if site == "ssm_out":
+        expected[:, rows] *= 0.1
+    else:
+        expected[rows] *= 0.1
+    assert torch.equal(after[name], expected)
+
+
+def test_damping_refuses_a_site_it_cannot_reach_in_the_weights():
+    model, _ = load_model("tiny-random-mamba")
+    with pytest.raises(ValueError, match="site 'delta' cannot be damped"):
+        damp_weights(model, 0, "delta", 2, 0.1, seed=0)
+
+
+def test_win_back_is_the_share_of_the_gap_the_steered_row_closes():
+    undamped, damped = {"a": (0.8, 0.0), "b": (0.6, 0.0)}, {"a": (0.4, 0.0), "b": (0.2, 0.0)}
+    steered = {"a": (0.6, 0.0), "b": (0.4, 0.0)}
+    result = win_back(undamped, damped, steered)
+    assert result["fraction"] == pytest.approx(0.5) and result["stderr"] == 0.0
+    assert win_back(damped, damped, steered) == {"gap": 0.0, "fraction": None, "stderr": None}
+
+
+def test_plant_outputs_keep_the_first_protocols_name_unless_a_setting_changes():
+    plant = argparse.Namespace(
+        plant=1, plant_site="mixer_out", plant_channels=8, plant_scale=0.2, plant_seed=0
+    )
+    assert plant_name(plant) == "planted-L1"
+    plant.plant_site, plant.plant_channels, plant.plant_scale, plant.plant_seed = "B", 4, 0.1, 10
+    assert plant_name(plant) == "planted-L1-B-4x0.1-seed10"
+
+
+def test_plant_argument_is_site_and_count():
+    assert parse_plant("B:4") == ("B", 4)
+    for bad in ("B", "delta:4", "B:0", "B:x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_plant(bad)
+
+
+def test_fraction_of_damage_undone_is_none_without_damage():
+    assert fraction(damped=2.0, intact=1.0, steered=1.5) == pytest.approx(0.5)
+    assert fraction(damped=1.0, intact=1.0, steered=0.5) is None
+
+
+def test_spec_scores_are_summarised_per_column_and_paired_per_document():
+    base = {"ssm_vt|512|d1": 1.0, "ssm_vt|512|d2": 0.0, "ssm_vt|2048|d1": 1.0}
+    other = {"ssm_vt|512|d1": 1.0, "ssm_vt|512|d2": 1.0, "ssm_vt|2048|d1": 0.0}
+    assert summary(base) == {"vt@2048": (1.0, 0.0), "vt@512": (0.5, 0.5)}
+    difference = paired(base, other)
+    assert (difference["documents"], difference["mean"], difference["better"], difference["worse"]) == (
+        3,
+        0,
+        1,
+        1,
+    )
+    with pytest.raises(ValueError, match="different documents"):
+        paired(base, {"ssm_vt|512|d1": 1.0})
+
+
+def test_stable_table_is_mean_and_std_over_seeds_per_architecture():
+    per_run = {"mamba-s0": {"t@1x": 0.5}, "mamba-s1": {"t@1x": 0.7}, "stable_mamba-s0": {"t@1x": 0.25}}
+    assert table(per_run).splitlines() == [
+        "| task @ length | mamba (n=2) | stable_mamba (n=1) |",
+        "|---|---|---|",
+        "| t@1x | 0.600 ± 0.141 | 0.250 ± 0.000 |",
+    ]
+
+
+def test_copy_alignment_counts_exact_and_same_letter_links():
+    scores = torch.zeros(6, 6)
+    scores[3, 0] = scores[4, 0] = scores[5, 2] = 1.0  # rows 3-5 copy "aab" from positions 0-2
+    counts = alignment_counts(scores, rows=[3, 4, 5], sources=[0, 1, 2], s="aab")
+    assert counts == {"links": 3, "sure": 2, "possible": 3}
+    assert aer(counts) == pytest.approx(1 - 5 / 6)
