@@ -177,7 +177,7 @@ def found_at_plant(iv, a: argparse.Namespace, family: str) -> tuple[bool, bool]:
 def score_specs(specs: dict, paths: dict[str, str], tag: str, a: argparse.Namespace) -> tuple[dict, dict]:
     """(label -> column -> (score, stderr), label -> seconds) on the TEST split; ``paths`` gives the model
     each label is scored on."""
-    from lm_eval_ssmsteer.studies.lm_eval_runs import column_scores, evaluate
+    from lm_eval_ssmsteer.lmeval.runs import column_scores, evaluate
 
     scores, seconds = {}, {}
     for label, spec in specs.items():
@@ -308,7 +308,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from lm_eval_ssmsteer.files import atomic_write_text
-    from lm_eval_ssmsteer.studies.lm_eval_runs import columns
+    from lm_eval_ssmsteer.lmeval.runs import columns
 
     a.out_dir.mkdir(parents=True, exist_ok=True)
     cols = [c for task in a.tasks for c, _ in columns(task, a.lengths)]

@@ -64,8 +64,8 @@ def paired(base: dict[str, float], other: dict[str, float]) -> dict:
 
 def score_documents(a: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Spec -> per-document scores on the TEST split."""
+    from lm_eval_ssmsteer.lmeval.runs import document_scores, evaluate
     from lm_eval_ssmsteer.loading import resolve_model_path
-    from lm_eval_ssmsteer.studies.lm_eval_runs import document_scores, evaluate
 
     path = resolve_model_path(a.model)
     metadata = {"num_samples": a.samples, "max_seq_lengths": a.lengths}

@@ -34,7 +34,7 @@ def score_run(
     run: Path, multiples, num_samples: int, batch_size: int, retrieval: bool, device: str = "cpu"
 ) -> dict[str, float]:
     """'task@Nx' -> accuracy for one model folder."""
-    from lm_eval_ssmsteer.studies.lm_eval_runs import evaluate
+    from lm_eval_ssmsteer.lmeval.runs import evaluate
 
     def results(task: str, knobs: dict) -> dict:
         metadata = {**knobs, "num_samples": num_samples}
