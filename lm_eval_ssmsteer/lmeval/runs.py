@@ -29,8 +29,10 @@ def evaluate(
     device: str = "cpu",
     batch_size: int = 8,
     log_samples: bool = False,
+    backend: str = "mamba-steered",
 ) -> dict:
-    """lm-eval's output for ``pretrained`` in float32, steered by the spec file ``spec`` if one is given;
+    """lm-eval's output for ``pretrained`` in float32 through ``backend`` (``mamba-steered``, or the stock
+    ``hf``), steered by the spec file ``spec`` if one is given;
     a Mamba-1-family model on the CPU runs the fast scan (the same values as transformers' scan). The task
     knobs (``num_samples``, ``max_seq_lengths``, counts) travel in ``metadata`` together with the model
     arguments, as lm-eval's CLI passes them, so the tasks count lengths in the model's tokenizer."""
@@ -41,15 +43,19 @@ def evaluate(
 
     register_model()  # where the start-up hook is not installed (a checkout on PYTHONPATH)
     model_args: dict = {"pretrained": pretrained, "dtype": "float32", "backend": "causal"}
-    if fast_scan_allowed(pretrained, device):
+    if backend == "mamba-steered" and fast_scan_allowed(pretrained, device):
         model_args["fast_scan"] = True
+    if backend == "hf":  # the stock backend knows no short names
+        from lm_eval_ssmsteer.loading import resolve_model_path
+
+        model_args["pretrained"] = resolve_model_path(pretrained)
     if spec is not None:
         model_args["steer"] = str(spec)
     manager = TaskManager(
         include_path=str(tasks_dir()), include_defaults=False, metadata={**model_args, **metadata}
     )
     return simple_evaluate(
-        model="mamba-steered",
+        model=backend,
         model_args=model_args,
         tasks=tasks,
         task_manager=manager,

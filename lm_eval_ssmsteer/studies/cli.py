@@ -22,6 +22,7 @@ STUDIES = {
     "long": "lm_eval_ssmsteer.studies.long_input",
     "stable-train": "lm_eval_ssmsteer.studies.stable_train",
     "stable-eval": "lm_eval_ssmsteer.studies.stable_eval",
+    "reference": "lm_eval_ssmsteer.studies.reference_scores",
 }
 
 
