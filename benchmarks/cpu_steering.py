@@ -67,7 +67,7 @@ def main() -> int:
 
     from lm_eval_ssmsteer.lmeval.backend import MambaSteeredLM
     from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
-    from lm_eval_ssmsteer.train import model_config
+    from lm_eval_ssmsteer.training.models import model_config
 
     tok = project_tokenizer.hf_tokenizer()
     gen_b, rest = args.gen.split("x")

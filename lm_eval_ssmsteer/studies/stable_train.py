@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lm_eval_ssmsteer.train import TRAIN_MAX_LENGTH, train
+from lm_eval_ssmsteer.training.legacy import TRAIN_MAX_LENGTH, train
 
 ARCHS = ("mamba", "stable_mamba")  # model types
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Reference models v2 on the GPU machine, in resumable stages (lm_eval_ssmsteer/training, issue 18).
+# All runs of a stage share the one GPU; each stage ends after BUDGET seconds of training.
+#
+#   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the recipe ablations below
+#   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET   # the best Mamba-1 and Mamba-2 run go on
+#   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET   # ... and decay their learning rate
+#
+# "Best" is the highest mean monitor score (calibration split, exact + per-token over 2) of the runs of an
+# architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
+# Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
+set -uo pipefail
+mode=${1:?usage: train_v2.sh ablate|continue|decay RUNS OUT BUDGET}
+runs=${2:?RUNS}
+out=${3:?OUT}
+budget=${4:?BUDGET}
+mkdir -p "$runs" "$out"
+common=(--device cuda --workers 2 --eval-every 250 --eval-docs 32)
+new() {  # name arch [args]
+    local name=$1 arch=$2
+    shift 2
+    python3 -m lm_eval_ssmsteer.train --run "$runs/$name" --arch "$arch" --steps 1000000 --decay-start 1000000 \
+        --time-budget "$budget" "${common[@]}" "$@" >"$runs/$name.log" 2>&1
+}
+copyw=(--weights copy=3 selective_copy=3 phonebook=4 kv_retrieval=4 mqar=3 induction=3)
+case $mode in
+ablate)
+    new m1-mix mamba &
+    new m1-copyw mamba "${copyw[@]}" &
+    new m1-curr mamba --curriculum-steps 1500 &
+    new m1-short mamba --tasks ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar \
+        ssm_kv_retrieval ssm_induction ssm_mamba_selective_copy &
+    new m2-mix mamba2 &
+    new m2-copyw mamba2 "${copyw[@]}" --lr 3e-3 &
+    wait
+    ;;
+continue | decay)
+    extra=()
+    [ "$mode" = decay ] && extra=(--decay-in-budget)
+    for name in $(python3 scripts/pick_runs.py "$runs"); do
+        python3 -m lm_eval_ssmsteer.train --run "$runs/$name" --resume --time-budget "$budget" \
+            --device cuda --workers 2 "${extra[@]}" >>"$runs/$name.log" 2>&1 &
+    done
+    wait
+    ;;
+*) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+python3 scripts/pick_runs.py "$runs" --table | tee "$out/pick-$mode.txt"
+tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.safetensors --exclude "*.pt" .
+for name in $(python3 scripts/pick_runs.py "$runs"); do
+    tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
+done

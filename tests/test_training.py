@@ -1,0 +1,144 @@
+"""The training pipeline of the reference models (lm_eval_ssmsteer/training): the data it trains on and
+exact resumption of a run in stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lm_eval_ssmsteer.taskdata import generate, prompts
+from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
+from lm_eval_ssmsteer.training import mix
+from lm_eval_ssmsteer.training.cli import main as train_cli
+from lm_eval_ssmsteer.training.loop import TrainConfig, learning_rate, train
+
+
+def _decode(ids):
+    tok = project_tokenizer.build_tokenizer()
+    return "".join(tok.id_to_token(i) for i in ids)
+
+
+def test_mqar_document_is_one_sequence_with_every_answer_as_target():
+    doc = generate("ssm_mqar", "train", 1, seed=3, num_pairs=8, num_queries=4)[0]
+    queries = prompts(doc)
+    assert len(queries) == 4
+    [(text, spans)] = mix.sequences(queries)
+    [example] = mix.encode([("ssm_mqar", text, spans)])
+    # each query's answer, predicted from the text up to it
+    for context, answer in queries:
+        want = f" {answer}"
+        got = [example.targets[len(context) - 1 + k] for k in range(len(want))]
+        assert _decode(got) == want
+        assert text.startswith(context)
+    # nothing but answer positions (and the final newline) carries a target
+    n_targets = sum(t != -100 for t in example.targets)
+    assert n_targets == sum(len(a) + 1 for _, a in queries) + 1
+
+
+def test_zoology_query_targets_its_value_although_the_text_goes_on_with_noise():
+    doc = generate("ssm_zoology_mqar", "train", 1, seed=1, num_pairs=4, length=32)[0]
+    queries = prompts(doc)
+    [(text, spans)] = mix.sequences(queries)
+    [example] = mix.encode([("ssm_zoology_mqar", text, spans)])
+    for context, answer in queries:
+        assert len(answer) == 1
+        assert _decode([example.targets[len(context) - 1], example.targets[len(context)]]) == f" {answer}"
+    # the earlier queries' values are not in the text after them (Zoology puts other tokens there)
+    assert any(text[len(c) + 1] != a for c, a in queries[:-1])
+
+
+def test_epochs_are_reproducible_and_differ():
+    spec = mix.default_mix(["ssm_copy", "ssm_induction"], docs_per_epoch=64, seed=5)
+    a, b = mix.epoch_texts(spec, "full", 0), mix.epoch_texts(spec, "full", 0)
+    assert a == b
+    assert mix.epoch_texts(spec, "full", 1) != a
+    assert {t for t, _, _ in a} == {"ssm_copy", "ssm_induction"}
+
+
+def test_easy_stream_draws_the_lower_half_of_each_range():
+    easy, full = mix.train_ranges(easy=True), mix.train_ranges()
+    assert easy["ssm_copy"]["length"] == (4, 18)
+    assert all(easy[t][k][1] <= full[t][k][1] for t in full for k in full[t])
+
+
+def test_micro_batches_respect_the_token_budget_and_cover_every_example():
+    spec = mix.default_mix(["ssm_copy", "ssm_phonebook"], docs_per_epoch=96)
+    examples = mix.encode(mix.epoch_texts(spec, "full", 0))
+    plan = mix.micro_batches(examples, 1024, "x")
+    assert sorted(i for b in plan for i in b) == list(range(len(examples)))
+    for b in plan:
+        width = max(len(examples[i].ids) for i in b)
+        assert len(b) == 1 or width * len(b) <= 1024
+
+
+def test_schedule_warms_up_holds_then_decays():
+    c = TrainConfig(arch="mamba", lr=1e-3, warmup=10, steps=100, decay_start=50, min_lr_ratio=0.1)
+    assert learning_rate(c, 0) == pytest.approx(1e-4)
+    assert learning_rate(c, 30) == learning_rate(c, 49) == 1e-3
+    assert learning_rate(c, 75) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(c, 100) == pytest.approx(1e-4)
+
+
+TINY = dict(
+    arch="mamba", hidden=16, layers=1, steps=6, warmup=2, tokens_per_step=1024, micro_batches=2,
+    tasks=("ssm_copy", "ssm_mqar"), docs_per_epoch=16, eval_every=0, eval_docs=2, curriculum_steps=2,
+)  # fmt: skip
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoint" / "model" / "model.safetensors"))
+
+
+def test_a_run_in_stages_equals_one_uninterrupted_run(tmp_path):
+    config = TrainConfig(**TINY)
+    whole = train(tmp_path / "whole", config, device="cpu", workers=1)
+    train(tmp_path / "staged", config, max_steps=3, device="cpu", workers=1)
+    staged = train(tmp_path / "staged", resume=True, device="cpu", workers=1)
+    assert whole["step"] == staged["step"] == 6
+    # the curriculum handed over to the full stream, which rolled over an epoch (16 documents)
+    assert whole["position"] == staged["position"]
+    assert whole["position"]["stream"] == "full"
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "staged")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    opt_a = torch.load(tmp_path / "whole/checkpoint/optimizer.pt", weights_only=True)["state"]
+    opt_b = torch.load(tmp_path / "staged/checkpoint/optimizer.pt", weights_only=True)["state"]
+    for k in opt_a:
+        assert torch.equal(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"])
+    # the shippable folder records both stages and loads with transformers
+    info = json.loads((tmp_path / "staged/model/training.json").read_text())
+    assert [s["steps"] for s in info["stages"]] == [[0, 3], [3, 6]]
+    assert info["monitor_calibration"].keys() == {"ssm_copy", "ssm_mqar"}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "staged/model"))
+    ids = project_tokenizer.build_tokenizer().encode("ab", add_special_tokens=False).ids
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "staged/model"))("ab")["input_ids"] == ids
+
+
+def test_decay_in_budget_needs_an_earlier_stage(tmp_path):
+    with pytest.raises(ValueError, match="earlier stage"):
+        train(tmp_path / "r", TrainConfig(**TINY), decay_in_budget=True, time_budget=10, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "mamba", "--weights", "copy"], "--weights 'copy': expected TASK=NUMBER"),
+        (
+            ["--arch", "mamba", "--weights", "induction=2", "--tasks", "ssm_copy"],
+            "task 'ssm_induction' is not",
+        ),
+        (["--arch", "mamba", "--steps", "0"], "steps=0: must be >= 1"),
+        (["--resume"], "no checkpoint"),
+        ([], "--arch is needed"),
+    ],
+)
+def test_cli_errors_name_the_field(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli(["--run", str(tmp_path / "r"), "--device", "cpu", *argv])
+    assert message in str(e.value)
