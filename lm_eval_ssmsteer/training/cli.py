@@ -54,6 +54,9 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--curriculum-steps", type=int, default=0, help="first steps on the lower half of ranges")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", choices=list(TRAIN_RANGES))
     p.add_argument("--weights", nargs="+", default=[], metavar="TASK=W", help="mix weights per document")
+    p.add_argument(
+        "--balance", choices=("docs", "tokens"), default="docs", help="weights are shares of docs or tokens"
+    )
     p.add_argument("--docs-per-epoch", type=int, default=100_000)
     p.add_argument("--max-length", type=int, default=TRAIN_MAX_LENGTH, help="longest long-context prompt")
     p.add_argument("--eval-every", type=int, default=500, help="steps between monitor passes (0: none)")
@@ -114,6 +117,7 @@ def _main(a: argparse.Namespace, argv: list[str] | None) -> int:
         curriculum_steps=a.curriculum_steps,
         tasks=tuple(a.tasks or ()),
         weights=_weights(a.weights),
+        balance=a.balance,
         docs_per_epoch=a.docs_per_epoch,
         max_length=a.max_length,
         eval_every=a.eval_every,

@@ -52,6 +52,7 @@ class TrainConfig:
     curriculum_steps: int = 0
     tasks: tuple[str, ...] = ()
     weights: dict[str, float] = field(default_factory=dict)
+    balance: str = "docs"
     docs_per_epoch: int = 100_000
     max_length: int = mixing.TRAIN_MAX_LENGTH
     eval_every: int = 500
@@ -73,7 +74,7 @@ class TrainConfig:
 
     def mix(self) -> mixing.MixSpec:
         return mixing.default_mix(
-            self.tasks or None, self.weights, self.docs_per_epoch, self.max_length, self.seed
+            self.tasks or None, self.weights, self.docs_per_epoch, self.max_length, self.seed, self.balance
         )
 
 

@@ -152,13 +152,27 @@ class MixSpec:
     seed: int = 0
 
 
+BALANCES = ("docs", "tokens")
+
+
+def mean_tokens(task: str, max_length: int = TRAIN_MAX_LENGTH, seed: int = 0, chunks: int = 4) -> float:
+    """Mean length in tokens of `task`'s training sequences (a few seeded chunks of the full ranges)."""
+    texts = [t for c in range(chunks) for t in _chunk((task, c, seed, "balance", max_length, False))]
+    return sum(len(text) for _, text, _ in texts) / len(texts)
+
+
 def default_mix(
     tasks: Sequence[str] | None = None,
     weights: dict[str, float] | None = None,
     docs_per_epoch: int = 100_000,
     max_length: int = TRAIN_MAX_LENGTH,
     seed: int = 0,
+    balance: str = "docs",
 ) -> MixSpec:
+    """The mix of `tasks` (all by default). `weights` override TASK_WEIGHTS; they are shares of documents
+    (`balance="docs"`) or of tokens (`balance="tokens"`: a task of short sequences gets more of them)."""
+    if balance not in BALANCES:
+        raise ValueError(f"balance={balance!r}: one of {', '.join(BALANCES)}")
     available = train_ranges(max_length)
     chosen = tuple(tasks) if tasks else tuple(available)
     bad = [t for t in chosen if t not in TRAIN_RANGES]
@@ -178,6 +192,10 @@ def default_mix(
         w[t] = float(v)
     if not any(w.values()):
         raise ValueError("weights: all zero; at least one task needs a positive weight")
+    if balance == "tokens":
+        lengths = {t: mean_tokens(t, max_length, seed) for t in chosen}
+        mean = sum(lengths.values()) / len(lengths)
+        w = {t: round(v * mean / lengths[t], 4) for t, v in w.items()}
     return MixSpec(chosen, w, docs_per_epoch, max_length, seed)
 
 

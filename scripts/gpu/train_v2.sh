@@ -2,7 +2,8 @@
 # Reference models v2 on the GPU machine, in resumable stages (lm_eval_ssmsteer/training, issue 18).
 # All runs of a stage share the one GPU; each stage ends after BUDGET seconds of training.
 #
-#   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the recipe ablations below
+#   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the first recipe ablations below
+#   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET   # the best Mamba-1 and Mamba-2 run go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET   # ... and decay their learning rate
 #
@@ -32,6 +33,14 @@ ablate)
         ssm_kv_retrieval ssm_induction ssm_mamba_selective_copy &
     new m2-mix mamba2 &
     new m2-copyw mamba2 "${copyw[@]}" --lr 3e-3 &
+    wait
+    ;;
+ablate2)
+    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
+    new m1-copy mamba --tasks ssm_copy --tokens-per-step 16384 --micro-batches 1 &
+    new m1-tok mamba --balance tokens --tokens-per-step 32768 --micro-batches 2 &
+    new m1-short-tok mamba --tasks "${short[@]}" --balance tokens --tokens-per-step 32768 --micro-batches 2 &
+    new m2-tok mamba2 --balance tokens --tokens-per-step 32768 --micro-batches 2 &
     wait
     ;;
 continue | decay)
