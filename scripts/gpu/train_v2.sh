@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the first recipe ablations below
 #   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
+#   bash scripts/gpu/train_v2.sh stage3   RUNS OUT BUDGET INIT  # from INIT/m2-tok and INIT/m1-copy (weights)
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET   # the best Mamba-1 and Mamba-2 run go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET   # ... and decay their learning rate
 #
@@ -43,6 +44,16 @@ ablate2)
     new m2-tok mamba2 --balance tokens --tokens-per-step 32768 --micro-batches 2 &
     wait
     ;;
+stage3)
+    init=${5:?INIT folder with m2-tok/ and m1-copy/}
+    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
+    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
+    new m2-cont mamba2 --init "$init/m2-tok" "${tok[@]}" --steps 2000 --decay-start 1000 &
+    new m1-fromcopy mamba --init "$init/m1-copy" "${tok[@]}" --steps 3200 --decay-start 1600 &
+    new m1-fromcopy-short mamba --init "$init/m1-copy" --tasks "${short[@]}" "${tok[@]}" --steps 3200 \
+        --decay-start 1600 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -56,6 +67,8 @@ continue | decay)
 esac
 python3 scripts/pick_runs.py "$runs" --table | tee "$out/pick-$mode.txt"
 tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.safetensors --exclude "*.pt" .
-for name in $(python3 scripts/pick_runs.py "$runs"); do
+pack=$(python3 scripts/pick_runs.py "$runs")
+[ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
+for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
 done
