@@ -48,10 +48,10 @@ stage3)
     init=${5:?INIT folder with m2-tok/ and m1-copy/}
     short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
-    new m2-cont mamba2 --init "$init/m2-tok" "${tok[@]}" --steps 2000 --decay-start 1000 &
-    new m1-fromcopy mamba --init "$init/m1-copy" "${tok[@]}" --steps 3200 --decay-start 1600 &
-    new m1-fromcopy-short mamba --init "$init/m1-copy" --tasks "${short[@]}" "${tok[@]}" --steps 3200 \
-        --decay-start 1600 &
+    new m2-cont mamba2 --init "$init/m2-tok" "${tok[@]}" --steps 1300 --decay-start 650 &
+    new m1-fromcopy mamba --init "$init/m1-copy" "${tok[@]}" --steps 2200 --decay-start 1100 &
+    new m1-fromcopy-short mamba --init "$init/m1-copy" --tasks "${short[@]}" "${tok[@]}" --steps 2200 \
+        --decay-start 1100 &
     wait
     ;;
 continue | decay)
