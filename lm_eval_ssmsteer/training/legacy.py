@@ -10,6 +10,7 @@ initialisation; a wall-clock budget may end training before `steps` (training.js
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -21,7 +22,7 @@ from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
 from lm_eval_ssmsteer.training.loop import _has_causal_conv1d, _unfused
 from lm_eval_ssmsteer.training.mix import CHUNK, TASK_WEIGHTS, TRAIN_MAX_LENGTH, train_ranges
-from lm_eval_ssmsteer.training.models import model_config
+from lm_eval_ssmsteer.training.models import ARCHS, model_config
 
 # evaluation inside the script (teacher-forced exact answers): default knobs, then a harder setting
 EVAL_SETTINGS = {
@@ -299,3 +300,53 @@ def _train(
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps({arch: scores}, indent=1), flush=True)
     return info
+
+
+def main(argv: list[str] | None = None, description: str = __doc__) -> int:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=ARCHS, required=True)
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--tokens-per-batch", type=int, default=32768)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--docs", type=int, default=300_000, help="training documents generated up front")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of training before stopping")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--parallel-scan", action="store_true", help="Mamba-1 without kernels: mamba.py pscan")
+    p.add_argument(
+        "--hidden", type=int, default=None, help="hidden size (default: REF_SHAPES; Mamba-2: x128)"
+    )
+    p.add_argument("--layers", type=int, default=None, help="layers (default: REF_SHAPES)")
+    p.add_argument(
+        "--eval-docs", type=int, default=64, help="test documents per setting in the final check (0: none)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=TRAIN_MAX_LENGTH, help="longest long-context training prompt"
+    )
+    p.add_argument("--init", type=Path, default=None, help="continue training this saved model folder")
+    a = p.parse_args(argv)
+    train(
+        a.arch,
+        a.out,
+        a.steps,
+        a.tokens_per_batch,
+        a.lr,
+        a.seed,
+        a.docs,
+        a.workers,
+        a.time_budget,
+        a.device,
+        a.eval_docs,
+        a.parallel_scan,
+        a.hidden,
+        a.layers,
+        a.max_length,
+        a.init,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,6 +6,7 @@
 #
 #   [MAMBA1_INIT=folder] bash scripts/gpu/train_refs.sh OUTDIR [BUDGET_SECONDS]
 #
+# The first recipe (training/legacy.py), kept for the record; new runs: scripts/gpu/train_v2.sh.
 # Needs mamba-ssm's kernels (docs/gpu.md); without them Mamba-1 trains on transformers' torch loop.
 set -euo pipefail
 out=${1:?usage: train_refs.sh OUTDIR [BUDGET_SECONDS]}
@@ -14,7 +15,7 @@ mkdir -p "$out"
 run() {  # name arch tokens_per_batch lr [extra args]
     local name=$1 arch=$2 tpb=$3 lr=$4
     shift 4
-    python3 -m lm_eval_ssmsteer.train --arch "$arch" --out "$out/$name" --tokens-per-batch "$tpb" --lr "$lr" \
+    python3 -m lm_eval_ssmsteer.training.legacy --arch "$arch" --out "$out/$name" --tokens-per-batch "$tpb" --lr "$lr" \
         --time-budget "$budget" --steps 1000000 --docs 200000 --workers 4 --device cuda "$@" >"$out/$name.log" 2>&1
 }
 run ref-mamba1 mamba 32768 "${MAMBA1_LR:-2e-3}" ${MAMBA1_INIT:+--init "$MAMBA1_INIT"} &
