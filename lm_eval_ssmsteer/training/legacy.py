@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
-from lm_eval_ssmsteer.training.loop import _has_causal_conv1d, _unfused
+from lm_eval_ssmsteer.training.loop import has_causal_conv1d, unfused_mixers
 from lm_eval_ssmsteer.training.mix import CHUNK, TASK_WEIGHTS, TRAIN_MAX_LENGTH, train_ranges
 from lm_eval_ssmsteer.training.models import ARCHS, model_config
 
@@ -164,8 +164,8 @@ def train(
         # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
         if fast_scan_refusal_for(arch, device) is None:
             stack.enter_context(use_fast_scan())
-        elif device.startswith("cuda") and not _has_causal_conv1d():
-            stack.enter_context(_unfused(arch))
+        elif device.startswith("cuda") and not has_causal_conv1d():
+            stack.enter_context(unfused_mixers(arch))
         return _train(
             arch,
             out,

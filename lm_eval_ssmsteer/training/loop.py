@@ -88,13 +88,13 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * warm * ratio
 
 
-def _has_causal_conv1d() -> bool:
+def has_causal_conv1d() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("causal_conv1d") is not None
 
 
-def _unfused(model_type: str):
+def unfused_mixers(model_type: str):
     """mamba-ssm's fused training functions need causal-conv1d's kernel; without it, the mixers take
     their unfused path (torch conv, mamba-ssm's scan kernels) when the fused function returns None."""
     import importlib
@@ -116,8 +116,8 @@ def kernel_path(stack: ExitStack, arch: str, device: str) -> str:
         # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
         stack.enter_context(use_fast_scan())
         return "project fast scan (torch)"
-    if device.startswith("cuda") and not _has_causal_conv1d():
-        stack.enter_context(_unfused(arch))
+    if device.startswith("cuda") and not has_causal_conv1d():
+        stack.enter_context(unfused_mixers(arch))
         return "mamba-ssm scan kernels, torch conv (no causal-conv1d)"
     if device.startswith("cuda"):
         return "mamba-ssm + causal-conv1d fused kernels"
