@@ -66,6 +66,7 @@ def test_steered_run_changes_outputs_and_records_its_spec(model_dir, task_manage
     assert cfg["steering_spec"]["provenance"] == {"note": "test"}
     assert len(cfg["steering_spec_sha256"]) == 64
     assert cfg["model_fingerprint"]["n_layers"] == 3
+    assert cfg["world_size"] == 1
 
 
 def test_batch_size_does_not_change_steered_results(model_dir, task_manager):

@@ -187,6 +187,8 @@ class MambaSteeredLM(HFLM):
                 "steering_spec": None if spec is None else spec.to_dict(),
                 "steering_spec_sha256": None if spec is None else spec.sha256,
                 "fast_scan": self.fast_scan,
+                # data-parallel runs (accelerate launch / torchrun): every process steers its own replica
+                "world_size": self.world_size,
             }
         )
         return info
