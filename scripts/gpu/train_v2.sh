@@ -5,6 +5,7 @@
 #   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the first recipe ablations below
 #   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
 #   bash scripts/gpu/train_v2.sh stage3   RUNS OUT BUDGET INIT  # from INIT/m2-tok and INIT/m1-copy (weights)
+#   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont and INIT/m1-fromcopy
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET   # the best Mamba-1 and Mamba-2 run go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET   # ... and decay their learning rate
 #
@@ -54,6 +55,14 @@ stage3)
         --decay-start 1100 &
     wait
     ;;
+stage4)
+    init=${5:?INIT folder with m2-cont/ and m1-fromcopy/}
+    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
+    retrieval=(--weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 passkey=2 niah_single=2)
+    new m2-cont2 mamba2 --init "$init/m2-cont" "${tok[@]}" &
+    new m1-fromcopy2 mamba --init "$init/m1-fromcopy" "${tok[@]}" "${retrieval[@]}" &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -69,6 +78,7 @@ python3 scripts/pick_runs.py "$runs" --table | tee "$out/pick-$mode.txt"
 tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.safetensors --exclude "*.pt" .
 pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
+[ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
 done
