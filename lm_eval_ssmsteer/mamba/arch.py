@@ -254,11 +254,18 @@ def describe_config(config: Any) -> ArchInfo:
     arch = architecture(config)
     if not arch.is_hybrid:
         return arch.shape(arch.model_type, config)
+    return describe_model(skeleton(config))
+
+
+def skeleton(config: Any) -> Any:
+    """The model of a supported config with weights on the meta device (no memory, no loading): enough to
+    read which layers hold what."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    architecture(config)
     with torch.device("meta"):
-        return describe_model(AutoModelForCausalLM.from_config(config))
+        return AutoModelForCausalLM.from_config(config)
 
 
 def _architecture_of(model: Any) -> Architecture:
