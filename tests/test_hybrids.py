@@ -11,6 +11,7 @@ from tiny import HYBRIDS, MAMBA_LAYERS, hybrid_config, make_model, make_tokenize
 
 from lm_eval_ssmsteer.mamba.arch import describe_model, layer_kind, mamba_mixers
 from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+from lm_eval_ssmsteer.mamba.hybrid_configs import make_ssm_visible
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import SpecError, SteeringSpec
 from lm_eval_ssmsteer.steering import steer
@@ -211,14 +212,7 @@ def _falcon_h1(**norm):
     config = hybrid_config("falcon_h1")
     for key, value in norm.items():
         setattr(config, key, value)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("dt_bias"):
-                p.uniform_(-2.0, 0.5)
-            elif name.endswith("mamba.in_proj.weight"):
-                p.normal_(0.0, 0.25)
-    return model
+    return make_ssm_visible(AutoModelForCausalLM.from_config(config), seed=2).eval()
 
 
 @pytest.mark.parametrize("site", ("ssm_out", "gate"))

@@ -30,90 +30,24 @@ MAMBA_LAYERS = {
 VOCAB = 260  # 256 bytes + specials, rounded up
 
 
-def hybrid_config(arch: str):
-    """A tiny random config of a hybrid family (d_model 32, Mamba-2 mixers with 8 heads of 8 in 2 groups)."""
-    import transformers as T
+# Falcon-H1's µP multipliers away from 1, so that a site on the wrong side of one shows
+FALCON_H1_MULTIPLIERS = {
+    "ssm_multipliers": [0.5, 1.5, 0.8, 1.2, 0.9],
+    "ssm_in_multiplier": 0.7,
+    "ssm_out_multiplier": 1.3,
+    "attention_in_multiplier": 0.9,
+    "attention_out_multiplier": 1.1,
+}
 
-    common = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "pad_token_id": 0,
-        "eos_token_id": 0,
-        "bos_token_id": 0,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 48,
-    }
-    mamba2 = {
-        "mamba_n_heads": 8,
-        "mamba_d_head": 8,
-        "mamba_n_groups": 2,
-        "mamba_d_state": 8,
-        "mamba_chunk_size": 8,
-        "mamba_expand": 2,
-    }
-    if arch == "bamba":
-        return T.BambaConfig(**common, **mamba2, num_hidden_layers=3, attn_layer_indices=[1])
-    if arch == "granitemoehybrid":
-        return T.GraniteMoeHybridConfig(
-            **common,
-            **mamba2,
-            num_hidden_layers=3,
-            layer_types=["mamba", "attention", "mamba"],
-            num_local_experts=0,
-            shared_intermediate_size=48,
-        )
-    if arch == "falcon_h1":  # µP multipliers away from 1, so that a site on the wrong side of one shows
-        return T.FalconH1Config(
-            **common,
-            **mamba2,
-            num_hidden_layers=3,
-            mamba_d_ssm=64,
-            ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 0.9],
-            ssm_in_multiplier=0.7,
-            ssm_out_multiplier=1.3,
-            attention_in_multiplier=0.9,
-            attention_out_multiplier=1.1,
-        )
+
+def hybrid_config(arch: str):
+    """A tiny random config of a hybrid family (d_model 32; Mamba-2 mixers with 8 heads of 8 in 2 groups)."""
+    from lm_eval_ssmsteer.mamba.hybrid_configs import hybrid_config as config
+
     if arch == "nemotron_h":
-        return T.NemotronHConfig(
-            **common,
-            num_hidden_layers=4,
-            hybrid_override_pattern="M*M-",
-            mamba_num_heads=8,
-            mamba_head_dim=8,
-            n_groups=2,
-            ssm_state_size=8,
-            chunk_size=8,
-            expand=2,
-        )
-    if arch == "zamba2":
-        return T.Zamba2Config(
-            **common,
-            num_hidden_layers=3,
-            layers_block_type=["mamba", "hybrid", "mamba"],
-            num_mem_blocks=1,
-            attention_head_dim=8,
-            mamba_d_state=8,
-            mamba_headdim=8,
-            mamba_ngroups=2,
-            n_mamba_heads=8,
-            chunk_size=8,
-            mamba_expand=2,
-        )
-    if arch == "jamba":
-        return T.JambaConfig(
-            **common,
-            num_hidden_layers=3,
-            attn_layer_period=3,
-            attn_layer_offset=1,
-            expert_layer_period=10,
-            expert_layer_offset=9,
-            mamba_d_state=8,
-            mamba_expand=2,
-            mamba_dt_rank=4,
-        )
-    raise ValueError(arch)
+        return config(arch, 4, attention=[1], mlp=[3], vocab=VOCAB)
+    overrides = FALCON_H1_MULTIPLIERS if arch == "falcon_h1" else {}
+    return config(arch, 3, attention=[1], vocab=VOCAB, **overrides)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -152,7 +86,9 @@ def make_model(arch: str, seed: int = 0, n_layers: int = 3) -> torch.nn.Module:
     elif arch in HYBRIDS:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_config(hybrid_config(arch))
+        from lm_eval_ssmsteer.mamba.hybrid_configs import make_ssm_visible
+
+        return make_ssm_visible(AutoModelForCausalLM.from_config(hybrid_config(arch)), seed).eval()
     else:
         raise ValueError(arch)
     # random init leaves Δ tiny; widen it so every site has a visible effect
@@ -160,18 +96,7 @@ def make_model(arch: str, seed: int = 0, n_layers: int = 3) -> torch.nn.Module:
         for name, p in model.named_parameters():
             if name.endswith(("dt_proj.bias", "dt_bias")):
                 p.uniform_(-2.0, 0.5)
-            elif arch in HYBRIDS:  # their init (std 0.02) leaves the scan's C·B term far below the D skip
-                _widen_mamba(name, p)
     return model.eval()
-
-
-def _widen_mamba(name: str, p: torch.nn.Parameter) -> None:
-    if name.endswith(("in_proj.weight", "x_proj.weight")):
-        p.normal_(0.0, 0.25)
-    elif name.endswith("out_proj.weight"):
-        p.normal_(0.0, 0.15)
-    elif name.endswith(".D"):
-        p.uniform_(-0.5, 0.5)
 
 
 def save_tiny(folder: Path, arch: str, seed: int = 0) -> Path:
