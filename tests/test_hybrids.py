@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import hybrid_reference_logits
+from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels
 from tiny import HYBRIDS, MAMBA_LAYERS, hybrid_config, make_model, make_tokenizer
 
 from lm_eval_ssmsteer.mamba.arch import describe_model, layer_kind, mamba_mixers
@@ -30,34 +31,6 @@ KINDS = {
 @pytest.fixture(scope="module", params=HYBRIDS)
 def model(request):
     return make_model(request.param, seed=1)
-
-
-def _ids(b=2, l=11, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, 250, (b, l), generator=g)
-
-
-def _rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _channels(model, site, k=5, seed=0):
-    width = describe_model(model).site_width(site)
-    g = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(width, generator=g)[: min(k, width)].tolist())
-
-
-def _generate(model, ids, attention_mask=None, n=5):
-    out = model.generate(
-        ids,
-        attention_mask=attention_mask,
-        max_new_tokens=n,
-        do_sample=False,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 def _last_mamba_layer(model):
@@ -96,33 +69,33 @@ def test_all_means_every_mamba_layer(model):
 @pytest.mark.parametrize("site", SITES)
 @torch.no_grad()
 def test_scale_one_reproduces_unsteered_logits_bitwise(model, site):
-    ids = _ids()
+    ids = random_ids()
     base = model(ids).logits
-    base_seq, base_gen = _generate(model, ids)
+    base_seq, base_gen = greedy(model, ids, n=5)
     for positions in POSITIONS:
         spec = SteeringSpec.single(layer="all", site=site, channels="all", scale=1.0, positions=positions)
         with steer(model, spec):
             assert torch.equal(model(ids).logits, base)
-            seq, gen = _generate(model, ids)
+            seq, gen = greedy(model, ids, n=5)
         assert torch.equal(seq, base_seq) and torch.equal(gen, base_gen)
 
 
 @torch.no_grad()
 def test_reference_mixer_matches_the_unsteered_model(model):
-    ids = _ids()
+    ids = random_ids()
     layer = _last_mamba_layer(model)
     expected = hybrid_reference_logits(
         model, ids, layer, mamba_mixers(model)[layer], {}, torch.ones(ids.shape, dtype=torch.bool)
     )
-    assert _rel(expected, model(ids).logits) < 1e-5
+    assert rel_diff(expected, model(ids).logits) < 1e-5
 
 
 @pytest.mark.parametrize("site", SITES)
 @torch.no_grad()
 def test_site_effect_matches_independent_reference(model, site):
-    ids = _ids()
+    ids = random_ids()
     layer, scale = _last_mamba_layer(model), 2.5
-    channels = _channels(model, site)
+    channels = some_channels(model, site)
     with steer(model, SteeringSpec.single(layer=layer, site=site, channels=channels, scale=scale)):
         steered = model(ids).logits
     vec = torch.ones(describe_model(model).site_width(site))
@@ -131,8 +104,10 @@ def test_site_effect_matches_independent_reference(model, site):
     expected = hybrid_reference_logits(
         model, ids, layer, mixer, {site: vec}, torch.ones(ids.shape, dtype=torch.bool)
     )
-    assert _rel(steered, model(ids).logits) > 1e-5, "steering had no visible effect: the test could not fail"
-    assert _rel(steered, expected) < 1e-5
+    assert rel_diff(steered, model(ids).logits) > 1e-5, (
+        "steering had no visible effect: the test could not fail"
+    )
+    assert rel_diff(steered, expected) < 1e-5
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -141,14 +116,14 @@ def test_site_effect_matches_independent_reference(model, site):
 def test_positions_in_generation_match_reference(model, site, positions):
     """Cached greedy decoding with prompt/generated/all steering equals a full re-computation (no cache)
     whose reference mixer steers exactly those positions."""
-    prompt = _ids(b=2, l=7, seed=3)
+    prompt = random_ids(b=2, l=7, seed=3)
     layer, n_new = describe_model(model).mamba_layers[0], 4
-    channels = _channels(model, site, k=6, seed=1)
+    channels = some_channels(model, site, k=6, seed=1)
     spec = SteeringSpec.single(layer=layer, site=site, channels=channels, scale=3.0, positions=positions)
     with steer(model, spec):
-        seq, gen_logits = _generate(model, prompt, n=n_new)
-    base_seq, base_logits = _generate(model, prompt, n=n_new)
-    assert _rel(gen_logits, base_logits) > 1e-5 or not torch.equal(seq, base_seq)
+        seq, gen_logits = greedy(model, prompt, n=n_new)
+    base_seq, base_logits = greedy(model, prompt, n=n_new)
+    assert rel_diff(gen_logits, base_logits) > 1e-5 or not torch.equal(seq, base_seq)
 
     full = seq[:, :-1]
     t = torch.arange(full.shape[1])[None, :].expand(full.shape[0], -1)
@@ -158,7 +133,7 @@ def test_positions_in_generation_match_reference(model, site, positions):
     vec[channels] = 3.0
     mixer = mamba_mixers(model)[layer]
     expected = hybrid_reference_logits(model, full, layer, mixer, {site: vec}, where)[:, p - 1 :]
-    assert _rel(gen_logits, expected) < 1e-5
+    assert rel_diff(gen_logits, expected) < 1e-5
 
 
 @pytest.mark.parametrize("site", ("mixer_out", "residual", "delta", "B", "ssm_out", "gate"))
@@ -167,30 +142,26 @@ def test_batched_left_padded_generation_equals_one_by_one(model, site):
     tok = make_tokenizer()
     tok.padding_side = "left"
     texts = ["a short one", "a somewhat longer prompt", "mid length"]
-    spec = SteeringSpec.single(layer="all", site=site, channels=_channels(model, site), scale=2.0)
+    spec = SteeringSpec.single(layer="all", site=site, channels=some_channels(model, site), scale=2.0)
     batch = tok(texts, return_tensors="pt", padding=True)
     with steer(model, spec):
-        seq, logits = _generate(model, batch["input_ids"], batch["attention_mask"])
+        seq, logits = greedy(model, batch["input_ids"], batch["attention_mask"], n=5)
         width = batch["input_ids"].shape[1]
         for i, text in enumerate(texts):
             single = tok([text], return_tensors="pt")
-            s_seq, s_logits = _generate(model, single["input_ids"], single["attention_mask"])
+            s_seq, s_logits = greedy(model, single["input_ids"], single["attention_mask"], n=5)
             new = s_seq[0, single["input_ids"].shape[1] :]  # ends early where it generates EOS (= pad)
             assert torch.equal(seq[i, width : width + len(new)], new)
-            assert _rel(logits[i, : len(new)], s_logits[0]) < 1e-4
-
-
-def _hook_count(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+            assert rel_diff(logits[i, : len(new)], s_logits[0]) < 1e-4
 
 
 @torch.no_grad()
 def test_hooks_removed_and_scans_restored_even_after_an_exception(model):
     import sys
 
-    ids = _ids()
+    ids = random_ids()
     base = model(ids).logits
-    hooks_before = _hook_count(model)
+    hooks_before = hook_count(model)
     mixer = next(iter(mamba_mixers(model).values()))
     module = sys.modules[type(mixer).__module__]
     names = SCAN_FUNCTIONS[describe_model(model).family]
@@ -200,7 +171,7 @@ def test_hooks_removed_and_scans_restored_even_after_an_exception(model):
     with pytest.raises(RuntimeError, match="boom"), steer(model, spec):
         assert not torch.equal(model(ids).logits, base)
         raise RuntimeError("boom")
-    assert _hook_count(model) == hooks_before
+    assert hook_count(model) == hooks_before
     assert {n: getattr(module, n) for n in names} == functions_before
     assert torch.equal(model(ids).logits, base)
 
@@ -219,7 +190,7 @@ def _falcon_h1(**norm):
 @torch.no_grad()
 def test_falcon_h1_with_its_gated_norm_matches_the_reference(site):
     model = _falcon_h1(mamba_rms_norm=True, mamba_norm_before_gate=False)
-    ids = _ids()
+    ids = random_ids()
     channels = [1, 7, 30, 44]
     with steer(model, SteeringSpec.single(layer=1, site=site, channels=channels, scale=2.5)):
         steered = model(ids).logits
@@ -229,8 +200,8 @@ def test_falcon_h1_with_its_gated_norm_matches_the_reference(site):
     expected = hybrid_reference_logits(
         model, ids, 1, mixer, {site: vec}, torch.ones(ids.shape, dtype=torch.bool)
     )
-    assert _rel(steered, model(ids).logits) > 1e-5
-    assert _rel(steered, expected) < 1e-5
+    assert rel_diff(steered, model(ids).logits) > 1e-5
+    assert rel_diff(steered, expected) < 1e-5
 
 
 def test_falcon_h1_refuses_gate_where_it_multiplies_after_the_norm():
@@ -241,11 +212,28 @@ def test_falcon_h1_refuses_gate_where_it_multiplies_after_the_norm():
         steer(model, SteeringSpec.single(layer=0, site="gate", scale=2.0)),
     ):
         pass
-    ids = _ids()
+    ids = random_ids()
     vec = torch.full((64,), 2.0)
     with torch.no_grad(), steer(model, SteeringSpec.single(layer=0, site="ssm_out", scale=2.0)):
         steered = model(ids).logits
     expected = hybrid_reference_logits(
         model, ids, 0, mamba_mixers(model)[0], {"ssm_out": vec}, torch.ones(ids.shape, dtype=torch.bool)
     )
-    assert _rel(steered, expected) < 1e-5
+    assert rel_diff(steered, expected) < 1e-5
+
+
+@torch.no_grad()
+def test_fast_scan_runs_jambas_mamba_layers_like_transformers_scan():
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
+
+    model = make_model("jamba", seed=1)
+    assert fast_scan_refusal(model) is None  # Jamba's mixers are Mamba-1
+    assert "model types" in fast_scan_refusal(make_model("bamba", seed=1))
+    ids = random_ids()
+    spec = SteeringSpec.single(layer="all", site="delta", scale=1.7)
+    with steer(model, spec):
+        slow = model(ids).logits
+        with use_fast_scan():
+            fast = model(ids).logits
+    assert rel_diff(fast, slow) < 1e-5
+    assert not torch.equal(fast, model(ids).logits)
