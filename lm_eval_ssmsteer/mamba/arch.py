@@ -183,35 +183,38 @@ _MODELS = "transformers.models"
 # functions, named as in compat.SCAN_FUNCTIONS.
 for _arch in (
     Architecture(
-        "bamba", "BambaForCausalLM", MAMBA2, f"{_MODELS}.bamba.modeling_bamba", None, "BambaMixer", ("mamba",)
+        "bamba",
+        "BambaForCausalLM",
+        MAMBA2,
+        f"{_MODELS}.bamba.modeling_bamba",
+        mixer_class="BambaMixer",
+        mixer_paths=("mamba",),
     ),
     Architecture(
         "granitemoehybrid",
         "GraniteMoeHybridForCausalLM",
         MAMBA2,
         f"{_MODELS}.granitemoehybrid.modeling_granitemoehybrid",
-        None,
-        "GraniteMoeHybridMambaLayer",
-        ("mamba",),
+        mixer_class="GraniteMoeHybridMambaLayer",
+        mixer_paths=("mamba",),
     ),
     Architecture(
         "falcon_h1",
         "FalconH1ForCausalLM",
         MAMBA2,
         f"{_MODELS}.falcon_h1.modeling_falcon_h1",
-        None,
-        "FalconH1Mixer",
-        ("mamba",),
-        _falcon_h1_refusals,
+        mixer_class="FalconH1Mixer",
+        mixer_paths=("mamba",),
+        refusals=_falcon_h1_refusals,
     ),
+    # the attention, MLP and MoE layers' `.mixer` is another class
     Architecture(
         "nemotron_h",
         "NemotronHForCausalLM",
         MAMBA2,
         f"{_MODELS}.nemotron_h.modeling_nemotron_h",
-        None,
-        "NemotronHMamba2Mixer",
-        ("mixer",),
+        mixer_class="NemotronHMamba2Mixer",
+        mixer_paths=("mixer",),
     ),
     # Zamba2: Mamba layers, and hybrid layers that run the shared transformer block before their own Mamba
     Architecture(
@@ -219,9 +222,8 @@ for _arch in (
         "Zamba2ForCausalLM",
         MAMBA2,
         f"{_MODELS}.zamba2.modeling_zamba2",
-        None,
-        "Zamba2MambaMixer",
-        ("mamba", "mamba_decoder.mamba"),
+        mixer_class="Zamba2MambaMixer",
+        mixer_paths=("mamba", "mamba_decoder.mamba"),
     ),
     # Jamba: Mamba-1 mixers with RMS norms on Δ's low-rank input, B and C
     Architecture(
@@ -229,9 +231,8 @@ for _arch in (
         "JambaForCausalLM",
         MAMBA1,
         f"{_MODELS}.jamba.modeling_jamba",
-        None,
-        "JambaMambaMixer",
-        ("mamba",),
+        mixer_class="JambaMambaMixer",
+        mixer_paths=("mamba",),
     ),
 ):
     register_architecture(_arch)
