@@ -38,6 +38,20 @@ def _rms(x, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
+def _scan1(x, delta, A, B, C, D):
+    """Mamba-1 scan, one position at a time: x, delta (b, l, d); A (d, n); B, C (b, l, n) -> y (b, l, d)."""
+    b, l, d = x.shape
+    state = torch.zeros(b, d, A.shape[1])
+    ys = []
+    for t in range(l):
+        state = (
+            torch.exp(delta[:, t, :, None] * A) * state
+            + delta[:, t, :, None] * B[:, t, None, :] * x[:, t, :, None]
+        )
+        ys.append((state * C[:, t, None, :]).sum(-1) + D * x[:, t])
+    return torch.stack(ys, dim=1)
+
+
 def mamba1_mixer(mixer, h, keep, scales, layer, where, falcon=False):
     """h: (b, l, d_model) normed block input; keep: (b, l) 1 at real tokens, 0 at pads."""
     d_inner, n = mixer.intermediate_size, mixer.ssm_state_size
@@ -60,17 +74,7 @@ def mamba1_mixer(mixer, h, keep, scales, layer, where, falcon=False):
                 B = B * f
             else:
                 C = C * f
-    A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
-    b, l, _ = x.shape
-    state = torch.zeros(b, d_inner, n)
-    ys = []
-    for t in range(l):
-        state = (
-            torch.exp(delta[:, t, :, None] * A) * state
-            + delta[:, t, :, None] * B[:, t, None, :] * x[:, t, :, None]
-        )
-        ys.append((state * C[:, t, None, :]).sum(-1) + mixer.D * x[:, t])
-    y = torch.stack(ys, dim=1)  # (b, l, d_inner)
+    y = _scan1(x, delta, -torch.exp(mixer.A_log.float()), B, C, mixer.D)  # (b, l, d_inner)
     f = _factor(scales, layer, "ssm_out", d_inner, where)
     if f is not None:
         y = y * f
@@ -279,17 +283,7 @@ def jamba_mixer(mixer, h, keep, factor):
                 B * f if site == "B" else B,
                 C * f if site == "C" else C,
             )
-    A = -torch.exp(mixer.A_log.float())  # (d, n)
-    b, l, _ = x.shape
-    state = torch.zeros(b, d, n)
-    ys = []
-    for t in range(l):
-        state = (
-            torch.exp(delta[:, t, :, None] * A) * state
-            + delta[:, t, :, None] * B[:, t, None, :] * x[:, t, :, None]
-        )
-        ys.append((state * C[:, t, None, :]).sum(-1) + mixer.D * x[:, t])
-    y = torch.stack(ys, dim=1)
+    y = _scan1(x, delta, -torch.exp(mixer.A_log.float()), B, C, mixer.D)
     f = factor("ssm_out", d)
     y = y if f is None else y * f
     gate = F.silu(z)
