@@ -1,18 +1,22 @@
 """Steering across architectures × dtypes × sites × positions, on the path users run: identity and no crash.
 
-For Mamba-1, Mamba-2 and FalconMamba (mamba-130m shapes, random weights) in fp32, bf16 and fp16, every
-site and every positions mode, steering layers 4, 12 and 20 on all channels:
+For Mamba-1, Mamba-2 and FalconMamba (mamba-130m shapes, random weights), and the six hybrids (Bamba,
+Granite 4.0-H, Falcon-H1, Nemotron-H, Zamba2, Jamba: the same widths, attention in every fourth layer
+from layer 3; random weights, no download) in fp32, bf16 and fp16, every site and every positions mode,
+steering three layers (4, 12 and 20 of the pure models; the first, middle and last Mamba layers of a
+hybrid) on all channels:
 - scale 1.0 must reproduce the unsteered model on the same path, bit for bit: prefill logits
   (batch × length tokens) and cached greedy decoding (prompt, then new tokens; every step's logits);
 - scale 1.5 must run (no exception, finite logits) and change what its positions mode says it changes
   (``generated`` leaves the prefill alone; every mode changes the decoded logits);
-- on CUDA with mamba-ssm, every layer of a steered prefill and decode step must launch the scan kernels
-  (bf16, scale 1.5, positions all).
+- on CUDA with mamba-ssm, every Mamba layer of a steered prefill and decode step must launch the scan
+  kernels (bf16, scale 1.5, positions all).
 The unsteered model run twice gives the path's own run-to-run difference (0 for deterministic kernels),
 which is the bound the identity is held to. Prints one Markdown table; exits 1 on any failure.
 
     python benchmarks/gpu_matrix.py --out gpu_matrix.json            # CUDA, 130m shapes
     python benchmarks/gpu_matrix.py --device cpu --shape tiny        # the same checks on CPU, small
+    python benchmarks/gpu_matrix.py --archs bamba jamba               # some architectures only
 """
 
 from __future__ import annotations
@@ -33,19 +37,18 @@ from transformers import (
     MambaForCausalLM,
 )
 
+from lm_eval_ssmsteer.mamba.arch import describe_model
 from lm_eval_ssmsteer.mamba.compat import cache_keyword, output_cache
+from lm_eval_ssmsteer.mamba.hybrid_configs import HYBRID_TYPES, hybrid_config, make_ssm_visible
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import POSITIONS, SteeringSpec
 from lm_eval_ssmsteer.steering import steer
 
-ARCHS = ("mamba", "mamba2", "falcon_mamba")
+ARCHS = ("mamba", "mamba2", "falcon_mamba", *HYBRID_TYPES)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# kernel-name fragments: mamba-ssm's CUDA selective scan and Triton state update, Mamba-2's chunk scan
-PREFILL_KERNEL = {
-    "mamba": "selective_scan_fwd",
-    "falcon_mamba": "selective_scan_fwd",
-    "mamba2": "chunk_scan_fwd",
-}
+# kernel-name fragments, by mixer family: mamba-ssm's CUDA selective scan and Triton state update,
+# Mamba-2's chunk scan
+PREFILL_KERNEL = {"mamba1": "selective_scan_fwd", "mamba2": "chunk_scan_fwd"}
 DECODE_KERNEL = "selective_scan_update"
 
 # mamba-130m-hf / mamba2-130m widths; "tiny" keeps the structure at CPU-test size
@@ -69,6 +72,24 @@ def build(arch: str, shape: str, dtype: torch.dtype, device: str) -> torch.nn.Mo
         "eos_token_id": 0,
         "bos_token_id": 0,
     }
+    if arch in HYBRID_TYPES:
+        config = hybrid_config(
+            arch,
+            s["layers"],
+            attention=range(3, s["layers"], 4),
+            hidden=s["hidden"],
+            vocab=s["vocab"],
+            heads=s["m2_heads"],
+            groups=1,
+            state=s["m2_state"],
+            chunk=s["chunk"],
+        )
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config)
+        return make_ssm_visible(model).to(dtype).eval()
     if arch == "mamba2":
         config = Mamba2Config(
             **common,
@@ -90,7 +111,12 @@ def build(arch: str, shape: str, dtype: torch.dtype, device: str) -> torch.nn.Mo
 
 
 def steered_layers(model: torch.nn.Module) -> list[int]:
-    n = model.config.num_hidden_layers
+    """Three layers at 1/6, 1/2 and 5/6 of the depth; a hybrid's first, middle and last Mamba layers."""
+    info = describe_model(model)
+    if info.mamba_layers is not None:
+        mamba = info.mamba_layers
+        return sorted({mamba[0], mamba[len(mamba) // 2], mamba[-1]})
+    n = info.n_layers
     return sorted({n // 6, n // 2, (5 * n) // 6})
 
 
@@ -124,12 +150,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def kernel_launches(model, spec, ids) -> tuple[int, int]:
     """mamba-ssm scan kernel launches in a steered prefill and in one steered decode step."""
-    arch = model.config.model_type
+    kernel = PREFILL_KERNEL[describe_model(model).family]
     with steer(model, spec):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             out = model(ids, use_cache=True)
             torch.cuda.synchronize()
-        prefill_count = sum(e.count for e in prof.key_averages() if PREFILL_KERNEL[arch] in e.key)
+        prefill_count = sum(e.count for e in prof.key_averages() if kernel in e.key)
         nxt = out.logits[:, -1:].argmax(-1)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(nxt, use_cache=True, **{cache_keyword(model): output_cache(out)})
@@ -179,7 +205,9 @@ def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple
                 failures.append(f"{where}: {row['error']}")
                 rows.append(row)
                 continue
-            failures += check(row, where, noise_prefill, noise_decode, model.config.num_hidden_layers)
+            failures += check(
+                row, where, noise_prefill, noise_decode, len(describe_model(model).steerable_layers)
+            )
             rows.append(row)
     for row in rows:
         row["noise_prefill"], row["noise_decode"] = noise_prefill, noise_decode
@@ -189,7 +217,7 @@ def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple
     return rows, failures
 
 
-def check(row: dict, where: str, noise_prefill: float, noise_decode: float, n_layers: int) -> list[str]:
+def check(row: dict, where: str, noise_prefill: float, noise_decode: float, n_mamba: int) -> list[str]:
     failures = []
     if row["identity_prefill"] > noise_prefill:
         failures.append(f"{where}: scale 1.0 prefill differs from unsteered by {row['identity_prefill']:.3g}")
@@ -205,8 +233,8 @@ def check(row: dict, where: str, noise_prefill: float, noise_decode: float, n_la
     if row["effect_decode"] <= noise_decode:
         failures.append(f"{where}: scale 1.5 changes no decoded logit")
     for key in ("prefill_kernels", "decode_kernels"):
-        if key in row and row[key] < n_layers:
-            failures.append(f"{where}: {row[key]} of {n_layers} layers ran the scan kernel ({key})")
+        if key in row and row[key] < n_mamba:
+            failures.append(f"{where}: {row[key]} of {n_mamba} Mamba layers ran the scan kernel ({key})")
     return failures
 
 

@@ -167,7 +167,7 @@ def test_fast_scan_matches_the_torch_loop(tmp_path, task_manager, steer_args):
         (
             "mamba2",
             True,
-            "fast scan applies to model types mamba, falcon_mamba, stable_mamba; this model is mamba2",
+            "fast scan applies to model types mamba, falcon_mamba, stable_mamba, jamba; this model is mamba2",
         ),
         ("mamba", "maybe", "true or false"),
     ],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import ARCHITECTURES, make_model, save_tiny
+from tiny import ARCHITECTURES, HYBRIDS, make_model, save_tiny
 
 from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.finder import CalibrationData, FinderError, find
@@ -24,15 +24,16 @@ def _answer_logprob(model, ids):
     return model(ids, use_cache=False).logits[:, -1].log_softmax(-1)[:, 7].sum()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + HYBRIDS)
 def test_factor_gradient_equals_the_finite_difference_of_real_steering(arch):
     model = make_model(arch, seed=3).double()
     info = describe_model(model)
+    layer = 1 if arch in ARCHITECTURES else info.mamba_layers[-1]  # a hybrid's layer 1 is attention
     ids = torch.randint(1, 200, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         unsteered = _answer_logprob(model, ids)
     factors = {
-        (1, site): torch.ones(info.site_width(site), dtype=torch.float64, requires_grad=True)
+        (layer, site): torch.ones(info.site_width(site), dtype=torch.float64, requires_grad=True)
         for site in SITES
     }
     with steer_factors(model, factors):
@@ -50,6 +51,7 @@ def test_factor_gradient_equals_the_finite_difference_of_real_steering(arch):
             with torch.no_grad(), steer(model, SteeringSpec.single(layer, site, [channel], scale)):
                 moved.append(float(_answer_logprob(model, ids)))
         finite_difference = (moved[0] - moved[1]) / (2 * eps)
+        assert abs(finite_difference) > 1e-6, f"{site}: no effect, the comparison could not fail"
         assert factor.grad[channel].item() == pytest.approx(finite_difference, rel=1e-2, abs=1e-6), site
 
 

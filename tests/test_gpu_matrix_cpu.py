@@ -1,5 +1,6 @@
 """benchmarks/gpu_matrix.py on the CPU: half-precision steering at scale 1.0 is the identity on the torch
-path too, and the matrix catches a steering path that is not (the real run is on the GPU machine)."""
+path too (pure and hybrid models), and the matrix catches a steering path that is not (the real run is on
+the GPU machine)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lm_eval_ssmsteer.mamba.hybrid_configs import HYBRID_TYPES
 from lm_eval_ssmsteer.steering import apply as hooks
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -31,7 +33,9 @@ def test_bf16_matrix_passes_on_cpu(matrix, tmp_path):
     assert doc["failures"] == []
     assert code == 0
     sites_seen = {(r["arch"], r["site"], r["positions"]) for r in doc["rows"]}
-    assert len(sites_seen) == 3 * 7 * 3  # every architecture, site and positions mode
+    # every architecture (the three pure ones and the six hybrids), site and positions mode
+    assert {r["arch"] for r in doc["rows"]} == {"mamba", "mamba2", "falcon_mamba", *HYBRID_TYPES}
+    assert len(sites_seen) == 9 * 7 * 3
     assert all(r["identity_prefill"] == 0.0 and r["identity_decode"] == 0.0 for r in doc["rows"])
 
 
@@ -45,3 +49,16 @@ def test_matrix_reports_a_scale_one_that_is_not_the_identity(matrix, monkeypatch
     failures = json.loads(out.read_text())["failures"]
     assert code == 1
     assert any("mamba/bf16/mixer_out/all: scale 1.0 prefill differs" in f for f in failures)
+
+
+def test_matrix_reports_a_hybrid_whose_steering_has_no_effect(matrix, monkeypatch, tmp_path):
+    # a Δ that never reaches the scan: the hybrid's rows must say that scale 1.5 changed nothing
+    monkeypatch.setattr(hooks, "_steered_dt", lambda dt, *args, **kwargs: dt)
+    out = tmp_path / "matrix.json"
+    code = matrix.main(
+        ["--device", "cpu", "--shape", "tiny", "--archs", "bamba", "--dtypes", "bf16", "--out", str(out)]
+    )
+    failures = json.loads(out.read_text())["failures"]
+    assert code == 1
+    assert any("bamba/bf16/delta/all: scale 1.5 changes no decoded logit" in f for f in failures)
+    assert not any("/B/" in f or "/mixer_out/" in f for f in failures)

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from reference import reference_logits
+from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels
 from tiny import ARCHITECTURES, make_model, make_tokenizer
 
 from lm_eval_ssmsteer.mamba.arch import describe_model
@@ -23,53 +24,27 @@ def model(request):
     return make_model(request.param, seed=1)
 
 
-def _ids(b=2, l=11, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, 250, (b, l), generator=g)
-
-
-def _rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def _channels(model, site, k=5, seed=0):
-    width = describe_model(model).site_width(site)
-    g = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(width, generator=g)[: min(k, width)].tolist())
-
-
-def _generate(model, ids, attention_mask=None, n=6):
-    out = model.generate(
-        ids,
-        attention_mask=attention_mask,
-        max_new_tokens=n,
-        do_sample=False,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    return out.sequences, torch.stack(out.logits, dim=1)
-
-
 @pytest.mark.parametrize("site", SITES)
 @torch.no_grad()
 def test_scale_one_reproduces_unsteered_logits_bitwise(model, site):
-    ids = _ids()
+    ids = random_ids()
     base = model(ids).logits
-    base_seq, base_gen = _generate(model, ids)
+    base_seq, base_gen = greedy(model, ids)
     for positions in POSITIONS:
         spec = SteeringSpec.single(layer="all", site=site, channels="all", scale=1.0, positions=positions)
         with steer(model, spec):
             assert torch.equal(model(ids).logits, base)
-            seq, gen = _generate(model, ids)
+            seq, gen = greedy(model, ids)
         assert torch.equal(seq, base_seq) and torch.equal(gen, base_gen)
 
 
 @torch.no_grad()
 def test_reference_matches_unsteered_model(model):
-    ids = _ids()
+    ids = random_ids()
     assert (
-        _rel(reference_logits(model, ids, {}, torch.zeros(ids.shape, dtype=torch.bool)), model(ids).logits)
+        rel_diff(
+            reference_logits(model, ids, {}, torch.zeros(ids.shape, dtype=torch.bool)), model(ids).logits
+        )
         < 1e-5
     )
 
@@ -77,17 +52,19 @@ def test_reference_matches_unsteered_model(model):
 @pytest.mark.parametrize("site", SITES)
 @torch.no_grad()
 def test_site_effect_matches_independent_reference(model, site):
-    ids = _ids()
+    ids = random_ids()
     layer, scale = 1, 2.5
-    channels = _channels(model, site)
+    channels = some_channels(model, site)
     spec = SteeringSpec.single(layer=layer, site=site, channels=channels, scale=scale)
     with steer(model, spec):
         steered = model(ids).logits
     vec = torch.ones(describe_model(model).site_width(site))
     vec[channels] = scale
     expected = reference_logits(model, ids, {(layer, site): vec}, torch.ones(ids.shape, dtype=torch.bool))
-    assert _rel(steered, model(ids).logits) > 1e-4, "steering had no visible effect: the test could not fail"
-    assert _rel(steered, expected) < 1e-5
+    assert rel_diff(steered, model(ids).logits) > 1e-4, (
+        "steering had no visible effect: the test could not fail"
+    )
+    assert rel_diff(steered, expected) < 1e-5
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -96,14 +73,14 @@ def test_site_effect_matches_independent_reference(model, site):
 def test_positions_in_generation_match_reference(model, site, positions):
     """Cached greedy decoding with prompt/generated/all steering equals a full re-computation that
     steers exactly those positions."""
-    prompt = _ids(b=2, l=7, seed=3)
+    prompt = random_ids(b=2, l=7, seed=3)
     layer, n_new = 2, 5
-    channels = _channels(model, site, k=6, seed=1)
+    channels = some_channels(model, site, k=6, seed=1)
     spec = SteeringSpec.single(layer=layer, site=site, channels=channels, scale=3.0, positions=positions)
     with steer(model, spec):
-        seq, gen_logits = _generate(model, prompt, n=n_new)
-    base_seq, base_logits = _generate(model, prompt, n=n_new)
-    assert _rel(gen_logits, base_logits) > 1e-4 or not torch.equal(seq, base_seq)
+        seq, gen_logits = greedy(model, prompt, n=n_new)
+    base_seq, base_logits = greedy(model, prompt, n=n_new)
+    assert rel_diff(gen_logits, base_logits) > 1e-4 or not torch.equal(seq, base_seq)
 
     full = seq[:, :-1]
     t = torch.arange(full.shape[1])[None, :].expand(full.shape[0], -1)
@@ -112,7 +89,7 @@ def test_positions_in_generation_match_reference(model, site, positions):
     vec = torch.ones(describe_model(model).site_width(site))
     vec[channels] = 3.0
     expected = reference_logits(model, full, {(layer, site): vec}, where)[:, p - 1 :]
-    assert _rel(gen_logits, expected) < 1e-5
+    assert rel_diff(gen_logits, expected) < 1e-5
 
 
 @pytest.mark.parametrize("site", ("mixer_out", "delta", "B", "gate"))
@@ -121,27 +98,23 @@ def test_batched_left_padded_generation_equals_one_by_one(model, site):
     tok = make_tokenizer()
     tok.padding_side = "left"
     texts = ["a short one", "a somewhat longer prompt here", "mid length text"]
-    spec = SteeringSpec.single(layer="all", site=site, channels=_channels(model, site), scale=2.0)
+    spec = SteeringSpec.single(layer="all", site=site, channels=some_channels(model, site), scale=2.0)
     batch = tok(texts, return_tensors="pt", padding=True)
     with steer(model, spec):
-        seq, logits = _generate(model, batch["input_ids"], batch["attention_mask"])
+        seq, logits = greedy(model, batch["input_ids"], batch["attention_mask"])
         width = batch["input_ids"].shape[1]
         for i, text in enumerate(texts):
             single = tok([text], return_tensors="pt")
-            s_seq, s_logits = _generate(model, single["input_ids"], single["attention_mask"])
+            s_seq, s_logits = greedy(model, single["input_ids"], single["attention_mask"])
             assert torch.equal(seq[i, width:], s_seq[0, single["input_ids"].shape[1] :])
-            assert _rel(logits[i], s_logits[0]) < 1e-5
-
-
-def _hook_count(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+            assert rel_diff(logits[i], s_logits[0]) < 1e-5
 
 
 @torch.no_grad()
 def test_hooks_removed_even_after_an_exception(model):
-    ids = _ids()
+    ids = random_ids()
     base = model(ids).logits
-    hooks_before = _hook_count(model)
+    hooks_before = hook_count(model)
     module = sys.modules[type(model.base_model.layers[0].mixer).__module__]
     family = describe_model(model).family
     functions_before = {n: getattr(module, n) for n in SCAN_FUNCTIONS[family]}
@@ -150,17 +123,17 @@ def test_hooks_removed_even_after_an_exception(model):
         "interventions": [{"layer": 0, "site": s, "channels": "all", "scale": 4.0} for s in SITES],
     }
     with pytest.raises(RuntimeError, match="boom"), steer(model, spec):
-        assert _hook_count(model) > hooks_before
+        assert hook_count(model) > hooks_before
         assert not torch.equal(model(ids).logits, base)
         raise RuntimeError("boom")
-    assert _hook_count(model) == hooks_before
+    assert hook_count(model) == hooks_before
     assert {n: getattr(module, n) for n in SCAN_FUNCTIONS[family]} == functions_before
     assert torch.equal(model(ids).logits, base)
 
 
 @torch.no_grad()
 def test_interventions_compose_multiplicatively(model):
-    ids = _ids()
+    ids = random_ids()
     twice = {
         "version": 1,
         "interventions": [
@@ -172,20 +145,20 @@ def test_interventions_compose_multiplicatively(model):
         composed = model(ids).logits
     with steer(model, SteeringSpec.single(layer=1, site="delta", scale=3.0)):
         single = model(ids).logits
-    assert _rel(composed, single) < 1e-6
+    assert rel_diff(composed, single) < 1e-6
 
 
 def test_no_spec_installs_nothing(model):
-    before = _hook_count(model)
+    before = hook_count(model)
     with steer(model, None) as active:
-        assert active is None and _hook_count(model) == before
+        assert active is None and hook_count(model) == before
 
 
 @torch.no_grad()
 def test_training_mode_takes_the_steerable_path(model):
     """In training mode without a cache, transformers would try the fused kernel; steering must
     still apply (the fused path is switched off for steered mixers)."""
-    ids = _ids()
+    ids = random_ids()
     spec = SteeringSpec.single(layer=0, site="delta", scale=3.0)
     with steer(model, spec):
         eval_logits = model(ids).logits
@@ -195,4 +168,4 @@ def test_training_mode_takes_the_steerable_path(model):
             train_logits = model(ids, use_cache=False).logits
     finally:
         model.eval()
-    assert _rel(train_logits, eval_logits) < 1e-6
+    assert rel_diff(train_logits, eval_logits) < 1e-6

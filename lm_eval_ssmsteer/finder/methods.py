@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ssmsteer.mamba.arch import ArchInfo
+from lm_eval_ssmsteer.mamba.arch import ArchInfo, mamba_mixers
 from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
@@ -149,14 +149,15 @@ def activation_variance(
 
     def recorder(pair: Pair):
         def hook(module, args, output):
+            output = output[0] if isinstance(output, tuple) else output  # a hybrid's layer: (hidden, ...)
             m = mask[0][..., None].to(output.dtype)  # (b, l, 1)
             means[pair].append(((output * m).sum(1) / m.sum(1)).float())  # (b, d)
 
         return hook
 
-    layers = model.base_model.layers
+    layers, mixers = model.base_model.layers, mamba_mixers(model)
     handles = [
-        (layers[layer].mixer if site == "mixer_out" else layers[layer]).register_forward_hook(
+        (mixers[layer] if site == "mixer_out" else layers[layer]).register_forward_hook(
             recorder((layer, site))
         )
         for layer, site in pairs
@@ -307,21 +308,23 @@ def verify(
 
 
 def dt_bias_layers(model, arch: ArchInfo) -> list[dict[str, float]]:
-    """Per layer: mean |b|, variance and coefficient of variation (std / mean |b|) of the Δ bias."""
+    """Per Mamba layer (every layer of a pure model): its index, mean |b|, variance and coefficient of
+    variation (std / mean |b|) of the Δ bias."""
     stats = []
-    for block in model.base_model.layers:
-        mixer = block.mixer
+    for layer, mixer in mamba_mixers(model).items():
         bias = (mixer.dt_bias if arch.family == "mamba2" else mixer.dt_proj.bias).detach().float()
         mean_abs = float(bias.abs().mean())
         var = float(bias.var())
-        stats.append({"mean_abs": mean_abs, "var": var, "cv": var**0.5 / max(mean_abs, 1e-12)})
+        stats.append(
+            {"layer": layer, "mean_abs": mean_abs, "var": var, "cv": var**0.5 / max(mean_abs, 1e-12)}
+        )
     return stats
 
 
 def dt_bias_layer(stats: list[dict[str, float]]) -> int:
-    """The layer whose Δ bias varies most relative to its size; the paper's fallback int(0.83 × layers)
-    when every layer is alike (an untrained model)."""
+    """The layer whose Δ bias varies most relative to its size; the paper's fallback, the Mamba layer
+    int(0.83 × their number) deep, when every layer is alike (an untrained model)."""
     cvs = [s["cv"] for s in stats]
     if max(cvs) - min(cvs) < 1e-6:
-        return int(0.83 * len(stats))
-    return max(range(len(cvs)), key=cvs.__getitem__)
+        return stats[int(0.83 * len(stats))]["layer"]
+    return stats[max(range(len(cvs)), key=cvs.__getitem__)]["layer"]

@@ -347,7 +347,7 @@ def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
 def _score(
     model, batches, arch, method, sites, bars: _Progress
 ) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
-    pairs = [(layer, site) for layer in range(arch.n_layers) for site in sites]
+    pairs = [(layer, site) for layer in arch.steerable_layers for site in sites]
     raw: dict[str, Any] = {}
     if method in ("attribution", "causal"):
         with bars.phase("attribution", len(batches), "batch"):
@@ -397,7 +397,11 @@ class _Sweep:
         self._seen: dict[tuple, dict[str, Any]] = {}
         self._starts: dict[int, methods.LayerInputs] = {}
 
-    def start(self, layer: int) -> methods.LayerInputs:
+    def start(self, layer: int) -> methods.LayerInputs | None:
+        """The cached input of ``layer``, to evaluate from there; None for a hybrid, whose layers need the
+        masks and position embeddings only a whole forward builds."""
+        if self.arch.mamba_layers is not None:
+            return None
         if layer not in self._starts:
             self._starts[layer] = methods.LayerInputs(self.model, self.batches, layer)
         return self._starts[layer]

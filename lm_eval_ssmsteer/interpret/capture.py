@@ -1,5 +1,6 @@
 """Finding a model's Mamba mixers, validating user-given layers and token positions, and capturing what
-each mixer receives (forward pre-hooks, always removed)."""
+each mixer receives (forward pre-hooks, always removed). A layer is a decoder layer index; in a hybrid
+only its Mamba layers have mixers to capture."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.arch import mamba_mixers
 from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals, mixer_internals
 
 
@@ -25,6 +26,22 @@ def check_layers(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
     if not checked:
         raise ValueError(f"no layers given: choose among 0-{n_layers - 1}")
     return tuple(checked)
+
+
+def check_mamba_layers(model: nn.Module, layers: Iterable[int] | None) -> tuple[int, ...]:
+    """Validate decoder layer indices that must hold a Mamba mixer (None: every Mamba layer)."""
+    mamba = tuple(mamba_mixers(model))
+    n_layers = len(model.base_model.layers)
+    if layers is None:
+        return mamba
+    checked = check_layers(layers, n_layers)
+    plain = [layer for layer in checked if layer not in mamba]
+    if plain:
+        raise ValueError(
+            f"layer {plain[0]} has no Mamba mixer (an attention or MLP layer); the Mamba layers are "
+            f"{', '.join(map(str, mamba))}"
+        )
+    return checked
 
 
 def layer_window(start: int, size: int, n_layers: int) -> tuple[int, ...]:
@@ -70,22 +87,32 @@ def capture_layers(
     model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
 ) -> dict[int, LayerCapture]:
     """Run the model once (no cache) and record each chosen block's input, mixer input and output."""
-    blocks = mamba_blocks(model)
-    layers = check_layers(layers, len(blocks))
+    blocks, mixers = model.base_model.layers, mamba_mixers(model)
+    layers = check_mamba_layers(model, layers)
     seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in layers}
     handles = []
 
-    def keep(layer: int, key: str):
-        def hook(module, args, *output):  # pre-hooks get (module, args); forward hooks add the output
-            seen[layer][key] = output[0] if output else args[0]
+    def keep_input(layer: int, key: str):
+        def hook(module, args, kwargs):  # the hybrids' layers pass hidden_states by keyword
+            seen[layer][key] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def keep_output(layer: int):
+        def hook(module, args, output):
+            seen[layer]["mixer_output"] = output
 
         return hook
 
     try:
         for i in layers:
-            handles.append(blocks[i].register_forward_pre_hook(keep(i, "block_input")))
-            handles.append(blocks[i].mixer.register_forward_pre_hook(keep(i, "mixer_input")))
-            handles.append(blocks[i].mixer.register_forward_hook(keep(i, "mixer_output")))
+            handles.append(
+                blocks[i].register_forward_pre_hook(keep_input(i, "block_input"), with_kwargs=True)
+            )
+            handles.append(
+                mixers[i].register_forward_pre_hook(keep_input(i, "mixer_input"), with_kwargs=True)
+            )
+            handles.append(mixers[i].register_forward_hook(keep_output(i)))
         model(input_ids=input_ids, use_cache=False)
     finally:
         for handle in handles:
@@ -97,6 +124,6 @@ def layer_internals(
     model: nn.Module, input_ids: torch.Tensor, layers: Iterable[int]
 ) -> dict[int, MixerInternals]:
     """Mixer internals of each chosen layer for one forward pass of input_ids (1, l)."""
-    blocks = mamba_blocks(model)
+    mixers = mamba_mixers(model)
     captured = capture_layers(model, input_ids, layers)
-    return {i: mixer_internals(blocks[i].mixer, c.mixer_input) for i, c in captured.items()}
+    return {i: mixer_internals(mixers[i], c.mixer_input) for i, c in captured.items()}

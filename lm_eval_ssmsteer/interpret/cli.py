@@ -15,6 +15,7 @@ from lm_eval_ssmsteer.interpret.attention import hidden_attention
 from lm_eval_ssmsteer.interpret.capture import (
     capture_layers,
     check_layers,
+    check_mamba_layers,
     check_positions,
     layer_window,
 )
@@ -27,7 +28,7 @@ from lm_eval_ssmsteer.interpret.knockout import (
 )
 from lm_eval_ssmsteer.interpret.latim import METHODS, latim_maps, rollout
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, save_npz, token_labels
-from lm_eval_ssmsteer.mamba.arch import family_of_mixer, mamba_blocks
+from lm_eval_ssmsteer.mamba.arch import describe_model, family_of_mixer, mamba_mixers
 from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 PAPER_WINDOW = 9  # layers per knockout window in the paper's Figure 6; capped at the model's depth
@@ -84,7 +85,7 @@ def _analysis_parser(analyses, name: str, help: str, library_function) -> argpar
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "interpret",
-        help="hidden attention, LaTIM token maps and knockout for Mamba-1/Mamba-2 models",
+        help="hidden attention, LaTIM token maps and knockout for Mamba-1/Mamba-2 models and hybrids",
         description="Interpret one input: hidden attention, LaTIM token-to-token maps, knockout.",
     )
     analyses = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
@@ -149,26 +150,33 @@ def add_parser(subparsers) -> None:
     knock.set_defaults(func=run_knockout)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, mamba_only: bool = True):
+    """(model, tokenizer, Mamba mixers by layer, input ids, the chosen layers, metadata). The layers are
+    decoder layers; with ``mamba_only`` (maps of Mamba mixers) they must hold one, default every one."""
     from lm_eval_ssmsteer.loading import load_model
 
     text = args.text if args.text is not None else args.text_file.read_text()
     if not text:
         raise ValueError("the input text is empty")
     model, tokenizer = load_model(args.model, device=args.device, field="--model")
-    blocks = mamba_blocks(model)
+    mixers = mamba_mixers(model)
+    n_layers = len(model.base_model.layers)
     input_ids = tokenizer(text, return_tensors="pt").input_ids.to(args.device)
-    layers = check_layers(args.layers if args.layers is not None else range(len(blocks)), len(blocks))
+    if mamba_only:
+        layers = check_mamba_layers(model, args.layers)
+    else:
+        layers = check_layers(args.layers if args.layers is not None else range(n_layers), n_layers)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": args.model,
         "architecture": type(model).__name__,
-        "mixer": family_of_mixer(blocks[0].mixer),
-        "n_layers": len(blocks),
+        "mixer": family_of_mixer(next(iter(mixers.values()))),
+        "n_layers": n_layers,
+        "mamba_layers": list(mixers),
         "tokens": token_labels(tokenizer, input_ids[0].tolist()),
         "token_ids": input_ids[0].tolist(),
     }
-    return model, tokenizer, blocks, input_ids, layers, meta
+    return model, tokenizer, mixers, input_ids, layers, meta
 
 
 def _main(run):
@@ -201,12 +209,12 @@ def _save_arrays(args, meta: dict, arrays: dict, layers: tuple[int, ...]) -> lis
 
 @_main
 def run_attention(args: argparse.Namespace) -> list[Path]:
-    model, _, blocks, input_ids, layers, meta = _load(args)
+    model, _, mixers, input_ids, layers, meta = _load(args)
     captured = capture_layers(model, input_ids, layers)
     arrays, written = {}, []
     budget = args.memory_mb * 2**20
     for layer in layers:
-        internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
+        internals = mixer_internals(mixers[layer], captured[layer].mixer_input)
         for aggregate in args.aggregate:
             matrix = hidden_attention(internals, aggregate, budget)
             title = f"layer {layer}: hidden attention ({aggregate})"
@@ -218,13 +226,18 @@ def run_attention(args: argparse.Namespace) -> list[Path]:
 
 @_main
 def run_latim(args: argparse.Namespace) -> list[Path]:
-    model, _, blocks, input_ids, layers, meta = _load(args)
+    model, _, mixers, input_ids, layers, meta = _load(args)
+    if args.rollout and describe_model(model).mamba_layers is not None:
+        raise ValueError(
+            "--rollout chains the Mamba layers' block maps, and a hybrid's attention layers have none: "
+            "run without --rollout for per-layer maps"
+        )
     if args.rollout and list(layers) != list(range(layers[0], layers[-1] + 1)):
         raise ValueError(f"--rollout chains consecutive layers; got layers {list(layers)}")
     captured = capture_layers(model, input_ids, layers)
     arrays, written, block_maps = {}, [], {score: [] for score in args.scores}
     for layer in layers:
-        internals = mixer_internals(blocks[layer].mixer, captured[layer].mixer_input)
+        internals = mixer_internals(mixers[layer], captured[layer].mixer_input)
         block_input = captured[layer].block_input if args.rollout else None
         maps = latim_maps(internals, tuple(args.scores), block_input, args.memory_mb * 2**20)
         for score in args.scores:
@@ -241,8 +254,8 @@ def run_latim(args: argparse.Namespace) -> list[Path]:
 
 @_main
 def run_knockout(args: argparse.Namespace) -> list[Path]:
-    model, tokenizer, blocks, input_ids, layers, meta = _load(args)
-    n_layers, length = len(blocks), input_ids.shape[1]
+    model, tokenizer, _, input_ids, layers, meta = _load(args, mamba_only=False)
+    n_layers, length = meta["n_layers"], input_ids.shape[1]
     check_positions(args.sources, length, "source")
     check_positions(args.targets, length, "target")
     (position,) = check_positions([args.position], length, "prediction")

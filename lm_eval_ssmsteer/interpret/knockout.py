@@ -11,6 +11,14 @@ which for Mamba-2 is the SSD matrix M[t, s] = (C_t·B_s)·exp(A_h Σ_{k=s+1..t} 
 Not knocked out (as in the paper): the causal conv (a source leaks into the next K−1 positions'
 v), the D skip, and the gate. The knocked y then goes through the same readout (gate, Mamba-2 norm,
 out_proj) as the unintervened mixer.
+
+In a hybrid the window is a range of decoder layers, and both kinds of token-to-token edge in it are
+blocked: the Mamba layers' as above, and the attention layers' by masking the attention weights from the
+source to the target positions (attention knockout, Geva et al. 2023, the Mamba Knockout paper's
+transformer baseline): the attention mask gets −∞ (the dtype's minimum) at (target, source) before the
+softmax. So information flow can be traced through a whole hybrid; with a one-tap conv, blocking every
+edge from the sources in every layer gives the targets exactly what the model computes without the
+sources (tests/test_hybrid_interpret.py).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import nn
 
 from lm_eval_ssmsteer.interpret.attention import DEFAULT_MEMORY_BYTES, channel_attention_rows, row_chunks
 from lm_eval_ssmsteer.interpret.capture import check_layers, check_positions
-from lm_eval_ssmsteer.mamba.arch import MAMBA1, mamba_blocks
+from lm_eval_ssmsteer.mamba.arch import MAMBA1, attention_modules, mamba_mixers
 from lm_eval_ssmsteer.mamba.compat import forward_cache
 from lm_eval_ssmsteer.mamba.mixer_math import MixerInternals, mixer_internals, readout
 
@@ -166,18 +174,81 @@ def _knockout_hook(spec: KnockoutSpec, memory_bytes: int):
     return hook
 
 
+def blocked_attention_mask(
+    mask: torch.Tensor | None, sources: Sequence[int], targets: Sequence[int], length: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """An additive attention mask (…, length, length) that is ``mask`` (None: causal; bool: True = attend)
+    with the entries (target, source) set to the dtype's minimum."""
+    low = torch.finfo(dtype).min
+    device = mask.device if mask is not None else None
+    if mask is None:
+        future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        mask = torch.zeros(length, length, dtype=dtype, device=device).masked_fill(future, low)[None, None]
+    elif mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, low)
+    blocked = torch.zeros(length, length, dtype=torch.bool, device=mask.device)
+    blocked[torch.tensor(targets)[:, None], torch.tensor(sources)[None, :]] = True
+    return mask.to(dtype).masked_fill(blocked, low)
+
+
+def _attention_knockout_hook(spec: KnockoutSpec, active: list[bool]):
+    def hook(module: nn.Module, args: tuple, kwargs: dict):
+        if not active[0]:  # a shared attention module (Zamba2) also runs in layers outside the window
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        length = hidden.shape[1]
+        if forward_cache(kwargs) is not None and length == 1:
+            raise RuntimeError(
+                "knockout recomputes whole sequences; it cannot run on a one-token decoding step with "
+                "a cache: call the model on the full input with use_cache=False"
+            )
+        sources = check_positions(spec.sources, length, "source")
+        targets = check_positions(spec.targets, length, "target")
+        for t in targets:
+            if all(s in sources for s in range(t + 1)):
+                raise ValueError(
+                    f"target {t} would attend to no position: every position up to it is a source; keep "
+                    "a target out of the sources"
+                )
+        mask = blocked_attention_mask(kwargs.get("attention_mask"), sources, targets, length, hidden.dtype)
+        return args, {**kwargs, "attention_mask": mask}
+
+    return hook
+
+
+def _while_running(layer: nn.Module, active: list[bool]) -> list:
+    """Hooks that keep active[0] True exactly while ``layer`` runs."""
+
+    def start(module, args):
+        active[0] = True
+
+    def stop(module, args, output):
+        active[0] = False
+
+    return [layer.register_forward_pre_hook(start), layer.register_forward_hook(stop, always_call=True)]
+
+
 @contextmanager
 def knockout(
     model: nn.Module, spec: KnockoutSpec, memory_bytes: int = DEFAULT_MEMORY_BYTES
 ) -> Iterator[None]:
-    """Within the block, every forward pass of ``model`` has the flow of ``spec`` knocked out."""
-    blocks = mamba_blocks(model)
+    """Within the block, every forward pass of ``model`` has the flow of ``spec`` knocked out: in the
+    Mamba mixers of the window's layers and, in a hybrid, in their attention modules."""
+    blocks, mixers = model.base_model.layers, mamba_mixers(model)
     layers = check_layers(spec.layers, len(blocks))
     handles = []
     try:
         for i in layers:
-            hook = _knockout_hook(spec, memory_bytes)
-            handles.append(blocks[i].mixer.register_forward_hook(hook, with_kwargs=True))
+            if i in mixers:
+                hook = _knockout_hook(spec, memory_bytes)
+                handles.append(mixers[i].register_forward_hook(hook, with_kwargs=True))
+            attention = attention_modules(blocks[i])
+            if attention:
+                active = [False]
+                handles.extend(_while_running(blocks[i], active))
+                for module in attention:
+                    hook = _attention_knockout_hook(spec, active)
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         yield
     finally:
         for handle in handles:

@@ -29,7 +29,7 @@ from lm_eval_ssmsteer import __version__
 from lm_eval_ssmsteer.lmeval.model_args import check_model_args
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
 from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
-from lm_eval_ssmsteer.mamba.arch import describe_config, describe_model
+from lm_eval_ssmsteer.mamba.arch import architecture, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
 from lm_eval_ssmsteer.spec import SpecError
 from lm_eval_ssmsteer.steering import SteeringPlan, steer
@@ -62,7 +62,8 @@ def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], m
 
 @register_model("mamba-steered")
 class MambaSteeredLM(HFLM):
-    """HFLM for Mamba, Mamba-2 and FalconMamba models with optional activation steering."""
+    """HFLM for Mamba-family models (Mamba, Mamba-2, FalconMamba and the Mamba layers of the hybrids:
+    Bamba, Granite 4.0-H, Falcon-H1, Nemotron-H, Zamba2, Jamba) with optional activation steering."""
 
     def __init__(
         self,
@@ -127,7 +128,7 @@ class MambaSteeredLM(HFLM):
 
     def _get_config(self, pretrained: str, **kwargs: Any) -> None:
         super()._get_config(pretrained, **kwargs)
-        describe_config(self._config)  # a non-Mamba model fails before its weights are loaded
+        architecture(self._config)  # a non-Mamba model fails before its weights are loaded
 
     @property
     def max_length(self) -> int:

@@ -7,9 +7,13 @@ supported range by CI (``.ci/run`` runs the tests on the lowest and the newest r
 
 - The cache keyword of the model, block and mixer forwards: ``cache_params`` up to 5.23, ``cache``
   from 5.24 (``cache_params`` still accepted there until 5.40). The model output's attribute likewise.
+  The hybrids' models (Bamba, Jamba, ...) take and return ``past_key_values`` up to 5.23, ``cache`` from
+  5.24.
 - A Mamba layer's cached conv and recurrent states: ``cache.layers[i].conv_states[0]`` (after
   ``has_previous_state``) up to 5.23, ``cache.get_conv_state(i)`` from 5.24.
-- Mamba-2's gated RMSNorm: over the whole width up to 5.23, per group of width / n_groups from 5.24.
+- Mamba-2's gated RMSNorm: over the whole width up to 5.23, per group of width / n_groups from 5.24;
+  Bamba's and Granite 4.0-H's likewise, Zamba2's and Nemotron-H's per group throughout, Falcon-H1's
+  per group by its ``n_groups``.
 - The scan functions of each mixer family's modeling module (``SCAN_FUNCTIONS``): the same names
   across the range.
 """
@@ -23,7 +27,7 @@ from typing import Any
 SUPPORTED_RANGE = ">=5.17,<6"
 
 # Newest name first: a forward's kwargs hold one of them, whichever the caller used.
-CACHE_NAMES = ("cache", "cache_params")
+CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
 # Module-level functions each mixer family's modeling module calls for the scan: (prefill, one-token
 # decode, fused training path). Steering wraps the first two and switches off the third.
@@ -104,8 +108,11 @@ def records_past(cache: Any, layer_idx: int) -> bool:
 
 def gated_norm_group_size(norm: Any, width: int) -> int:
     """How many channels Mamba-2's gated RMSNorm normalises together: the whole width up to 5.23
-    (``MambaRMSNormGated`` ignores ``n_groups``), ``norm.group_size`` = width / n_groups from 5.24."""
-    return getattr(norm, "group_size", width)
+    (``MambaRMSNormGated`` ignores ``n_groups``), ``norm.group_size`` = width / n_groups from 5.24;
+    Falcon-H1's norm keeps ``n_groups`` instead."""
+    if hasattr(norm, "group_size"):
+        return norm.group_size
+    return width // getattr(norm, "n_groups", 1)
 
 
 def cache_keyword(model: Any) -> str:

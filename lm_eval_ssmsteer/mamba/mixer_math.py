@@ -1,8 +1,9 @@
 """The one explicit implementation of the Mamba mixer math (fp32), which hidden attention, LaTIM and
 knockout all build on.
 
-Given a transformers mixer (``MambaMixer``, ``FalconMambaMixer`` or ``Mamba2Mixer``) and the hidden
-states it receives (the normed block input), :func:`mixer_internals` recomputes every intermediate
+Given a transformers mixer (``MambaMixer``, ``FalconMambaMixer``, ``Mamba2Mixer`` or the Mamba mixer of a
+hybrid) and the hidden states it receives (the normed block input), :func:`mixer_internals` recomputes
+every intermediate
 (u, z, conv pre-activation, v = SiLU(conv), Δ, B, C, A, D, y, gated, output) with each line mapping to
 an equation. Notation, per position t (HF parameter names):
 
@@ -23,6 +24,13 @@ Mamba-2 (heads h, head_dim p, groups g of B/C shared by H/G heads):
     y_t[h] = h_t[h] · C_t[g(h)] + D_h v_t[h]
     gated_t = y_t ⊙ SiLU(z_t);  rms_t[group] = sqrt(mean(gated_t[group]²) + eps)
     output_t = out_proj(norm.weight ⊙ gated_t / rms_t)
+
+The hybrids' mixers are these two with a few additions (``NORM_KINDS``):
+    Jamba (Mamba-1): r, B_t, C_t pass through RMS norms with weights (dt_layernorm, b_layernorm, c_layernorm)
+    Falcon-H1 (Mamba-2): x·ssm_in_multiplier enters in_proj, whose output is multiplied by the µP vector
+        (one multiplier each for z, x, B, C, dt); the gated norm is optional (mamba_rms_norm): without it
+        output_t = out_proj(y_t ⊙ SiLU(z_t)); with mamba_norm_before_gate it normalises y_t, then gates
+    Bamba, Granite 4.0-H, Nemotron-H, Zamba2: Mamba-2 as above (the norm's groups: compat)
 """
 
 from __future__ import annotations
@@ -33,8 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lm_eval_ssmsteer.mamba.arch import MAMBA1, MAMBA2, family_of_mixer
+from lm_eval_ssmsteer.mamba.arch import MAMBA1, family_of_mixer
 from lm_eval_ssmsteer.mamba.compat import gated_norm_group_size
+
+# How a Mamba-2 mixer reads y out: "gated" normalises y ⊙ SiLU(z) (Mamba-2 and most hybrids), "none" has
+# no norm (Falcon-H1 without mamba_rms_norm), "norm_then_gate" normalises y, then multiplies SiLU(z)
+# (Falcon-H1 with mamba_norm_before_gate). Mamba-1 mixers have no norm ("none").
+NORM_KINDS = ("gated", "none", "norm_then_gate")
+
+
+def norm_kind(mixer: nn.Module) -> str:
+    if family_of_mixer(mixer) == MAMBA1 or not getattr(mixer, "mamba_rms_norm", True):
+        return "none"
+    return "norm_then_gate" if getattr(mixer.norm, "norm_before_gate", False) else "gated"
 
 
 @dataclass
@@ -74,6 +93,7 @@ class MixerInternals:
     norm_group_size: int | None = None
     norm_eps: float = 0.0
     head_dim: int = 1
+    norm_kind: str = "none"  # one of NORM_KINDS
 
     @property
     def length(self) -> int:
@@ -154,10 +174,12 @@ def readout(
     gated = y * F.silu(internals.z)  # (b, l, d)
     rms = None
     normed = gated
-    if internals.kind == MAMBA2:
+    if internals.norm_kind != "none":
+        normalised = gated if internals.norm_kind == "gated" else y
         b, length, d = gated.shape
-        groups = gated.view(b, length, d // internals.norm_group_size, internals.norm_group_size)
+        groups = normalised.view(b, length, d // internals.norm_group_size, internals.norm_group_size)
         rms = torch.sqrt(groups.pow(2).mean(-1) + internals.norm_eps)  # (b, l, groups)
+        # norm_then_gate: weight ⊙ (y / rms) ⊙ SiLU(z) = weight ⊙ gated / rms, rms taken over y
         normed = internals.norm_weight * gated / rms.repeat_interleave(internals.norm_group_size, dim=-1)
     output = normed @ internals.out_weight.T
     if internals.out_bias is not None:
@@ -168,7 +190,7 @@ def readout(
 def linear_gate(internals: MixerInternals) -> torch.Tensor:
     """g (b, l, d) with output_t = out_proj(g_t ⊙ y_t) at the realised gate and (Mamba-2) norm denominator."""
     gate = F.silu(internals.z)
-    if internals.kind == MAMBA2:
+    if internals.norm_kind != "none":
         rms = internals.rms.repeat_interleave(internals.norm_group_size, dim=-1)
         gate = internals.norm_weight * gate / rms
     return gate
@@ -185,9 +207,12 @@ def mixer_internals(
     """Recompute one mixer call in fp32 from its input hidden states (b, l, d_model)."""
     kind = family_of_mixer(mixer)
     x = _mask_padding(hidden_states.detach().float(), attention_mask)
+    x = x * getattr(mixer, "ssm_in_multiplier", 1.0)  # Falcon-H1
     projected = x @ _f32(mixer.in_proj.weight).T  # (b, l, in_proj width)
     if mixer.in_proj.bias is not None:
         projected = projected + _f32(mixer.in_proj.bias)
+    if getattr(mixer, "mup_vector", None) is not None:  # Falcon-H1: one µP multiplier per [z, x, B, C, dt]
+        projected = projected * _f32(mixer.mup_vector)
     conv_w = _f32(mixer.conv1d.weight)[:, 0, :]  # (conv channels, K)
     conv_b = _f32(mixer.conv1d.bias) if mixer.conv1d.bias is not None else conv_w.new_zeros(conv_w.shape[0])
     out_w, out_b = _f32(mixer.out_proj.weight), _f32(mixer.out_proj.bias)
@@ -200,7 +225,9 @@ def mixer_internals(
         v = _mask_padding(F.silu(conv_pre), attention_mask)
         rank, N = mixer.time_step_rank, mixer.ssm_state_size
         r, B, C = torch.split(v @ _f32(mixer.x_proj.weight).T, [rank, N, N], dim=-1)
-        if hasattr(mixer, "b_layernorm"):  # FalconMamba
+        if hasattr(mixer, "dt_layernorm"):  # Jamba: RMS norms with weights
+            r, B, C = mixer.dt_layernorm(r), mixer.b_layernorm(B), mixer.c_layernorm(C)
+        elif hasattr(mixer, "b_layernorm"):  # FalconMamba
             r, B, C = rms_norm(r, mixer.rms_eps), rms_norm(B, mixer.rms_eps), rms_norm(C, mixer.rms_eps)
         delta = F.softplus(r @ _f32(mixer.dt_proj.weight).T + _f32(mixer.dt_proj.bias))  # (b, l, d)
         y = mamba1_scan(v, delta, A, B, C, D)
@@ -233,10 +260,12 @@ def mixer_internals(
             conv_b[:d],
             out_w,
             out_b,
-            norm_weight=_f32(mixer.norm.weight),
-            norm_group_size=gated_norm_group_size(mixer.norm, d),
-            norm_eps=float(mixer.norm.variance_epsilon),
             head_dim=p,
+            norm_kind=norm_kind(mixer),
         )
+        if internals.norm_kind != "none":
+            internals.norm_weight = _f32(mixer.norm.weight)
+            internals.norm_group_size = gated_norm_group_size(mixer.norm, d)
+            internals.norm_eps = float(mixer.norm.variance_epsilon)
     internals.gated, internals.output, internals.rms = readout(internals, y)
     return internals

@@ -9,8 +9,18 @@
 | ssm_out   | d_inner, scan output y with the D skip      | d_inner, y before the gated RMSNorm       |
 | gate      | d_inner, SiLU(z)                            | d_inner, SiLU(z) inside the gated RMSNorm |
 
+The hybrids' Mamba layers take their family's rows: Bamba, Granite 4.0-H, Nemotron-H and Zamba2 are
+Mamba-2 (the same gated RMSNorm), Jamba is Mamba-1 (B and C after its RMS norms, Δ from its normed
+low-rank input). ``residual`` is the output of the whole decoder layer (Zamba2's hybrid layers: shared
+transformer block and Mamba together; Falcon-H1: Mamba, attention and MLP). Falcon-H1 has rows of its
+own for ``ssm_out`` and ``gate``: its gated norm is optional (``mamba_rms_norm``; without it the mixer
+multiplies y by SiLU(z) inline, or hands z to the decode step), so both are reached as the scan
+functions' output y (see ``docs/hybrids.md`` for where each site sits relative to its multipliers).
+
 A site is reached in one of a few ways (``REACHES``), each implemented once in ``steering.apply``: a
-module's output, a scan input (Δ, B or C), the scan's gated output y·SiLU(z), or the gated norm's input.
+module's output, a scan input (Δ, B or C), the scan's gated output y·SiLU(z), the Mamba-2 scan's output
+y, or the gated norm's input. A row may be specific to one architecture (``SiteRow.architecture``); it
+then takes precedence over its family's row.
 Twins have the same effect for a pure scale of the same channels at every position (ssm_out and gate
 multiply one product; B and C scale the same term of y = Σ_n C[n]·h[n]). A new site is one name and a
 row per family (``register_site``); tests/test_mamba_tables.py shows it. Pure data: no torch import.
@@ -31,7 +41,18 @@ SCAN_B = "scan_B"
 SCAN_C = "scan_C"
 SCAN_GATED_OUTPUT = "scan_gated_output"  # the scan functions' output y·SiLU(z) (Mamba-1)
 GATED_NORM_INPUT = "gated_norm_input"  # y entering Mamba-2's gated RMSNorm, which multiplies SiLU(z)
-REACHES = (MIXER_OUTPUT, BLOCK_OUTPUT, SCAN_DELTA, SCAN_B, SCAN_C, SCAN_GATED_OUTPUT, GATED_NORM_INPUT)
+# the Mamba-2 scan functions' output: y with the D skip (y·SiLU(z) where the caller hands z to the scan)
+SCAN_OUTPUT = "scan_output"
+REACHES = (
+    MIXER_OUTPUT,
+    BLOCK_OUTPUT,
+    SCAN_DELTA,
+    SCAN_B,
+    SCAN_C,
+    SCAN_GATED_OUTPUT,
+    GATED_NORM_INPUT,
+    SCAN_OUTPUT,
+)
 # sites read as module outputs: the finder's activation-variance method can record them
 OUTPUT_REACHES = (MIXER_OUTPUT, BLOCK_OUTPUT)
 
@@ -43,9 +64,10 @@ class SiteRow:
     width: Callable[[ArchInfo], int]
     reach: str
     twin: str | None = None
+    architecture: str | None = None  # a model_type whose mixers differ from the family's
 
 
-_ROWS: dict[tuple[str, str], SiteRow] = {}
+_ROWS: dict[tuple[str, str, str | None], SiteRow] = {}
 _NAMES: list[str] = []
 
 
@@ -54,7 +76,7 @@ def register_site(row: SiteRow) -> None:
         raise ValueError(f"family={row.family!r} is not a mixer family; allowed: {', '.join(FAMILIES)}")
     if row.reach not in REACHES:
         raise ValueError(f"reach={row.reach!r} is not a way to reach a site; allowed: {', '.join(REACHES)}")
-    _ROWS[(row.site, row.family)] = row
+    _ROWS[(row.site, row.family, row.architecture)] = row
     if row.site not in _NAMES:
         _NAMES.append(row.site)
 
@@ -64,23 +86,23 @@ def site_names() -> tuple[str, ...]:
     return tuple(_NAMES)
 
 
-def site_row(site: str, family: str) -> SiteRow:
-    row = _ROWS.get((site, family))
+def site_row(site: str, family: str, architecture: str | None = None) -> SiteRow:
+    row = _ROWS.get((site, family, architecture)) or _ROWS.get((site, family, None))
     if row is None:
         from lm_eval_ssmsteer.spec import SpecError
 
-        allowed = [s for s in _NAMES if (s, family) in _ROWS]
+        allowed = [s for s in _NAMES if (s, family, None) in _ROWS or (s, family, architecture) in _ROWS]
         raise SpecError(f"site={site!r} does not exist on {family} mixers; allowed: {', '.join(allowed)}")
     return row
 
 
-def twin(site: str, family: str) -> str | None:
-    return site_row(site, family).twin
+def twin(site: str, family: str, architecture: str | None = None) -> str | None:
+    return site_row(site, family, architecture).twin
 
 
-def same_site(a: str, b: str, family: str) -> bool:
+def same_site(a: str, b: str, family: str, architecture: str | None = None) -> bool:
     """a and b are the same site or twins (the same effect for a pure scale)."""
-    return a == b or twin(a, family) == b
+    return a == b or twin(a, family, architecture) == b
 
 
 def _d_model(a: ArchInfo) -> int:
@@ -118,6 +140,8 @@ for _row in (
     SiteRow("ssm_out", "mamba2", _d_inner, GATED_NORM_INPUT, twin="gate"),
     SiteRow("gate", "mamba1", _d_inner, SCAN_GATED_OUTPUT, twin="ssm_out"),
     SiteRow("gate", "mamba2", _d_inner, GATED_NORM_INPUT, twin="ssm_out"),
+    SiteRow("ssm_out", "mamba2", _d_inner, SCAN_OUTPUT, twin="gate", architecture="falcon_h1"),
+    SiteRow("gate", "mamba2", _d_inner, SCAN_OUTPUT, twin="ssm_out", architecture="falcon_h1"),
 ):
     register_site(_row)
 

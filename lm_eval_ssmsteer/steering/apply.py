@@ -13,7 +13,10 @@ transformers' own code and kernels:
   y·SiLU(z), which is the same product. The fused training-only path is switched off for steered
   mixers so it cannot bypass them.
 - ``ssm_out``, ``gate`` on Mamba-2: a pre-hook on the mixer's gated RMSNorm scales its input y (the
-  norm multiplies it by SiLU(z) before normalising).
+  norm multiplies it by SiLU(z) before normalising); on Falcon-H1, whose norm is optional, the Mamba-2
+  scan functions' output y (or y·SiLU(z) where the decode step is handed z) is scaled instead.
+In a hybrid the same hooks go on the Mamba mixers of the steered layers (``mamba.arch.mamba_mixers``);
+its attention and MLP layers are never touched.
 Every factor is fp32 and each tensor is rounded once after scaling, so where a factor is 1 the tensor
 comes back bit for bit: a scale of 1.0 reproduces the unsteered model in every dtype.
 Un-steered layers run untouched. Pad positions (attention mask 0) are never scaled. ``positions``
@@ -38,12 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ssmsteer.mamba import sites as S
+from lm_eval_ssmsteer.mamba.arch import mamba_mixers
 from lm_eval_ssmsteer.mamba.compat import forward_cache, output_cache, scan_functions
 from lm_eval_ssmsteer.mamba.patch import returns_none, swap_during_calls
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering.plan import SiteFactors, SteeringPlan
 
-SCAN_REACHES = (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C, S.SCAN_GATED_OUTPUT)
+SCAN_REACHES = (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C, S.SCAN_GATED_OUTPUT, S.SCAN_OUTPUT)
 
 
 @dataclass
@@ -96,24 +100,23 @@ class _Steerer:
         self.handles.append(
             backbone.register_forward_hook(self._end_forward, with_kwargs=True, always_call=True)
         )
-        family = self.plan.arch.family
+        family, architecture = self.plan.arch.family, self.plan.arch.architecture
+        mixers = mamba_mixers(self.model)
         for layer, sites in self.plan.factors.items():
             by_reach: dict[str, list[SiteFactors]] = {}
             for site, factors in sites.items():
-                by_reach.setdefault(S.site_row(site, family).reach, []).append(factors)
-            block = backbone.layers[layer]
+                by_reach.setdefault(S.site_row(site, family, architecture).reach, []).append(factors)
+            block, mixer = backbone.layers[layer], mixers[layer]
             if S.MIXER_OUTPUT in by_reach:
-                self.handles.append(
-                    block.mixer.register_forward_hook(self._output_hook(by_reach[S.MIXER_OUTPUT]))
-                )
+                self.handles.append(mixer.register_forward_hook(self._output_hook(by_reach[S.MIXER_OUTPUT])))
             if S.BLOCK_OUTPUT in by_reach:
                 self.handles.append(block.register_forward_hook(self._output_hook(by_reach[S.BLOCK_OUTPUT])))
             if S.GATED_NORM_INPUT in by_reach:
                 hook = self._gated_norm_hook(by_reach[S.GATED_NORM_INPUT])
-                self.handles.append(block.mixer.norm.register_forward_pre_hook(hook, with_kwargs=True))
+                self.handles.append(mixer.norm.register_forward_pre_hook(hook, with_kwargs=True))
             scans = {r: by_reach[r] for r in SCAN_REACHES if r in by_reach}
             if scans:
-                self._install_scan_swap(block.mixer, scans)
+                self._install_scan_swap(mixer, scans)
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -126,8 +129,10 @@ class _Steerer:
         self.state.phase = "generated" if cache is not None and cache in self.state.seen_caches else "prompt"
         mask = kwargs.get("attention_mask")
         keep = None
-        if mask is not None and mask.dim() == 2 and not bool(mask.all()):
-            keep = mask.bool()
+        if mask is not None and mask.dim() == 2:
+            # a hybrid's cached forward gets the mask of the whole sequence: keep that of its own tokens
+            mask = mask[:, -_input_length(args, kwargs) :]
+            keep = None if bool(mask.all()) else mask.bool()
         self.state.keep = keep
         if cache is not None:
             self.state.seen_caches.add(cache)
@@ -142,7 +147,11 @@ class _Steerer:
     def _output_hook(self, group: list[SiteFactors]):
         def hook(module, args, output):
             f = self.factor(group)
-            return output if f is None else _scaled(output, f)
+            if f is None:
+                return output
+            if isinstance(output, tuple):  # the hybrids' decoder layers: (hidden states, ...)
+                return (_scaled(output[0], f), *output[1:])
+            return _scaled(output, f)
 
         return hook
 
@@ -204,7 +213,9 @@ class _Steerer:
 
     def _mamba2_wrappers(self, scan_fn, step_fn, scans):
         delta, b_site, c_site = (scans.get(r, []) for r in (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C))
+        output = scans.get(S.SCAN_OUTPUT, [])
         groups, d_state = self.plan.arch.n_groups, self.plan.arch.d_state
+        heads = self.plan.arch.n_heads
 
         def scale_bc(B, C, per_group):
             f = self.factor(b_site)
@@ -223,7 +234,13 @@ class _Steerer:
                 if limit != _NO_LIMIT:
                     kwargs["dt_limit"] = _NO_LIMIT  # _steered_dt clamped Δ before scaling it
             B, C = scale_bc(B, C, lambda f: f.unflatten(-1, (groups, d_state)))
-            return scan_fn(x, dt, A, B, C, *args, **kwargs)
+            result = scan_fn(x, dt, A, B, C, *args, **kwargs)
+            f = self.factor(output)
+            if f is None:
+                return result
+            y = result[0] if isinstance(result, tuple) else result  # (b, l, h, p); the state stays as it is
+            y = _scaled(y, f.unflatten(-1, (heads, -1)))
+            return (y, *result[1:]) if isinstance(result, tuple) else y
 
         def step(state, x, dt, A, B, C, *args, **kwargs):  # x, dt: (b, h, p); B, C: (b, g, n)
             f = self.factor(delta)
@@ -231,12 +248,22 @@ class _Steerer:
                 softplus = kwargs.get("dt_softplus", False)
                 dt = _steered_head_dt(dt, _one_step(f), kwargs.get("dt_bias"), softplus)
             B, C = scale_bc(B, C, lambda f: _one_step(f).unflatten(-1, (groups, d_state)))
-            return step_fn(state, x, dt, A, B, C, *args, **kwargs)
+            y = step_fn(state, x, dt, A, B, C, *args, **kwargs)  # (b, h, p)
+            f = self.factor(output)
+            return y if f is None else _scaled(y, _one_step(f).unflatten(-1, (heads, -1)))
 
         return scan, step
 
 
 _NO_LIMIT = (0.0, float("inf"))
+
+
+def _input_length(args: tuple, kwargs: dict[str, Any]) -> int:
+    """The number of tokens a backbone forward gets (input_ids or inputs_embeds, by keyword or first)."""
+    for name in ("input_ids", "inputs_embeds"):
+        if kwargs.get(name) is not None:
+            return kwargs[name].shape[1]
+    return args[0].shape[1]
 
 
 def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:

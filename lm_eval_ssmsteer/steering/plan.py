@@ -34,16 +34,25 @@ def resolve(spec: SteeringSpec, arch: ArchInfo) -> list[SitePlan]:
     _check_fingerprint(spec, arch)
     plans = []
     last_layer = arch.n_layers - 1
+    refused = dict(arch.refused_sites)
     for i, iv in enumerate(spec.interventions):
         where = f"interventions[{i}]"
-        layers = range(arch.n_layers) if iv.layers == "all" else iv.layers
+        layers = arch.steerable_layers if iv.layers == "all" else iv.layers
         for layer in layers:
             if layer > last_layer:
                 raise SpecError(
                     f"{where}.layer: layer {layer} does not exist: the model has {arch.n_layers} layers "
                     f"(0-{last_layer})"
                 )
-        width = site_row(iv.site, arch.family).width(arch)
+            if layer not in arch.steerable_layers:
+                model = ARCHITECTURES[arch.architecture].causal_lm
+                raise SpecError(
+                    f"{where}.layer: layer {layer} of {model} has no Mamba mixer (an attention or MLP "
+                    f"layer); its Mamba layers are {', '.join(map(str, arch.steerable_layers))}"
+                )
+        if iv.site in refused:
+            raise SpecError(f"{where}.site: site {iv.site!r} cannot be steered here: {refused[iv.site]}")
+        width = site_row(iv.site, arch.family, arch.architecture).width(arch)
         if iv.channels != "all":
             for c in iv.channels:
                 if c >= width:

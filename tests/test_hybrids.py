@@ -1,0 +1,239 @@
+"""Steering the Mamba layers of hybrid models (Bamba, Granite 4.0-H, Falcon-H1, Nemotron-H, Zamba2,
+Jamba) on tiny random configs: addressing, exactness, agreement with an independent reference mixer,
+positions in cached generation, left padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import hybrid_reference_logits
+from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels
+from tiny import HYBRIDS, MAMBA_LAYERS, hybrid_config, make_model, make_tokenizer
+
+from lm_eval_ssmsteer.mamba.arch import describe_model, layer_kind, mamba_mixers
+from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+from lm_eval_ssmsteer.mamba.hybrid_configs import make_ssm_visible
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import SpecError, SteeringSpec
+from lm_eval_ssmsteer.steering import steer
+
+POSITIONS = ("all", "prompt", "generated")
+KINDS = {
+    "bamba": ["mamba", "attention", "mamba"],
+    "granitemoehybrid": ["mamba", "attention", "mamba"],
+    "falcon_h1": ["mamba+attention"] * 3,
+    "nemotron_h": ["mamba", "attention", "mamba", "mlp"],
+    "zamba2": ["mamba", "mamba+attention", "mamba"],
+    "jamba": ["mamba", "attention", "mamba"],
+}
+
+
+@pytest.fixture(scope="module", params=HYBRIDS)
+def model(request):
+    return make_model(request.param, seed=1)
+
+
+def _last_mamba_layer(model):
+    return describe_model(model).mamba_layers[-1]
+
+
+def test_layer_means_the_decoder_layer_and_the_mamba_layers_are_found(model):
+    arch = model.config.model_type
+    info = describe_model(model)
+    assert info.mamba_layers == MAMBA_LAYERS[arch]
+    assert tuple(mamba_mixers(model)) == MAMBA_LAYERS[arch]
+    assert [layer_kind(model, i) for i in range(info.n_layers)] == KINDS[arch]
+    assert info.n_layers == len(model.base_model.layers)
+
+
+def test_a_spec_on_a_layer_without_mamba_fails_and_lists_the_mamba_layers(model):
+    info = describe_model(model)
+    plain = [i for i in range(info.n_layers) if i not in info.mamba_layers]
+    if not plain:  # Falcon-H1 and Zamba2: every layer holds a Mamba mixer
+        assert info.mamba_layers == tuple(range(info.n_layers))
+        return
+    listed = ", ".join(map(str, info.mamba_layers))
+    spec = SteeringSpec.single(layer=plain[0], site="delta", scale=2.0)
+    message = rf"layer {plain[0]} of \w+ has no Mamba mixer .*Mamba layers are {listed}$"
+    with pytest.raises(SpecError, match=message), steer(model, spec):
+        pass
+
+
+def test_all_means_every_mamba_layer(model):
+    from lm_eval_ssmsteer.steering import SteeringPlan
+
+    plan = SteeringPlan.build(model, SteeringSpec.single(layer="all", site="B", scale=2.0))
+    assert tuple(plan.factors) == describe_model(model).mamba_layers
+
+
+@pytest.mark.parametrize("site", SITES)
+@torch.no_grad()
+def test_scale_one_reproduces_unsteered_logits_bitwise(model, site):
+    ids = random_ids()
+    base = model(ids).logits
+    base_seq, base_gen = greedy(model, ids, n=5)
+    for positions in POSITIONS:
+        spec = SteeringSpec.single(layer="all", site=site, channels="all", scale=1.0, positions=positions)
+        with steer(model, spec):
+            assert torch.equal(model(ids).logits, base)
+            seq, gen = greedy(model, ids, n=5)
+        assert torch.equal(seq, base_seq) and torch.equal(gen, base_gen)
+
+
+@torch.no_grad()
+def test_reference_mixer_matches_the_unsteered_model(model):
+    ids = random_ids()
+    layer = _last_mamba_layer(model)
+    expected = hybrid_reference_logits(
+        model, ids, layer, mamba_mixers(model)[layer], {}, torch.ones(ids.shape, dtype=torch.bool)
+    )
+    assert rel_diff(expected, model(ids).logits) < 1e-5
+
+
+@pytest.mark.parametrize("site", SITES)
+@torch.no_grad()
+def test_site_effect_matches_independent_reference(model, site):
+    ids = random_ids()
+    layer, scale = _last_mamba_layer(model), 2.5
+    channels = some_channels(model, site)
+    with steer(model, SteeringSpec.single(layer=layer, site=site, channels=channels, scale=scale)):
+        steered = model(ids).logits
+    vec = torch.ones(describe_model(model).site_width(site))
+    vec[channels] = scale
+    mixer = mamba_mixers(model)[layer]
+    expected = hybrid_reference_logits(
+        model, ids, layer, mixer, {site: vec}, torch.ones(ids.shape, dtype=torch.bool)
+    )
+    assert rel_diff(steered, model(ids).logits) > 1e-5, (
+        "steering had no visible effect: the test could not fail"
+    )
+    assert rel_diff(steered, expected) < 1e-5
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("site", SITES)
+@torch.no_grad()
+def test_positions_in_generation_match_reference(model, site, positions):
+    """Cached greedy decoding with prompt/generated/all steering equals a full re-computation (no cache)
+    whose reference mixer steers exactly those positions."""
+    prompt = random_ids(b=2, l=7, seed=3)
+    layer, n_new = describe_model(model).mamba_layers[0], 4
+    channels = some_channels(model, site, k=6, seed=1)
+    spec = SteeringSpec.single(layer=layer, site=site, channels=channels, scale=3.0, positions=positions)
+    with steer(model, spec):
+        seq, gen_logits = greedy(model, prompt, n=n_new)
+    base_seq, base_logits = greedy(model, prompt, n=n_new)
+    assert rel_diff(gen_logits, base_logits) > 1e-5 or not torch.equal(seq, base_seq)
+
+    full = seq[:, :-1]
+    t = torch.arange(full.shape[1])[None, :].expand(full.shape[0], -1)
+    p = prompt.shape[1]
+    where = {"all": t >= 0, "prompt": t < p, "generated": t >= p}[positions]
+    vec = torch.ones(describe_model(model).site_width(site))
+    vec[channels] = 3.0
+    mixer = mamba_mixers(model)[layer]
+    expected = hybrid_reference_logits(model, full, layer, mixer, {site: vec}, where)[:, p - 1 :]
+    assert rel_diff(gen_logits, expected) < 1e-5
+
+
+@pytest.mark.parametrize("site", ("mixer_out", "residual", "delta", "B", "ssm_out", "gate"))
+@torch.no_grad()
+def test_batched_left_padded_generation_equals_one_by_one(model, site):
+    tok = make_tokenizer()
+    tok.padding_side = "left"
+    texts = ["a short one", "a somewhat longer prompt", "mid length"]
+    spec = SteeringSpec.single(layer="all", site=site, channels=some_channels(model, site), scale=2.0)
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with steer(model, spec):
+        seq, logits = greedy(model, batch["input_ids"], batch["attention_mask"], n=5)
+        width = batch["input_ids"].shape[1]
+        for i, text in enumerate(texts):
+            single = tok([text], return_tensors="pt")
+            s_seq, s_logits = greedy(model, single["input_ids"], single["attention_mask"], n=5)
+            new = s_seq[0, single["input_ids"].shape[1] :]  # ends early where it generates EOS (= pad)
+            assert torch.equal(seq[i, width : width + len(new)], new)
+            assert rel_diff(logits[i, : len(new)], s_logits[0]) < 1e-4
+
+
+@torch.no_grad()
+def test_hooks_removed_and_scans_restored_even_after_an_exception(model):
+    import sys
+
+    ids = random_ids()
+    base = model(ids).logits
+    hooks_before = hook_count(model)
+    mixer = next(iter(mamba_mixers(model).values()))
+    module = sys.modules[type(mixer).__module__]
+    names = SCAN_FUNCTIONS[describe_model(model).family]
+    functions_before = {n: getattr(module, n) for n in names}
+    layer = describe_model(model).mamba_layers[0]
+    spec = {"version": 1, "interventions": [{"layer": layer, "site": s, "scale": 4.0} for s in SITES]}
+    with pytest.raises(RuntimeError, match="boom"), steer(model, spec):
+        assert not torch.equal(model(ids).logits, base)
+        raise RuntimeError("boom")
+    assert hook_count(model) == hooks_before
+    assert {n: getattr(module, n) for n in names} == functions_before
+    assert torch.equal(model(ids).logits, base)
+
+
+def _falcon_h1(**norm):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    config = hybrid_config("falcon_h1")
+    for key, value in norm.items():
+        setattr(config, key, value)
+    return make_ssm_visible(AutoModelForCausalLM.from_config(config), seed=2).eval()
+
+
+@pytest.mark.parametrize("site", ("ssm_out", "gate"))
+@torch.no_grad()
+def test_falcon_h1_with_its_gated_norm_matches_the_reference(site):
+    model = _falcon_h1(mamba_rms_norm=True, mamba_norm_before_gate=False)
+    ids = random_ids()
+    channels = [1, 7, 30, 44]
+    with steer(model, SteeringSpec.single(layer=1, site=site, channels=channels, scale=2.5)):
+        steered = model(ids).logits
+    vec = torch.ones(64)
+    vec[channels] = 2.5
+    mixer = mamba_mixers(model)[1]
+    expected = hybrid_reference_logits(
+        model, ids, 1, mixer, {site: vec}, torch.ones(ids.shape, dtype=torch.bool)
+    )
+    assert rel_diff(steered, model(ids).logits) > 1e-5
+    assert rel_diff(steered, expected) < 1e-5
+
+
+def test_falcon_h1_refuses_gate_where_it_multiplies_after_the_norm():
+    model = _falcon_h1(mamba_rms_norm=True, mamba_norm_before_gate=True)
+    message = r"interventions\[0\]\.site: site 'gate' cannot be steered here: .*ssm_out"
+    with (
+        pytest.raises(SpecError, match=message),
+        steer(model, SteeringSpec.single(layer=0, site="gate", scale=2.0)),
+    ):
+        pass
+    ids = random_ids()
+    vec = torch.full((64,), 2.0)
+    with torch.no_grad(), steer(model, SteeringSpec.single(layer=0, site="ssm_out", scale=2.0)):
+        steered = model(ids).logits
+    expected = hybrid_reference_logits(
+        model, ids, 0, mamba_mixers(model)[0], {"ssm_out": vec}, torch.ones(ids.shape, dtype=torch.bool)
+    )
+    assert rel_diff(steered, expected) < 1e-5
+
+
+@torch.no_grad()
+def test_fast_scan_runs_jambas_mamba_layers_like_transformers_scan():
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
+
+    model = make_model("jamba", seed=1)
+    assert fast_scan_refusal(model) is None  # Jamba's mixers are Mamba-1
+    assert "model types" in fast_scan_refusal(make_model("bamba", seed=1))
+    ids = random_ids()
+    spec = SteeringSpec.single(layer="all", site="delta", scale=1.7)
+    with steer(model, spec):
+        slow = model(ids).logits
+        with use_fast_scan():
+            fast = model(ids).logits
+    assert rel_diff(fast, slow) < 1e-5
+    assert not torch.equal(fast, model(ids).logits)
