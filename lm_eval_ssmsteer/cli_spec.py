@@ -55,7 +55,7 @@ def describe_layers(model) -> list[str]:
     )
     for i in range(info.n_layers):
         kind = layer_kind(model, i)
-        what = sites if i in info.steerable_layers else "no Mamba mixer: not addressable"
+        what = sites if i in info.steerable_layers else f"no Mamba mixer: residual {info.d_model} only"
         lines.append(f"layer {i}: {kind:<15} {what}")
     lines.extend(f"{site} refused: {why}" for site, why in refused.items())
     return lines

@@ -94,4 +94,4 @@ def test_spec_describe_prints_layer_types_and_site_widths(hybrid, capsys):
             assert f"mixer_out 32, residual 32, {widths}, ssm_out 64, gate 64" in line
         else:
             assert "attention" in line or "mlp" in line
-            assert line.endswith("no Mamba mixer: not addressable")
+            assert line.endswith("no Mamba mixer: residual 32 only")

@@ -59,6 +59,31 @@ def test_a_spec_on_a_layer_without_mamba_fails_and_lists_the_mamba_layers(model)
         pass
 
 
+@torch.no_grad()
+def test_residual_steers_the_block_output_of_an_attention_or_mlp_layer(model):
+    info = describe_model(model)
+    plain = [i for i in range(info.n_layers) if i not in info.mamba_layers]
+    if not plain:
+        return
+    ids = random_ids()
+    base = model(ids).logits
+    with steer(model, SteeringSpec.single(layer=plain[0], site="residual", scale=1.0)):
+        assert torch.equal(model(ids).logits, base)
+    with steer(model, SteeringSpec.single(layer=plain[-1], site="residual", scale=3.0)):
+        steered = model(ids).logits
+
+    def triple(module, args, output):  # the reference: the block's hidden states x3, by hand
+        return (output[0] * 3.0, *output[1:]) if isinstance(output, tuple) else output * 3.0
+
+    handle = model.base_model.layers[plain[-1]].register_forward_hook(triple)
+    try:
+        reference = model(ids).logits
+    finally:
+        handle.remove()
+    assert not torch.equal(steered, base)
+    assert torch.equal(steered, reference)
+
+
 def test_all_means_every_mamba_layer(model):
     from lm_eval_ssmsteer.steering import SteeringPlan
 

@@ -106,7 +106,7 @@ class _Steerer:
             by_reach: dict[str, list[SiteFactors]] = {}
             for site, factors in sites.items():
                 by_reach.setdefault(S.site_row(site, family, architecture).reach, []).append(factors)
-            block, mixer = backbone.layers[layer], mixers[layer]
+            block, mixer = backbone.layers[layer], mixers.get(layer)  # None: no Mamba (residual only)
             if S.MIXER_OUTPUT in by_reach:
                 self.handles.append(mixer.register_forward_hook(self._output_hook(by_reach[S.MIXER_OUTPUT])))
             if S.BLOCK_OUTPUT in by_reach:

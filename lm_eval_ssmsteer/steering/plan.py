@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES, FINGERPRINT_KEYS, ArchInfo, describe_model
-from lm_eval_ssmsteer.mamba.sites import site_row
+from lm_eval_ssmsteer.mamba.sites import BLOCK_OUTPUT, site_row
 from lm_eval_ssmsteer.spec import Intervention, SpecError, SteeringSpec, load_spec
 
 
@@ -38,17 +38,20 @@ def resolve(spec: SteeringSpec, arch: ArchInfo) -> list[SitePlan]:
     for i, iv in enumerate(spec.interventions):
         where = f"interventions[{i}]"
         layers = arch.steerable_layers if iv.layers == "all" else iv.layers
+        # a hybrid's attention or MLP layer has a block output (`residual`) and no Mamba site
+        on_block = site_row(iv.site, arch.family, arch.architecture).reach == BLOCK_OUTPUT
         for layer in layers:
             if layer > last_layer:
                 raise SpecError(
                     f"{where}.layer: layer {layer} does not exist: the model has {arch.n_layers} layers "
                     f"(0-{last_layer})"
                 )
-            if layer not in arch.steerable_layers:
+            if layer not in arch.steerable_layers and not on_block:
                 model = ARCHITECTURES[arch.architecture].causal_lm
                 raise SpecError(
                     f"{where}.layer: layer {layer} of {model} has no Mamba mixer (an attention or MLP "
-                    f"layer); its Mamba layers are {', '.join(map(str, arch.steerable_layers))}"
+                    f"layer, where only site 'residual' can be steered); its Mamba layers are "
+                    f"{', '.join(map(str, arch.steerable_layers))}"
                 )
         if iv.site in refused:
             raise SpecError(f"{where}.site: site {iv.site!r} cannot be steered here: {refused[iv.site]}")
