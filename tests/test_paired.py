@@ -2,9 +2,10 @@
 them on results shaped as lm-eval writes them with --log_samples.
 
 Independent computations: the exact bootstrap distribution of a mean of -1/0/+1 differences (enumerated
-from the multinomial of the resample counts, no resampling), the exact McNemar p-value summed from binomial
-coefficients, Holm's adjusted p-values of a textbook example, and the normal approximation for an average
-over tasks.
+from the multinomial of the resample counts, no resampling), the bootstrap written out in numpy (its own
+seed, 100,000 resamples) for graded scores and for the stratified average over tasks, the exact McNemar
+p-value summed from binomial coefficients, Holm's adjusted p-values of a textbook example, and the normal
+approximation for an average over tasks.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from lm_eval_ssmsteer.report.regress import (
     write_baseline,
 )
 from lm_eval_ssmsteer.report.results import ResultsError, load_runs
-from lm_eval_ssmsteer.report.writers import PAIRED_CSV, paired_csv, to_markdown
+from lm_eval_ssmsteer.report.writers import PAIRED_CSV, paired_csv, to_html, to_markdown
 
 SPEC = {"version": 1, "interventions": [{"layer": 3, "site": "delta", "channels": "all", "scale": 1.2}]}
 DATE = "2026-12-01T00-00-00.000000"
@@ -130,6 +131,46 @@ def test_average_over_tasks_resamples_each_task_on_its_own():
     assert found.low == pytest.approx(mean - 1.96 * se, abs=0.01)
     assert found.high == pytest.approx(mean + 1.96 * se, abs=0.01)
     assert found.p_value is None  # an average has no single test
+
+
+def numpy_bootstrap(samples: list[np.ndarray], statistic, resamples: int, seed: int) -> tuple[float, float]:
+    """The 95% percentile bootstrap written out: each sample resampled with replacement on its own."""
+    rng = np.random.default_rng(seed)
+    draws = [s[rng.integers(0, len(s), size=(resamples, len(s)))] for s in samples]
+    values = statistic(*draws)
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def test_paired_interval_of_graded_scores_matches_a_direct_numpy_resampling():
+    rng = np.random.default_rng(7)
+    base = rng.random(60)
+    cur = np.clip(base + rng.normal(-0.05, 0.2, 60), 0, 1)
+    found = paired_difference(base, cur)
+    low, high = numpy_bootstrap([cur - base], lambda d: d.mean(axis=-1), 100_000, seed=123)
+    # two independent Monte-Carlo estimates of the same quantiles (10,000 and 100,000 resamples): the
+    # 10,000's error is about 0.03 standard errors of the mean
+    step = np.std(cur - base, ddof=1) / np.sqrt(60)
+    assert found.test == SIGN
+    assert found.low == pytest.approx(low, abs=0.1 * step)
+    assert found.high == pytest.approx(high, abs=0.1 * step)
+
+
+def test_interval_of_the_average_matches_a_direct_stratified_numpy_resampling():
+    rng = np.random.default_rng(3)
+    # task 0 has two columns (e.g. two lengths), averaged first; task 1 one column
+    columns = [(rng.random(n) < 0.6).astype(float) for n in (30, 25, 50)]
+    changed = [np.where(rng.random(len(c)) < 0.2, 1 - c, c) for c in columns]
+    found = paired_average([[(columns[0], changed[0]), (columns[1], changed[1])], [(columns[2], changed[2])]])
+    diffs = [c - b for b, c in zip(columns, changed, strict=True)]
+
+    def average(a, b, c):
+        return ((a.mean(axis=-1) + b.mean(axis=-1)) / 2 + c.mean(axis=-1)) / 2
+
+    low, high = numpy_bootstrap(diffs, average, 100_000, seed=99)
+    assert found.mean == pytest.approx(float(average(*diffs)))
+    # the interval is about 0.14 wide, on steps of 1/120 or finer
+    assert found.low == pytest.approx(low, abs=0.01)
+    assert found.high == pytest.approx(high, abs=0.01)
 
 
 def test_a_single_document_has_no_interval():
@@ -241,6 +282,9 @@ def test_report_with_a_baseline_pairs_every_run_and_corrects_over_the_sweep(tmp_
     markdown = to_markdown(board)
     assert "## Paired differences vs the baseline ref-mamba1 [mamba-steered] · unsteered" in markdown
     assert f"-0.0800 [{strong.low:+.4f}, {strong.high:+.4f}] p=0.0215 (Holm " in markdown
+    page = to_html(board, "my sweep", plots={})
+    assert "<title>my sweep</title>" in page and "<h1>my sweep</h1>" in page
+    assert "<h2>Paired differences vs the baseline ref-mamba1 [mamba-steered] · unsteered</h2>" in page
     lines = paired_csv(board).splitlines()
     assert len(lines) == 1 + 3 * 3  # 3 runs × (2 tasks + the average)
     assert PAIRED_CSV == "paired.csv"

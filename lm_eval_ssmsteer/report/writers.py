@@ -560,8 +560,8 @@ def to_html(board: Leaderboard, title: str, plots: dict[str, bytes], no_plots: s
     if gains_rows:
         gains = "<h2>Steering gains per task</h2>\n" + _html_table("gains", (gains_header, gains_rows))
     if board.baseline:
-        title, note = html.escape(paired_title(board)), html.escape(PAIRED_EXPLANATION)
-        gains += f'\n<h2>{title}</h2>\n<p class="note">{note}</p>\n' + _html_table(
+        heading, note = html.escape(paired_title(board)), html.escape(PAIRED_EXPLANATION)
+        gains += f'\n<h2>{heading}</h2>\n<p class="note">{note}</p>\n' + _html_table(
             "paired", paired_table(board)
         )
     figures = "\n".join(
