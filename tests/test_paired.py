@@ -336,3 +336,28 @@ def test_regress_pairs_when_both_sides_have_samples_and_keeps_the_stderr_rule_ot
     assert status(stripped) == INCONCLUSIVE  # no samples: the stderr rule
     with pytest.raises(NotComparable, match=r"task 'task_a': no samples in the current"):
         status(stripped, paired=True)
+
+
+def test_bad_paired_inputs_fail_with_one_line_naming_the_option_the_file_and_what_is_needed(tmp_path, capsys):
+    from lm_eval_ssmsteer.cli import main
+
+    base = write_run(tmp_path / "base", {"task_a": BASE})
+    bare = write_run(tmp_path / "bare", {"task_a": BASE}, samples=False)  # the baseline's run, rerun
+    bare_steered = write_run(tmp_path / "bare_steered", {"task_a": BASE}, steer=SPEC, samples=False)
+    other = write_run(tmp_path / "other", {"task_a": BASE[:40]}, steer=SPEC)
+    baseline = write_baseline([base], tmp_path / "baseline.json")
+
+    def refused(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    err = refused("regress", "--baseline", str(baseline), "--current", str(bare), "--paired")
+    assert err.startswith("ssmsteer regress: refusing to compare: --paired: ref-mamba1 [mamba-steered]")
+    assert f"task 'task_a': no samples in the current ({bare})" in err and "--log_samples" in err
+    err = refused("report", str(bare_steered), "--baseline", str(base), "--out", str(tmp_path / "r1"))
+    assert f"ssmsteer report: {bare_steered}: task 'task_a' has no samples file beside it" in err
+    err = refused("report", str(other), "--baseline", str(base), "--out", str(tmp_path / "r2"))
+    assert "task 'task_a' (task version 1.0): the runs scored different documents: 100 in" in err
+    assert "only in the first: 40, 41" in err

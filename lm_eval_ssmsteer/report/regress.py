@@ -219,9 +219,11 @@ def _require_samples(base_runs: list[Run], pairs: dict[tuple, Run | None]) -> No
                 if task is not None and task.documents() is None:
                     lacking.append(f"{_label(base)}, task '{name}': no samples in the {side} ({task.source})")
     if lacking:
+        more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
         raise NotComparable(
-            "paired mode (--paired) needs per-document scores on both sides, from runs made with "
-            "--log_samples (a baseline keeps them when written from such runs):\n  " + "\n  ".join(lacking)
+            f"--paired: {lacking[0]}{more}; paired mode needs per-document scores on both sides, from runs "
+            "made with --log_samples (a baseline keeps them when written from such runs); without --paired "
+            "such results are compared by the stderr rule"
         )
 
 
