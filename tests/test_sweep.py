@@ -133,8 +133,24 @@ def test_bad_inputs_fail_before_the_model_loads(args, message, tmp_path, monkeyp
     monkeypatch.setattr(evaluate, "load_backend", never)
     monkeypatch.setattr(evaluate, "task_manager", never)
     assert main(sweep(*args, out=tmp_path / "out")) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_task_fails_before_the_model_loads_and_leaves_no_sweep_behind(
+    tmp_path, monkeypatch, capsys
+):
+    from lm_eval_ssmsteer.lmeval import evaluate
+
+    monkeypatch.setattr(evaluate, "load_backend", lambda *_: pytest.fail("the model loaded"))
+    grid = ["--layers", "3", "--sites", "delta", "--scales", "2"]
+    args = ["sweep", "--model_args", MODEL_ARGS, "--tasks", "ssmq_cpy", "--out", str(tmp_path / "out"), *grid]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ssmsteer sweep: error: --tasks: no such task: 'ssmq_cpy' (did you mean 'ssmq_copy'?)" in err
+    assert not (tmp_path / "out").exists()  # a corrected rerun starts afresh, not "another sweep's folder"
 
 
 def test_steering_in_model_args_and_another_sweeps_folder_are_refused(tmp_path, monkeypatch, capsys):

@@ -48,6 +48,7 @@ def run_sweep(settings: EvalSettings, cells: Sequence[Cell], out: Path, process:
 
     from lm_eval_ssmsteer.lmeval.evaluate import cached_responses, evaluate_into, load_backend, task_manager
 
+    manager = task_manager(settings)  # an unknown task fails here, before the folder is written
     folder = SweepFolder(out)
     folder.prepare(recorded_settings(settings), cells, write=process.first)
     mine = cells_for_process(cells, process.rank, process.world_size)
@@ -55,7 +56,6 @@ def run_sweep(settings: EvalSettings, cells: Sequence[Cell], out: Path, process:
     share = f"process {process.rank} of {process.world_size}: " if process.world_size > 1 else ""
     say(f"{share}{len(mine)} cells, {len(mine) - len(todo)} finished before, {len(todo)} to evaluate")
     if todo:
-        manager = task_manager(settings)  # an unknown task fails here, before the model loads
         started = time.perf_counter()
         lm = load_backend(settings)
         say(f"loaded {settings.model_args['pretrained']} once ({time.perf_counter() - started:.1f} s)")
