@@ -276,3 +276,26 @@ def test_sweep_of_6_specs_loads_the_model_once_writes_6_results_folders_and_resu
             {k: json.loads(json.dumps(s[k], default=handle_non_serializable)) for k in keys} for s in saved
         ]
         assert mine == theirs, task
+
+
+@pytest.mark.slow
+def test_a_launch_of_two_processes_splits_the_cells_and_the_first_writes_the_leaderboard(tmp_path):
+    """torchrun on the CPU (gloo): the processes evaluate different cells, each whole, and meet once."""
+    out = tmp_path / "sweep"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    grid = ["--layers", "3", "--sites", "delta", "--scales", "0.8,1.25"]
+    args = sweep(*grid, "--limit", "1", "--device", "cpu", "--batch_size", "8", out=out)
+    done = subprocess.run(
+        [*launch, "-m", "lm_eval_ssmsteer", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "process 0 of 2: 2 cells, 0 finished before, 2 to evaluate" in log
+    assert "process 1 of 2: 1 cells, 0 finished before, 1 to evaluate" in log
+    assert log.count("loaded ref-mamba1 once") == 2  # one load per process
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert len(cells) == 3 and UNSTEERED in cells
+    for cell in cells:
+        assert len(list((out / "cells" / cell).rglob("results_*.json"))) == 1
+    leaderboard = (out / "report" / "leaderboard.md").read_text()
+    assert leaderboard.count("| ref-mamba1 | mamba-steered |") == 3
