@@ -34,6 +34,7 @@ from lm_eval_ssmsteer.sweep.processes import launched
 ROOT = Path(__file__).resolve().parents[1]
 REF = ArchInfo("mamba", n_layers=6, d_model=224, d_inner=448, d_state=16)  # ref-mamba1's shape
 MODEL_ARGS = "pretrained=ref-mamba1,fast_scan=True"
+MILD = str(ROOT / "examples" / "ref-mamba1-mild.json")
 
 
 # -- cells ----------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ def sweep(*args: str, out: Path) -> list[str]:
         (["--layers", "3,6", "--sites", "delta", "--scales", "2"], "layer 6 does not exist: the model has 6"),
         (["--layers", "3", "--sites", "delta", "--scales", "-1"], "on site 'delta' is not allowed"),
         (["--specs", "nope.json"], "neither a preset"),
+        (["--specs", MILD, MILD], "are the same spec (sha256 59aa93697d7a); give each spec once"),
     ],
 )
 def test_bad_inputs_fail_before_the_model_loads(args, message, tmp_path, monkeypatch, capsys):
