@@ -74,7 +74,7 @@ class SweepFolder:
                     "with new ones: use another --out, or delete the folder to start again"
                 )
             known = {c["name"] for c in recorded.get("cells", [])}
-        elif write and self.root.exists() and any(self.root.iterdir()):
+        elif self.root.exists() and any(self.root.iterdir()):
             raise SpecError(
                 f"--out {self.root}: the folder exists and holds no sweep ({SETTINGS}); give a new one"
             )

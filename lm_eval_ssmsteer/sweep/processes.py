@@ -4,8 +4,9 @@ its own device, as an independent single-process evaluation, and they meet once 
 Both launchers tell each process its place in environment variables (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``). Left there, they would make lm-eval and accelerate treat the processes as one data-parallel
 evaluation, splitting every cell's documents among them in lock-step; ``detach`` removes them once read, so
-that each process runs whole cells. The processes then share nothing but the folder, plus one gloo barrier
-at the end, after which the first process writes the leaderboard.
+that each process runs whole cells. The processes then share nothing but the folder and three gloo
+barriers: every process has checked the folder before the first writes into it, the first has recorded the
+sweep before any evaluates, and every process has finished before the first writes the leaderboard.
 """
 
 from __future__ import annotations
@@ -54,7 +55,16 @@ def detach(process: Process) -> None:
 
 
 def barrier(process: Process) -> None:
-    """Wait until every process of the launch has evaluated its cells."""
+    """Wait until every process of the launch has come here."""
+    if process.world_size == 1:
+        return
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def leave(process: Process) -> None:
+    """Wait until every process of the launch has evaluated its cells, then leave the group."""
     if process.world_size == 1:
         return
     import torch.distributed as dist

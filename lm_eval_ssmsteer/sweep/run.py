@@ -17,7 +17,7 @@ from typing import Any
 from lm_eval_ssmsteer.lmeval.evaluate import EvalSettings
 from lm_eval_ssmsteer.sweep.folder import SweepFolder
 from lm_eval_ssmsteer.sweep.grid import UNSTEERED, Cell, cells_for_process
-from lm_eval_ssmsteer.sweep.processes import Process, barrier
+from lm_eval_ssmsteer.sweep.processes import Process, barrier, leave
 
 # settings that do not change what a cell scores: a rerun may change them
 _NOT_COMPARED = ("device", "max_batch_size")
@@ -50,7 +50,13 @@ def run_sweep(settings: EvalSettings, cells: Sequence[Cell], out: Path, process:
 
     manager = task_manager(settings)  # an unknown task fails here, before the folder is written
     folder = SweepFolder(out)
-    folder.prepare(recorded_settings(settings), cells, write=process.first)
+    # every process checks the folder before any writes into it (another sweep's folder fails them all
+    # alike); then the first records the sweep, before any process starts a cell
+    folder.prepare(recorded_settings(settings), cells, write=False)
+    barrier(process)
+    if process.first:
+        folder.prepare(recorded_settings(settings), cells, write=True)
+    barrier(process)
     mine = cells_for_process(cells, process.rank, process.world_size)
     todo = [cell for cell in mine if not folder.is_finished(cell)]
     share = f"process {process.rank} of {process.world_size}: " if process.world_size > 1 else ""
@@ -77,7 +83,7 @@ def run_sweep(settings: EvalSettings, cells: Sequence[Cell], out: Path, process:
                 folder.finish(cell)
                 say(f"{cell.name}: evaluated in {time.perf_counter() - started:.1f} s")
                 bar.update()
-    barrier(process)
+    leave(process)
     if not process.first:
         return 0
     unfinished = [cell.name for cell in cells if not folder.is_finished(cell)]
