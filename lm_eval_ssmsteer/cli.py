@@ -22,6 +22,7 @@ OPTIONAL_SUBCOMMANDS = {
     "regress": "lm_eval_ssmsteer.report.cli_regress",
     "interpret": "lm_eval_ssmsteer.interpret.cli",
     "study": "lm_eval_ssmsteer.studies.cli",
+    "sweep": "lm_eval_ssmsteer.sweep.cli",
 }
 
 

@@ -13,10 +13,7 @@ import json
 
 
 def _check(spec, given: str | None) -> None:
-    from transformers import AutoConfig
-
-    from lm_eval_ssmsteer.loading import ModelNotFoundError, prepare_pretrained, shipped_models
-    from lm_eval_ssmsteer.mamba.arch import describe_config
+    from lm_eval_ssmsteer.loading import ModelNotFoundError, describe_pretrained, shipped_models
     from lm_eval_ssmsteer.spec import SpecError
     from lm_eval_ssmsteer.steering.plan import resolve
 
@@ -30,10 +27,10 @@ def _check(spec, given: str | None) -> None:
     if given is None:
         print(f"model: {model} (the spec's model.name)")
     try:
-        path, _ = prepare_pretrained(model, field=named_by)
+        arch = describe_pretrained(model, field=named_by)
     except ModelNotFoundError as exc:
         raise SpecError(str(exc)) from None
-    plans = resolve(spec, describe_config(AutoConfig.from_pretrained(path)))
+    plans = resolve(spec, arch)
     print(f"ok: {len(plans)} (layer, site) interventions fit {model}")
 
 

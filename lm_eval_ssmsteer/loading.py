@@ -252,6 +252,18 @@ def prepare_pretrained(
     return str(dst), True
 
 
+def describe_pretrained(pretrained: str, field: str = "pretrained"):
+    """The shape of a model (``mamba.arch.ArchInfo``) from its config alone, no weights loaded: what a
+    spec is checked against before anything runs. Errors name the value as ``field``."""
+    from transformers import AutoConfig
+
+    import lm_eval_ssmsteer.mamba.stable  # noqa: F401  (registers model_type "stable_mamba")
+    from lm_eval_ssmsteer.mamba.arch import describe_config
+
+    path, _ = prepare_pretrained(pretrained, field=field)
+    return describe_config(AutoConfig.from_pretrained(path))
+
+
 def load_model(pretrained: str, dtype: str = "float32", device: str = "cpu", field: str = "pretrained"):
     """(model, tokenizer) for any supported model name, in eval mode: the one loader of the library (the
     lm-eval backend hands ``prepare_pretrained``'s result to HFLM, which loads the same way). Errors name

@@ -61,7 +61,9 @@ def _words(text: str) -> str:
 
 
 def test_every_subcommand_is_listed():
-    assert {"eval", "spec", "find", "report", "regress", "interpret knockout", "study"} <= set(SUBCOMMANDS)
+    assert {"eval", "spec", "find", "report", "regress", "sweep", "interpret knockout", "study"} <= set(
+        SUBCOMMANDS
+    )
     assert {f"study {name}" for name in STUDIES} <= set(SUBCOMMANDS)
 
 

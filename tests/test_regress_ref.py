@@ -74,10 +74,14 @@ def test_workflow_lowest_leg_installs_the_declared_lower_bounds():
     assert Version(lowest["lm_eval"].removeprefix("==")) == floors["lm-eval"]
 
 
-def evaluate(model_args: dict, out: Path) -> Path:
-    """ref-mamba1 on 2 documents of ssm_passkey (512 tokens), saved as `lm_eval --output_path --log_samples`
-    saves. (Passkey: ref-mamba1 was trained on the v1 needle wording and scores ~0.1 on suite v2's
-    niah_single until it is retrained.)"""
+def evaluate(
+    model_args: dict, out: Path, task: str = "ssm_passkey", limit: int = 2, write_samples: bool = False
+) -> Path:
+    """ref-mamba1 on ``limit`` documents of ``task`` (by default ssm_passkey at 512 tokens: ref-mamba1 was
+    trained on the v1 needle wording and scores ~0.1 on suite v2's niah_single until it is retrained),
+    saved as `lm_eval --output_path --log_samples` saves (the per-document samples files only with
+    ``write_samples``: then `regress` decides paired); the model arguments are the task metadata, as
+    lm_eval passes them."""
     import lm_eval
     import torch
     from lm_eval.loggers import EvaluationTracker
@@ -86,15 +90,18 @@ def evaluate(model_args: dict, out: Path) -> Path:
     tracker = EvaluationTracker(output_path=str(out))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    model_args = {"pretrained": "ref-mamba1", "fast_scan": True, **model_args}
     try:
         results = lm_eval.simple_evaluate(
             model="mamba-steered",
-            model_args={"pretrained": "ref-mamba1", "fast_scan": True, **model_args},
-            tasks=["ssm_passkey"],
-            task_manager=TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False),
+            model_args=model_args,
+            tasks=[task],
+            task_manager=TaskManager(
+                include_path=str(ROOT / "tasks"), include_defaults=False, metadata=model_args
+            ),
             device="cpu",
             batch_size=8,
-            limit=2,
+            limit=limit,
             log_samples=True,
             evaluation_tracker=tracker,
         )
@@ -102,6 +109,8 @@ def evaluate(model_args: dict, out: Path) -> Path:
         torch.set_num_threads(threads)
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples)
+    for name in results["configs"] if write_samples else ():
+        tracker.save_results_samples(task_name=name, samples=samples[name])
     (found,) = out.rglob("results_*.json")
     return found
 

@@ -31,7 +31,7 @@ from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
 from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
 from lm_eval_ssmsteer.mamba.arch import architecture, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal, use_fast_scan
-from lm_eval_ssmsteer.spec import SpecError
+from lm_eval_ssmsteer.spec import SpecError, SteeringSpec
 from lm_eval_ssmsteer.steering import SteeringPlan, steer
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,17 @@ class MambaSteeredLM(HFLM):
         # the batch length that batch_size=auto probes with no max_length, until a call measures its prompts
         self._longest_prompt = self._DEFAULT_MAX_LENGTH
         self.arch = describe_model(self.model)
-        # resolved once against the model (shape checks included) and applied to every call
-        spec = self.steering_spec
-        self.steering_plan = None if spec is None else SteeringPlan.build(self.model, spec)
+        self.set_steering(self.steering_spec)
         self.fast_scan = self._check_fast_scan(fast_scan)
         if self.model.device.type == "cpu":
             drop_cpu_kernel_fallback()
+
+    def set_steering(self, spec: SteeringSpec | None) -> None:
+        """Steer every later call with ``spec`` (None: unsteered), on the model already loaded: the plan is
+        resolved against the model once, here (shape checks included), and applied to every call. A sweep
+        swaps specs between evaluations this way; results record the spec in effect (get_model_info)."""
+        self.steering_plan = None if spec is None else SteeringPlan.build(self.model, spec)
+        self.steering_spec = spec
 
     def _check_fast_scan(self, value: bool | str) -> bool:
         """``fast_scan=True``: lm_eval_ssmsteer.mamba.fastscan instead of transformers' scan loop, where

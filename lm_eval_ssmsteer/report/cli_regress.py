@@ -1,5 +1,6 @@
 """``ssmsteer regress --baseline FILE --current RESULTS``: exit 1 when a metric got worse beyond its
-statistical tolerance (or disappeared), 2 when the results cannot be compared, 0 otherwise."""
+statistical tolerance (or disappeared), 2 when the results cannot be compared, 0 otherwise. Where both
+sides logged per-document samples, a metric is decided on the same documents (a paired test)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lm_eval_ssmsteer.report.regress import DEFAULT_DETECT, DEFAULT_FLOOR, DEFAU
 
 
 def run(args: argparse.Namespace) -> int:
+    from lm_eval_ssmsteer.report.paired import DocumentsDiffer
     from lm_eval_ssmsteer.report.regress import (
         INCONCLUSIVE,
         NotComparable,
@@ -33,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
             floor=args.tolerance,
             detect=args.detect,
             allow_config_mismatch=args.allow_config_mismatch,
+            paired=args.paired,
         )
-    except (ResultsError, NotComparable) as exc:
+    except (ResultsError, NotComparable, DocumentsDiffer) as exc:
         print(f"ssmsteer regress: refusing to compare: {exc}", file=sys.stderr)
         return 2
     print(format_comparison(comparison, show_all=args.all))
@@ -59,7 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compare lm-eval results with a baseline; exit 1 on a regression",
         description="A metric regresses when it moves in its worse direction by more than "
         "max(TOLERANCE, Z*sqrt(se_baseline^2 + se_current^2)); where that tolerance is wider than "
-        "--detect, a worse score within it is inconclusive (exit 0, with a warning). Exit codes: 0 no "
+        "--detect, a worse score within it is inconclusive (exit 0, with a warning). Where both sides "
+        "logged samples (--log_samples; a baseline keeps them), the metric is decided on the same "
+        "documents instead: it regresses when the exact McNemar (0/1 scores) or sign test rejects 'no "
+        "change' at the level Z stands for (5%% for 1.96) and the mean moved the worse way by more than "
+        "TOLERANCE; it is inconclusive when its 95%% paired interval still holds a drop of --detect. Exit "
+        "codes: 0 no "
         "regression, 1 a metric regressed or is missing, 2 the results cannot be compared (different task "
         "versions/configs or numbers of documents, no common model, malformed files).",
     )
@@ -95,6 +103,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--allow-config-mismatch",
         action="store_true",
         help="compare even when task versions, configs or documents differ (warns instead)",
+    )
+    p.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--paired: decide every metric on the same documents, and refuse (exit 2) results without "
+        "per-document samples; --no-paired: use the stderr rule throughout; default: paired where both "
+        "sides have samples",
     )
     p.add_argument("--all", action="store_true", help="list unchanged metrics too")
     p.add_argument(

@@ -7,6 +7,9 @@ errors. Where neither is known the interval is unknown and shown as such, never 
 
 Rows may have evaluated different numbers of documents (lm-eval's ``--limit``): every score carries its
 n, and the leaderboard's ``warnings`` say where rows of different n are compared.
+
+Given a baseline run, every other row also gets its paired difference from it on the same documents
+(``paired``): per task column, and for the average.
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lm_eval_ssmsteer.report.intervals import difference
+from lm_eval_ssmsteer.report.paired import (
+    PairedDifference,
+    align,
+    paired_average,
+    paired_difference,
+    with_holm,
+)
 from lm_eval_ssmsteer.report.results import (
     MetricKey,
     ResultsError,
@@ -62,6 +72,8 @@ class Row:
     deltas: dict[Column, Delta | None] = field(default_factory=dict)
     average_delta: Delta | None = None
     rank: int | None = None
+    paired: dict[Column, PairedDifference | None] = field(default_factory=dict)  # vs the baseline
+    paired_average: PairedDifference | None = None
 
     @property
     def steered(self) -> bool:
@@ -106,6 +118,7 @@ class Leaderboard:
     rows: list[Row]
     superseded: list[tuple[TaskResult, TaskResult]] = field(default_factory=list)  # (left out, kept)
     warnings: list[str] = field(default_factory=list)  # rows of different n compared, --limit used
+    baseline: Row | None = None  # the row every other row is paired with, document by document
 
     @property
     def length_tasks(self) -> list[str]:
@@ -117,9 +130,15 @@ class Leaderboard:
         )
 
 
-def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = None) -> Leaderboard:
+def build_leaderboard(
+    runs: Iterable[Run], metrics: Mapping[str, str] | None = None, baseline: Run | None = None
+) -> Leaderboard:
     """``metrics`` picks a task's metric by name (e.g. ``{"hellaswag": "acc_norm"}``); otherwise a task
-    shows its first reported metric, or all its lengths when its metrics are named by length."""
+    shows its first reported metric, or all its lengths when its metrics are named by length.
+
+    ``baseline``, one of the runs (by backend, model and spec), makes every other row paired with it on the
+    same documents; every run must then have logged its samples (ResultsError otherwise, or DocumentsDiffer
+    where two runs scored different documents)."""
     merged, superseded = merge_runs(list(runs))
     if not merged:
         raise ValueError("no results to report")
@@ -128,9 +147,10 @@ def build_leaderboard(runs: Iterable[Run], metrics: Mapping[str, str] | None = N
     columns = _columns(merged, metrics or {})
     rows = [_row(run, columns) for run in merged]
     _add_deltas(rows, columns)
+    base_row = None if baseline is None else _add_paired(rows, columns, baseline)
     _rank(rows)
     rows.sort(key=lambda r: (r.rank is None, r.rank or 0, r.run.model_label, r.run.spec_label))
-    return Leaderboard(columns, rows, superseded, sample_size_warnings(rows, superseded))
+    return Leaderboard(columns, rows, superseded, sample_size_warnings(rows, superseded), base_row)
 
 
 def sample_size_warnings(
@@ -298,6 +318,59 @@ def _add_deltas(rows: list[Row], columns: list[Column]) -> None:
         row.reference = ref.run
         row.deltas = {c: delta(row.cells[c], ref.cells[c]) for c in columns}
         row.average_delta = delta(row.average, ref.average)
+
+
+def _add_paired(rows: list[Row], columns: list[Column], baseline: Run) -> Row:
+    """Every row but the baseline's, paired with it per column and on the average; then Holm's correction
+    over every p-value of the board (all rows and columns: one family)."""
+    base = next((row for row in rows if row.run.key == baseline.key), None)
+    if base is None:
+        raise ValueError(f"the baseline {baseline.source} is not among the runs reported")
+    for row in rows:
+        for task in row.run.tasks.values():
+            if task.documents() is None:
+                raise ResultsError(
+                    task.source,
+                    f"task '{task.name}' has no samples file beside it (samples_{task.name}_<date>.jsonl): "
+                    "paired statistics against a baseline need every run made with --log_samples",
+                )
+    others = [row for row in rows if row is not base]
+    for row in others:
+        aligned = {column: paired_scores(base.run, row.run, column) for column in columns}
+        row.paired = {c: None if pair is None else paired_difference(*pair) for c, pair in aligned.items()}
+        row.paired_average = _paired_average(aligned, columns)
+    flat = [(row, column) for row in others for column in columns]
+    for (row, column), adjusted in zip(flat, with_holm([r.paired[c] for r, c in flat]), strict=True):
+        row.paired[column] = adjusted
+    return base
+
+
+def paired_scores(baseline: Run, current: Run, column: Column):
+    """Both runs' per-document scores in one column, aligned by document; None where either run lacks
+    the task or per-document numbers for its metric."""
+    base, cur = baseline.tasks.get(column.task), current.tasks.get(column.task)
+    if base is None or cur is None:
+        return None
+    return align(
+        base.documents(),
+        cur.documents(),
+        str(column.key),
+        task=column.task,
+        versions=(base.version, cur.version),
+    )
+
+
+def _paired_average(aligned: Mapping[Column, tuple | None], columns: list[Column]) -> PairedDifference | None:
+    """The paired difference of the row's average (the columns where higher is better, each task once),
+    when every such column could be paired."""
+    per_task: dict[str, list] = {}
+    for column in columns:
+        if not column.higher_is_better:
+            continue
+        if aligned[column] is None:
+            return None
+        per_task.setdefault(column.task, []).append(aligned[column])
+    return paired_average(list(per_task.values())) if per_task else None
 
 
 def _rank(rows: list[Row]) -> None:

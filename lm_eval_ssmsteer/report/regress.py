@@ -6,6 +6,12 @@ floor applies. A worse score within a tolerance wider than the drop the check is
 (``detect``) is not a pass but *inconclusive*: its n is too small to tell. Results made with different
 task definitions (version, config, documents, shots) or on different numbers of documents are not
 compared at all unless the caller allows it: a changed task makes any difference meaningless.
+
+Where both runs logged their samples, a metric is decided on the same documents instead (``paired``): it
+regresses when the exact two-sided sign test (McNemar's for 0/1 scores) on the documents that changed
+rejects "no change" at the level ``z`` stands for (5% for 1.96), the mean moved the worse way, and by more
+than the floor. It is unchanged when no document changed, and inconclusive when it got worse without
+significance while its 95% paired bootstrap interval still holds a drop of ``detect``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lm_eval_ssmsteer.report.leaderboard import task_differences
+from lm_eval_ssmsteer.report.paired import (
+    DocumentsDiffer,
+    PairedDifference,
+    align,
+    check_same_documents,
+    paired_difference,
+    two_sided_level,
+)
 from lm_eval_ssmsteer.report.results import (
     BASELINE_FORMAT,
     MetricKey,
@@ -54,8 +68,9 @@ class MetricChange:
     key: MetricKey
     baseline: Score
     current: Score | None
-    tolerance: float | None
+    tolerance: float | None  # the stderr rule's; None where the change was decided on paired documents
     status: str
+    paired: PairedDifference | None = None
 
     @property
     def delta(self) -> float | None:
@@ -68,6 +83,15 @@ class MetricChange:
         if self.current is None or self.current.n == self.baseline.n:
             return base
         return f"{base} → {'?' if self.current.n is None else self.current.n}"
+
+    @property
+    def test_text(self) -> str:
+        """How a paired change was decided: ``McNemar p=0.0215, 1↑ 9↓, 95% CI [-0.1400, -0.0300]``."""
+        d = self.paired
+        if d is None:
+            return "—"
+        interval = "[?]" if d.low is None else f"[{d.low:+.4f}, {d.high:+.4f}]"
+        return f"{d.test} p={d.p_value:.4f}, {d.up}↑ {d.down}↓, 95% CI {interval}"
 
     @property
     def status_text(self) -> str:
@@ -90,6 +114,10 @@ class Comparison:
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.changes)
 
+    @property
+    def paired(self) -> int:
+        return sum(c.paired is not None for c in self.changes)
+
 
 def tolerance(baseline: Score, current: Score, z: float, floor: float) -> float:
     spread = math.hypot(baseline.stderr or 0.0, current.stderr or 0.0)
@@ -104,6 +132,7 @@ def compare(
     floor: float = DEFAULT_FLOOR,
     detect: float = DEFAULT_DETECT,
     allow_config_mismatch: bool = False,
+    paired: bool | None = None,
 ) -> Comparison:
     """Every metric of every baseline run against the current run of the same backend, model and spec.
 
@@ -111,6 +140,10 @@ def compare(
     wider tolerance is INCONCLUSIVE. Raises NotComparable when the two share no run, or when a task's
     definition or document count differs (unless ``allow_config_mismatch``, which turns those into
     warnings).
+
+    ``paired``: None decides on the same documents where both sides logged samples, and by stderr
+    elsewhere; True requires samples on both sides (NotComparable naming what lacks them, before anything
+    is compared); False uses the stderr rule throughout.
     """
     base_runs, _ = merge_runs(list(baseline))
     current_runs, _ = merge_runs(list(current))
@@ -121,6 +154,9 @@ def compare(
             f"same steering spec or spec file).\n  baseline: {_describe(base_runs)}\n"
             f"  current:  {_describe(current_runs)}"
         )
+    if paired:
+        _require_samples(base_runs, pairs)
+    rule = Rule(z, floor, detect)
     mismatches: list[str] = []
     warnings: list[str] = []
     changes: list[MetricChange] = []
@@ -149,19 +185,18 @@ def compare(
                     f"{label}: baseline made with lm-eval {base.lm_eval_version}, current with "
                     f"{cur.lm_eval_version}; scores can shift between lm-eval versions"
                 )
+            documents = None
+            if paired is not False:
+                documents = _paired_documents(label, task_name, base_task, cur_task, mismatches)
             for key, score in base_task.scores.items():
+                aligned = None
+                if documents is not None:
+                    versions = (base_task.version, cur_task.version)
+                    aligned = align(*documents, str(key), task=task_name, versions=versions)
+                higher_is_better = base_task.is_higher_better(key)
+                current_score = cur_task.scores.get(key)
                 changes.append(
-                    _change(
-                        label,
-                        task_name,
-                        key,
-                        score,
-                        cur_task.scores.get(key),
-                        base_task.is_higher_better(key),
-                        z,
-                        floor,
-                        detect,
-                    )
+                    _change(label, task_name, key, score, current_score, higher_is_better, rule, aligned)
                 )
     if mismatches and not allow_config_mismatch:
         raise NotComparable(
@@ -171,6 +206,39 @@ def compare(
         )
     warnings = list(dict.fromkeys(warnings + [f"compared despite: {m}" for m in mismatches]))
     return Comparison(changes, warnings, detect)
+
+
+def _require_samples(base_runs: list[Run], pairs: dict[tuple, Run | None]) -> None:
+    """Paired mode asked for: every task compared must have per-document scores on both sides."""
+    lacking = []
+    for base in base_runs:
+        cur = pairs[base.key]
+        for name, base_task in sorted(base.tasks.items()):
+            cur_task = cur.tasks.get(name) if cur else None
+            for side, task in (("baseline", base_task), ("current", cur_task)):
+                if task is not None and task.documents() is None:
+                    lacking.append(f"{_label(base)}, task '{name}': no samples in the {side} ({task.source})")
+    if lacking:
+        more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
+        raise NotComparable(
+            f"--paired: {lacking[0]}{more}; paired mode needs per-document scores on both sides, from runs "
+            "made with --log_samples (a baseline keeps them when written from such runs); without --paired "
+            "such results are compared by the stderr rule"
+        )
+
+
+def _paired_documents(label: str, task: str, base: TaskResult, cur: TaskResult, mismatches: list[str]):
+    """Both sides' per-document scores when both have them and they are of the same documents; else None
+    (a difference of documents is recorded in ``mismatches``)."""
+    documents = base.documents(), cur.documents()
+    if None in documents:
+        return None
+    try:
+        check_same_documents(*documents, task=task, versions=(base.version, cur.version))
+    except DocumentsDiffer as exc:
+        mismatches.append(f"{label}, {exc}")
+        return None
+    return documents
 
 
 def pair_runs(baseline: list[Run], current: list[Run]) -> dict[tuple, Run | None]:
@@ -201,6 +269,16 @@ def pair_runs(baseline: list[Run], current: list[Run]) -> dict[tuple, Run | None
     return pairs
 
 
+@dataclass(frozen=True)
+class Rule:
+    """When a change counts: ``z`` (the stderr multiplier, and the level of the paired test), ``floor``
+    (the least change that counts, in metric units), ``detect`` (the drop the check must be able to see)."""
+
+    z: float
+    floor: float
+    detect: float
+
+
 def _change(
     label: str,
     task: str,
@@ -208,13 +286,15 @@ def _change(
     base: Score,
     cur: Score | None,
     higher_is_better: bool,
-    z: float,
-    floor: float,
-    detect: float,
+    rule: Rule,
+    aligned: tuple | None = None,
 ) -> MetricChange:
+    """By the paired rule where ``aligned`` holds both runs' per-document scores, else by stderr."""
     if cur is None:
         return MetricChange(label, task, key, base, None, None, MISSING)
-    tol = tolerance(base, cur, z, floor)
+    if aligned is not None:
+        return _paired_change(label, task, key, base, cur, higher_is_better, rule, aligned)
+    tol = tolerance(base, cur, rule.z, rule.floor)
     gain = (cur.value - base.value) * (1 if higher_is_better else -1)
     if gain == 0:
         status = UNCHANGED
@@ -222,11 +302,40 @@ def _change(
         status = REGRESSED
     elif gain > tol:
         status = IMPROVED
-    elif gain < 0 and tol > max(detect, floor):
+    elif gain < 0 and tol > max(rule.detect, rule.floor):
         status = INCONCLUSIVE  # a drop of `detect` would have passed too: n is too small to tell
     else:
         status = WITHIN
     return MetricChange(label, task, key, base, cur, tol, status)
+
+
+def _paired_change(
+    label: str,
+    task: str,
+    key: MetricKey,
+    base: Score,
+    cur: Score,
+    higher_is_better: bool,
+    rule: Rule,
+    aligned: tuple,
+) -> MetricChange:
+    """Decided on the same documents: the exact test at the level ``z`` stands for, the floor on the mean,
+    and the paired interval for whether a drop of ``detect`` could have hidden in the noise."""
+    d = paired_difference(*aligned)
+    sign = 1 if higher_is_better else -1
+    gain = d.mean * sign
+    significant = d.p_value < two_sided_level(rule.z) and abs(d.mean) > rule.floor
+    if d.unchanged:
+        status = UNCHANGED
+    elif gain < 0 and significant:
+        status = REGRESSED
+    elif gain > 0 and significant:
+        status = IMPROVED
+    elif gain < 0 and (d.low is None or min(d.low * sign, d.high * sign) < -max(rule.detect, rule.floor)):
+        status = INCONCLUSIVE  # a drop of `detect` is still inside the interval: n is too small to tell
+    else:
+        status = WITHIN
+    return MetricChange(label, task, key, base, cur, None, status, d)
 
 
 def _label(run: Run) -> str:
@@ -245,7 +354,7 @@ def _describe(runs: Iterable[Run]) -> str:
 def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
     """A Markdown table of what changed (every metric with ``show_all``), then a one-line summary."""
     shown = [c for c in comparison.changes if show_all or c.status != UNCHANGED]
-    header = ["run", "task", "metric", "n", "baseline", "current", "Δ", "tolerance", "status"]
+    header = ["run", "task", "metric", "n", "baseline", "current", "Δ", "tolerance", "paired test", "status"]
     lines = []
     if shown:
         lines.append("| " + " | ".join(header) + " |")
@@ -260,6 +369,7 @@ def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
                 _fmt(c.current),
                 "—" if c.delta is None else f"{c.delta:+.4f}",
                 "—" if c.tolerance is None else f"{c.tolerance:.4f}",
+                c.test_text,
                 c.status_text,
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -268,7 +378,8 @@ def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
         f"{comparison.count(s)} {s.lower()}"
         for s in (REGRESSED, MISSING, INCONCLUSIVE, IMPROVED, WITHIN, UNCHANGED)
     )
-    lines.append(f"{len(comparison.changes)} metrics compared: {counts}.")
+    how = f" ({comparison.paired} on the same documents, paired)" if comparison.paired else ""
+    lines.append(f"{len(comparison.changes)} metrics compared{how}: {counts}.")
     if comparison.count(INCONCLUSIVE):
         lines.append(inconclusive_note(comparison))
     lines.extend(f"warning: {w}" for w in comparison.warnings)
@@ -278,8 +389,9 @@ def format_comparison(comparison: Comparison, show_all: bool = False) -> str:
 def inconclusive_note(comparison: Comparison) -> str:
     return (
         f"inconclusive: {comparison.count(INCONCLUSIVE)} metric(s) got worse within a tolerance wider "
-        f"than {comparison.detect:g}, the drop this check must detect (--detect): too few documents to "
-        "tell a regression from noise. Not a pass; evaluate more documents to decide."
+        f"than {comparison.detect:g}, the drop this check must detect (--detect), or, paired, with a 95% "
+        "interval that still holds such a drop: too few documents to tell a regression from noise. Not a "
+        "pass; evaluate more documents to decide."
     )
 
 

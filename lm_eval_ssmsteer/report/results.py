@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
+from lm_eval_ssmsteer.report.documents import DocumentScores, read_samples, samples_beside
+
 BASELINE_FORMAT = "ssmsteer-baseline/1"
 RESULTS_GLOB = "results_*.json"
 # lm-eval copies every model argument into each task's metadata, and records where the YAML was read
@@ -95,6 +97,20 @@ class TaskResult:
     scores: dict[MetricKey, Score]
     n_original: int | None = None
     limit: float | None = None  # lm-eval's --limit (a count, or a fraction of the documents when < 1)
+    samples_file: Path | None = None  # lm-eval's per-document samples beside the results (--log_samples)
+    frozen_documents: DocumentScores | None = None  # per-document scores a baseline holds
+
+    def documents(self) -> DocumentScores | None:
+        """Per-document scores: frozen in a baseline, else read from lm-eval's samples file beside the
+        results file; None for a run made without --log_samples."""
+        if self.frozen_documents is not None:
+            return self.frozen_documents
+        if self.samples_file is None:
+            return None
+        try:
+            return read_samples(self.samples_file)
+        except ValueError as exc:
+            raise ResultsError(self.samples_file, str(exc).removeprefix(f"{self.samples_file}: ")) from None
 
     @property
     def limited(self) -> bool:
@@ -272,6 +288,7 @@ def run_from_results(source: Path, data: dict) -> Run:
             scores=_scores(source, task, entry, _count(counts, "effective")),
             n_original=_count(counts, "original"),
             limit=limit,
+            samples_file=samples_beside(source, task),
         )
     if not run.tasks:
         raise ResultsError(source, "contains no task results")
@@ -444,6 +461,11 @@ def _runs_from_baseline(source: Path, data: dict) -> list[Run]:
                     },
                     n_original=task.get("n_original"),
                     limit=_limit(source, task.get("limit")),
+                    frozen_documents=(
+                        DocumentScores.from_dict(task["documents"], f"{source} (run {i}, task {name})")
+                        if task.get("documents")
+                        else None
+                    ),
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problem = f"baseline run {i} is malformed ({type(exc).__name__}: {exc})"
@@ -474,10 +496,17 @@ def run_to_baseline(run: Run) -> dict:
                 "higher_is_better": task.higher_is_better,
                 "scores": {str(k): {"value": s.value, "stderr": s.stderr} for k, s in task.scores.items()},
                 "config": task.config,
+                **_frozen_documents(task),
             }
             for name, task in sorted(run.tasks.items())
         },
     }
+
+
+def _frozen_documents(task: TaskResult) -> dict:
+    """A baseline keeps per-document scores where the run logged samples, for paired checks."""
+    documents = task.documents()
+    return {} if documents is None else {"documents": documents.to_dict()}
 
 
 def merge_runs(runs: list[Run]) -> tuple[list[Run], list[tuple[TaskResult, TaskResult]]]:

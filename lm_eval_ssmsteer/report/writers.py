@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lm_eval_ssmsteer.report.leaderboard import Delta, Leaderboard, Row
+from lm_eval_ssmsteer.report.paired import PairedDifference
 from lm_eval_ssmsteer.report.results import Score, TaskResult, format_limit
 
 MARKDOWN = "leaderboard.md"
 CSV = "leaderboard.csv"
 SCORES_CSV = "scores.csv"
+PAIRED_CSV = "paired.csv"
+ALPHA = 0.05  # a paired cell is marked where its Holm-corrected p-value is below this
 HTML = "report.html"
 NO_VALUE = "—"
 NO_PLOTS = "No plots: no task reports scores by length and no run is steered."
@@ -37,6 +40,7 @@ def write_report(
         MARKDOWN: to_markdown(board, title, plot_files=list(plots), no_plots=missing).encode("utf-8"),
         CSV: to_csv(board).encode("utf-8"),
         SCORES_CSV: scores_csv(board).encode("utf-8"),
+        **({PAIRED_CSV: paired_csv(board).encode("utf-8")} if board.baseline else {}),
         HTML: to_html(board, title, plots, no_plots=missing).encode("utf-8"),
         **plots,
     }
@@ -81,6 +85,36 @@ EXPLANATION = (
 )
 
 
+PAIRED_EXPLANATION = (
+    "Paired: each run − the baseline on the same documents (matched by lm-eval's document id and hashes): "
+    "the mean difference, [its 95% paired bootstrap interval], and p, the exact two-sided McNemar test on "
+    "the documents whose 0/1 score changed (the sign test for other scores), with Holm's correction over "
+    "every p-value of the report beside it; * where the Holm-corrected p < 0.05 (for the average, which "
+    "has no single test: where the interval excludes 0). n: documents paired, ↑/↓: documents whose "
+    "score went up/down."
+)
+
+
+def format_p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def format_paired(d: PairedDifference | None) -> str:
+    """``+0.0625 [+0.0000, +0.1250] p=0.5000 (Holm 1.0000)``."""
+    if d is None:
+        return NO_VALUE
+    interval = "[?]" if d.low is None else f"[{d.low:+.4f}, {d.high:+.4f}]"
+    test = "" if d.p_value is None else f" p={format_p(d.p_value)}"
+    holm = "" if d.p_holm is None else f" (Holm {format_p(d.p_holm)})"
+    return f"{d.mean:+.4f} {interval}{test}{holm}{' *' if paired_significant(d) else ''}"
+
+
+def paired_significant(d: PairedDifference) -> bool:
+    if d.p_holm is not None:
+        return d.p_holm < ALPHA
+    return d.p_value is None and d.excludes_zero
+
+
 @dataclass(frozen=True)
 class Cell:
     text: str
@@ -107,6 +141,13 @@ def _delta(d: Delta | None, note: str = "") -> Cell:
     return Cell(format_delta(d), d.value, significant=d.significant, note=note)
 
 
+def _paired(d: PairedDifference | None) -> Cell:
+    if d is None:
+        return Cell(NO_VALUE)
+    note = f"n={d.n}: {d.up}↑ {d.down}↓"
+    return Cell(format_paired(d), d.mean, significant=paired_significant(d), note=note)
+
+
 def _run_header(row: Row, prefix: str = "") -> Cell:
     run = row.run
     lines = (f"{prefix}{run.model_label}", run.spec_label, f"[{run.backend}]")
@@ -128,6 +169,7 @@ def leaderboard_table(board: Leaderboard) -> Table:
         _text("limit"),
         Cell("average"),
         Cell("Δ average vs unsteered (95% CI)"),
+        *([Cell("paired Δ average vs baseline (95% CI)")] if board.baseline else []),
     ]
     rows = [
         [
@@ -139,10 +181,31 @@ def leaderboard_table(board: Leaderboard) -> Table:
             _text(row.limits or NO_VALUE),
             _score(row.average),
             _delta(row.average_delta),
+            *([_baseline_cell(board, row)] if board.baseline else []),
         ]
         for row in board.rows
     ]
     return header, rows
+
+
+def _baseline_cell(board: Leaderboard, row: Row) -> Cell:
+    return _text("baseline") if row is board.baseline else _paired(row.paired_average)
+
+
+def paired_table(board: Leaderboard) -> Table:
+    """Tasks as rows, every run but the baseline as columns: the paired difference from the baseline."""
+    others = [row for row in board.rows if row is not board.baseline]
+    header = [_text("task"), *(_run_header(row, "Δ ") for row in others)]
+    rows = [
+        [_text(column.label), *(_paired(row.paired.get(column)) for row in others)]
+        for column in board.columns
+    ]
+    rows.append([_text("average"), *(_paired(row.paired_average) for row in others)])
+    return header, rows
+
+
+def paired_title(board: Leaderboard) -> str:
+    return f"Paired differences vs the baseline {board.baseline.label}"
 
 
 def scores_table(board: Leaderboard) -> Table:
@@ -213,6 +276,15 @@ def to_markdown(
     gains = gains_table(board)
     if gains[1]:
         parts += ["", "## Steering gains per task", "", _markdown_table(gains)]
+    if board.baseline:
+        parts += [
+            "",
+            f"## {paired_title(board)}",
+            "",
+            PAIRED_EXPLANATION,
+            "",
+            _markdown_table(paired_table(board)),
+        ]
     parts += [part for name in plot_files for part in ("", f"![{name}]({name})", "", f"*{CAPTIONS[name]}*")]
     parts += ["", f"*{no_plots}*"] if no_plots else []
     parts += ["", "## Sources", ""]
@@ -274,6 +346,64 @@ def _triple(score: Score | None) -> tuple[str, str, str]:
     if score is None:
         return "", "", ""
     return _number(score.value), _number(score.stderr), "" if score.n is None else str(score.n)
+
+
+def paired_csv(board: Leaderboard) -> str:
+    """Every paired difference from the baseline, one per run and task column (and the average)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        [
+            "model",
+            "backend",
+            "steering",
+            "steering_spec_sha256",
+            "task",
+            "metric",
+            "filter",
+            "length",
+            "n",
+            "delta",
+            "ci95 low",
+            "ci95 high",
+            "up",
+            "down",
+            "test",
+            "p",
+            "p holm",
+            "baseline",
+        ]
+    )
+    for row in board.rows:
+        if row is board.baseline:
+            continue
+        cells = [(c.task, c.key.metric, c.key.filter, c.length, row.paired.get(c)) for c in board.columns]
+        for task, metric, filter_name, length, d in [*cells, ("average", "", "", None, row.paired_average)]:
+            if d is None:
+                continue
+            writer.writerow(
+                [
+                    row.run.model,
+                    row.run.backend,
+                    row.run.spec_label,
+                    row.run.steering_spec_sha256 or "",
+                    task,
+                    metric,
+                    filter_name,
+                    "" if length is None else length,
+                    d.n,
+                    _number(d.mean),
+                    _number(d.low),
+                    _number(d.high),
+                    d.up,
+                    d.down,
+                    d.test or "",
+                    _number(d.p_value),
+                    _number(d.p_holm),
+                    board.baseline.label,
+                ]
+            )
+    return buffer.getvalue()
 
 
 def scores_csv(board: Leaderboard) -> str:
@@ -429,6 +559,11 @@ def to_html(board: Leaderboard, title: str, plots: dict[str, bytes], no_plots: s
     gains = ""
     if gains_rows:
         gains = "<h2>Steering gains per task</h2>\n" + _html_table("gains", (gains_header, gains_rows))
+    if board.baseline:
+        heading, note = html.escape(paired_title(board)), html.escape(PAIRED_EXPLANATION)
+        gains += f'\n<h2>{heading}</h2>\n<p class="note">{note}</p>\n' + _html_table(
+            "paired", paired_table(board)
+        )
     figures = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="{_data_url(png)}">'
         f"<figcaption>{html.escape(name)}: {html.escape(CAPTIONS[name])}</figcaption></figure>"
