@@ -51,9 +51,9 @@ OTHER_SCALES = {
     "damp": tuple(s for s in DAMP_SCALES if s != REFERENCE_SCALE["damp"]),
 }
 PROBE_SCALE = 8.0  # probes scale far from 1, where a saturated damage shows
-PROBE_K = (4, 16)  # channels per probe, in attribution order (fewer if the site is narrower)
-PROBE_CANDIDATES = 2  # pairs given a coordinate search
-PROBE_ROUNDS = 2
+PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts`` for narrow sites)
+PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
+PROBE_ROUNDS = 3
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -359,6 +359,16 @@ def find(
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
 
 
+def _probe_counts(width: int) -> list[int]:
+    """Channel counts probed per pair: PROBE_K below half the site's width, else a few and half of it."""
+    counts = [k for k in PROBE_K if k <= width // 2]
+    return (
+        counts
+        if len(counts) == len(PROBE_K)
+        else sorted({max(1, min(PROBE_K[0], width // 4)), max(1, width // 2)})
+    )
+
+
 def _probe(
     model,
     batches,
@@ -369,27 +379,31 @@ def _probe(
     candidates: int,
     max_channels: int,
 ) -> tuple[list[dict[str, Any]], list[tuple[Pair, tuple[str, ...]]]]:
-    """Method ``probe``: every distinct pair's top PROBE_K channels (attribution order) at PROBE_SCALE,
-    then a coordinate search (``_coordinate``) in the ``max(candidates, PROBE_CANDIDATES)`` pairs whose
-    probe lowered the calibration loss most; the pair that ends lowest is swept (amplify), its channels
-    reordered so that the searched set comes first."""
+    """Method ``probe``: every distinct pair's top channels (attribution order, ``_probe_counts``) at
+    PROBE_SCALE; then a coordinate search (``_coordinate``) in the PROBE_CANDIDATES pairs whose probes
+    lowered the calibration loss most and the PROBE_CANDIDATES best-scored by attribution (a pair whose
+    top channels mix damaged and healthy ones probes badly until the search drops the healthy ones). The
+    ``candidates`` pairs that end lowest are swept (amplify), the searched set first in their order."""
     pairs = _distinct_best(rankings, len(rankings))
-    widths = {p: [k for k in PROBE_K if k < arch.site_width(p[1])] or [arch.site_width(p[1])] for p in pairs}
+    counts = {p: _probe_counts(arch.site_width(p[1])) for p in pairs}
     probed: list[dict[str, Any]] = []
-    with bars.phase("probe", sum(len(ks) for ks in widths.values()), "config"):
+    with bars.phase("probe", sum(len(ks) for ks in counts.values()), "config"):
         for pair in pairs:
-            points = [sweep.run(pair, "amplify", k, PROBE_SCALE, "probe") for k in widths[pair]]
+            points = [sweep.run(pair, "amplify", k, PROBE_SCALE, "probe") for k in counts[pair]]
             best = min(points, key=lambda point: point["loss"])
             probed.append(
                 {"layer": pair[0], "site": pair[1], "score": rankings[pair].score, "direction": "amplify"}
-                | {"loss": best["loss"], "k": best["k"], "channels": best["channels"]}
+                | {"loss": best["loss"], "k": best["k"], "widest": points[-1]}
             )
-    shortlist = sorted(probed, key=lambda row: row["loss"])[: max(candidates, PROBE_CANDIDATES)]
+    by_probe = [(row["layer"], row["site"]) for row in sorted(probed, key=lambda row: row["loss"])]
+    shortlist = list(dict.fromkeys(by_probe[:PROBE_CANDIDATES] + pairs[:PROBE_CANDIDATES]))
+    widest = {(row["layer"], row["site"]): row.pop("widest") for row in probed}
     searched = []
     with bars.phase("coordinate search", len(shortlist) * PROBE_ROUNDS, "round"):
-        for row in shortlist:
-            pair = (row["layer"], row["site"])
-            searched.append((pair, _coordinate(model, batches, arch, sweep, pair, row, max_channels, bars)))
+        for pair in shortlist:
+            searched.append(
+                (pair, _coordinate(model, batches, arch, sweep, pair, widest[pair], max_channels, bars))
+            )
     searched.sort(key=lambda item: item[1]["loss"])
     plan = []
     for pair, point in searched[:candidates]:
@@ -403,10 +417,11 @@ def _probe(
 def _coordinate(
     model, batches, arch: ArchInfo, sweep: _Sweep, pair: Pair, start: dict[str, Any], max_channels: int, bars
 ) -> dict[str, Any]:
-    """From the probed point (channels x PROBE_SCALE): PROBE_ROUNDS rounds of one gradient at the current
-    point, a move that drops the set's channels whose gradient asks to go back down and adds as many
-    outside channels as the gradient asks up most (at most half the set again), kept if a real evaluation
-    lowers the loss. Returns the best point and a channel order (the set, most wanted first)."""
+    """From a probed point (channels x PROBE_SCALE), up to PROBE_ROUNDS rounds: one gradient AT the
+    current point, then two moves, each evaluated for real: drop the set's channels whose gradient asks
+    to go back down, and that plus the outside channels the gradient asks up most (at most half the set
+    again). The better move is kept if it lowers the loss; else the search stops. Returns the best point
+    and a channel order (its set, most wanted first)."""
     width = arch.site_width(pair[1])
     current = {"channels": list(start["channels"]), "loss": start["loss"]}
     order = list(start["channels"])
@@ -416,19 +431,19 @@ def _coordinate(
         grad = methods.gradient_at(model, batches, pair, factor, sweep.start(pair[0]))
         wanted = grad.argsort().tolist()  # most negative first: the loss falls if these grow
         inside = set(current["channels"])
-        keep = [c for c in wanted if c in inside and grad[c] <= 0]
-        room = max(1, len(current["channels"]) // 2)
-        add = [c for c in wanted if c not in inside and grad[c] < 0][:room]
-        proposal = (keep + add)[:max_channels]
         order = [c for c in wanted if c in inside]
+        keep = [c for c in order if grad[c] <= 0]
+        room = max(1, len(inside) // 2)
+        add = [c for c in wanted if c not in inside and grad[c] < 0][:room]
+        moves = [m for m in (keep, (keep + add)[:max_channels]) if m and sorted(m) != sorted(inside)]
         bars.advance(f"layer {pair[0]} {pair[1]}")
-        if not proposal or sorted(proposal) == sorted(current["channels"]):
+        points = [(m, sweep.run_channels(pair, "amplify", m, PROBE_SCALE, "coordinate")) for m in moves]
+        better = [(m, point) for m, point in points if point["loss"] < current["loss"]]
+        if not better:
             break
-        point = sweep.run_channels(pair, "amplify", proposal, PROBE_SCALE, "coordinate")
-        if point["loss"] >= current["loss"]:
-            break
-        current = {"channels": proposal, "loss": point["loss"]}
-        order = proposal
+        move, point = min(better, key=lambda item: item[1]["loss"])
+        current = {"channels": move, "loss": point["loss"]}
+        order = move
     return {**current, "order": order}
 
 

@@ -26,7 +26,8 @@ another seed), never the test documents.
     ssmsteer study survey --out survey/ --device cuda --test-docs 40 --lengths 512 2048   # the full survey
 
 Resumable: one JSON file per plant under OUT/plants/, written atomically when the plant is done; a
-second run skips the plants already there (and refuses an OUT made with other settings). OUT/summary.json
+second run skips the plants already there, or runs only the --finds options a plant's file lacks (and
+refuses an OUT made with other settings). OUT/summary.json
 and OUT/table.md are rewritten from every plant file present at the end of each run.
 """
 
@@ -141,7 +142,6 @@ def _settings(a: argparse.Namespace) -> dict:
         "lengths": list(a.lengths),
         "test_docs": a.test_docs,
         "docs_per_task": a.docs_per_task,
-        "finds": [f.name for f in a.finds],
         "survey_seed": SURVEY_SEED,
     }
 
@@ -156,8 +156,10 @@ def _rounded(x):
     return None if x is None else round(x, 4)
 
 
-def measure_plant(plant: Plant, path: str, a: argparse.Namespace, data: dict, intact) -> dict:
-    """Damage, references and every find option for one plant (a fresh copy of the model)."""
+def measure_plant(
+    plant: Plant, path: str, a: argparse.Namespace, data: dict, intact, finds: list[FindOption]
+) -> dict:
+    """Damage, references and each of ``finds`` for one plant (a fresh copy of the model)."""
     from lm_eval_ssmsteer.finder import find
     from lm_eval_ssmsteer.finder.paired import paired_difference, win_back
     from lm_eval_ssmsteer.loading import load_model
@@ -195,7 +197,7 @@ def measure_plant(plant: Plant, path: str, a: argparse.Namespace, data: dict, in
         "planted_x8": scored(_spec(plant.layer, plant.site, channels, 8.0)),
         "finds": {},
     }
-    for option in a.finds:
+    for option in finds:
         started = time.time()
         result = find(
             model,
@@ -444,11 +446,14 @@ def run(a: argparse.Namespace) -> int:
     digest = hashlib.sha256(json.dumps(test.examples).encode()).hexdigest()[:16]
     for plant in chosen:
         out = a.out / "plants" / f"{plant.id}.json"
-        if out.exists():
+        before = json.loads(out.read_text()) if out.exists() else {"finds": {}}
+        missing = [f for f in a.finds if f.name not in before["finds"]]
+        if not missing:
             print(f"{plant.id}: done before, kept ({out})", flush=True)
             continue
         started = time.time()
-        row = measure_plant(plant, path, a, data, intact)
+        row = measure_plant(plant, path, a, data, intact, missing)
+        row["finds"] = {**before["finds"], **row["finds"]}
         row |= {"test_documents": len(test.examples), "test_sha256": digest}
         row["seconds"] = round(time.time() - started, 1)
         atomic_write_text(out, json.dumps(row, indent=1) + "\n")
