@@ -422,6 +422,7 @@ def run(a: argparse.Namespace) -> int:
     from lm_eval_ssmsteer.files import atomic_write_text
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
     from lm_eval_ssmsteer.studies.plant import test_scores_per_document
+    from lm_eval_ssmsteer.taskdata import TaskDataError
 
     path = resolve_model_path(a.model)
     plants = _plant_list(path)
@@ -437,11 +438,13 @@ def run(a: argparse.Namespace) -> int:
             f"--out {a.out}: made with other settings ({settings_file}); resume with the same ones or use "
             "another folder"
         )
+    model, tokenizer = load_model(path, device=a.device)
+    try:
+        data, test = _documents(tokenizer, a)
+    except TaskDataError as exc:
+        raise StudyArgumentError(f"--lengths {' '.join(map(str, a.lengths))}: {exc}") from None
     (a.out / "plants").mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_file, json.dumps(settings, indent=1) + "\n")
-
-    model, tokenizer = load_model(path, device=a.device)
-    data, test = _documents(tokenizer, a)
     intact = test_scores_per_document(model, data["test"])
     digest = hashlib.sha256(json.dumps(test.examples).encode()).hexdigest()[:16]
     for plant in chosen:
