@@ -114,8 +114,8 @@ def test_plant_outputs_keep_the_first_protocols_name_unless_a_setting_changes():
 
 
 def test_plant_argument_is_site_and_count():
-    assert parse_plant("B:4") == ("B", 4)
-    for bad in ("B", "delta:4", "B:0", "B:x"):
+    assert parse_plant("B:4") == ("B", 4) and parse_plant("delta:32") == ("delta", 32)
+    for bad in ("B", "residual:4", "B:0", "B:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_plant(bad)
 
