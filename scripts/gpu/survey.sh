@@ -14,6 +14,6 @@ res="$out/survey"
 mkdir -p "$res"
 for set in design held-out; do
     python3 -m lm_eval_ssmsteer study survey --out "$res" --set "$set" --device cuda --test-docs 40 \
-        --lengths 512 2048 --finds causal causal:screen=100 probe "$@" 2>&1 | grep -v "Loading weights" | tail -80
+        --lengths 512 2048 --finds causal causal:screen=100 probe "$@" 2>&1 | grep -v "Loading weights" | tail -170
     tar -czf "$out/survey.tgz" -C "$out" survey
 done
