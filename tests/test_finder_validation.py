@@ -1,5 +1,6 @@
-"""The validation check of `find`: the best calibration configuration must also lower the loss on other
-documents, else the spec is the identity. On the trained lag-copy model of test_finder_planted.py with
+"""The validation check of `find`: the best calibration configuration is scored on other documents, paired
+per document; if it raises their loss beyond doubt the spec is the identity (an undecided outcome is
+written: tests/test_paired.py pins the decision). On the trained lag-copy model of test_finder_planted.py with
 a planted bottleneck: documents of the same task confirm the found spec; documents whose answers are
 random tokens (restoring the copy channels makes the model surer of the wrong token) reject it."""
 
