@@ -47,3 +47,19 @@ def test_a_gain_that_does_not_hold_on_the_validation_documents_writes_the_identi
     assert result.best == result.base
     assert result.spec.provenance["calibration_gain"]["loss"] == 0.0
     assert result.scores["validation"] == checked
+
+
+def test_validation_documents_that_cannot_decide_keep_the_spec_and_say_so(damped_model, monkeypatch):
+    from lm_eval_ssmsteer.finder import paired, search
+
+    def undecided(before, after):
+        return paired.PairedDifference(16, 0.0, 0.01, -0.02, 0.02, 8, 8, paired.UNDECIDED)
+
+    monkeypatch.setattr(search.paired, "paired_difference", undecided)
+    calibration = documents(32, seed=1, source="calibration")
+    with pytest.warns(search.ValidationUndecided, match="cannot decide"):
+        result = find(damped_model, calibration, progress=False, validation=random_answers(16, 4))
+    checked = result.spec.provenance["validation"]
+    assert checked["decision"] == "undecided" and not checked["held"]
+    assert checked["loss_decrease"]["low"] < 0 < checked["loss_decrease"]["high"]
+    assert result.rejected is None and result.spec.interventions[0].scale != 1.0
