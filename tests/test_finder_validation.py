@@ -1,5 +1,6 @@
-"""The validation check of `find`: the best calibration configuration must also lower the loss on other
-documents, else the spec is the identity. On the trained lag-copy model of test_finder_planted.py with
+"""The validation check of `find`: the best calibration configuration is scored on other documents, paired
+per document; if it raises their loss beyond doubt the spec is the identity (an undecided outcome is
+written: tests/test_paired.py pins the decision). On the trained lag-copy model of test_finder_planted.py with
 a planted bottleneck: documents of the same task confirm the found spec; documents whose answers are
 random tokens (restoring the copy channels makes the model surer of the wrong token) reject it."""
 
@@ -46,3 +47,19 @@ def test_a_gain_that_does_not_hold_on_the_validation_documents_writes_the_identi
     assert result.best == result.base
     assert result.spec.provenance["calibration_gain"]["loss"] == 0.0
     assert result.scores["validation"] == checked
+
+
+def test_validation_documents_that_cannot_decide_keep_the_spec_and_say_so(damped_model, monkeypatch):
+    from lm_eval_ssmsteer.finder import paired, search
+
+    def undecided(before, after):
+        return paired.PairedDifference(16, 0.0, 0.01, -0.02, 0.02, 8, 8, paired.UNDECIDED)
+
+    monkeypatch.setattr(search.paired, "paired_difference", undecided)
+    calibration = documents(32, seed=1, source="calibration")
+    with pytest.warns(search.ValidationUndecided, match="cannot decide"):
+        result = find(damped_model, calibration, progress=False, validation=random_answers(16, 4))
+    checked = result.spec.provenance["validation"]
+    assert checked["decision"] == "undecided" and not checked["held"]
+    assert checked["loss_decrease"]["low"] < 0 < checked["loss_decrease"]["high"]
+    assert result.rejected is None and result.spec.interventions[0].scale != 1.0

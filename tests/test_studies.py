@@ -62,8 +62,20 @@ def test_damping_scales_exactly_the_planted_channels_weights(site):
     channels = damp_weights(model, 1, site, 3, 0.1, seed=2)
     mixer = mamba_blocks(model)[1].mixer
     prefix = "backbone.layers.1.mixer."
+    if site == "delta":  # the bias moves so that Δ at zero input is 0.1 times its value
+        name = prefix + "dt_proj.bias"
+        changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+        assert changed == {name}
+        delta = torch.nn.functional.softplus
+        after = model.state_dict()[name]
+        torch.testing.assert_close(delta(after[channels]), 0.1 * delta(before[name][channels]))
+        others = [c for c in range(after.numel()) if c not in channels]
+        assert torch.equal(after[others], before[name][others])
+        return
     if site in ("mixer_out", "ssm_out"):
         name, rows = prefix + "out_proj.weight", channels
+    elif site == "gate":
+        name, rows = prefix + "in_proj.weight", [mixer.intermediate_size + c for c in channels]
     else:
         name = prefix + "x_proj.weight"
         rows = [mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0) + c for c in channels]
@@ -80,8 +92,8 @@ def test_damping_scales_exactly_the_planted_channels_weights(site):
 
 def test_damping_refuses_a_site_it_cannot_reach_in_the_weights():
     model, _ = load_model("tiny-random-mamba")
-    with pytest.raises(ValueError, match="site 'delta' cannot be damped"):
-        damp_weights(model, 0, "delta", 2, 0.1, seed=0)
+    with pytest.raises(ValueError, match="site 'residual' cannot be damped"):
+        damp_weights(model, 0, "residual", 2, 0.1, seed=0)
 
 
 def test_win_back_is_the_share_of_the_gap_the_steered_row_closes():
@@ -102,8 +114,8 @@ def test_plant_outputs_keep_the_first_protocols_name_unless_a_setting_changes():
 
 
 def test_plant_argument_is_site_and_count():
-    assert parse_plant("B:4") == ("B", 4)
-    for bad in ("B", "delta:4", "B:0", "B:x"):
+    assert parse_plant("B:4") == ("B", 4) and parse_plant("delta:32") == ("delta", 32)
+    for bad in ("B", "residual:4", "B:0", "B:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_plant(bad)
 

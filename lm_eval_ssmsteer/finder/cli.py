@@ -24,10 +24,16 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lm_eval_ssmsteer.finder.search import REJECTED_BY_VALIDATION, IdentityWritten
+    from lm_eval_ssmsteer.finder.search import (
+        REJECTED_BY_VALIDATION,
+        IdentityWritten,
+        ValidationUndecided,
+        paired_words,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IdentityWritten)  # the summary below says it, and why
+        warnings.simplefilter("ignore", ValidationUndecided)
         warnings.showwarning = _print_warning
         try:
             paths, result = run(args)
@@ -40,8 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     if result.rejected is not None:
         checked = result.scores["validation"]
         why = (
-            f"it lowered the calibration loss but not the validation loss "
-            f"({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f})"
+            f"it lowered the calibration loss but raised the validation loss ({paired_words(checked)})"
             if result.rejected == REJECTED_BY_VALIDATION
             else "it did not lower the calibration loss"
         )
@@ -56,6 +61,10 @@ def _run(args: argparse.Namespace) -> int:
             f"calibration loss {result.base.loss:.4f} -> {result.best.loss:.4f} (gain {gain['loss']:+.4f}), "
             f"accuracy {result.base.accuracy:.3f} -> {result.best.accuracy:.3f}"
         )
+        checked = result.scores["validation"]
+        if checked is not None:
+            verdict = "confirm it" if checked["decision"] == "better" else "cannot decide (undecided)"
+            print(f"validation documents {verdict}: {paired_words(checked)}")
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

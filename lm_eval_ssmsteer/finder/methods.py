@@ -13,6 +13,11 @@
 - ``causal``: attribution, then the best-scored pairs screened by real interventions on the calibration
   data (search.py), and the top channels of the winner re-ranked by one intervention each (amplify by
   VERIFY_AMPLIFY, ablate to 0).
+- ``probe``: attribution only orders channels; every distinct pair is probed by real interventions at a
+  large scale (its top channels x PROBE_SCALE, where a damage that saturates shows although the gradient
+  at scale 1 is flat), and the best few pairs get a short coordinate search: the gradient taken AT the
+  probed point (``gradient_at``) says which channels of the set want to go back to 1 and which outside
+  want to join it; a move is kept only if a real evaluation confirms it (search.py).
 - ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
   channels of that layer's mixer_out by variance.
 """
@@ -31,7 +36,7 @@ from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
 
-METHODS = ("causal", "attribution", "variance", "dt-bias")
+METHODS = ("causal", "probe", "attribution", "variance", "dt-bias")
 SITE_TOP = 8  # a pair's statistic is the mean of its best 8 channels' values (a sum would favour wide sites)
 NULL_DRAWS = 256  # random sign flips of the per-document gradients behind a pair's standardized score
 NULL_SEED = 0
@@ -101,13 +106,51 @@ def _logits(model, ids: torch.Tensor, start: tuple[LayerInputs, int] | None) -> 
     return model.lm_head(hidden.to(model.lm_head.weight.dtype))
 
 
-def _answer_loss(model, ids, labels, start=None) -> tuple[torch.Tensor, int]:
-    """Summed answer-token cross-entropy of a batch and the number of its documents answered right."""
+def _answer_loss(model, ids, labels, start=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per document of a batch: summed answer-token cross-entropy (b,) and whether every answer token is
+    the greedy choice (b,)."""
     logits = _logits(model, ids, start)[:, :-1].float()
     target = labels[:, 1:]
-    loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
-    right = ((logits.argmax(-1) == target) | (target == -100)).all(dim=1).sum()
-    return loss, int(right)
+    loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none").sum(1)
+    right = ((logits.argmax(-1) == target) | (target == -100)).all(dim=1)
+    return loss, right
+
+
+@dataclass(frozen=True)
+class PerDocument:
+    """One entry per document, in the order of the batches: what paired statistics compare."""
+
+    loss: torch.Tensor  # (docs,) summed answer-token cross-entropy
+    tokens: torch.Tensor  # (docs,) answer tokens
+    right: torch.Tensor  # (docs,) bool: the whole answer is the greedy (teacher-forced) choice
+
+    @property
+    def mean_loss(self) -> torch.Tensor:
+        """(docs,) each document's mean answer-token loss."""
+        return self.loss / self.tokens.clamp(min=1)
+
+    def summary(self) -> LossAccuracy:
+        return LossAccuracy(float(self.loss.sum() / self.tokens.sum()), float(self.right.float().mean()))
+
+
+def per_document(
+    model,
+    batches: Batches,
+    spec: SteeringSpec | None = None,
+    start: LayerInputs | None = None,
+    advance: Advance = _nothing,
+) -> PerDocument:
+    """Each document's answer loss, answer tokens and correctness on ``batches``; ``start``: run from that
+    cached layer input (spec steers there or later); ``advance`` after each batch."""
+    losses, tokens, rights = [], [], []
+    with torch.no_grad(), steer(model, spec):
+        for i, (ids, labels) in enumerate(batches):
+            loss, right = _answer_loss(model, ids, labels, None if start is None else (start, i))
+            losses.append(loss.double().cpu())
+            tokens.append((labels[:, 1:] != -100).sum(1).cpu())
+            rights.append(right.cpu())
+            advance()
+    return PerDocument(torch.cat(losses), torch.cat(tokens), torch.cat(rights))
 
 
 def evaluate(
@@ -119,16 +162,7 @@ def evaluate(
 ) -> LossAccuracy:
     """Loss and accuracy on ``batches``; ``start``: run from that cached layer input (spec steers there
     or later); ``advance`` after each batch."""
-    loss, right, tokens, docs = 0.0, 0, 0, 0
-    with torch.no_grad(), steer(model, spec):
-        for i, (ids, labels) in enumerate(batches):
-            batch_loss, batch_right = _answer_loss(model, ids, labels, None if start is None else (start, i))
-            loss += float(batch_loss)
-            right += batch_right
-            tokens += int((labels[:, 1:] != -100).sum())
-            docs += ids.shape[0]
-            advance()
-    return LossAccuracy(loss / tokens, right / docs)
+    return per_document(model, batches, spec, start, advance).summary()
 
 
 def _valid_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -217,7 +251,7 @@ def attribution(
             }
             with torch.enable_grad(), steer_factors(model, factors):
                 loss, _ = _answer_loss(model, ids, labels)
-                (loss / tokens).backward()
+                (loss.sum() / tokens).backward()
             for p, f in factors.items():
                 per_doc[p].append(f.grad[:, 0, :].float())  # (b, c)
             advance()
@@ -225,6 +259,30 @@ def attribution(
         for p in frozen:
             p.requires_grad_(True)
     return {p: Attribution(torch.cat(v)) for p, v in per_doc.items()}
+
+
+def gradient_at(
+    model, batches: Batches, pair: Pair, factor: torch.Tensor, start: LayerInputs | None = None
+) -> torch.Tensor:
+    """dL/ds_c for every channel of ``pair`` at the point where its channels are scaled by ``factor``
+    ((width,), fp32), L the mean answer-token loss: first order, but around a point far from scale 1."""
+    device = next(model.parameters()).device
+    tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in batches)
+    grad = torch.zeros_like(factor, dtype=torch.float32)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for i, (ids, labels) in enumerate(batches):
+            f = factor.detach().float().to(device).requires_grad_(True)
+            with torch.enable_grad(), steer_factors(model, {pair: f}):
+                loss, _ = _answer_loss(model, ids, labels, None if start is None else (start, i))
+                (loss.sum() / tokens).backward()
+            grad += f.grad.float().cpu()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return grad
 
 
 def sign_flips(n_docs: int, device: torch.device | str = "cpu") -> torch.Tensor:

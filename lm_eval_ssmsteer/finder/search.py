@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lm_eval_ssmsteer.files import atomic_write
-from lm_eval_ssmsteer.finder import methods
+from lm_eval_ssmsteer.finder import methods, paired
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
 from lm_eval_ssmsteer.finder.methods import METHODS, LossAccuracy, Pair, Ranking
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
@@ -50,12 +50,30 @@ OTHER_SCALES = {
     "amplify": tuple(s for s in AMPLIFY_SCALES if s != REFERENCE_SCALE["amplify"]),
     "damp": tuple(s for s in DAMP_SCALES if s != REFERENCE_SCALE["damp"]),
 }
+PROBE_SCALE = 8.0  # probes scale far from 1, where a saturated damage shows
+PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts`` for narrow sites)
+PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
+PROBE_ROUNDS = 3
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
 
 class IdentityWritten(UserWarning):
     """The spec is the identity (scale 1.0): the best configuration was not kept."""
+
+
+class ValidationUndecided(UserWarning):
+    """The validation documents could not tell whether the written configuration helps."""
+
+
+def paired_words(checked: dict[str, Any]) -> str:
+    """The validation's paired result in words: loss before -> after, the per-document decrease."""
+    d = checked["loss_decrease"]
+    return (
+        f"loss {checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f}; per-document decrease "
+        f"{d['mean']:+.4f}, {d['level']:.0%} interval [{d['low']:+.4f}, {d['high']:+.4f}], lower on "
+        f"{d['larger']} and higher on {d['smaller']} of {d['n']} documents"
+    )
 
 
 @dataclass
@@ -189,6 +207,8 @@ def find(
                     )
             ranked = sorted(screened, key=lambda row: row["loss"])[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
+        elif method == "probe":
+            screened, plan = _probe(model, batches, arch, rankings, sweep, bars, candidates, max_channels)
         else:
             chosen = _distinct_best(rankings, 1 if method == "dt-bias" else max(1, candidates))
             plan = [(pair, DIRECTIONS) for pair in chosen]
@@ -220,15 +240,19 @@ def find(
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
             candidate = SteeringSpec.single(best["layer"], best["site"], best["channels"], best["scale"])
             with bars.phase("validation", 2 * len(held_out), "batch"):
-                v_base = methods.evaluate(model, held_out, advance=bars.advance)
-                v_steered = methods.evaluate(model, held_out, candidate, advance=bars.advance)
+                v_base = methods.per_document(model, held_out, advance=bars.advance)
+                v_steered = methods.per_document(model, held_out, candidate, advance=bars.advance)
+            # per document: how much the configuration lowers its mean answer loss
+            gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
             checked = {
                 "source": validation.source,
                 "sha256": validation.sha256,
                 "documents": len(validation.examples),
-                "loss": {"unsteered": v_base.loss, "steered": v_steered.loss},
-                "accuracy": {"unsteered": v_base.accuracy, "steered": v_steered.accuracy},
-                "held": v_steered.loss < v_base.loss,
+                "loss": {"unsteered": v_base.summary().loss, "steered": v_steered.summary().loss},
+                "accuracy": {"unsteered": v_base.summary().accuracy, "steered": v_steered.summary().accuracy},
+                "loss_decrease": gain.as_dict(),
+                "decision": gain.decision,
+                "held": gain.decision == paired.BETTER,
             }
 
     rejected = None
@@ -240,15 +264,24 @@ def find(
             IdentityWritten,
             stacklevel=2,
         )
-    elif checked is not None and not checked["held"]:
+    elif checked is not None and checked["decision"] == paired.WORSE:
         improved = False
         rejected = REJECTED_BY_VALIDATION
         warnings.warn(
             f"the best configuration (layer {best['layer']} {best['site']}, {best['k']} channels "
             f"x{best['scale']:g}) lowered the calibration loss but not the loss on the validation "
-            f"documents ({checked['loss']['unsteered']:.4f} -> {checked['loss']['steered']:.4f}); the spec "
-            "written is the identity (scale 1.0), so steering with it changes nothing",
+            f"documents ({paired_words(checked)}); the spec written is the identity (scale 1.0), so "
+            "steering with it changes nothing",
             IdentityWritten,
+            stacklevel=2,
+        )
+    elif checked is not None and checked["decision"] == paired.UNDECIDED:
+        warnings.warn(
+            f"the validation documents cannot decide whether the best configuration (layer {best['layer']} "
+            f"{best['site']}, {best['k']} channels x{best['scale']:g}) helps ({paired_words(checked)}); "
+            "it is written, marked undecided in its provenance: score it on more documents before trusting "
+            "it",
+            ValidationUndecided,
             stacklevel=2,
         )
     channels = best["channels"]
@@ -326,6 +359,94 @@ def find(
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
 
 
+def _probe_counts(width: int) -> list[int]:
+    """Channel counts probed per pair: PROBE_K below half the site's width, else a few and half of it."""
+    counts = [k for k in PROBE_K if k <= width // 2]
+    return (
+        counts
+        if len(counts) == len(PROBE_K)
+        else sorted({max(1, min(PROBE_K[0], width // 4)), max(1, width // 2)})
+    )
+
+
+def _probe(
+    model,
+    batches,
+    arch: ArchInfo,
+    rankings: dict[Pair, Ranking],
+    sweep: _Sweep,
+    bars: _Progress,
+    candidates: int,
+    max_channels: int,
+) -> tuple[list[dict[str, Any]], list[tuple[Pair, tuple[str, ...]]]]:
+    """Method ``probe``: every distinct pair's top channels (attribution order, ``_probe_counts``) at
+    PROBE_SCALE; then a coordinate search (``_coordinate``) in the PROBE_CANDIDATES pairs whose probes
+    lowered the calibration loss most and the PROBE_CANDIDATES best-scored by attribution (a pair whose
+    top channels mix damaged and healthy ones probes badly until the search drops the healthy ones). The
+    ``candidates`` pairs that end lowest are swept (amplify), the searched set first in their order."""
+    pairs = _distinct_best(rankings, len(rankings))
+    counts = {p: _probe_counts(arch.site_width(p[1])) for p in pairs}
+    probed: list[dict[str, Any]] = []
+    with bars.phase("probe", sum(len(ks) for ks in counts.values()), "config"):
+        for pair in pairs:
+            points = [sweep.run(pair, "amplify", k, PROBE_SCALE, "probe") for k in counts[pair]]
+            best = min(points, key=lambda point: point["loss"])
+            probed.append(
+                {"layer": pair[0], "site": pair[1], "score": rankings[pair].score, "direction": "amplify"}
+                | {"loss": best["loss"], "k": best["k"], "widest": points[-1]}
+            )
+    by_probe = [(row["layer"], row["site"]) for row in sorted(probed, key=lambda row: row["loss"])]
+    shortlist = list(dict.fromkeys(by_probe[:PROBE_CANDIDATES] + pairs[:PROBE_CANDIDATES]))
+    widest = {(row["layer"], row["site"]): row.pop("widest") for row in probed}
+    searched = []
+    with bars.phase("coordinate search", len(shortlist) * PROBE_ROUNDS, "round"):
+        for pair in shortlist:
+            searched.append(
+                (pair, _coordinate(model, batches, arch, sweep, pair, widest[pair], max_channels, bars))
+            )
+    searched.sort(key=lambda item: item[1]["loss"])
+    plan = []
+    for pair, point in searched[:candidates]:
+        ranking = rankings[pair]
+        ranking.amplify = point["order"] + [c for c in ranking.amplify if c not in point["order"]]
+        ranking.helpful = {**(ranking.helpful or {}), "amplify": len(point["channels"])}
+        plan.append((pair, ("amplify",)))
+    return probed, plan
+
+
+def _coordinate(
+    model, batches, arch: ArchInfo, sweep: _Sweep, pair: Pair, start: dict[str, Any], max_channels: int, bars
+) -> dict[str, Any]:
+    """From a probed point (channels x PROBE_SCALE), up to PROBE_ROUNDS rounds: one gradient AT the
+    current point, then two moves, each evaluated for real: drop the set's channels whose gradient asks
+    to go back down, and that plus the outside channels the gradient asks up most (at most half the set
+    again). The better move is kept if it lowers the loss; else the search stops. Returns the best point
+    and a channel order (its set, most wanted first)."""
+    width = arch.site_width(pair[1])
+    current = {"channels": list(start["channels"]), "loss": start["loss"]}
+    order = list(start["channels"])
+    for _ in range(PROBE_ROUNDS):
+        factor = torch.ones(width)
+        factor[current["channels"]] = PROBE_SCALE
+        grad = methods.gradient_at(model, batches, pair, factor, sweep.start(pair[0]))
+        wanted = grad.argsort().tolist()  # most negative first: the loss falls if these grow
+        inside = set(current["channels"])
+        order = [c for c in wanted if c in inside]
+        keep = [c for c in order if grad[c] <= 0]
+        room = max(1, len(inside) // 2)
+        add = [c for c in wanted if c not in inside and grad[c] < 0][:room]
+        moves = [m for m in (keep, (keep + add)[:max_channels]) if m and sorted(m) != sorted(inside)]
+        bars.advance(f"layer {pair[0]} {pair[1]}")
+        points = [(m, sweep.run_channels(pair, "amplify", m, PROBE_SCALE, "coordinate")) for m in moves]
+        better = [(m, point) for m, point in points if point["loss"] < current["loss"]]
+        if not better:
+            break
+        move, point = min(better, key=lambda item: item[1]["loss"])
+        current = {"channels": move, "loss": point["loss"]}
+        order = move
+    return {**current, "order": order}
+
+
 def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
     """The ``n`` best-scored pairs, skipping a pair that ranks exactly like a better one of its layer
     (Mamba-1's ssm_out and gate: scaling y or SiLU(z) of the product y ⊙ SiLU(z) is the same)."""
@@ -349,7 +470,7 @@ def _score(
 ) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
     pairs = [(layer, site) for layer in arch.steerable_layers for site in sites]
     raw: dict[str, Any] = {}
-    if method in ("attribution", "causal"):
+    if method in ("attribution", "causal", "probe"):
         with bars.phase("attribution", len(batches), "batch"):
             grads = methods.attribution(model, batches, pairs, arch, bars.advance)
         raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}
@@ -407,7 +528,14 @@ class _Sweep:
         return self._starts[layer]
 
     def run(self, pair: Pair, direction: str, k: int, scale: float, stage: str = "sweep") -> dict[str, Any]:
-        channels = sorted(getattr(self.rankings[pair], direction)[:k])
+        """The top ``k`` channels of ``pair`` in ``direction``'s ranking at ``scale``."""
+        channels = getattr(self.rankings[pair], direction)[:k]
+        return self.run_channels(pair, direction, channels, scale, stage)
+
+    def run_channels(
+        self, pair: Pair, direction: str, channels: list[int], scale: float, stage: str = "sweep"
+    ) -> dict[str, Any]:
+        channels = sorted(channels)
         key = (pair, tuple(channels), scale)
         if key not in self._seen:
             spec = SteeringSpec.single(layer=pair[0], site=pair[1], channels=channels, scale=scale)
@@ -417,7 +545,7 @@ class _Sweep:
                 "layer": pair[0],
                 "site": pair[1],
                 "direction": direction,
-                "k": k,
+                "k": len(channels),
                 "scale": scale,
                 "channels": channels,
                 "loss": score.loss,
@@ -425,8 +553,8 @@ class _Sweep:
             }
             self._seen[key] = point
             self.curve.append(point)
-        self.advance(f"{stage} layer {pair[0]} {pair[1]} k={k} x{scale:g}")
-        return {**self._seen[key], "direction": direction, "k": k}
+        self.advance(f"{stage} layer {pair[0]} {pair[1]} k={len(channels)} x{scale:g}")
+        return {**self._seen[key], "direction": direction, "k": len(channels)}
 
     def sweep(self, plan: list[tuple[Pair, tuple[str, ...]]], max_channels: int, bars: _Progress) -> None:
         """Per pair and direction: every channel count at the reference scale, then the other scales at

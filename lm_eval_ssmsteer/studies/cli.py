@@ -15,6 +15,7 @@ from lm_eval_ssmsteer.studies import StudyArgumentError
 STUDIES = {
     "find-table": "lm_eval_ssmsteer.studies.find_table",
     "score-specs": "lm_eval_ssmsteer.studies.score_specs",
+    "survey": "lm_eval_ssmsteer.studies.survey",
     "plant": "lm_eval_ssmsteer.studies.plant",
     "damp": "lm_eval_ssmsteer.studies.damping",
     "needle": "lm_eval_ssmsteer.studies.needle",

@@ -3,7 +3,12 @@
 A planted bottleneck for the finder's validation (docs/finder.md): ``count`` channels drawn with
 ``random.Random(seed)`` (never by a finder score) are multiplied by ``scale`` in the weights that write
 them: mixer_out = ``out_proj`` rows, ssm_out = ``out_proj`` columns, B or C = ``x_proj`` rows (it has no
-bias, so scaling its rows scales B or C exactly). The tokenizer is saved beside the weights.
+bias, so scaling its rows scales B or C exactly). Two plants are not a pure scale of the site: delta
+moves the ``dt_proj`` bias so that Δ at a zero input is ``scale`` times its value (Δ = softplus(w·x + b):
+close to a scale where softplus is exponential, and a damage that saturates, as in issue 22), and gate
+scales the z rows of ``in_proj`` (SiLU(scale·z), not scale·SiLU(z)). ``residual`` cannot be written into
+the weights (the block output is the residual stream itself): ``plant`` adds a forward hook for it, which
+lives as long as the model object and is not saved. The tokenizer is saved beside the weights.
 
     ssmsteer study damp --model ref-mamba1 --layer 2 --site B --channels 4 --scale 0.1 --seed 2 \\
         --out planted.model
@@ -15,7 +20,8 @@ import argparse
 import random
 from pathlib import Path
 
-PLANT_SITES = ("mixer_out", "ssm_out", "B", "C")
+PLANT_SITES = ("mixer_out", "ssm_out", "gate", "delta", "B", "C")  # damped in the weights
+HOOK_PLANT_SITES = ("residual",)  # damped by a forward hook: every site, with PLANT_SITES
 PLANTED_CHANNELS = 8  # the first planted protocol's plant: 8 mixer_out channels x0.2, seed 0
 PLANTED_SCALE = 0.2
 
@@ -40,25 +46,53 @@ def control_channels(width: int, count: int, avoid: list[int] | None = None) -> 
 
 def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
     """Damp ``count`` random channels (``seed``) of ``layer``'s ``site`` by ``scale``, in the weights, in
-    place. Returns the channels, sorted."""
+    place (Mamba-1 mixers). Returns the channels, sorted."""
     import torch
+    import torch.nn.functional as F
 
     from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks
 
     if site not in PLANT_SITES:
         raise ValueError(f"site {site!r} cannot be damped in the weights; allowed: {', '.join(PLANT_SITES)}")
     mixer = mamba_blocks(model)[layer].mixer
-    if site == "mixer_out":
-        weight, first_row = mixer.out_proj.weight, 0
-    elif site == "ssm_out":
-        weight, first_row = mixer.out_proj.weight.T, 0
-    else:  # x_proj's rows: Δ's rank, then B's state channels, then C's
-        weight = mixer.x_proj.weight
-        first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
     width = describe_model(model).site_width(site)
     channels = random_channels(width, count, seed)
     with torch.no_grad():
+        if site == "delta":  # Δ at zero input times scale: b' = softplus⁻¹(scale · softplus(b))
+            bias = mixer.dt_proj.bias
+            target = scale * F.softplus(bias[channels].float())
+            bias[channels] = (target + torch.log(-torch.expm1(-target))).to(bias.dtype)
+            return channels
+        if site == "mixer_out":
+            weight, first_row = mixer.out_proj.weight, 0
+        elif site == "ssm_out":
+            weight, first_row = mixer.out_proj.weight.T, 0
+        elif site == "gate":  # in_proj writes [x; z]: z's rows come after d_inner x rows
+            weight, first_row = mixer.in_proj.weight, mixer.intermediate_size
+        else:  # x_proj's rows: Δ's rank, then B's state channels, then C's
+            weight = mixer.x_proj.weight
+            first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
         weight[[first_row + c for c in channels]] *= scale
+    return channels
+
+
+def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
+    """``damp_weights`` for the weight sites; for ``residual`` a forward hook on the block that multiplies
+    the channels of its output by ``scale`` (kept as long as ``model``). Returns the channels, sorted."""
+    if site not in HOOK_PLANT_SITES:
+        return damp_weights(model, layer, site, count, scale, seed)
+    import torch
+
+    from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks
+
+    channels = random_channels(describe_model(model).site_width(site), count, seed)
+    factor = torch.ones(describe_model(model).site_width(site))
+    factor[channels] = scale
+
+    def damp_output(module, args, output):
+        return output * factor.to(device=output.device, dtype=output.dtype)
+
+    mamba_blocks(model)[layer].register_forward_hook(damp_output)
     return channels
 
 

@@ -80,13 +80,19 @@ def documents(tokenizer, a: argparse.Namespace) -> Documents:
     return Documents(on_device, calibration, validation)
 
 
-def test_scores(model, test: list, spec=None) -> dict[str, float]:
-    """Teacher-forced answer loss and whole-answer accuracy on the test batches (fast scan where allowed)."""
-    from lm_eval_ssmsteer.finder.methods import evaluate
+def test_scores_per_document(model, test: list, spec=None):
+    """Each test document's teacher-forced answer loss and correctness (``finder.methods.PerDocument``;
+    fast scan where allowed)."""
+    from lm_eval_ssmsteer.finder.methods import per_document
     from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
 
     with fast_scan_if_allowed(model):
-        scored = evaluate(model, test, spec)
+        return per_document(model, test, spec)
+
+
+def test_scores(model, test: list, spec=None) -> dict[str, float]:
+    """Teacher-forced answer loss and whole-answer accuracy on the test batches (fast scan where allowed)."""
+    scored = test_scores_per_document(model, test, spec).summary()
     return {"loss": scored.loss, "accuracy": scored.accuracy}
 
 

@@ -1,0 +1,472 @@
+"""Plant survey: a fixed, seeded list of plants at every site, each scored for damage, then for recovery.
+
+The plants (``survey_plants``) are drawn once, with SURVEY_SEED, from every site (all seven), every layer,
+two channel counts per site width and three damping strengths (×0.1, ×0.05, and ×0.02, which saturates
+where the damage saturates); per site half of them form the DESIGN set (what the search may be tuned
+on) and half the HELD-OUT set (run only to report, never while designing). The list does not depend on
+any finder output, and every plant is reported.
+
+Per plant, on TEST documents of the tasks the model solves (default ssm_passkey, ssm_variable_tracking,
+ssm_ruler_niah_single; the answer is the needle value without its final period, the string lm-eval's
+string_match looks for; a document is right when every one of its answer tokens is the greedy choice,
+teacher-forced):
+1. the damage: intact minus damaged accuracy, paired per document, with an interval. Plants whose
+   damage is below --min-damage (0.10) are reported and left out of the recovery rates;
+2. two references on the damaged model: the exact inverse (the planted channels × 1/scale) and the
+   planted channels ×8, the largest scale `find` tries;
+3. for each `find` option (--finds): what it found, whether it names the planted layer and site (B/C and
+   ssm_out/gate are one site on Mamba-1), the share of planted channels in its spec, its validation
+   decision, and the paired win-back (steered − damaged) / (intact − damaged) of the test accuracy with a
+   document-bootstrap interval, beside a random control (as many random channels at the found layer,
+   site and scale).
+`find` sees the CALIBRATION split of the same tasks and lengths (and its validation documents, drawn with
+another seed), never the test documents.
+
+    ssmsteer study survey --out survey/ --set design --plants D01 D02 --test-docs 8 --lengths 512
+    ssmsteer study survey --out survey/ --device cuda --test-docs 40 --lengths 512 2048   # the full survey
+
+Resumable: one JSON file per plant under OUT/plants/, written atomically when the plant is done; a
+second run skips the plants already there, or runs only the --finds options a plant's file lacks (and
+refuses an OUT made with other settings). OUT/summary.json
+and OUT/table.md are rewritten from every plant file present at the end of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lm_eval_ssmsteer.studies import StudyArgumentError
+
+SURVEY_SEED = 22
+SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
+SCALES = (0.1, 0.05, 0.02)
+PLANTS_PER_SITE = 6  # 3 design, 3 held-out
+DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length (find needs 8)
+MIN_DAMAGE = 0.10
+WIN_BACK_GOAL = 0.8
+DEFAULT_FINDS = ("causal", "probe")
+SETS = ("design", "held-out")
+
+
+def _counts(width: int) -> tuple[int, int]:
+    """Two channel counts for a site of ``width`` channels: a few, and a larger share (≤ 32, `find`'s
+    default --max-channels)."""
+    return max(1, min(16, width // 8)), min(32, max(2, width // 4))
+
+
+@dataclass(frozen=True)
+class Plant:
+    id: str  # D01... (design) or H01... (held-out)
+    set: str
+    layer: int
+    site: str
+    count: int
+    scale: float
+    seed: int  # of the channel draw
+
+
+def survey_plants(n_layers: int, widths: dict[str, int]) -> list[Plant]:
+    """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
+    SURVEY_SEED, alternately design and held-out; channel seeds 100, 101, ... in list order."""
+    from lm_eval_ssmsteer.mamba.sites import SITES
+
+    rng = random.Random(SURVEY_SEED)
+    drawn: list[tuple[str, int, int, int, float]] = []
+    for site in SITES:
+        grid = [(layer, c, s) for layer in range(n_layers) for c in _counts(widths[site]) for s in SCALES]
+        for i, (layer, count, scale) in enumerate(rng.sample(grid, min(PLANTS_PER_SITE, len(grid)))):
+            drawn.append((SETS[i % 2], layer, site, count, scale))
+    plants, numbers = [], {name: 0 for name in SETS}
+    for seed, (which, layer, site, count, scale) in enumerate(drawn, start=100):
+        numbers[which] += 1
+        plant_id = f"{which[0].upper()}{numbers[which]:02d}"
+        plants.append(Plant(plant_id, which, layer, site, count, scale, seed))
+    return plants
+
+
+@dataclass(frozen=True)
+class FindOption:
+    """One way of running `find`: METHOD or METHOD:screen=N."""
+
+    method: str
+    screen: int = 3
+
+    @property
+    def name(self) -> str:
+        return self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
+
+
+def parse_find(text: str) -> FindOption:
+    """A --finds value METHOD[:screen=N]."""
+    from lm_eval_ssmsteer.finder.methods import METHODS
+
+    method, _, rest = text.partition(":")
+    screen = 3
+    if rest:
+        key, _, value = rest.partition("=")
+        if key != "screen" or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"--finds: {text!r}; allowed: METHOD or METHOD:screen=N, N >= 1")
+        screen = int(value)
+    if method not in METHODS:
+        raise argparse.ArgumentTypeError(
+            f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
+        )
+    return FindOption(method, screen)
+
+
+def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
+    """(context, value) documents: each task at each length; the value is the answer without its final
+    period (what the tasks' string match looks for)."""
+    from lm_eval_ssmsteer.finder.data import task_pairs
+
+    return [
+        (context, answer.rstrip("."))
+        for length in lengths
+        for context, answer in task_pairs(
+            list(tasks), split, docs, seed=seed, length=length, count_tokens=count_tokens
+        )
+    ]
+
+
+def _settings(a: argparse.Namespace) -> dict:
+    """What makes two runs' plant files comparable (resuming checks it)."""
+    return {
+        "model": a.model,
+        "tasks": list(a.tasks),
+        "lengths": list(a.lengths),
+        "test_docs": a.test_docs,
+        "docs_per_task": a.docs_per_task,
+        "survey_seed": SURVEY_SEED,
+    }
+
+
+def _spec(layer: int, site: str, channels: list[int], scale: float):
+    from lm_eval_ssmsteer.spec import SteeringSpec
+
+    return SteeringSpec.single(layer, site, channels, scale)
+
+
+def _rounded(x):
+    return None if x is None else round(x, 4)
+
+
+def measure_plant(
+    plant: Plant, path: str, a: argparse.Namespace, data: dict, intact, finds: list[FindOption]
+) -> dict:
+    """Damage, references and each of ``finds`` for one plant (a fresh copy of the model)."""
+    from lm_eval_ssmsteer.finder import find
+    from lm_eval_ssmsteer.finder.paired import paired_difference, win_back
+    from lm_eval_ssmsteer.loading import load_model
+    from lm_eval_ssmsteer.mamba.arch import describe_model
+    from lm_eval_ssmsteer.mamba.sites import same_site
+    from lm_eval_ssmsteer.studies.damping import control_channels
+    from lm_eval_ssmsteer.studies.damping import plant as plant_damage
+    from lm_eval_ssmsteer.studies.plant import test_scores_per_document
+
+    model, _ = load_model(path, device=a.device)
+    arch = describe_model(model)
+    channels = plant_damage(model, plant.layer, plant.site, plant.count, plant.scale, plant.seed)
+    test = data["test"]
+    damaged = test_scores_per_document(model, test)
+    damage = paired_difference(damaged.right.double(), intact.right.double())  # intact - damaged
+
+    def scored(spec) -> dict:
+        steered = test_scores_per_document(model, test, spec)
+        back = win_back(intact.right, damaged.right, steered.right)
+        return {
+            "accuracy": float(steered.right.double().mean()),
+            "loss": steered.summary().loss,
+            "vs_damaged": paired_difference(damaged.right.double(), steered.right.double()).as_dict(),
+            "win_back": back.as_dict(),
+        }
+
+    row: dict = {
+        "plant": asdict(plant),
+        "channels": channels,
+        "intact": {"accuracy": float(intact.right.double().mean()), "loss": intact.summary().loss},
+        "damaged": {"accuracy": float(damaged.right.double().mean()), "loss": damaged.summary().loss},
+        "damage": damage.as_dict(),
+        "damaging": damage.mean >= a.min_damage,
+        "inverse": scored(_spec(plant.layer, plant.site, channels, 1 / plant.scale)),
+        "planted_x8": scored(_spec(plant.layer, plant.site, channels, 8.0)),
+        "finds": {},
+    }
+    for option in finds:
+        started = time.time()
+        result = find(
+            model,
+            data["calibration"],
+            method=option.method,
+            screen=option.screen,
+            validation=data["validation"],
+            progress=False,
+            model_name=f"{a.model} {plant.id}",
+        )
+        seconds = time.time() - started
+        iv = result.spec.interventions[0]
+        found = list(iv.channels) if isinstance(iv.channels, tuple) else list(range(arch.site_width(iv.site)))
+        layer_ok = iv.layers[0] == plant.layer
+        site_ok = same_site(iv.site, plant.site, arch.family)
+        hit = sorted(set(found) & set(channels)) if layer_ok and site_ok and iv.scale != 1.0 else []
+        avoid = channels if layer_ok and site_ok else None
+        if iv.scale != 1.0 and len(found) < arch.site_width(iv.site):
+            control_ch, _ = control_channels(arch.site_width(iv.site), len(found), avoid)
+            control = scored(_spec(iv.layers[0], iv.site, control_ch, iv.scale))
+        else:
+            control = None
+        validation = result.scores["validation"]
+        row["finds"][option.name] = {
+            "seconds": round(seconds, 1),
+            "found": {"layer": iv.layers[0], "site": iv.site, "channels": found, "scale": iv.scale},
+            "written": iv.scale != 1.0,
+            "rejected": result.rejected,
+            "validation": None if validation is None else validation["decision"],
+            "layer_site": layer_ok and site_ok and iv.scale != 1.0,
+            "recall": len(hit) / len(channels),
+            "calibration_loss": {"damaged": result.base.loss, "steered": result.best.loss},
+            "steered": scored(result.spec) if iv.scale != 1.0 else None,
+            "random": control,
+        }
+    return row
+
+
+def summarize(rows: list[dict], finds: list[str], min_damage: float) -> dict:
+    """Per set and find option, over the plants whose damage is at least ``min_damage``: layer and site
+    found, mean channel recall, win-back (median, share ≥ WIN_BACK_GOAL) and the random control's."""
+    out: dict = {}
+    for which in SETS:
+        of_set = [r for r in rows if r["plant"]["set"] == which]
+        damaging = [r for r in of_set if r["damage"]["mean"] >= min_damage]
+        block = {"plants": len(of_set), "damaging": len(damaging), "finds": {}}
+        for name in finds:
+            runs = [r["finds"][name] for r in damaging if name in r["finds"]]
+            if not runs:
+                continue
+            backs = [f["steered"]["win_back"]["value"] if f["steered"] else 0.0 for f in runs]
+            controls = [f["random"]["win_back"]["value"] for f in runs if f["random"]]
+            backs_sorted = sorted(b for b in backs if b is not None)
+            block["finds"][name] = {
+                "plants": len(runs),
+                "layer_site": sum(f["layer_site"] for f in runs) / len(runs),
+                "recall": sum(f["recall"] for f in runs) / len(runs),
+                "win_back_median": backs_sorted[len(backs_sorted) // 2] if backs_sorted else None,
+                "win_back_at_goal": sum(b is not None and b >= WIN_BACK_GOAL for b in backs) / len(runs),
+                "random_win_back_mean": sum(c for c in controls if c is not None) / len(controls)
+                if controls
+                else None,
+                "seconds_mean": sum(f["seconds"] for f in runs) / len(runs),
+            }
+        out[which] = block
+    return out
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _number(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _interval(d: dict) -> str:
+    if d["value"] is None:
+        return "no damage"
+    return f"{d['value']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
+def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_damage: float) -> str:
+    """Markdown: the summary per set, then one line per plant and find option."""
+    lines = [
+        f"Survey of {len(rows)} plants on {settings['model']}; {test_docs} TEST documents "
+        f"({', '.join(settings['tasks'])} at {', '.join(map(str, settings['lengths']))} tokens); recovery "
+        f"over plants with damage >= {min_damage:.2f}; intervals: {90}% document bootstrap.",
+        "",
+        "| set | find | damaging plants / all | layer+site found | planted channels found (mean) | "
+        f"win-back >= {WIN_BACK_GOAL} | win-back median | random control win-back (mean) | find s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for which, block in summary.items():
+        for name, s in block["finds"].items():
+            lines.append(
+                f"| {which} | {name} | {block['damaging']} / {block['plants']} | {_pct(s['layer_site'])} | "
+                f"{_pct(s['recall'])} | {_pct(s['win_back_at_goal'])} | "
+                f"{_number(s['win_back_median'])} | {_number(s['random_win_back_mean'])} | "
+                f"{s['seconds_mean']:.0f} |"
+            )
+        if not block["finds"]:
+            lines.append(f"| {which} | – | {block['damaging']} / {block['plants']} | | | | | | |")
+    lines += [
+        "",
+        "| plant | set | layer site channels x scale | damage (acc) | inverse win-back | planted x8 win-back "
+        "| find | found | layer+site | recall | validation | win-back | random win-back | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p = r["plant"]
+        d = r["damage"]
+        head = (
+            f"| {p['id']} | {p['set']} | L{p['layer']} {p['site']} {p['count']} x{p['scale']:g} | "
+            f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}] | {_interval(r['inverse']['win_back'])} | "
+            f"{_interval(r['planted_x8']['win_back'])} |"
+        )
+        for name, f in r["finds"].items():
+            fo = f["found"]
+            found = (
+                f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
+                if f["written"]
+                else "identity"
+            )
+            lines.append(
+                f"{head} {name} | {found} | {'yes' if f['layer_site'] else 'no'} | {_pct(f['recall'])} | "
+                f"{f['validation'] or f['rejected'] or '–'} | "
+                f"{_interval(f['steered']['win_back']) if f['steered'] else '0 (identity)'} | "
+                f"{_interval(f['random']['win_back']) if f['random'] else '–'} | {f['seconds']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="ref-mamba1")
+    p.add_argument("--out", type=Path, required=True, help="folder (created); plants/ID.json, summary, table")
+    p.add_argument("--set", choices=(*SETS, "all"), default="all", help="which plants to run (default all)")
+    p.add_argument("--plants", nargs="+", help="only these plant ids (e.g. D01 H03)")
+    p.add_argument(
+        "--finds",
+        nargs="+",
+        type=parse_find,
+        default=[parse_find(f) for f in DEFAULT_FINDS],
+        help=f"find options, METHOD or METHOD:screen=N (default: {' '.join(DEFAULT_FINDS)})",
+    )
+    p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
+    p.add_argument("--lengths", nargs="+", type=int, default=[512], help="prompt lengths in tokens")
+    p.add_argument("--test-docs", type=int, default=8, help="TEST documents per task and length (default 8)")
+    p.add_argument(
+        "--docs-per-task",
+        type=int,
+        default=DOCS_PER_TASK,
+        help=f"calibration (and validation) documents per task and length (default {DOCS_PER_TASK})",
+    )
+    p.add_argument("--min-damage", type=float, default=MIN_DAMAGE)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--list", action="store_true", help="print the plant list and stop")
+
+
+def _check(a: argparse.Namespace, plants: list[Plant]) -> list[Plant]:
+    from lm_eval_ssmsteer.taskdata import TASKS
+
+    unknown = [t for t in a.tasks if t not in TASKS]
+    if unknown:
+        raise StudyArgumentError(f"--tasks: unknown task(s) {unknown}; allowed: {', '.join(TASKS)}")
+    for flag, value in (("--test-docs", a.test_docs), ("--docs-per-task", a.docs_per_task)):
+        if value < 1:
+            raise StudyArgumentError(f"{flag}: {value} is too small; allowed: an integer >= 1")
+    if any(length < 1 for length in a.lengths):
+        raise StudyArgumentError(f"--lengths: {a.lengths}; allowed: integers >= 1")
+    if a.out.exists() and not a.out.is_dir():
+        raise StudyArgumentError(f"--out: {str(a.out)!r} is a file; give a folder")
+    chosen = [p for p in plants if a.set in ("all", p.set)]
+    if a.plants:
+        known = {p.id for p in plants}
+        bad = [i for i in a.plants if i not in known]
+        if bad:
+            raise StudyArgumentError(f"--plants: unknown id(s) {bad}; allowed: {', '.join(sorted(known))}")
+        chosen = [p for p in chosen if p.id in a.plants]
+        if not chosen:
+            raise StudyArgumentError(f"--plants {a.plants} with --set {a.set}: no plant is in both")
+    return chosen
+
+
+def _plant_list(path: str):
+    """The model's shape (from its config, before any weight is loaded) and the survey's plant list."""
+    from transformers import AutoConfig
+
+    from lm_eval_ssmsteer.mamba.arch import MAMBA1, UnsupportedModelError, describe_config
+    from lm_eval_ssmsteer.mamba.sites import SITES
+
+    try:
+        arch = describe_config(AutoConfig.from_pretrained(path))
+    except (OSError, UnsupportedModelError) as exc:
+        raise StudyArgumentError(f"--model {path!r}: {exc}") from None
+    if arch.family != MAMBA1:
+        raise StudyArgumentError(f"--model {path!r}: plants are Mamba-1 only; this model is {arch.family}")
+    return survey_plants(arch.n_layers, {site: arch.site_width(site) for site in SITES})
+
+
+def _documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
+    """Calibration and validation documents for find, and the encoded TEST documents."""
+    from lm_eval_ssmsteer.finder.data import VALIDATION_SEED, encode_pairs, token_counter, without
+
+    count = token_counter(tokenizer)
+    calibration = value_pairs(a.tasks, "calibration", a.docs_per_task, a.lengths, 0, count)
+    drawn = value_pairs(a.tasks, "calibration", a.docs_per_task, a.lengths, VALIDATION_SEED, count)
+    test = encode_pairs(
+        tokenizer, value_pairs(a.tasks, "test", a.test_docs, a.lengths, 0, count), "test split"
+    )
+    data = {
+        "calibration": encode_pairs(tokenizer, calibration, "calibration split (values)"),
+        "validation": encode_pairs(
+            tokenizer, without(drawn, calibration), "calibration split, seed 1 (values)"
+        ),
+        "test": [(ids.to(a.device), labels.to(a.device)) for ids, labels in test.batches()],
+    }
+    return data, test
+
+
+def run(a: argparse.Namespace) -> int:
+    from lm_eval_ssmsteer.files import atomic_write_text
+    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
+    from lm_eval_ssmsteer.studies.plant import test_scores_per_document
+    from lm_eval_ssmsteer.taskdata import TaskDataError
+
+    path = resolve_model_path(a.model)
+    plants = _plant_list(path)
+    chosen = _check(a, plants)
+    if a.list:
+        for p in plants:
+            print(f"{p.id} {p.set:8} L{p.layer} {p.site:9} {p.count:3} x{p.scale:g} seed {p.seed}")
+        return 0
+    settings = _settings(a)
+    settings_file = a.out / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise StudyArgumentError(
+            f"--out {a.out}: made with other settings ({settings_file}); resume with the same ones or use "
+            "another folder"
+        )
+    model, tokenizer = load_model(path, device=a.device)
+    try:
+        data, test = _documents(tokenizer, a)
+    except TaskDataError as exc:
+        raise StudyArgumentError(f"--lengths {' '.join(map(str, a.lengths))}: {exc}") from None
+    (a.out / "plants").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(settings_file, json.dumps(settings, indent=1) + "\n")
+    intact = test_scores_per_document(model, data["test"])
+    digest = hashlib.sha256(json.dumps(test.examples).encode()).hexdigest()[:16]
+    for plant in chosen:
+        out = a.out / "plants" / f"{plant.id}.json"
+        before = json.loads(out.read_text()) if out.exists() else {"finds": {}}
+        missing = [f for f in a.finds if f.name not in before["finds"]]
+        if not missing:
+            print(f"{plant.id}: done before, kept ({out})", flush=True)
+            continue
+        started = time.time()
+        row = measure_plant(plant, path, a, data, intact, missing)
+        row["finds"] = {**before["finds"], **row["finds"]}
+        row |= {"test_documents": len(test.examples), "test_sha256": digest}
+        row["seconds"] = round(time.time() - started, 1)
+        atomic_write_text(out, json.dumps(row, indent=1) + "\n")
+        print(f"{plant.id}: damage {row['damage']['mean']:+.3f}, {row['seconds']:.0f} s", flush=True)
+    rows = [json.loads(f.read_text()) for f in sorted((a.out / "plants").glob("*.json"))]
+    names = [f.name for f in a.finds]
+    summary = summarize(rows, names, a.min_damage)
+    document = {"settings": settings, "summary": summary}
+    atomic_write_text(a.out / "summary.json", json.dumps(document, indent=1) + "\n")
+    text = table(rows, summary, settings, len(test.examples), a.min_damage)
+    atomic_write_text(a.out / "table.md", text + "\n")
+    print(text)
+    return 0

@@ -1,0 +1,161 @@
+"""`ssmsteer study survey`: the plant list is fixed and covers every site in a design and a held-out set;
+every plant damages its channels (and the exact ones are undone by the inverse spec); the summary
+leaves plants without damage out of the recovery rates; bad input stops before any model pass; a second
+run resumes per plant and per find option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lm_eval_ssmsteer.cli import main
+from lm_eval_ssmsteer.loading import load_model
+from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.spec import SteeringSpec
+from lm_eval_ssmsteer.studies import survey
+from lm_eval_ssmsteer.studies.damping import plant
+
+REF_WIDTHS = {"mixer_out": 224, "residual": 224, "delta": 448, "B": 16, "C": 16, "ssm_out": 448, "gate": 448}
+
+
+def test_the_plant_list_is_fixed_covers_every_site_and_keeps_a_held_out_set():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    assert plants == survey.survey_plants(6, REF_WIDTHS)
+    assert len({p.id for p in plants}) == len(plants) == len({p.seed for p in plants})
+    for which in survey.SETS:
+        assert {p.site for p in plants if p.set == which} == set(SITES), which
+    assert sum(p.set == "design" for p in plants) == sum(p.set == "held-out" for p in plants)
+    assert all(p.id[0] == p.set[0].upper() for p in plants)
+    assert all(1 <= p.count <= min(32, REF_WIDTHS[p.site]) and p.scale in survey.SCALES for p in plants)
+    assert {p.scale for p in plants} == set(survey.SCALES)
+    assert len({p.layer for p in plants}) == 6
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_every_plant_changes_the_model_and_the_inverse_spec_undoes_a_pure_scale(site):
+    model, _ = load_model("tiny-random-mamba")
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        intact = model(ids, use_cache=False).logits
+        channels = plant(model, 1, site, 3, 0.1, seed=4)
+        damaged = model(ids, use_cache=False).logits
+        assert not torch.allclose(intact, damaged, atol=1e-6), site
+        assert channels == sorted(channels) and len(channels) == 3
+        from lm_eval_ssmsteer.steering import steer
+
+        with steer(model, SteeringSpec.single(1, site, channels, 10.0)):
+            undone = model(ids, use_cache=False).logits
+    if site in ("delta", "gate"):  # not a pure scale of the site (bias, SiLU(0.1 z)): closer, not exact
+        assert (undone - intact).abs().max() < (damaged - intact).abs().max()
+    else:
+        torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)
+
+
+def _row(plant_id: str, which: str, damage: float, found: dict) -> dict:
+    return {
+        "plant": {"id": plant_id, "set": which, "layer": 1, "site": "B", "count": 2, "scale": 0.1, "seed": 0},
+        "damage": {"mean": damage, "low": damage, "high": damage},
+        "inverse": {"win_back": {"value": 1.0, "low": 1.0, "high": 1.0}},
+        "planted_x8": {"win_back": {"value": 1.0, "low": 1.0, "high": 1.0}},
+        "finds": {"probe": found},
+    }
+
+
+def _find(layer_site: bool, recall: float, back: float | None, control: float | None) -> dict:
+    scored = None if back is None else {"win_back": {"value": back, "low": back, "high": back}}
+    random = None if control is None else {"win_back": {"value": control, "low": control, "high": control}}
+    return {
+        "seconds": 10.0,
+        "found": {"layer": 1, "site": "B", "channels": [0, 1], "scale": 8.0 if scored else 1.0},
+        "written": scored is not None,
+        "rejected": None if scored else "rejected by validation",
+        "validation": "better" if scored else "worse",
+        "layer_site": layer_site,
+        "recall": recall,
+        "steered": scored,
+        "random": random,
+    }
+
+
+def test_the_summary_leaves_plants_without_damage_out_and_counts_an_identity_as_no_win_back():
+    rows = [
+        _row("D01", "design", 0.30, _find(True, 1.0, 0.9, 0.1)),
+        _row("D02", "design", 0.20, _find(False, 0.0, None, None)),  # identity written: win-back 0
+        _row("D03", "design", 0.05, _find(True, 1.0, 1.0, 0.0)),  # below 0.10: reported, not counted
+        _row("H01", "held-out", 0.50, _find(True, 0.5, 0.7, -0.2)),
+    ]
+    summary = survey.summarize(rows, ["probe"], 0.10)
+    design = summary["design"]
+    assert (design["plants"], design["damaging"]) == (3, 2)
+    assert design["finds"]["probe"]["layer_site"] == 0.5 and design["finds"]["probe"]["recall"] == 0.5
+    assert design["finds"]["probe"]["win_back_at_goal"] == 0.5
+    assert design["finds"]["probe"]["random_win_back_mean"] == pytest.approx(0.1)
+    held = summary["held-out"]["finds"]["probe"]
+    assert held["win_back_at_goal"] == 0.0 and held["recall"] == 0.5
+    text = survey.table(rows, summary, {"model": "m", "tasks": ["t"], "lengths": [512]}, 24, 0.10)
+    assert "| D03 | design |" in text and "0 (identity)" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--plants", "D99"], "--plants: unknown id(s) ['D99']"),
+        (["--set", "held-out", "--plants", "D01"], "no plant is in both"),
+        (["--test-docs", "0"], "--test-docs: 0 is too small"),
+        (["--tasks", "ssm_nope"], "--tasks: unknown task(s) ['ssm_nope']"),
+        (["--lengths", "64"], "--lengths 64: length 64 is below the minimum"),
+    ],
+)
+def test_bad_survey_input_stops_with_one_line_and_exit_2(extra, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(survey, "measure_plant", lambda *a, **k: pytest.fail("a plant was measured"))
+    rc = main(["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path / "out"), *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "plants").exists()
+
+
+def test_a_bad_find_option_or_an_out_file_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["study", "survey", "--out", str(tmp_path), "--finds", "magic"])
+    assert stop.value.code == 2 and "'magic' is not a method" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_a_second_run_resumes_per_plant_and_per_find_option(tmp_path, capsys, monkeypatch):
+    measured = []
+
+    def fake_measure(plant, path, a, data, intact, finds):
+        measured.append((plant.id, [f.name for f in finds]))
+        return _row(plant.id, plant.set, 0.3, {}) | {"finds": {f.name: _find(True, 1, 1, 0) for f in finds}}
+
+    monkeypatch.setattr(survey, "measure_plant", fake_measure)
+    monkeypatch.setattr(survey, "_documents", lambda tokenizer, a: ({"test": []}, _NoDocs()))
+    monkeypatch.setattr("lm_eval_ssmsteer.studies.plant.test_scores_per_document", lambda *a, **k: None)
+    args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01"]
+    assert main([*args, "--finds", "causal"]) == 0
+    assert main([*args, "--finds", "causal", "probe"]) == 0
+    assert main([*args, "--finds", "probe"]) == 0
+    assert measured == [("D01", ["causal"]), ("D01", ["probe"])]
+    row = json.loads((tmp_path / "plants" / "D01.json").read_text())
+    assert set(row["finds"]) == {"causal", "probe"}
+    assert (tmp_path / "table.md").exists() and (tmp_path / "summary.json").exists()
+    assert main([*args, "--test-docs", "9"]) == 2
+    assert "made with other settings" in capsys.readouterr().err
+
+
+class _NoDocs:
+    examples: tuple = ()
+
+
+def test_plants_refuse_a_mamba2_model(tmp_path, capsys):
+    from tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "m2", "mamba2")
+    assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 2
+    assert "plants are Mamba-1 only" in capsys.readouterr().err
+    assert describe_model(load_model(str(folder))[0]).family == "mamba2"
