@@ -120,6 +120,20 @@ def test_a_run_in_stages_equals_one_uninterrupted_run(tmp_path):
     assert AutoTokenizer.from_pretrained(str(tmp_path / "staged/model"))("ab")["input_ids"] == ids
 
 
+def test_a_run_from_another_models_weights_keeps_that_models_record(tmp_path):
+    train(tmp_path / "parent", TrainConfig(**{**TINY, "steps": 2}), device="cpu", workers=1)
+    child = TrainConfig(**{**TINY, "steps": 1, "init": str(tmp_path / "parent" / "model")})
+    train(tmp_path / "child", child, device="cpu", workers=1)
+    info = json.loads((tmp_path / "child/model/training.json").read_text())
+    assert [s["steps"] for s in info["init_record"]["stages"]] == [[0, 2]]
+    assert info["config"]["init"] == str(tmp_path / "parent" / "model")
+    # and it survives a resumed stage
+    train(tmp_path / "child", resume=True, overrides={"steps": 2}, device="cpu", workers=1)
+    info = json.loads((tmp_path / "child/model/training.json").read_text())
+    assert info["init_record"]["steps_done"] == 2
+    assert [s["steps"] for s in info["stages"]] == [[0, 1], [1, 2]]
+
+
 def test_decay_in_budget_needs_an_earlier_stage(tmp_path):
     with pytest.raises(ValueError, match="earlier stage"):
         train(tmp_path / "r", TrainConfig(**TINY), decay_in_budget=True, time_budget=10, device="cpu")

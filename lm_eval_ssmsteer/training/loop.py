@@ -181,6 +181,7 @@ def export(run: Path, model, state: dict) -> Path:
         "tokens_seen": state["tokens_seen"],
         "monitor_calibration": state.get("monitor"),
         "stages": state["stages"],
+        "init_record": state.get("init_record"),
     }
     (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
@@ -223,6 +224,9 @@ def train(
         if ckpt.exists():
             raise FileExistsError(f"{run} already holds a run; resume it or choose another folder")
         state = {"step": 0, "tokens_seen": 0, "position": None, "loss_avg": None, "stages": []}
+        if config.init:  # the record of the model this run starts from (its training.json), when it has one
+            parent = Path(config.init) / "training.json"
+            state["init_record"] = json.loads(parent.read_text()) if parent.is_file() else None
     if decay_in_budget:
         if not time_budget or not state["stages"]:
             raise ValueError("--decay-in-budget needs --time-budget and an earlier stage's speed")
@@ -346,6 +350,7 @@ def train(
         "position": streams[stream_at(step)].position,
         "loss_avg": loss_avg,
         "parameters": model.num_parameters(),
+        "init_record": state.get("init_record"),
         "monitor": scores,
         "stages": [*state["stages"], stage],
     }
