@@ -21,7 +21,7 @@ from pathlib import Path
 from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
 from lm_eval_ssmsteer.training.loop import has_causal_conv1d, unfused_mixers
-from lm_eval_ssmsteer.training.mix import CHUNK, TASK_WEIGHTS, TRAIN_MAX_LENGTH, train_ranges
+from lm_eval_ssmsteer.training.mix import CHUNK, TASK_WEIGHTS, TRAIN_MAX_LENGTH, draw_knobs, train_ranges
 from lm_eval_ssmsteer.training.models import ARCHS, model_config
 
 # evaluation inside the script (teacher-forced exact answers): default knobs, then a harder setting
@@ -41,15 +41,7 @@ EVAL_SETTINGS = {
 def _chunk(job: tuple[str, int, int, int]) -> list[tuple[str, str]]:
     task, chunk, seed, max_length = job
     rng = random.Random(f"train-mix/{task}/{seed}/{chunk}")
-    knobs = {k: rng.randint(lo, hi) for k, (lo, hi) in train_ranges(max_length)[task].items()}
-    if task == "ssm_niah_multiquery":
-        knobs["num_queries"] = min(knobs["num_queries"], knobs["num_needles"])
-    if task == "ssm_mqar":
-        knobs["num_queries"] = min(knobs["num_queries"], knobs["num_pairs"])
-    if task == "ssm_selective_copy":
-        knobs["num_tokens"] = min(knobs["num_tokens"], knobs["length"])
-    if task == "ssm_zoology_mqar":  # even, with as many query slots as pairs
-        knobs["length"] = max(knobs["length"], 4 * knobs["num_pairs"]) // 2 * 2
+    knobs = draw_knobs(task, rng, train_ranges(max_length))
     docs = generate(task, "train", CHUNK, seed=seed * 1_000_003 + chunk, **knobs)
     return [pair for d in docs for pair in prompts(d)]
 

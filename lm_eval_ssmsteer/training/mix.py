@@ -94,7 +94,7 @@ class Example:
     task: str
 
 
-def _draw_knobs(task: str, rng: random.Random, ranges: dict) -> dict[str, int]:
+def draw_knobs(task: str, rng: random.Random, ranges: dict) -> dict[str, int]:
     knobs = {k: rng.randint(lo, hi) for k, (lo, hi) in ranges[task].items()}
     if task == "ssm_niah_multiquery":
         knobs["num_queries"] = min(knobs["num_queries"], knobs["num_needles"])
@@ -135,7 +135,7 @@ def _chunk(job: tuple[str, int, int, str, int, bool]) -> list[tuple[str, str, li
     task, chunk, seed, stream, max_length, easy = job
     ranges = train_ranges(max_length, easy)
     rng = random.Random(f"train-mix/{task}/{seed}/{stream}/{chunk}")
-    knobs = _draw_knobs(task, rng, ranges)
+    knobs = draw_knobs(task, rng, ranges)
     doc_seed = int.from_bytes(random.Random(f"docs/{task}/{seed}/{stream}/{chunk}").randbytes(6), "big")
     docs = generate(task, "train", CHUNK, seed=doc_seed, **knobs)
     return [(task, text, spans) for d in docs for text, spans in sequences(prompts(d))]

@@ -13,21 +13,7 @@ neox=${2:?usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES]}
 processes=${3:-2}
 mkdir -p "$out"
 model="$out/mamba-130m-random"
-python3 - "$model" "$neox" <<'PY'
-import sys
-
-import torch
-from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
-
-folder, neox = sys.argv[1:]
-torch.manual_seed(0)
-config = MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16, expand=2,
-                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
-MambaForCausalLM(config).save_pretrained(folder)
-tok = AutoTokenizer.from_pretrained(neox)
-tok.pad_token = tok.eos_token
-tok.save_pretrained(folder)
-PY
+python3 scripts/gpu/make_130m_random.py "$model" "$neox"
 python3 benchmarks/data_parallel.py --processes "$processes" --out "$out/runs" \
     --model-args "pretrained=$model,dtype=bfloat16,steer=paper-mamba-130m" \
     --tasks ssm_passkey,ssm_copy_mc --metadata '{"max_seq_lengths": [8192]}' --batch-size 8

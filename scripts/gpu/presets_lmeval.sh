@@ -12,21 +12,7 @@ neox=${2:?usage: presets_lmeval.sh OUTFILE.json NEOX_TOKENIZER_DIR}
 status=0
 work=$(mktemp -d)
 model="$work/mamba-130m-random"
-python3 - "$model" "$neox" <<'PY'
-import sys
-
-import torch
-from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
-
-folder, neox = sys.argv[1:]
-torch.manual_seed(0)
-config = MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16, expand=2,
-                     pad_token_id=0, bos_token_id=0, eos_token_id=0)
-MambaForCausalLM(config).save_pretrained(folder)
-tok = AutoTokenizer.from_pretrained(neox)
-tok.pad_token = tok.eos_token
-tok.save_pretrained(folder)
-PY
+python3 scripts/gpu/make_130m_random.py "$model" "$neox"
 runs=(
     "unsteered|"
     "paper-mamba-130m|,steer=paper-mamba-130m"
