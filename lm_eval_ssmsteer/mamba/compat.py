@@ -1,4 +1,4 @@
-"""What differs between the transformers releases this package supports (``transformers>=5.17,<6``).
+"""What differs between the transformers releases this package supports (``transformers>=5.17,<5.25``).
 
 The one place that knows how a release names the parts of its Mamba code that the package reaches
 into: forward keywords, output attributes and module-level function names. When a release renames
@@ -24,7 +24,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-SUPPORTED_RANGE = ">=5.17,<6"
+SUPPORTED_RANGE = ">=5.17,<5.25"
 
 # Newest name first: a forward's kwargs hold one of them, whichever the caller used.
 CACHE_NAMES = ("cache", "cache_params", "past_key_values")
