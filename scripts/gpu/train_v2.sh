@@ -5,9 +5,10 @@
 #   bash scripts/gpu/train_v2.sh ablate   RUNS OUT BUDGET   # new runs: the first recipe ablations below
 #   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
 #   bash scripts/gpu/train_v2.sh stage3   RUNS OUT BUDGET INIT  # from INIT/m2-tok and INIT/m1-copy (weights)
-#   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont and INIT/m1-fromcopy
-#   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET   # the best Mamba-1 and Mamba-2 run go on
-#   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET   # ... and decay their learning rate
+#   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont, m1-fromcopy(-short)
+#   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
+#                                                                   # Mamba-1 and Mamba-2 run) go on
+#   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
 #
 # "Best" is the highest mean monitor score (calibration split, exact + per-token over 2) of the runs of an
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
@@ -59,14 +60,19 @@ stage4)
     init=${5:?INIT folder with m2-cont/ and m1-fromcopy/}
     tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
     retrieval=(--weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 passkey=2 niah_single=2)
+    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     new m2-cont2 mamba2 --init "$init/m2-cont" "${tok[@]}" &
     new m1-fromcopy2 mamba --init "$init/m1-fromcopy" "${tok[@]}" "${retrieval[@]}" &
+    new m1-short2 mamba --init "$init/m1-fromcopy-short" --tasks "${short[@]}" "${tok[@]}" \
+        --weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 &
     wait
     ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
-    for name in $(python3 scripts/pick_runs.py "$runs"); do
+    names=("${@:5}")
+    [ ${#names[@]} -eq 0 ] && read -ra names <<<"$(python3 scripts/pick_runs.py "$runs")"
+    for name in "${names[@]}"; do
         python3 -m lm_eval_ssmsteer.train --run "$runs/$name" --resume --time-budget "$budget" \
             --device cuda --workers 2 "${extra[@]}" >>"$runs/$name.log" 2>&1 &
     done
@@ -78,7 +84,8 @@ python3 scripts/pick_runs.py "$runs" --table | tee "$out/pick-$mode.txt"
 tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.safetensors --exclude "*.pt" .
 pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
-[ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2"
+[ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2 m1-short2"
+[ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
 done
