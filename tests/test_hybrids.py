@@ -262,3 +262,58 @@ def test_fast_scan_runs_jambas_mamba_layers_like_transformers_scan():
             fast = model(ids).logits
     assert rel_diff(fast, slow) < 1e-5
     assert not torch.equal(fast, model(ids).logits)
+
+
+def _clamping_model(arch: str):
+    """A tiny hybrid whose last Mamba layer's Δ falls below the model's time_step_limit lower bound
+    (Zamba2 and Nemotron-H clamp Δ at time_step_min, as their public checkpoints do) for four heads."""
+    model = make_model(arch, seed=1)
+    layer = describe_model(model).mamba_layers[-1]
+    mixer = mamba_mixers(model)[layer]
+    assert mixer.time_step_limit[0] > 0, "this family no longer clamps Δ from below: the test is void"
+    mixer.time_step_limit = (0.1, float("inf"))  # time_step_min 0.1: the clamped heads weigh in the output
+    with torch.no_grad():
+        mixer.dt_bias[:4] = -12.0  # softplus(dt - 12) ~ 6e-6 < time_step_min
+    return model, layer, mixer
+
+
+def _kernel_like_softplus(module_dict, monkeypatch):
+    """Make the prefill scan compute its softplus as log1p(exp(x)), as the mamba-ssm kernel does, not with
+    torch's softplus: Δ put into dt by inverting torch's softplus then no longer comes back bit for bit
+    (what the GPU showed: scale 1.0 on delta 5e-5 off in fp32 on Zamba2 and Nemotron-H)."""
+    name = SCAN_FUNCTIONS["mamba2"][0]
+    original = module_dict[name]
+
+    def scan(x, dt, A, B, C, *args, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf")), **kw):
+        d = dt.float() + (0.0 if dt_bias is None else dt_bias.float())
+        if dt_softplus:
+            d = torch.where(d <= 20.0, torch.log1p(torch.exp(d)), d)
+        d = d.clamp(*dt_limit).to(dt.dtype)
+        return original(x, d, A, B, C, *args, dt_bias=None, dt_softplus=False, **kw)
+
+    monkeypatch.setitem(module_dict, name, scan)
+
+
+@pytest.mark.parametrize("arch", ("zamba2", "nemotron_h"))
+@torch.no_grad()
+def test_delta_under_a_time_step_limit_is_exact_at_one_and_right_when_scaled(arch, monkeypatch):
+    from lm_eval_ssmsteer.mamba.compat import scan_functions
+
+    model, layer, mixer = _clamping_model(arch)
+    _kernel_like_softplus(scan_functions(mixer, "mamba2")[0], monkeypatch)
+    ids = random_ids()
+    base = model(ids).logits
+    for scale in (1.0,):
+        with steer(model, SteeringSpec.single(layer="all", site="delta", scale=scale)):
+            assert torch.equal(model(ids).logits, base)
+    heads = mixer.num_heads
+    for channels, scale in (([0, 3], 0.3), ([3, 5], 4.0), (list(range(heads)), 0.05)):
+        with steer(model, SteeringSpec.single(layer=layer, site="delta", channels=channels, scale=scale)):
+            steered = model(ids).logits
+        vec = torch.ones(heads)
+        vec[channels] = scale
+        expected = hybrid_reference_logits(
+            model, ids, layer, mixer, {"delta": vec}, torch.ones(ids.shape, dtype=torch.bool)
+        )
+        assert rel_diff(steered, base) > 1e-5, "steering had no visible effect: the test could not fail"
+        assert rel_diff(steered, expected) < 1e-5, (channels, scale)

@@ -226,13 +226,18 @@ class _Steerer:
                 C = _scaled(C, per_group(f))
             return B, C
 
+        bounds = _factor_bounds(delta)
+
         def scan(x, dt, A, B, C, *args, **kwargs):  # x: (b, l, h, p); dt: (b, l, h); B, C: (b, l, g, n)
             f = self.factor(delta)
             if f is not None:
                 limit = tuple(kwargs.get("dt_limit", _NO_LIMIT))
-                dt = _steered_dt(dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False), limit)
+                kernel_limit = _kernel_limit(limit, None if f.requires_grad else bounds)
+                dt = _steered_dt(
+                    dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False), limit, kernel_limit
+                )
                 if limit != _NO_LIMIT:
-                    kwargs["dt_limit"] = _NO_LIMIT  # _steered_dt clamped Δ before scaling it
+                    kwargs["dt_limit"] = kernel_limit
             B, C = scale_bc(B, C, lambda f: f.unflatten(-1, (groups, d_state)))
             result = scan_fn(x, dt, A, B, C, *args, **kwargs)
             f = self.factor(output)
@@ -256,6 +261,29 @@ class _Steerer:
 
 
 _NO_LIMIT = (0.0, float("inf"))
+
+
+def _factor_bounds(group: list[SiteFactors]) -> tuple[float, float]:
+    """The smallest and largest factor ``_Steerer.factor`` can give for ``group`` (1 at pads and in the
+    other phase), read once when the wrappers are made."""
+    low = high = 1.0
+    for by_positions in group:
+        values = [vec for vec in by_positions.values() if not vec.requires_grad]
+        if values:
+            low *= min(1.0, min(float(v.min()) for v in values))
+            high *= max(1.0, max(float(v.max()) for v in values))
+    return low, high
+
+
+def _kernel_limit(limit: tuple[float, float], bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """The Δ limit to leave to the scan when its Δ is steered: the model's own limit widened just enough
+    for the steered Δ (clamped, then scaled by factors within ``bounds``) to pass. Where the scale widens
+    nothing (a scale of 1.0; amplifying under a limit with no upper bound) the scan clamps the unsteered Δ
+    itself, so those stay bit for bit. ``bounds`` None (factors that require grad): no limit; the steered
+    dt carries the clamp."""
+    if limit == _NO_LIMIT or bounds is None:
+        return _NO_LIMIT
+    return (limit[0] * bounds[0], limit[1] * bounds[1])
 
 
 def _input_length(args: tuple, kwargs: dict[str, Any]) -> int:
@@ -290,9 +318,10 @@ def _steered_dt(
     bias: torch.Tensor | None,
     softplus: bool,
     limit: tuple[float, float] = _NO_LIMIT,
+    kernel_limit: tuple[float, float] = _NO_LIMIT,
 ) -> torch.Tensor:
     """The Δ input dt for which the scan's own Δ = clamp(softplus(dt + bias)) comes out times f (fp32,
-    broadcast to dt's layout).
+    broadcast to dt's layout), when the scan clamps to ``kernel_limit`` instead of the model's ``limit``.
 
     The scan keeps its bias, its softplus and its fp32 arithmetic; only the steered entries of dt
     change. So where f is 1 the scan computes exactly what it computes unsteered, in every dtype and on
@@ -312,8 +341,11 @@ def _steered_dt(
     if f.requires_grad:
         return steered
     changed = f != 1.0
-    if limited:
-        changed = changed | (value < limit[0]) | (value > limit[1])
+    if limited:  # unsteered entries that the scan's (wider) limit would not clamp as the model does
+        if kernel_limit[0] != limit[0]:
+            changed = changed | (value < limit[0])
+        if kernel_limit[1] != limit[1]:
+            changed = changed | (value > limit[1])
     return torch.where(changed, steered, dt)
 
 
