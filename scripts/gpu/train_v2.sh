@@ -6,6 +6,7 @@
 #   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
 #   bash scripts/gpu/train_v2.sh stage3   RUNS OUT BUDGET INIT  # from INIT/m2-tok and INIT/m1-copy (weights)
 #   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont, m1-fromcopy(-short)
+#   bash scripts/gpu/train_v2.sh stage5   RUNS OUT BUDGET INIT  # on from INIT/m1-short2 and INIT/m2-cont2
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -67,6 +68,21 @@ stage4)
         --weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 &
     wait
     ;;
+stage5)
+    # Mamba-1: the short-task model (copy, retrieval, induction learned) takes on the whole mix, the
+    # long-context tasks weighted up or not; Mamba-2: the token-balanced model goes through the short
+    # tasks with retrieval weighted, the route that taught Mamba-1 phone book, MQAR and kv retrieval
+    init=${5:?INIT folder with m1-short2/ and m2-cont2/}
+    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
+    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
+    long=(--weights passkey=2 niah_single=2 niah_multikey=2 niah_multivalue=2 niah_multiquery=2
+        variable_tracking=2 ruler_niah_single=2 ruler_niah_multikey=2)
+    new m1-all mamba --init "$init/m1-short2" "${tok[@]}" &
+    new m1-all-long mamba --init "$init/m1-short2" "${tok[@]}" "${long[@]}" &
+    new m2-short mamba2 --init "$init/m2-cont2" --tasks "${short[@]}" "${tok[@]}" \
+        --weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -85,6 +101,7 @@ tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.s
 pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
 [ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2 m1-short2"
+[ "$mode" = stage5 ] && pack="m1-all m1-all-long m2-short"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
