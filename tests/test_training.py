@@ -92,8 +92,13 @@ def _weights(run):
     return load_file(str(run / "checkpoint" / "model" / "model.safetensors"))
 
 
-def test_a_run_in_stages_equals_one_uninterrupted_run(tmp_path):
-    config = TrainConfig(**TINY)
+# the reference hybrid's layout at a tiny width: Mamba-2 layers 0 and 1, attention at layer 2
+TINY_HYBRID = {**TINY, "arch": "bamba", "hidden": 128, "layers": 3}
+
+
+@pytest.mark.parametrize("tiny", [TINY, TINY_HYBRID], ids=["mamba", "bamba"])
+def test_a_run_in_stages_equals_one_uninterrupted_run(tmp_path, tiny):
+    config = TrainConfig(**tiny)
     whole = train(tmp_path / "whole", config, device="cpu", workers=1)
     train(tmp_path / "staged", config, max_steps=3, device="cpu", workers=1)
     staged = train(tmp_path / "staged", resume=True, device="cpu", workers=1)
@@ -115,7 +120,11 @@ def test_a_run_in_stages_equals_one_uninterrupted_run(tmp_path):
     assert info["monitor_calibration"].keys() == {"ssm_copy", "ssm_mqar"}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    AutoModelForCausalLM.from_pretrained(str(tmp_path / "staged/model"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "staged/model"))
+    if tiny is TINY_HYBRID:
+        from lm_eval_ssmsteer.mamba.arch import describe_model
+
+        assert list(describe_model(loaded).mamba_layers) == [0, 1]
     ids = project_tokenizer.build_tokenizer().encode("ab", add_special_tokens=False).ids
     assert AutoTokenizer.from_pretrained(str(tmp_path / "staged/model"))("ab")["input_ids"] == ids
 

@@ -6,7 +6,8 @@
 #   bash scripts/gpu/train_v2.sh ablate2  RUNS OUT BUDGET   # new runs: the second ones
 #   bash scripts/gpu/train_v2.sh stage3   RUNS OUT BUDGET INIT  # from INIT/m2-tok and INIT/m1-copy (weights)
 #   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont, m1-fromcopy(-short)
-#   bash scripts/gpu/train_v2.sh stage5   RUNS OUT BUDGET INIT  # on from INIT/m1-short2 and INIT/m2-cont2
+#   bash scripts/gpu/train_v2.sh stage5   RUNS OUT BUDGET INIT  # on from INIT/m1-short2 and INIT/m2-cont2,
+#                                                               # and a new Bamba hybrid
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -81,6 +82,7 @@ stage5)
     new m1-all-long mamba --init "$init/m1-short2" "${tok[@]}" "${long[@]}" &
     new m2-short mamba2 --init "$init/m2-cont2" --tasks "${short[@]}" "${tok[@]}" \
         --weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 &
+    new h-bamba bamba "${tok[@]}" &  # the reference hybrid (issue 19), from scratch on the whole mix
     wait
     ;;
 continue | decay)
@@ -101,7 +103,7 @@ tar -czf "$out/logs-$mode.tgz" -C "$runs" --exclude checkpoint --exclude model.s
 pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
 [ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2 m1-short2"
-[ "$mode" = stage5 ] && pack="m1-all m1-all-long m2-short"
+[ "$mode" = stage5 ] && pack="m1-all m1-all-long m2-short h-bamba"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
