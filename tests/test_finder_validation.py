@@ -63,3 +63,22 @@ def test_validation_documents_that_cannot_decide_keep_the_spec_and_say_so(damped
     assert checked["decision"] == "undecided" and not checked["held"]
     assert checked["loss_decrease"]["low"] < 0 < checked["loss_decrease"]["high"]
     assert result.rejected is None and result.spec.interventions[0].scale != 1.0
+
+
+def test_validate_top_scores_several_pairs_on_validation_and_keeps_the_one_that_generalises(damped_model):
+    calibration = documents(32, seed=1, source="calibration")
+    validation = documents(16, 3, "validation")
+    one = find(damped_model, calibration, progress=False, validation=validation)
+    three = find(damped_model, calibration, progress=False, validation=validation, validate_top=3)
+    first = one.spec.provenance["validation"]["candidates"]
+    assert len(first) == 1 and first[0]["calibration_loss"] == one.best.loss  # today's choice
+    candidates = three.spec.provenance["validation"]["candidates"]
+    pairs = [(c["layer"], c["site"]) for c in candidates]
+    assert 2 <= len(candidates) <= 3 and len(set(pairs)) == len(pairs), candidates
+    losses = [c["calibration_loss"] for c in candidates]
+    assert losses == sorted(losses) and losses[-1] < three.base.loss
+    assert candidates[0]["calibration_loss"] == one.best.loss
+    chosen = max(candidates, key=lambda c: c["loss_decrease"])
+    iv = three.spec.interventions[0]
+    assert (iv.layers[0], iv.site, iv.scale) == (chosen["layer"], chosen["site"], chosen["scale"])
+    assert three.spec.provenance["validation"]["loss_decrease"]["mean"] == chosen["loss_decrease"]

@@ -159,3 +159,14 @@ def test_plants_refuse_a_mamba2_model(tmp_path, capsys):
     assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 2
     assert "plants are Mamba-1 only" in capsys.readouterr().err
     assert describe_model(load_model(str(folder))[0]).family == "mamba2"
+
+
+def test_find_options_parse_and_name_themselves():
+    option = survey.parse_find("probe:screen=5:validate=3")
+    assert (option.method, option.screen, option.validate) == ("probe", 5, 3)
+    assert option.name == "probe:screen=5:validate=3"
+    assert survey.parse_find("causal").name == "causal"
+    assert survey.parse_find("causal:validate=2").name == "causal:validate=2"
+    for bad in ("causal:validate=0", "causal:depth=2", "causal:screen=x", "nope"):
+        with pytest.raises(Exception, match="--finds"):
+            survey.parse_find(bad)

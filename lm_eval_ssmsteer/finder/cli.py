@@ -94,6 +94,7 @@ def run(args: argparse.Namespace):
         ("--length", args.length, 1),
         ("--candidates", args.candidates, 1),
         ("--screen", args.screen, 1),
+        ("--validate-top", args.validate_top, 1),
         ("--verify", args.verify, 0),
         ("--validation-docs-per-task", args.validation_docs_per_task, 0),
         ("--max-channels", args.max_channels, 1),
@@ -148,6 +149,7 @@ def run(args: argparse.Namespace):
         candidates=args.candidates,
         screen=args.screen,
         validation=validation,
+        validate_top=args.validate_top,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -214,6 +216,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"
+    )
+    p.add_argument(
+        "--validate-top",
+        type=int,
+        default=1,
+        help="the best configurations of this many (layer, site) pairs are scored on the validation "
+        "documents and the one that lowers their loss most is chosen (default 1: the calibration's best)",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

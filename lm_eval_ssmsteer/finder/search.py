@@ -165,10 +165,14 @@ def find(
     progress: bool = True,
     screen: int = 3,
     validation: CalibrationData | None = None,
+    validate_top: int = 1,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
-    the loss there, else the identity is returned (the sweep's choice overfits a few documents)."""
+    the loss there, else the identity is returned (the sweep's choice overfits a few documents).
+    ``validate_top`` N > 1: the best configuration of each of the N (layer, site) pairs that lowered the
+    calibration loss most is scored on the validation documents, and the one that lowers the validation
+    loss most is chosen (then judged as above)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     arch = describe_model(model)
@@ -238,12 +242,19 @@ def find(
         checked = None
         if validation is not None and improved:
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
-            candidate = SteeringSpec.single(best["layer"], best["site"], best["channels"], best["scale"])
-            with bars.phase("validation", 2 * len(held_out), "batch"):
+            pool = _best_per_pair(curve, base.loss, validate_top)
+            with bars.phase("validation", (1 + len(pool)) * len(held_out), "batch"):
                 v_base = methods.per_document(model, held_out, advance=bars.advance)
-                v_steered = methods.per_document(model, held_out, candidate, advance=bars.advance)
-            # per document: how much the configuration lowers its mean answer loss
-            gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
+                validated = []
+                for point in pool:
+                    candidate = SteeringSpec.single(
+                        point["layer"], point["site"], point["channels"], point["scale"]
+                    )
+                    v_steered = methods.per_document(model, held_out, candidate, advance=bars.advance)
+                    # per document: how much the configuration lowers its mean answer loss
+                    gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
+                    validated.append((point, v_steered, gain))
+            best, v_steered, gain = max(validated, key=lambda row: row[2].mean)
             checked = {
                 "source": validation.source,
                 "sha256": validation.sha256,
@@ -253,6 +264,15 @@ def find(
                 "loss_decrease": gain.as_dict(),
                 "decision": gain.decision,
                 "held": gain.decision == paired.BETTER,
+                "candidates": [
+                    {
+                        **{k: point[k] for k in ("layer", "site", "k", "scale")},
+                        "calibration_loss": point["loss"],
+                        "loss_decrease": g.mean,
+                        "decision": g.decision,
+                    }
+                    for point, _, g in validated
+                ],
             }
 
     rejected = None
@@ -357,6 +377,15 @@ def find(
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
+
+
+def _best_per_pair(curve: list[dict[str, Any]], base_loss: float, n: int) -> list[dict[str, Any]]:
+    """The lowest-loss point of each (layer, site) that beat ``base_loss``, best first, at most ``n``."""
+    best: dict[tuple[int, str], dict[str, Any]] = {}
+    for point in sorted(curve, key=lambda point: point["loss"]):
+        if point["loss"] < base_loss:
+            best.setdefault((point["layer"], point["site"]), point)
+    return list(best.values())[: max(1, n)]
 
 
 def _probe_counts(width: int) -> list[int]:

@@ -92,32 +92,36 @@ def survey_plants(n_layers: int, widths: dict[str, int]) -> list[Plant]:
 
 @dataclass(frozen=True)
 class FindOption:
-    """One way of running `find`: METHOD or METHOD:screen=N."""
+    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N."""
 
     method: str
     screen: int = 3
+    validate: int = 1
 
     @property
     def name(self) -> str:
-        return self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
+        name = self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
+        return name if self.validate == 1 else f"{name}:validate={self.validate}"
 
 
 def parse_find(text: str) -> FindOption:
-    """A --finds value METHOD[:screen=N]."""
+    """A --finds value METHOD[:screen=N][:validate=N]."""
     from lm_eval_ssmsteer.finder.methods import METHODS
 
-    method, _, rest = text.partition(":")
-    screen = 3
-    if rest:
-        key, _, value = rest.partition("=")
-        if key != "screen" or not value.isdigit() or int(value) < 1:
-            raise argparse.ArgumentTypeError(f"--finds: {text!r}; allowed: METHOD or METHOD:screen=N, N >= 1")
-        screen = int(value)
+    method, *options = text.split(":")
+    values = {"screen": 3, "validate": 1}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in values or not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(
+                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N or both, N >= 1"
+            )
+        values[key] = int(value)
     if method not in METHODS:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
-    return FindOption(method, screen)
+    return FindOption(method, values["screen"], values["validate"])
 
 
 def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
@@ -205,6 +209,7 @@ def measure_plant(
             method=option.method,
             screen=option.screen,
             validation=data["validation"],
+            validate_top=option.validate,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -341,7 +346,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help=f"find options, METHOD or METHOD:screen=N (default: {' '.join(DEFAULT_FINDS)})",
+        help=f"find options, METHOD[:screen=N][:validate=N] (default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
     p.add_argument("--lengths", nargs="+", type=int, default=[512], help="prompt lengths in tokens")
