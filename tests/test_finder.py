@@ -179,6 +179,7 @@ def gpt2_dir(tmp_path_factory):
         (["--out", "{tmp}"], "is a folder"),
         (["--candidates", "0"], "--candidates: 0 is too small; allowed: an integer >= 1"),
         (["--screen", "0"], "--screen: 0 is too small; allowed: an integer >= 1"),
+        (["--validate-top", "0"], "--validate-top: 0 is too small; allowed: an integer >= 1"),
         (
             ["--validation-docs-per-task", "-1"],
             "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",
