@@ -170,3 +170,27 @@ def test_find_options_parse_and_name_themselves():
     for bad in ("causal:validate=0", "causal:depth=2", "causal:screen=x", "nope"):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
+
+
+def test_only_damaging_runs_no_find_on_a_plant_without_damage_and_says_so(tmp_path, monkeypatch):
+    from lm_eval_ssmsteer import finder
+
+    monkeypatch.setattr(finder, "find", lambda *a, **k: pytest.fail("find ran on a plant without damage"))
+    args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01",
+            "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
+            "--finds", "causal", "--only-damaging"]  # fmt: skip
+    assert main(args) == 0
+    row = json.loads((tmp_path / "plants" / "D01.json").read_text())
+    assert row["damaging"] is False and row["finds"] == {}  # a random model: damping changes no answer
+    assert "not run (no damage)" in (tmp_path / "table.md").read_text()
+    monkeypatch.setattr(survey, "measure_plant", lambda *a, **k: pytest.fail("measured again"))
+    assert main(args) == 0  # resumed: the plant is kept, no find is owed
+
+
+def test_too_few_documents_for_a_survey_is_one_line_and_writes_nothing(tmp_path, capsys):
+    args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path / "o"),
+            "--plants", "D01", "--tasks", "ssm_passkey", "--lengths", "256",
+            "--test-docs", "2", "--docs-per-task", "2"]  # fmt: skip
+    assert main(args) == 2
+    assert "--test-docs 2 / --docs-per-task 2 with 1 task(s)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

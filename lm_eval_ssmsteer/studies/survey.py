@@ -201,7 +201,7 @@ def measure_plant(
         "planted_x8": scored(_spec(plant.layer, plant.site, channels, 8.0)),
         "finds": {},
     }
-    for option in finds:
+    for option in finds if row["damaging"] or not a.only_damaging else ():
         started = time.time()
         result = find(
             model,
@@ -320,6 +320,8 @@ def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_d
             f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}] | {_interval(r['inverse']['win_back'])} | "
             f"{_interval(r['planted_x8']['win_back'])} |"
         )
+        if not r["finds"]:
+            lines.append(f"{head} – | not run (no damage) | | | | | | |")
         for name, f in r["finds"].items():
             fo = f["found"]
             found = (
@@ -358,6 +360,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"calibration (and validation) documents per task and length (default {DOCS_PER_TASK})",
     )
     p.add_argument("--min-damage", type=float, default=MIN_DAMAGE)
+    p.add_argument(
+        "--only-damaging",
+        action="store_true",
+        help="run the finds only on plants whose damage is at least --min-damage (the others are left out "
+        "of the recovery rates anyway; default: every plant)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--list", action="store_true", help="print the plant list and stop")
 
@@ -425,6 +433,7 @@ def _documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
 
 def run(a: argparse.Namespace) -> int:
     from lm_eval_ssmsteer.files import atomic_write_text
+    from lm_eval_ssmsteer.finder.data import FinderError
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
     from lm_eval_ssmsteer.studies.plant import test_scores_per_document
     from lm_eval_ssmsteer.taskdata import TaskDataError
@@ -448,6 +457,11 @@ def run(a: argparse.Namespace) -> int:
         data, test = _documents(tokenizer, a)
     except TaskDataError as exc:
         raise StudyArgumentError(f"--lengths {' '.join(map(str, a.lengths))}: {exc}") from None
+    except FinderError as exc:  # too few documents: tasks x lengths x documents per task
+        raise StudyArgumentError(
+            f"--test-docs {a.test_docs} / --docs-per-task {a.docs_per_task} with {len(a.tasks)} task(s) and "
+            f"{len(a.lengths)} length(s): {exc}"
+        ) from None
     (a.out / "plants").mkdir(parents=True, exist_ok=True)
     atomic_write_text(settings_file, json.dumps(settings, indent=1) + "\n")
     intact = test_scores_per_document(model, data["test"])
@@ -456,6 +470,8 @@ def run(a: argparse.Namespace) -> int:
         out = a.out / "plants" / f"{plant.id}.json"
         before = json.loads(out.read_text()) if out.exists() else {"finds": {}}
         missing = [f for f in a.finds if f.name not in before["finds"]]
+        if a.only_damaging and "damaging" in before and not before["damaging"]:
+            missing = []  # measured before: no damage, so no find runs on it
         if not missing:
             print(f"{plant.id}: done before, kept ({out})", flush=True)
             continue
