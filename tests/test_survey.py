@@ -182,7 +182,7 @@ def test_only_damaging_runs_no_find_on_a_plant_without_damage_and_says_so(tmp_pa
     assert main(args) == 0
     row = json.loads((tmp_path / "plants" / "D01.json").read_text())
     assert row["damaging"] is False and row["finds"] == {}  # a random model: damping changes no answer
-    assert "not run (no damage)" in (tmp_path / "table.md").read_text()
+    assert "not run (damage below --min-damage)" in (tmp_path / "table.md").read_text()
     monkeypatch.setattr(survey, "measure_plant", lambda *a, **k: pytest.fail("measured again"))
     assert main(args) == 0  # resumed: the plant is kept, no find is owed
 

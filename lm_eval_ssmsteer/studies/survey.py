@@ -321,7 +321,7 @@ def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_d
             f"{_interval(r['planted_x8']['win_back'])} |"
         )
         if not r["finds"]:
-            lines.append(f"{head} – | not run (no damage) | | | | | | |")
+            lines.append(f"{head} – | not run (damage below --min-damage) | | | | | | |")
         for name, f in r["finds"].items():
             fo = f["found"]
             found = (
