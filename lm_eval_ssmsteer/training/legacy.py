@@ -20,9 +20,9 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
-from lm_eval_ssmsteer.training.loop import has_causal_conv1d, unfused_mixers
+from lm_eval_ssmsteer.training.loop import adamw, kernel_path
 from lm_eval_ssmsteer.training.mix import CHUNK, TASK_WEIGHTS, TRAIN_MAX_LENGTH, draw_knobs, train_ranges
-from lm_eval_ssmsteer.training.models import ARCHS, model_config
+from lm_eval_ssmsteer.training.models import ARCHS, model_class, model_config
 
 # evaluation inside the script (teacher-forced exact answers): default knobs, then a harder setting
 EVAL_SETTINGS = {
@@ -150,14 +150,8 @@ def train(
 ) -> dict:
     from contextlib import ExitStack
 
-    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal_for, use_fast_scan
-
     with ExitStack() as stack:
-        # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
-        if fast_scan_refusal_for(arch, device) is None:
-            stack.enter_context(use_fast_scan())
-        elif device.startswith("cuda") and not has_causal_conv1d():
-            stack.enter_context(unfused_mixers(arch))
+        kernel_path(stack, arch, device)
         return _train(
             arch,
             out,
@@ -197,9 +191,6 @@ def _train(
     init,
 ) -> dict:
     import torch
-    from transformers import Mamba2ForCausalLM, MambaForCausalLM
-
-    from lm_eval_ssmsteer.mamba.stable import StableMambaForCausalLM
 
     torch.manual_seed(seed)
     t0 = time.time()
@@ -208,31 +199,17 @@ def _train(
     print(
         f"[{arch}] {len(examples)} examples, {len(plan)} batches, data in {time.time() - t0:.0f}s", flush=True
     )
-    model_class = {
-        "mamba": MambaForCausalLM,
-        "mamba2": Mamba2ForCausalLM,
-        "stable_mamba": StableMambaForCausalLM,
-    }[arch]
+    cls = model_class(arch)
     if init is not None:  # continue training a saved model of the same architecture (its own shape)
-        model = model_class.from_pretrained(str(init), dtype=torch.float32)
+        model = cls.from_pretrained(str(init), dtype=torch.float32)
     else:
-        model = model_class(model_config(arch, hidden, layers))
+        model = cls(model_config(arch, hidden, layers))
     # without the mamba-ssm kernels, Mamba-1 can train with mamba.py's parallel scan instead of the loop
     # over positions (it was slower on an H100 at 32k tokens per batch); the shipped config keeps the default
     model.config.use_mambapy = parallel_scan
     model = model.to(device)
 
-    def decays(name: str, p) -> bool:
-        # matrices decay; embeddings, norms, biases, D and Mamba-1's 2-D A_log (the timescales) do not
-        return p.dim() >= 2 and "embed" not in name and "A_log" not in name
-
-    decay = [p for n, p in model.named_parameters() if decays(n, p)]
-    other = [p for n, p in model.named_parameters() if not decays(n, p)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
+    opt = adamw(model, lr, 0.1)
     warmup = min(200, max(1, steps // 50))  # a time budget may end training long before `steps`
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     start, step, loss_avg = time.time(), 0, None

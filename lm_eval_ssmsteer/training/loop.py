@@ -141,7 +141,8 @@ def _save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _optimizer(model, config: TrainConfig):
+def adamw(model, lr: float, weight_decay: float):
+    """AdamW (0.9, 0.95) with weight decay on the matrices only (both training recipes)."""
     import torch
 
     def decays(name: str, p) -> bool:
@@ -151,12 +152,16 @@ def _optimizer(model, config: TrainConfig):
     named = list(model.named_parameters())
     return torch.optim.AdamW(
         [
-            {"params": [p for n, p in named if decays(n, p)], "weight_decay": config.weight_decay},
+            {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
             {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
         ],
-        lr=config.lr,
+        lr=lr,
         betas=(0.9, 0.95),
     )
+
+
+def _optimizer(model, config: TrainConfig):
+    return adamw(model, config.lr, config.weight_decay)
 
 
 def _log(run: Path, record: dict) -> None:
