@@ -226,12 +226,12 @@ class _Steerer:
                 C = _scaled(C, per_group(f))
             return B, C
 
-        bounds = _factor_bounds(delta)
-
         def scan(x, dt, A, B, C, *args, **kwargs):  # x: (b, l, h, p); dt: (b, l, h); B, C: (b, l, g, n)
             f = self.factor(delta)
             if f is not None:
                 limit = tuple(kwargs.get("dt_limit", _NO_LIMIT))
+                # the factors' range matters only under a limit (read once per plan, see factor_range)
+                bounds = None if limit == _NO_LIMIT else _factor_bounds(self.plan, delta)
                 kernel_limit = _kernel_limit(limit, None if f.requires_grad else bounds)
                 dt = _steered_dt(
                     dt, f, kwargs.get("dt_bias"), kwargs.get("dt_softplus", False), limit, kernel_limit
@@ -263,15 +263,15 @@ class _Steerer:
 _NO_LIMIT = (0.0, float("inf"))
 
 
-def _factor_bounds(group: list[SiteFactors]) -> tuple[float, float]:
+def _factor_bounds(plan: SteeringPlan, group: list[SiteFactors]) -> tuple[float, float] | None:
     """The smallest and largest factor ``_Steerer.factor`` can give for ``group`` (1 at pads and in the
-    other phase), read once when the wrappers are made."""
+    other phase); None when a factor requires grad."""
     low = high = 1.0
     for by_positions in group:
-        values = [vec for vec in by_positions.values() if not vec.requires_grad]
-        if values:
-            low *= min(1.0, min(float(v.min()) for v in values))
-            high *= max(1.0, max(float(v.max()) for v in values))
+        bounds = plan.factor_range(by_positions)
+        if bounds is None:
+            return None
+        low, high = low * bounds[0], high * bounds[1]
     return low, high
 
 

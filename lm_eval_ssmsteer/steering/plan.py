@@ -9,7 +9,7 @@ scale goes from the spec to the tensor here, and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -94,6 +94,21 @@ class SteeringPlan:
     arch: ArchInfo
     factors: dict[int, dict[str, SiteFactors]]
     spec: SteeringSpec | None = None
+    _ranges: dict[int, tuple[float, float] | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def factor_range(self, factors: SiteFactors) -> tuple[float, float] | None:
+        """The smallest and largest factor of one (layer, site) of this plan, 1 included (pads and the
+        other phase are left at 1); None when a factor requires grad. Read from the device once per plan
+        (plans are built once per model and spec), not on every steered call."""
+        key = id(factors)
+        if key not in self._ranges:
+            values = list(factors.values())
+            if any(v.requires_grad for v in values):
+                self._ranges[key] = None
+            else:
+                lows, highs = torch.stack([torch.stack([v.min(), v.max()]) for v in values]).T.tolist()
+                self._ranges[key] = (min(1.0, *lows), max(1.0, *highs))
+        return self._ranges[key]
 
     @classmethod
     def build(cls, model: torch.nn.Module, spec: SteeringSpec | str | dict) -> SteeringPlan:
