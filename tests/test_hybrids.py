@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import hybrid_reference_logits
-from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels
+from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels, steered_generation
 from tiny import HYBRIDS, MAMBA_LAYERS, hybrid_config, make_model, make_tokenizer
 
 from lm_eval_ssmsteer.mamba.arch import describe_model, layer_kind, mamba_mixers
@@ -141,21 +141,8 @@ def test_site_effect_matches_independent_reference(model, site):
 def test_positions_in_generation_match_reference(model, site, positions):
     """Cached greedy decoding with prompt/generated/all steering equals a full re-computation (no cache)
     whose reference mixer steers exactly those positions."""
-    prompt = random_ids(b=2, l=7, seed=3)
-    layer, n_new = describe_model(model).mamba_layers[0], 4
-    channels = some_channels(model, site, k=6, seed=1)
-    spec = SteeringSpec.single(layer=layer, site=site, channels=channels, scale=3.0, positions=positions)
-    with steer(model, spec):
-        seq, gen_logits = greedy(model, prompt, n=n_new)
-    base_seq, base_logits = greedy(model, prompt, n=n_new)
-    assert rel_diff(gen_logits, base_logits) > 1e-5 or not torch.equal(seq, base_seq)
-
-    full = seq[:, :-1]
-    t = torch.arange(full.shape[1])[None, :].expand(full.shape[0], -1)
-    p = prompt.shape[1]
-    where = {"all": t >= 0, "prompt": t < p, "generated": t >= p}[positions]
-    vec = torch.ones(describe_model(model).site_width(site))
-    vec[channels] = 3.0
+    layer = describe_model(model).mamba_layers[0]
+    gen_logits, full, where, vec, p = steered_generation(model, layer, site, positions, 4, 1e-5)
     mixer = mamba_mixers(model)[layer]
     expected = hybrid_reference_logits(model, full, layer, mixer, {site: vec}, where)[:, p - 1 :]
     assert rel_diff(gen_logits, expected) < 1e-5
