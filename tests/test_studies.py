@@ -9,10 +9,16 @@ import re
 
 import pytest
 import torch
+from tiny import make_model, make_tokenizer
 
+from lm_eval_ssmsteer.interpret.attention import hidden_attention
+from lm_eval_ssmsteer.interpret.capture import capture_layers
+from lm_eval_ssmsteer.interpret.latim import latim_maps
 from lm_eval_ssmsteer.loading import load_model
 from lm_eval_ssmsteer.mamba.arch import mamba_blocks
-from lm_eval_ssmsteer.studies.copy_task import aer, alignment_counts
+from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
+from lm_eval_ssmsteer.studies.alignment import token_maps
+from lm_eval_ssmsteer.studies.copy_task import aer, alignment_counts, analyse, markdown, write_figures
 from lm_eval_ssmsteer.studies.damping import PLANT_SITES, control_channels, damp_weights, random_channels
 from lm_eval_ssmsteer.studies.find_table import plant_name, win_back
 from lm_eval_ssmsteer.studies.needle import TASKS as NEEDLE_TASKS
@@ -155,3 +161,38 @@ def test_copy_alignment_counts_exact_and_same_letter_links():
     counts = alignment_counts(scores, rows=[3, 4, 5], sources=[0, 1, 2], s="aab")
     assert counts == {"links": 3, "sure": 2, "possible": 3}
     assert aer(counts) == pytest.approx(1 - 5 / 6)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_copy_study_scores_latim_l2_alti_and_hidden_attention_on_both_architectures(arch, tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = make_model(arch, n_layers=3).eval(), make_tokenizer()
+    a = argparse.Namespace(n=2, seed=0, window=2, length=6, methods=["l2", "alti", "attention"])
+    result, example = analyse(model, tokenizer, "tiny", a)
+    assert result["methods"] == ["l2", "alti", "attention"]
+    assert result["chance_accuracy"] == pytest.approx(1 / 6)
+    for method in result["methods"]:
+        for view in ("copied", "predicting"):
+            columns = result["alignment"][method][view]
+            # hidden attention has no residual term, so no rollout
+            assert list(columns) == ["0", "1", "2", *(["rollout"] if method != "attention" else [])]
+            assert all(0 <= c["accuracy"] <= 1 and 0 <= c["aer"] <= 1 for c in columns.values())
+    table = markdown(result)
+    assert "| hidden attention | predicting | accuracy |" in table and table.count("| LaTIM ALTI |") == 4
+    write_figures(result, example, tmp_path)
+    assert (tmp_path / "copy_tiny.json").is_file() and (tmp_path / "copy_tiny_alignment.png").is_file()
+
+    # each map is the one its own function computes for that layer, from one shared capture
+    ids = tokenizer("$abcab|abcab", return_tensors="pt").input_ids
+    maps = token_maps(model, ids)
+    captured = capture_layers(model, ids, [0, 1, 2])
+    for layer, block in enumerate(mamba_blocks(model)):
+        internals = mixer_internals(block.mixer, captured[layer].mixer_input)
+        latim = latim_maps(internals, ("l2", "alti"))
+        torch.testing.assert_close(maps["l2"][layer], latim["l2"], rtol=0, atol=0)
+        torch.testing.assert_close(maps["alti"][layer], latim["alti"], rtol=0, atol=0)
+        attention = hidden_attention(internals, "mean")
+        torch.testing.assert_close(maps["attention"][layer], attention, rtol=0, atol=0)
+    assert set(maps["attention"]) == {0, 1, 2} and "rollout" in maps["alti"]
+    with pytest.raises(ValueError, match="not among l2, alti, attention"):
+        token_maps(model, ids, ("grad",))

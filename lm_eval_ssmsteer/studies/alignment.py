@@ -1,14 +1,18 @@
-"""What the alignment studies (``needle``, ``copy``) share: every layer's LaTIM l2 map of one document
-with their rollout, and the teacher-forced probability of each gold token."""
+"""What the alignment studies (``needle``, ``copy``) share: every layer's LaTIM map of one document
+(l2, ALTI) with their rollout, or its hidden attention, and the teacher-forced probability of each gold
+token."""
 
 from __future__ import annotations
 
 import torch
 
+from lm_eval_ssmsteer.interpret.attention import hidden_attention
 from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows, rollout
 from lm_eval_ssmsteer.mamba.arch import mamba_blocks
 from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
+
+MAP_METHODS = ("l2", "alti", "attention")
 
 
 def l2_maps(model, ids: torch.Tensor, rows: range | None = None, with_rollout: bool = True) -> dict:
@@ -29,6 +33,33 @@ def l2_maps(model, ids: torch.Tensor, rows: range | None = None, with_rollout: b
             maps[layer] = latim_rows(internals, rows, ("l2",))["l2"]
     if with_rollout:
         maps["rollout"] = rollout(block_maps)[rows.start : rows.stop]
+    return maps
+
+
+def token_maps(model, ids: torch.Tensor, methods: tuple[str, ...] = MAP_METHODS) -> dict[str, dict]:
+    """Method -> layer -> (l, l) token-to-token map of ``ids``, for every Mamba layer: LaTIM "l2" and
+    "alti" (each with "rollout" -> their rollout across every layer, from the block maps that count the
+    residual) and "attention", the hidden attention (α averaged over channels, Ali et al.; no rollout:
+    it has no residual term). One capture and one decomposition per layer serve every method."""
+    unknown = [m for m in methods if m not in MAP_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"map methods {unknown or list(methods)} are not among {', '.join(MAP_METHODS)}")
+    latim_methods = tuple(m for m in methods if m != "attention")
+    blocks = mamba_blocks(model)
+    captured = capture_layers(model, ids, list(range(len(blocks))))
+    maps: dict[str, dict] = {m: {} for m in methods}
+    block_maps: dict[str, list] = {m: [] for m in latim_methods}
+    for layer, block in enumerate(blocks):
+        internals = mixer_internals(block.mixer, captured[layer].mixer_input)
+        if latim_methods:
+            full = latim_maps(internals, latim_methods, block_input=captured[layer].block_input)
+            for m in latim_methods:
+                maps[m][layer] = full[m]
+                block_maps[m].append(full[m + "_block"])
+        if "attention" in methods:
+            maps["attention"][layer] = hidden_attention(internals, "mean")
+    for m in latim_methods:
+        maps[m]["rollout"] = rollout(block_maps[m])
     return maps
 
 

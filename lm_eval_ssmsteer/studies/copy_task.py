@@ -1,13 +1,16 @@
-"""LaTIM alignment and knockout on the copy task (ssm_copy) for the shipped reference models.
+"""Token-to-token alignment (LaTIM l2 and ALTI, hidden attention) and knockout on the copy task (ssm_copy)
+for the reference models, Mamba-1 or Mamba-2.
 
     ssmsteer study copy --models ref-mamba1 --n 40 --out docs/figures
 
 Each document is the teacher-forced text ``$ s | s``: the source span is the first ``s``, the copy the
-second. For every copied letter s[k] we ask where each layer's LaTIM map points, within the source span:
+second. For every copied letter s[k] we ask where each layer's map points, within the source span:
   * "copied": the row of the copied token s[k] itself;
   * "predicting": the row of the position that predicts s[k] (the token before it).
 Gold (sure) link: the source position of s[k]; possible links: any source position holding the same
 letter. AER = 1 − (|A∩S| + |A∩P|) / (|A| + |S|), with A one argmax link per row; accuracy = exact hits.
+The maps (--methods): LaTIM "l2" and "alti" per layer and their rollout, and "attention", the hidden
+attention (α averaged over channels). Chance is 1/len(s) for the accuracy.
 
 Knockout: in each window of --window consecutive layers, block the flow from the whole source span to
 the predicting positions (all features) and measure, teacher-forced, the mean probability of the correct
@@ -27,7 +30,7 @@ import torch
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, token_labels
 from lm_eval_ssmsteer.mamba.arch import mamba_blocks
-from lm_eval_ssmsteer.studies.alignment import gold_probs, l2_maps
+from lm_eval_ssmsteer.studies.alignment import MAP_METHODS, gold_probs, token_maps
 
 VIEWS = ("copied", "predicting")
 
@@ -63,17 +66,20 @@ def copy_probs(model, ids: torch.Tensor, predicting: list[int]) -> torch.Tensor:
     return torch.stack(gold_probs(model, ids, predicting))
 
 
-def summarise(counts: dict, columns: list) -> dict:
-    """view -> column -> alignment accuracy and AER."""
+def summarise(counts: dict, columns: dict) -> dict:
+    """method -> view -> column -> alignment accuracy and AER (``columns``: method -> its columns)."""
     return {
-        view: {
-            str(col): {
-                "accuracy": counts[(view, col)]["sure"] / counts[(view, col)]["links"],
-                "aer": aer(counts[(view, col)]),
+        method: {
+            view: {
+                str(col): {
+                    "accuracy": counts[(method, view, col)]["sure"] / counts[(method, view, col)]["links"],
+                    "aer": aer(counts[(method, view, col)]),
+                }
+                for col in cols
             }
-            for col in columns
+            for view in VIEWS
         }
-        for view in VIEWS
+        for method, cols in columns.items()
     }
 
 
@@ -101,22 +107,28 @@ def analyse(model, tokenizer, name: str, a: argparse.Namespace) -> tuple[dict, d
     from lm_eval_ssmsteer.taskdata import generate
 
     n_layers = len(mamba_blocks(model))
-    columns = [*range(n_layers), "rollout"]
+    columns = {m: [*range(n_layers), *(["rollout"] if m != "attention" else [])] for m in a.methods}
     windows = [tuple(range(start, start + a.window)) for start in range(n_layers - a.window + 1)]
     docs = generate("ssm_copy", "test", a.n, a.seed, **({"length": a.length} if a.length else {}))
-    counts = {(v, col): dict.fromkeys(("links", "sure", "possible"), 0) for v in VIEWS for col in columns}
+    counts = {
+        (m, v, col): dict.fromkeys(("links", "sure", "possible"), 0)
+        for m, cols in columns.items()
+        for v in VIEWS
+        for col in cols
+    }
     sums = {window: torch.zeros(2) for window in [None, *windows]}  # None: no knockout
     letters, example = 0, {}
     for index, doc in enumerate(docs):
         ids, sources, copy, s = copy_document(doc, tokenizer)
         predicting = [p - 1 for p in copy]
-        maps = l2_maps(model, ids)
-        for col, scores in maps.items():
-            for view, rows in zip(VIEWS, (copy, predicting), strict=True):
-                for key, value in alignment_counts(scores, rows, sources, s).items():
-                    counts[(view, col)][key] += value
+        maps = token_maps(model, ids, tuple(a.methods))
+        for method, by_column in maps.items():
+            for col, scores in by_column.items():
+                for view, rows in zip(VIEWS, (copy, predicting), strict=True):
+                    for key, value in alignment_counts(scores, rows, sources, s).items():
+                        counts[(method, view, col)][key] += value
         if index == 0:
-            example = {"maps": maps, "labels": token_labels(tokenizer, ids[0].tolist())}
+            example = {"maps": maps[a.methods[0]], "labels": token_labels(tokenizer, ids[0].tolist())}
         letters += len(predicting)
         sums[None] += copy_probs(model, ids, predicting).sum(-1)
         for w in windows:
@@ -128,6 +140,8 @@ def analyse(model, tokenizer, name: str, a: argparse.Namespace) -> tuple[dict, d
         "n_docs": a.n,
         "seed": a.seed,
         "string_length": len(docs[0]["target"]),
+        "chance_accuracy": 1 / len(docs[0]["target"]),
+        "methods": list(a.methods),
         "base": {"prob": base_prob, "argmax_hit": base_hit},
         "alignment": summarise(counts, columns),
         "window": a.window,
@@ -138,27 +152,31 @@ def analyse(model, tokenizer, name: str, a: argparse.Namespace) -> tuple[dict, d
 
 def write_figures(result: dict, example: dict, out: Path) -> None:
     tag = Path(result["model"]).name
-    layers = [int(k) for k in result["alignment"]["predicting"] if k != "rollout"]
+    first = result["methods"][0]
+    layers = [int(k) for k in result["alignment"][first]["predicting"] if k != "rollout"]
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / f"copy_{tag}.json", result)
     accuracy = {
-        f"{view} row": [result["alignment"][view][str(layer)]["accuracy"] for layer in layers]
+        f"{method}, {view} row": [
+            result["alignment"][method][view][str(layer)]["accuracy"] for layer in layers
+        ]
+        for method in result["methods"]
         for view in VIEWS
     }
     save_lines(
         layers,
         accuracy,
         out / f"copy_{tag}_alignment.png",
-        f"{tag}: LaTIM (l2) argmax = source position, ssm_copy",
+        f"{tag}: map argmax = source position, ssm_copy (chance {result['chance_accuracy']:.3f})",
         "layer",
         "alignment accuracy",
     )
-    best = max(layers, key=lambda layer: result["alignment"]["predicting"][str(layer)]["accuracy"])
+    best = max(layers, key=lambda layer: result["alignment"][first]["predicting"][str(layer)]["accuracy"])
     save_heatmap(
         example["maps"][best],
         example["labels"],
         out / f"copy_{tag}_latim.png",
-        f"{tag} layer {best}: LaTIM l2, one copy document",
+        f"{tag} layer {best}: {first}, one copy document",
     )
     change = {"p(correct letter)": [k["relative_change_pct"] for k in result["knockout"]]}
     save_lines(
@@ -171,21 +189,27 @@ def write_figures(result: dict, example: dict, out: Path) -> None:
     )
 
 
+NAMES = {"l2": "LaTIM l2", "alti": "LaTIM ALTI", "attention": "hidden attention"}
+
+
 def markdown(result: dict) -> str:
-    columns = list(result["alignment"]["predicting"])
     base = result["base"]
+    first = result["methods"][0]
+    columns = list(result["alignment"][first]["predicting"])
     lines = [
         f"**{result['model']}**: {result['n_docs']} test documents, strings of {result['string_length']} "
-        f"letters; teacher-forced p(correct letter) = {base['prob']:.3f}, "
-        f"argmax hit = {base['argmax_hit']:.3f}",
+        f"letters (chance accuracy {result['chance_accuracy']:.3f}); teacher-forced p(correct letter) = "
+        f"{base['prob']:.3f}, argmax hit = {base['argmax_hit']:.3f}",
         "",
-        "| LaTIM l2, layer | " + " | ".join(columns) + " |",
-        "|---|" + "---|" * len(columns),
+        "| map | row | metric | " + " | ".join(f"layer {c}" if c != "rollout" else c for c in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
     ]
-    for view in VIEWS:
-        for metric in ("accuracy", "aer"):
-            cells = " | ".join(f"{result['alignment'][view][col][metric]:.3f}" for col in columns)
-            lines.append(f"| {view} row {metric} | {cells} |")
+    for method in result["methods"]:
+        for view in VIEWS:
+            for metric in ("accuracy", "aer"):
+                by_col = result["alignment"][method][view]
+                cells = " | ".join(f"{by_col[c][metric]:.3f}" if c in by_col else "–" for c in columns)
+                lines.append(f"| {NAMES[method]} | {view} | {metric} | {cells} |")
     lines += ["", "| knockout window | p(correct letter) | change | argmax hit |", "|---|---|---|---|"]
     for k in result["knockout"]:
         lines.append(
@@ -201,6 +225,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=2, help="layers per knockout window")
     parser.add_argument("--length", type=int, help="string length (default: the task's)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=MAP_METHODS,
+        default=list(MAP_METHODS),
+        help="token-to-token maps to score (default: all; the first one is drawn as a heatmap)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
 
 
