@@ -1,4 +1,6 @@
-"""Paired regression checks on real lm-eval outputs of the shipped reference model ref-mamba1.
+"""Paired regression checks on real lm-eval outputs of the shipped reference model ref-mamba1-v1 (the first
+ref-mamba1: its partial multiple-choice scores are what a paired test needs; today's ref-mamba1 scores
+1.00 on this task).
 
 Three runs of the first 40 documents of ssm_mqar_mc (multiple-choice recall: four queries a document, its
 score the fraction answered right), with samples logged: the model as it is (steered by the identity, Δ ×
@@ -25,7 +27,7 @@ from lm_eval_ssmsteer.report.regress import write_baseline
 
 pytestmark = pytest.mark.slow
 
-TASK, DOCUMENTS = "ssm_mqar_mc", 40
+TASK, DOCUMENTS, MODEL = "ssm_mqar_mc", 40, "ref-mamba1-v1"
 IDENTITY = {"steer_layer": 0, "steer_site": "delta", "steer_scale": 1.0}
 PLANTED = {"steer_layer": 0, "steer_site": "delta", "steer_scale": 0.5}
 
@@ -33,11 +35,11 @@ PLANTED = {"steer_layer": 0, "steer_site": "delta", "steer_scale": 0.5}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("paired")
-    first = evaluate(IDENTITY, root / "first", TASK, DOCUMENTS, write_samples=True)
+    first = evaluate(IDENTITY, root / "first", TASK, DOCUMENTS, write_samples=True, model=MODEL)
     return {
         "baseline": write_baseline([first], root / "baseline.json"),
-        "rerun": evaluate(IDENTITY, root / "rerun", TASK, DOCUMENTS, write_samples=True),
-        "planted": evaluate(PLANTED, root / "planted", TASK, DOCUMENTS, write_samples=True),
+        "rerun": evaluate(IDENTITY, root / "rerun", TASK, DOCUMENTS, write_samples=True, model=MODEL),
+        "planted": evaluate(PLANTED, root / "planted", TASK, DOCUMENTS, write_samples=True, model=MODEL),
     }
 
 
