@@ -8,6 +8,12 @@
 #   bash scripts/gpu/train_v2.sh stage4   RUNS OUT BUDGET INIT  # on from INIT/m2-cont, m1-fromcopy(-short)
 #   bash scripts/gpu/train_v2.sh stage5   RUNS OUT BUDGET INIT  # on from INIT/m1-short2 and INIT/m2-cont2,
 #                                                               # and a new Bamba hybrid
+#   bash scripts/gpu/train_v2.sh stage6   RUNS OUT BUDGET   # Mamba-2 and the Bamba hybrid on copying alone
+#                                                         # (the start that taught Mamba-1); ref-mamba1 on
+#                                                         # with phone book and niah multiquery weighted
+#   bash scripts/gpu/train_v2.sh stage7   RUNS OUT BUDGET INIT M2 H  # from INIT/M2 and INIT/H (model folders
+#                                                         # or RUNS of a warm machine): the short copying and
+#                                                         # retrieval tasks, as m1-fromcopy-short did
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -85,6 +91,31 @@ stage5)
     new h-bamba bamba "${tok[@]}" &  # the reference hybrid (issue 19), from scratch on the whole mix
     wait
     ;;
+stage6)
+    copy=(--tasks ssm_copy --tokens-per-step 16384 --micro-batches 1)
+    new m2-copy mamba2 "${copy[@]}" &
+    new m2-copy-lr3 mamba2 "${copy[@]}" --lr 3e-3 &
+    new h-copy bamba "${copy[@]}" &
+    # ref-mamba1 (decayed to 4e-5) warms again to 1e-3 and decays over 3,000 steps, the two tasks it
+    # misses (phone book 0.80, niah multiquery 0.65-0.72 on TEST) weighted x3
+    new m1-pb mamba --init lm_eval_ssmsteer/models/ref-mamba1 --balance tokens --tokens-per-step 32768 \
+        --micro-batches 2 --warmup 100 --lr 1e-3 --steps 3000 --decay-start 100 \
+        --weights phonebook=3 niah_multiquery=3 &
+    wait
+    ;;
+stage7)
+    init=${5:?INIT folder with the Mamba-2 and hybrid copy runs}
+    m2=${6:?M2 run name} h=${7:?hybrid run name}
+    folder() { [ -d "$init/$1/model" ] && echo "$init/$1/model" || echo "$init/$1"; }
+    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
+    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
+    new m2-cs mamba2 --init "$(folder "$m2")" --tasks "${short[@]}" "${tok[@]}" &
+    new h-cs bamba --init "$(folder "$h")" --tasks "${short[@]}" "${tok[@]}" &
+    [ -f "$runs/m1-pb/checkpoint/state.json" ] &&
+        python3 -m lm_eval_ssmsteer.train --run "$runs/m1-pb" --resume --time-budget "$budget" \
+            --device cuda --workers 2 >>"$runs/m1-pb.log" 2>&1 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -104,6 +135,8 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage3 ] && pack="m2-cont m1-fromcopy m1-fromcopy-short"
 [ "$mode" = stage4 ] && pack="m2-cont2 m1-fromcopy2 m1-short2"
 [ "$mode" = stage5 ] && pack="m1-all m1-all-long m2-short h-bamba"
+[ "$mode" = stage6 ] && pack="m2-copy m2-copy-lr3 h-copy m1-pb"
+[ "$mode" = stage7 ] && pack="m2-cs h-cs m1-pb"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
