@@ -10,7 +10,8 @@ from lm_eval_ssmsteer.lmeval.model_args import DTYPES, ModelArgsError, check_dty
 from lm_eval_ssmsteer.loading import ModelNotFoundError, check_model_name, load_model
 
 ALLOWED_NAMES = (
-    "allowed: an existing model folder, a shipped model (ref-mamba1, ref-mamba1-v1, tiny-random-mamba) "
+    "allowed: an existing model folder, a shipped model (ref-bamba, ref-mamba1, ref-mamba1-v1, ref-mamba2, "
+    "tiny-random-mamba) "
     "or a hub id"
 )
 

@@ -18,29 +18,39 @@ def _lineage(record: dict) -> list[dict]:
     return [record, *(_lineage(record["init_record"]) if record.get("init_record") else [])]
 
 
-@pytest.mark.parametrize("name", ["ref-mamba1", "ref-mamba1-v1"])
+# name -> (model type, runs in its training lineage, parameters); ref-mamba1-v1 has the legacy record
+STAGED = {
+    "ref-mamba1": ("mamba", 5, 2059680),
+    "ref-mamba2": ("mamba2", 2, 2203504),
+    "ref-bamba": ("bamba", 2, 2319632),
+}
+
+
+@pytest.mark.parametrize("name", [*STAGED, "ref-mamba1-v1"])
 def test_reference_models_ship_small_with_provenance(name):
     folder = shipped_models()[name]
     assert resolve_model_path(name) == str(folder)
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size <= 10 * 2**20, f"{size / 2**20:.1f} MiB"
     config = json.loads((folder / "config.json").read_text())
-    assert config["model_type"] == "mamba"
     info = json.loads((folder / "training.json").read_text())
     assert info["train_split"] == "train"
     if name == "ref-mamba1-v1":  # the first recipe's record (training/legacy.py)
+        assert config["model_type"] == "mamba"
         assert info["steps_total"] == sum(s["steps_done"] for s in info["stages"])
         assert all(s["train_split"] == "train" for s in info["stages"])
         return
+    model_type, n_runs, parameters = STAGED[name]
+    assert config["model_type"] == model_type
     # the staged trainer's record: every run back to the first, each stage's steps contiguous, TRAIN only
     runs = _lineage(info)
-    assert len(runs) == 5 and runs[-1]["config"]["init"] is None
+    assert len(runs) == n_runs and runs[-1]["config"]["init"] is None
     for run in runs:
-        assert run["train_split"] == "train" and run["arch"] == "mamba"
+        assert run["train_split"] == "train" and run["arch"] == info["arch"]
         spans = [stage["steps"] for stage in run["stages"]]
         assert spans[0][0] == 0 and spans[-1][1] == run["steps_done"]
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    assert info["parameters"] == 2059680
+    assert info["parameters"] == parameters
 
 
 def _evaluate(backend: str, model_args: dict, task: str, metadata: dict) -> dict:
@@ -68,9 +78,18 @@ def test_ref_mamba1_solves_passkey_through_lm_eval(backend):
 
 
 @pytest.mark.parametrize("backend", ["mamba-steered", "hf"])
-def test_ref_mamba1_copies_through_lm_eval(backend):
-    """The copying half the first ref-mamba1 scored 0.00 on: 1.00 on 40 test documents (README)."""
+@pytest.mark.parametrize("name", ["ref-mamba1", "ref-mamba2", "ref-bamba"])
+def test_reference_models_copy_through_lm_eval(name, backend):
+    """The copying half the first ref-mamba1 scored 0.00 on: 1.00 on 40 test documents for each (README)."""
     # the stock backend knows no short names: it gets the folder
-    model_args = {"pretrained": resolve_model_path("ref-mamba1"), "dtype": "float32"}
+    model_args = {"pretrained": resolve_model_path(name), "dtype": "float32"}
     res = _evaluate(backend, model_args, "ssm_copy", {"num_samples": 8})
+    assert res["exact_match,none"] >= 0.875, res
+
+
+@pytest.mark.parametrize("name", ["ref-mamba2", "ref-bamba"])
+def test_mamba2_and_hybrid_references_retrieve_through_lm_eval(name):
+    """MQAR (16 key-value pairs, exact match): 0.99 and 1.00 on 40 test documents (README)."""
+    model_args = {"pretrained": name, "dtype": "float32"}
+    res = _evaluate("mamba-steered", model_args, "ssm_mqar", {"num_samples": 8})
     assert res["exact_match,none"] >= 0.875, res
