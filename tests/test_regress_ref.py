@@ -43,15 +43,15 @@ def workflow_runs() -> list[str]:
 def test_baseline_script_and_workflow_name_the_same_runs():
     runs = script_runs()
     assert runs == workflow_runs()
-    steered = {}
+    by_run = {}
     for args in runs:
         kv = dict(item.split("=", 1) for item in args.split(","))
-        steered[kv.get("steer")] = kv
+        by_run[kv["pretrained"], kv.get("steer")] = kv
     baseline = load_runs([BASELINE])
-    assert {r.spec_ref for r in baseline} == set(steered)
+    assert {(r.model, r.spec_ref) for r in baseline} == set(by_run)
+    assert len(baseline) == len(by_run) == len(runs)
     for run in baseline:
-        kv = steered[run.spec_ref]
-        assert run.model == kv["pretrained"]
+        kv = by_run[run.model, run.spec_ref]
         assert run.variant == ",".join(
             f"{k}={v}" for k, v in sorted(kv.items()) if k not in ("pretrained", "steer", "fast_scan")
         )
