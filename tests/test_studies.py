@@ -96,6 +96,49 @@ def test_damping_scales_exactly_the_planted_channels_weights(site):
     assert torch.equal(after[name], expected)
 
 
+@pytest.mark.parametrize("site", PLANT_SITES)
+def test_damping_a_mamba2_model_scales_the_weights_that_write_the_site(tmp_path, site):
+    """Mamba-2: in_proj writes [z; x, B, C; dt], the conv reads [x, B, C], dt_bias is per head."""
+    from tiny import save_tiny
+
+    model, _ = load_model(str(save_tiny(tmp_path / "m2", "mamba2")))
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        intact = model(ids, use_cache=False).logits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    channels = damp_weights(model, 1, site, 3, 0.1, seed=2)
+    mixer = mamba_blocks(model)[1].mixer
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    prefix = "backbone.layers.1.mixer."
+    d_inner, states = mixer.intermediate_size, mixer.n_groups * mixer.ssm_state_size
+    with torch.no_grad():
+        assert not torch.allclose(model(ids, use_cache=False).logits, intact, atol=1e-6)
+    if site == "delta":
+        name = prefix + "dt_bias"
+        assert changed == {name}
+        softplus = torch.nn.functional.softplus
+        torch.testing.assert_close(softplus(after[name][channels]), 0.1 * softplus(before[name][channels]))
+        return
+    if site in ("B", "C"):
+        rows = [d_inner + (states if site == "C" else 0) + c for c in channels]
+        conv = {prefix + "conv1d.weight", prefix + "conv1d.bias"} & set(before)  # the bias: when it has one
+        assert prefix + "conv1d.weight" in changed and changed <= conv
+        for name in conv:
+            expected = before[name].clone()
+            expected[rows] *= 0.1
+            assert torch.equal(after[name], expected)
+        return
+    name = prefix + ("in_proj.weight" if site == "gate" else "out_proj.weight")
+    assert changed == {name}
+    expected = before[name].clone()
+    if site == "ssm_out":
+        expected[:, channels] *= 0.1
+    else:  # mixer_out: out_proj rows; gate: the z rows, in_proj's first d_inner
+        expected[channels] *= 0.1
+    assert torch.equal(after[name], expected)
+
+
 def test_damping_refuses_a_site_it_cannot_reach_in_the_weights():
     model, _ = load_model("tiny-random-mamba")
     with pytest.raises(ValueError, match="site 'residual' cannot be damped"):

@@ -12,7 +12,6 @@ import torch
 
 from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.loading import load_model
-from lm_eval_ssmsteer.mamba.arch import describe_model
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.studies import survey
@@ -152,13 +151,18 @@ class _NoDocs:
     examples: tuple = ()
 
 
-def test_plants_refuse_a_mamba2_model(tmp_path, capsys):
+def test_plants_cover_a_mamba2_model_and_refuse_a_hybrid(tmp_path, capsys):
     from tiny import save_tiny
 
     folder = save_tiny(tmp_path / "m2", "mamba2")
-    assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 2
-    assert "plants are Mamba-1 only" in capsys.readouterr().err
-    assert describe_model(load_model(str(folder))[0]).family == "mamba2"
+    assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f" {site} " in listed for site in SITES), listed
+    hybrid = save_tiny(tmp_path / "bamba", "bamba")
+    assert main(["study", "survey", "--model", str(hybrid), "--out", str(tmp_path / "out2"), "--list"]) == 2
+    assert "plants are for pure Mamba-1 and Mamba-2 models; this model is a hybrid (bamba)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_find_options_parse_and_name_themselves():

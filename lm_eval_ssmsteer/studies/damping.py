@@ -1,4 +1,4 @@
-"""Save a copy of a Mamba-1 model with random channels of one layer's site damped in its weights.
+"""Save a copy of a Mamba-1 or Mamba-2 model with random channels of one layer's site damped in its weights.
 
 A planted bottleneck for the finder's validation (docs/finder.md): ``count`` channels drawn with
 ``random.Random(seed)`` (never by a finder score) are multiplied by ``scale`` in the weights that write
@@ -9,6 +9,11 @@ close to a scale where softplus is exponential, and a damage that saturates, as 
 scales the z rows of ``in_proj`` (SiLU(scale·z), not scale·SiLU(z)). ``residual`` cannot be written into
 the weights (the block output is the residual stream itself): ``plant`` adds a forward hook for it, which
 lives as long as the model object and is not saved. The tokenizer is saved beside the weights.
+
+Mamba-2 mixers (``_damp_mamba2``): mixer_out = ``out_proj`` rows and delta = the per-head ``dt_bias``, as
+above; gate = the z rows of ``in_proj`` (SiLU(scale·z)); B or C = their channels of the depthwise conv's
+weight and bias (SiLU(scale·conv), not a pure scale); ssm_out = ``out_proj`` columns, which scale the gated
+RMSNorm's output channels, not y before the norm where steering's ssm_out acts.
 
     ssmsteer study damp --model ref-mamba1 --layer 2 --site B --channels 4 --scale 0.1 --seed 2 \\
         --out planted.model
@@ -46,22 +51,22 @@ def control_channels(width: int, count: int, avoid: list[int] | None = None) -> 
 
 def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
     """Damp ``count`` random channels (``seed``) of ``layer``'s ``site`` by ``scale``, in the weights, in
-    place (Mamba-1 mixers). Returns the channels, sorted."""
+    place (Mamba-1 and Mamba-2 mixers). Returns the channels, sorted."""
     import torch
-    import torch.nn.functional as F
 
-    from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks
+    from lm_eval_ssmsteer.mamba.arch import MAMBA2, describe_model, mamba_blocks
 
     if site not in PLANT_SITES:
         raise ValueError(f"site {site!r} cannot be damped in the weights; allowed: {', '.join(PLANT_SITES)}")
     mixer = mamba_blocks(model)[layer].mixer
-    width = describe_model(model).site_width(site)
-    channels = random_channels(width, count, seed)
+    arch = describe_model(model)
+    channels = random_channels(arch.site_width(site), count, seed)
     with torch.no_grad():
+        if arch.family == MAMBA2:
+            _damp_mamba2(mixer, site, channels, scale)
+            return channels
         if site == "delta":  # Δ at zero input times scale: b' = softplus⁻¹(scale · softplus(b))
-            bias = mixer.dt_proj.bias
-            target = scale * F.softplus(bias[channels].float())
-            bias[channels] = (target + torch.log(-torch.expm1(-target))).to(bias.dtype)
+            _damp_softplus_bias(mixer.dt_proj.bias, channels, scale)
             return channels
         if site == "mixer_out":
             weight, first_row = mixer.out_proj.weight, 0
@@ -74,6 +79,37 @@ def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: i
             first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
         weight[[first_row + c for c in channels]] *= scale
     return channels
+
+
+def _damp_softplus_bias(bias, channels: list[int], scale: float) -> None:
+    """softplus(b) of ``channels`` times ``scale``: b' = softplus⁻¹(scale · softplus(b))."""
+    import torch
+    import torch.nn.functional as F
+
+    target = scale * F.softplus(bias[channels].float())
+    bias[channels] = (target + torch.log(-torch.expm1(-target))).to(bias.dtype)
+
+
+def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
+    """``damp_weights`` on a Mamba-2 mixer: ``in_proj`` writes [z; x, B, C; dt] (after an MLP part of
+    equal halves in models that have one), the conv reads [x, B, C]."""
+    d_inner, states = mixer.intermediate_size, mixer.n_groups * mixer.ssm_state_size
+    if site == "delta":  # per head: Δ = softplus(dt + dt_bias)
+        _damp_softplus_bias(mixer.dt_bias, channels, scale)
+        return
+    if site == "mixer_out":
+        mixer.out_proj.weight[channels] *= scale
+    elif site == "ssm_out":  # the gated norm's output channels
+        mixer.out_proj.weight[:, channels] *= scale
+    elif site == "gate":
+        d_mlp = (mixer.in_proj.out_features - 2 * d_inner - 2 * states - mixer.num_heads) // 2
+        mixer.in_proj.weight[[2 * d_mlp + c for c in channels]] *= scale
+    else:  # B or C: their conv channels, weight and bias, so the conv's output is scaled before SiLU
+        first = d_inner + (states if site == "C" else 0)
+        rows = [first + c for c in channels]
+        mixer.conv1d.weight[rows] *= scale
+        if mixer.conv1d.bias is not None:
+            mixer.conv1d.bias[rows] *= scale
 
 
 def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:

@@ -399,15 +399,19 @@ def _plant_list(path: str):
     """The model's shape (from its config, before any weight is loaded) and the survey's plant list."""
     from transformers import AutoConfig
 
-    from lm_eval_ssmsteer.mamba.arch import MAMBA1, UnsupportedModelError, describe_config
+    from lm_eval_ssmsteer.mamba.arch import MAMBA1, MAMBA2, UnsupportedModelError, describe_config
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     try:
         arch = describe_config(AutoConfig.from_pretrained(path))
     except (OSError, UnsupportedModelError) as exc:
         raise StudyArgumentError(f"--model {path!r}: {exc}") from None
-    if arch.family != MAMBA1:
-        raise StudyArgumentError(f"--model {path!r}: plants are Mamba-1 only; this model is {arch.family}")
+    if arch.family not in (MAMBA1, MAMBA2) or arch.mamba_layers is not None:
+        kind = "a hybrid" if arch.mamba_layers is not None else arch.family
+        raise StudyArgumentError(
+            f"--model {path!r}: plants are for pure Mamba-1 and Mamba-2 models; this model is {kind} "
+            f"({arch.architecture})"
+        )
     return survey_plants(arch.n_layers, {site: arch.site_width(site) for site in SITES})
 
 
