@@ -14,6 +14,10 @@
 #   bash scripts/gpu/train_v2.sh stage7   RUNS OUT BUDGET INIT M2 H  # from INIT/M2 and INIT/H (model folders
 #                                                         # or RUNS of a warm machine): the short copying and
 #                                                         # retrieval tasks, as m1-fromcopy-short did
+#   bash scripts/gpu/train_v2.sh stage8   RUNS OUT BUDGET INIT  # from INIT/ref-mamba2 and INIT/ref-bamba (model
+#                                                         # folders, e.g. bf16 copies: the shipped models do
+#                                                         # not fit the carry beside the wheel): the whole
+#                                                         # mix, as m1-all did from m1-short2
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -116,6 +120,13 @@ stage7)
             --device cuda --workers 2 >>"$runs/m1-pb.log" 2>&1 &
     wait
     ;;
+stage8)
+    init=${5:?INIT folder with ref-mamba2/ and ref-bamba/}
+    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
+    new m2-all mamba2 --init "$init/ref-mamba2" "${tok[@]}" &
+    new h-all bamba --init "$init/ref-bamba" "${tok[@]}" &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -137,6 +148,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage5 ] && pack="m1-all m1-all-long m2-short h-bamba"
 [ "$mode" = stage6 ] && pack="m2-copy m2-copy-lr3 h-copy m1-pb"
 [ "$mode" = stage7 ] && pack="m2-cs h-cs m1-pb"
+[ "$mode" = stage8 ] && pack="m2-all h-all"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
