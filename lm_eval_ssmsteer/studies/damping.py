@@ -91,8 +91,7 @@ def _damp_softplus_bias(bias, channels: list[int], scale: float) -> None:
 
 
 def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
-    """``damp_weights`` on a Mamba-2 mixer: ``in_proj`` writes [z; x, B, C; dt] (after an MLP part of
-    equal halves in models that have one), the conv reads [x, B, C]."""
+    """``damp_weights`` on a Mamba-2 mixer: ``in_proj`` writes [z; x, B, C; dt], the conv reads [x, B, C]."""
     d_inner, states = mixer.intermediate_size, mixer.n_groups * mixer.ssm_state_size
     if site == "delta":  # per head: Δ = softplus(dt + dt_bias)
         _damp_softplus_bias(mixer.dt_bias, channels, scale)
@@ -101,9 +100,8 @@ def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
         mixer.out_proj.weight[channels] *= scale
     elif site == "ssm_out":  # the gated norm's output channels
         mixer.out_proj.weight[:, channels] *= scale
-    elif site == "gate":
-        d_mlp = (mixer.in_proj.out_features - 2 * d_inner - 2 * states - mixer.num_heads) // 2
-        mixer.in_proj.weight[[2 * d_mlp + c for c in channels]] *= scale
+    elif site == "gate":  # z: in_proj's first d_inner rows (the layout mamba/mixer_math.py splits)
+        mixer.in_proj.weight[channels] *= scale
     else:  # B or C: their conv channels, weight and bias, so the conv's output is scaled before SiLU
         first = d_inner + (states if site == "C" else 0)
         rows = [first + c for c in channels]
