@@ -38,6 +38,9 @@ new() {  # name arch [args]
     python3 -m lm_eval_ssmsteer.train --run "$runs/$name" --arch "$arch" --steps 1000000 --decay-start 1000000 \
         --time-budget "$budget" "${common[@]}" "$@" >"$runs/$name.log" 2>&1
 }
+# the seven short copying and retrieval tasks, and token-balanced steps from a warm start
+short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
+tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
 copyw=(--weights copy=3 selective_copy=3 phonebook=4 kv_retrieval=4 mqar=3 induction=3)
 case $mode in
 ablate)
@@ -51,7 +54,6 @@ ablate)
     wait
     ;;
 ablate2)
-    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     new m1-copy mamba --tasks ssm_copy --tokens-per-step 16384 --micro-batches 1 &
     new m1-tok mamba --balance tokens --tokens-per-step 32768 --micro-batches 2 &
     new m1-short-tok mamba --tasks "${short[@]}" --balance tokens --tokens-per-step 32768 --micro-batches 2 &
@@ -60,8 +62,6 @@ ablate2)
     ;;
 stage3)
     init=${5:?INIT folder with m2-tok/ and m1-copy/}
-    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
-    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
     new m2-cont mamba2 --init "$init/m2-tok" "${tok[@]}" --steps 1300 --decay-start 650 &
     new m1-fromcopy mamba --init "$init/m1-copy" "${tok[@]}" --steps 2200 --decay-start 1100 &
     new m1-fromcopy-short mamba --init "$init/m1-copy" --tasks "${short[@]}" "${tok[@]}" --steps 2200 \
@@ -70,9 +70,7 @@ stage3)
     ;;
 stage4)
     init=${5:?INIT folder with m2-cont/ and m1-fromcopy/}
-    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
     retrieval=(--weights phonebook=3 mqar=3 kv_retrieval=3 induction=2 passkey=2 niah_single=2)
-    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     new m2-cont2 mamba2 --init "$init/m2-cont" "${tok[@]}" &
     new m1-fromcopy2 mamba --init "$init/m1-fromcopy" "${tok[@]}" "${retrieval[@]}" &
     new m1-short2 mamba --init "$init/m1-fromcopy-short" --tasks "${short[@]}" "${tok[@]}" \
@@ -84,8 +82,6 @@ stage5)
     # long-context tasks weighted up or not; Mamba-2: the token-balanced model goes through the short
     # tasks with retrieval weighted, the route that taught Mamba-1 phone book, MQAR and kv retrieval
     init=${5:?INIT folder with m1-short2/ and m2-cont2/}
-    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
-    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     long=(--weights passkey=2 niah_single=2 niah_multikey=2 niah_multivalue=2 niah_multiquery=2
         variable_tracking=2 ruler_niah_single=2 ruler_niah_multikey=2)
     new m1-all mamba --init "$init/m1-short2" "${tok[@]}" &
@@ -111,8 +107,6 @@ stage7)
     init=${5:?INIT folder with the Mamba-2 and hybrid copy runs}
     m2=${6:?M2 run name} h=${7:?hybrid run name}
     folder() { [ -d "$init/$1/model" ] && echo "$init/$1/model" || echo "$init/$1"; }
-    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
-    short=(ssm_copy ssm_selective_copy ssm_phonebook ssm_mqar ssm_zoology_mqar ssm_kv_retrieval ssm_induction)
     new m2-cs mamba2 --init "$(folder "$m2")" --tasks "${short[@]}" "${tok[@]}" &
     new h-cs bamba --init "$(folder "$h")" --tasks "${short[@]}" "${tok[@]}" &
     [ -f "$runs/m1-pb/checkpoint/state.json" ] &&
@@ -122,7 +116,6 @@ stage7)
     ;;
 stage8)
     init=${5:?INIT folder with ref-mamba2/ and ref-bamba/}
-    tok=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100)
     new m2-all mamba2 --init "$init/ref-mamba2" "${tok[@]}" &
     new h-all bamba --init "$init/ref-bamba" "${tok[@]}" &
     wait
