@@ -18,6 +18,8 @@
 #                                                         # folders, e.g. bf16 copies: the shipped models do
 #                                                         # not fit the carry beside the wheel): the whole
 #                                                         # mix, as m1-all did from m1-short2
+#   bash scripts/gpu/train_v2.sh stage8d  RUNS OUT BUDGET INIT  # a cold machine lost stage8's states: decay
+#                                                         # anew from INIT/m2-all and INIT/h-all (as m1-all-d)
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -120,6 +122,12 @@ stage8)
     new h-all bamba --init "$init/ref-bamba" "${tok[@]}" &
     wait
     ;;
+stage8d)
+    init=${5:?INIT folder with m2-all/ and h-all/}
+    new m2-all-d mamba2 --init "$init/m2-all" "${tok[@]}" --steps 2700 --decay-start 100 &
+    new h-all-d bamba --init "$init/h-all" "${tok[@]}" --steps 2100 --decay-start 100 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -142,6 +150,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage6 ] && pack="m2-copy m2-copy-lr3 h-copy m1-pb"
 [ "$mode" = stage7 ] && pack="m2-cs h-cs m1-pb"
 [ "$mode" = stage8 ] && pack="m2-all h-all"
+[ "$mode" = stage8d ] && pack="m2-all-d h-all-d"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
