@@ -9,9 +9,12 @@ import json
 
 import pytest
 import torch
+from tiny import HYBRIDS, MAMBA_LAYERS, make_model
+from transformers import AutoConfig
 
 from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.loading import load_model
+from lm_eval_ssmsteer.mamba.arch import describe_config, describe_model
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.studies import survey
@@ -151,7 +154,7 @@ class _NoDocs:
     examples: tuple = ()
 
 
-def test_plants_cover_a_mamba2_model_and_refuse_a_hybrid(tmp_path, capsys):
+def test_plants_cover_a_mamba2_model_and_only_the_mamba_layers_of_a_hybrid(tmp_path, capsys):
     from tiny import save_tiny
 
     folder = save_tiny(tmp_path / "m2", "mamba2")
@@ -159,10 +162,11 @@ def test_plants_cover_a_mamba2_model_and_refuse_a_hybrid(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert all(f" {site} " in listed for site in SITES), listed
     hybrid = save_tiny(tmp_path / "bamba", "bamba")
-    assert main(["study", "survey", "--model", str(hybrid), "--out", str(tmp_path / "out2"), "--list"]) == 2
-    assert "plants are for pure Mamba-1 and Mamba-2 models; this model is a hybrid (bamba)" in (
-        capsys.readouterr().err
-    )
+    assert main(["study", "survey", "--model", str(hybrid), "--out", str(tmp_path / "out2"), "--list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    mamba_layers = {f"L{i}" for i in describe_config(AutoConfig.from_pretrained(hybrid)).mamba_layers}
+    assert {row.split()[2] for row in rows} <= mamba_layers, rows  # never an attention layer
+    assert all(any(f" {site} " in row for row in rows) for site in SITES), rows
 
 
 def test_find_options_parse_and_name_themselves():
@@ -198,3 +202,39 @@ def test_too_few_documents_for_a_survey_is_one_line_and_writes_nothing(tmp_path,
     assert main(args) == 2
     assert "--test-docs 2 / --docs-per-task 2 with 1 task(s)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("family", HYBRIDS)
+def test_a_plant_in_a_hybrid_changes_its_mamba_layer_and_the_inverse_spec_undoes_a_pure_scale(family, site):
+    """The survey plants hybrids at their Mamba layers (decoder indices), each family's mixer damped as its
+    pure family's; a pure scale of a site is undone exactly by the inverse spec."""
+    from lm_eval_ssmsteer.steering import steer
+
+    model = make_model(family)
+    if site in {s for s, _ in describe_model(model).refused_sites}:
+        pytest.skip(f"{family} refuses {site}")  # refused sites are left out of the plant list
+    layer = MAMBA_LAYERS[family][-1]
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        intact = model(ids, use_cache=False).logits
+        channels = plant(model, layer, site, 3, 0.1, seed=4)
+        damaged = model(ids, use_cache=False).logits
+        assert not torch.allclose(intact, damaged, atol=1e-6), (family, site)
+        with steer(model, SteeringSpec.single(layer, site, channels, 10.0)):
+            undone = model(ids, use_cache=False).logits
+    if site in ("mixer_out", "residual") or (family == "jamba" and site in ("B", "C", "ssm_out")):
+        torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)  # a pure scale of the site
+    elif site in ("gate", "B", "C"):  # SiLU(0.1 z); Mamba-2's B and C before the conv's SiLU: closer
+        assert (undone - intact).abs().max() < (damaged - intact).abs().max(), (family, site)
+    # delta moves a bias (a saturating damage, which ×10 on Δ can overshoot); Mamba-2's ssm_out plant
+    # scales the gated norm's output where steering scales y before it (damping.py): the spec is no
+    # inverse of either, and only the change above is checked
+
+
+def test_a_plant_at_an_attention_layer_of_a_hybrid_is_refused():
+    model = make_model("bamba")
+    with pytest.raises(ValueError, match="layer 1 holds no Mamba mixer; allowed: 0, 2"):
+        plant(model, 1, "mixer_out", 3, 0.1, seed=4)
+    with pytest.raises(ValueError, match="layer 1 holds no Mamba mixer; allowed: 0, 2"):
+        plant(model, 1, "residual", 3, 0.1, seed=4)

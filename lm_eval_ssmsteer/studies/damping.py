@@ -1,4 +1,5 @@
-"""Save a copy of a Mamba-1 or Mamba-2 model with random channels of one layer's site damped in its weights.
+"""Save a copy of a Mamba-1, Mamba-2 or hybrid model with random channels of one layer's site damped in its
+weights (a hybrid: one of its Mamba layers, by decoder index).
 
 A planted bottleneck for the finder's validation (docs/finder.md): ``count`` channels drawn with
 ``random.Random(seed)`` (never by a finder score) are multiplied by ``scale`` in the weights that write
@@ -13,7 +14,11 @@ lives as long as the model object and is not saved. The tokenizer is saved besid
 Mamba-2 mixers (``_damp_mamba2``): mixer_out = ``out_proj`` rows and delta = the per-head ``dt_bias``, as
 above; gate = the z rows of ``in_proj`` (SiLU(scale·z)); B or C = their channels of the depthwise conv's
 weight and bias (SiLU(scale·conv), not a pure scale); ssm_out = ``out_proj`` columns, which scale the gated
-RMSNorm's output channels, not y before the norm where steering's ssm_out acts.
+RMSNorm's output channels, not y before the norm where steering's ssm_out acts. A hybrid's Mamba mixers
+are damped as the pure model of their family (Bamba, Granite 4.0-H, Zamba2, Nemotron-H and Falcon-H1 as
+Mamba-2, Jamba as Mamba-1, except that its B and C, which pass RMS norms with weights after ``x_proj``,
+are damped in those weights: a pure scale again). Falcon-H1's µP multipliers sit outside the damped
+weights, so a plant there is the same weight change, not the same activation scale.
 
     ssmsteer study damp --model ref-mamba1 --layer 2 --site B --channels 4 --scale 0.1 --seed 2 \\
         --out planted.model
@@ -54,12 +59,12 @@ def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: i
     place (Mamba-1 and Mamba-2 mixers). Returns the channels, sorted."""
     import torch
 
-    from lm_eval_ssmsteer.mamba.arch import MAMBA2, describe_model, mamba_blocks
+    from lm_eval_ssmsteer.mamba.arch import MAMBA2, describe_model
 
     if site not in PLANT_SITES:
         raise ValueError(f"site {site!r} cannot be damped in the weights; allowed: {', '.join(PLANT_SITES)}")
-    mixer = mamba_blocks(model)[layer].mixer
     arch = describe_model(model)
+    mixer = _mamba_mixer(model, layer)
     channels = random_channels(arch.site_width(site), count, seed)
     with torch.no_grad():
         if arch.family == MAMBA2:
@@ -74,11 +79,23 @@ def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: i
             weight, first_row = mixer.out_proj.weight.T, 0
         elif site == "gate":  # in_proj writes [x; z]: z's rows come after d_inner x rows
             weight, first_row = mixer.in_proj.weight, mixer.intermediate_size
+        elif hasattr(mixer, "dt_layernorm"):  # Jamba: B and C pass RMS norms with weights after x_proj
+            weight, first_row = (mixer.b_layernorm if site == "B" else mixer.c_layernorm).weight, 0
         else:  # x_proj's rows: Δ's rank, then B's state channels, then C's
             weight = mixer.x_proj.weight
             first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
         weight[[first_row + c for c in channels]] *= scale
     return channels
+
+
+def _mamba_mixer(model, layer: int):
+    """The Mamba mixer of decoder layer ``layer``; a clear error for a layer that holds none."""
+    from lm_eval_ssmsteer.mamba.arch import mamba_mixers
+
+    mixers = mamba_mixers(model)
+    if layer not in mixers:
+        raise ValueError(f"layer {layer} holds no Mamba mixer; allowed: {', '.join(map(str, mixers))}")
+    return mixers[layer]
 
 
 def _damp_softplus_bias(bias, channels: list[int], scale: float) -> None:
@@ -117,16 +134,19 @@ def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> 
         return damp_weights(model, layer, site, count, scale, seed)
     import torch
 
-    from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks
+    from lm_eval_ssmsteer.mamba.arch import describe_model
 
+    _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
     channels = random_channels(describe_model(model).site_width(site), count, seed)
     factor = torch.ones(describe_model(model).site_width(site))
     factor[channels] = scale
 
     def damp_output(module, args, output):
+        if isinstance(output, tuple):  # the hybrids' decoder layers: (hidden states, ...)
+            return (damp_output(module, args, output[0]), *output[1:])
         return output * factor.to(device=output.device, dtype=output.dtype)
 
-    mamba_blocks(model)[layer].register_forward_hook(damp_output)
+    model.base_model.layers[layer].register_forward_hook(damp_output)
     return channels
 
 

@@ -1,6 +1,7 @@
 """Plant survey: a fixed, seeded list of plants at every site, each scored for damage, then for recovery.
 
-The plants (``survey_plants``) are drawn once, with SURVEY_SEED, from every site (all seven), every layer,
+The plants (``survey_plants``) are drawn once, with SURVEY_SEED, from every site (all seven, less any a
+hybrid's mixers cannot reach), every Mamba layer (every layer of a pure model; a hybrid's Mamba layers),
 two channel counts per site width and three damping strengths (×0.1, ×0.05, and ×0.02, which saturates
 where the damage saturates); per site half of them form the DESIGN set (what the search may be tuned
 on) and half the HELD-OUT set (run only to report, never while designing). The list does not depend on
@@ -38,6 +39,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,15 +73,18 @@ class Plant:
     seed: int  # of the channel draw
 
 
-def survey_plants(n_layers: int, widths: dict[str, int]) -> list[Plant]:
+def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[Plant]:
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
-    SURVEY_SEED, alternately design and held-out; channel seeds 100, 101, ... in list order."""
+    SURVEY_SEED, alternately design and held-out; channel seeds 100, 101, ... in list order. ``layers``:
+    the layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at
+    (a site a model's mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
+    layers = range(layers) if isinstance(layers, int) else layers
     rng = random.Random(SURVEY_SEED)
     drawn: list[tuple[str, int, int, int, float]] = []
-    for site in SITES:
-        grid = [(layer, c, s) for layer in range(n_layers) for c in _counts(widths[site]) for s in SCALES]
+    for site in (s for s in SITES if s in widths):
+        grid = [(layer, c, s) for layer in layers for c in _counts(widths[site]) for s in SCALES]
         for i, (layer, count, scale) in enumerate(rng.sample(grid, min(PLANTS_PER_SITE, len(grid)))):
             drawn.append((SETS[i % 2], layer, site, count, scale))
     plants, numbers = [], {name: 0 for name in SETS}
@@ -406,13 +411,14 @@ def _plant_list(path: str):
         arch = describe_config(AutoConfig.from_pretrained(path))
     except (OSError, UnsupportedModelError) as exc:
         raise StudyArgumentError(f"--model {path!r}: {exc}") from None
-    if arch.family not in (MAMBA1, MAMBA2) or arch.mamba_layers is not None:
-        kind = "a hybrid" if arch.mamba_layers is not None else arch.family
+    if arch.family not in (MAMBA1, MAMBA2):
         raise StudyArgumentError(
-            f"--model {path!r}: plants are for pure Mamba-1 and Mamba-2 models; this model is {kind} "
+            f"--model {path!r}: plants are for Mamba-1 and Mamba-2 mixers; this model is {arch.family} "
             f"({arch.architecture})"
         )
-    return survey_plants(arch.n_layers, {site: arch.site_width(site) for site in SITES})
+    refused = {site for site, _ in arch.refused_sites}
+    widths = {site: arch.site_width(site) for site in SITES if site not in refused}
+    return survey_plants(arch.steerable_layers, widths)
 
 
 def _documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
