@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from tiny import HYBRIDS, MAMBA_LAYERS, make_model
+from tiny import HYBRIDS, MAMBA_LAYERS, make_model, save_tiny
 from transformers import AutoConfig
 
 from lm_eval_ssmsteer.cli import main
@@ -155,8 +155,6 @@ class _NoDocs:
 
 
 def test_plants_cover_a_mamba2_model_and_only_the_mamba_layers_of_a_hybrid(tmp_path, capsys):
-    from tiny import save_tiny
-
     folder = save_tiny(tmp_path / "m2", "mamba2")
     assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 0
     listed = capsys.readouterr().out

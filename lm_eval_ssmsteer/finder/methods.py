@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ssmsteer.mamba.arch import ArchInfo, mamba_mixers
+from lm_eval_ssmsteer.mamba.arch import ArchInfo, block_hidden, mamba_mixers
 from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
@@ -183,7 +183,7 @@ def activation_variance(
 
     def recorder(pair: Pair):
         def hook(module, args, output):
-            output = output[0] if isinstance(output, tuple) else output  # a hybrid's layer: (hidden, ...)
+            output = block_hidden(output)
             m = mask[0][..., None].to(output.dtype)  # (b, l, 1)
             means[pair].append(((output * m).sum(1) / m.sum(1)).float())  # (b, d)
 

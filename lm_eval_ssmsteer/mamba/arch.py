@@ -306,6 +306,17 @@ def mamba_blocks(model: Any) -> list:
     return list(model.base_model.layers)
 
 
+def block_hidden(output: Any) -> Any:
+    """The hidden states in a decoder layer's forward output: a hybrid's layers return (hidden states, ...),
+    a pure Mamba block the tensor itself."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_hidden(output: Any, hidden: Any) -> Any:
+    """A decoder layer's forward output with its hidden states replaced (the form ``block_hidden`` reads)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 def attention_modules(layer: Any) -> list:
     """The attention modules inside one decoder layer (transformers names every attention class
     ``...Attention``; decoder-layer classes end otherwise)."""

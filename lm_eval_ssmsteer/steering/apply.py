@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_eval_ssmsteer.mamba import sites as S
-from lm_eval_ssmsteer.mamba.arch import mamba_mixers
+from lm_eval_ssmsteer.mamba.arch import block_hidden, mamba_mixers, with_block_hidden
 from lm_eval_ssmsteer.mamba.compat import forward_cache, output_cache, scan_functions
 from lm_eval_ssmsteer.mamba.patch import returns_none, swap_during_calls
 from lm_eval_ssmsteer.spec import SteeringSpec
@@ -149,9 +149,7 @@ class _Steerer:
             f = self.factor(group)
             if f is None:
                 return output
-            if isinstance(output, tuple):  # the hybrids' decoder layers: (hidden states, ...)
-                return (_scaled(output[0], f), *output[1:])
-            return _scaled(output, f)
+            return with_block_hidden(output, _scaled(block_hidden(output), f))
 
         return hook
 

@@ -56,7 +56,7 @@ def control_channels(width: int, count: int, avoid: list[int] | None = None) -> 
 
 def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
     """Damp ``count`` random channels (``seed``) of ``layer``'s ``site`` by ``scale``, in the weights, in
-    place (Mamba-1 and Mamba-2 mixers). Returns the channels, sorted."""
+    place (Mamba-1 and Mamba-2 mixers, a hybrid's by decoder index). Returns the channels, sorted."""
     import torch
 
     from lm_eval_ssmsteer.mamba.arch import MAMBA2, describe_model
@@ -134,17 +134,17 @@ def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> 
         return damp_weights(model, layer, site, count, scale, seed)
     import torch
 
-    from lm_eval_ssmsteer.mamba.arch import describe_model
+    from lm_eval_ssmsteer.mamba.arch import block_hidden, describe_model, with_block_hidden
 
     _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
-    channels = random_channels(describe_model(model).site_width(site), count, seed)
-    factor = torch.ones(describe_model(model).site_width(site))
+    width = describe_model(model).site_width(site)
+    channels = random_channels(width, count, seed)
+    factor = torch.ones(width)
     factor[channels] = scale
 
     def damp_output(module, args, output):
-        if isinstance(output, tuple):  # the hybrids' decoder layers: (hidden states, ...)
-            return (damp_output(module, args, output[0]), *output[1:])
-        return output * factor.to(device=output.device, dtype=output.dtype)
+        hidden = block_hidden(output)
+        return with_block_hidden(output, hidden * factor.to(device=hidden.device, dtype=hidden.dtype))
 
     model.base_model.layers[layer].register_forward_hook(damp_output)
     return channels
