@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from _kernels import kernel_versions
 
+from lm_eval_ssmsteer.finder.methods import METHODS
+
 VOCAB = 50280
 LOO_SITE_ORDER = ("mixer_out", "residual", "delta", "B", "C", "ssm_out", "gate")
 
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--probe-passes", type=int, default=3, help="leave-one-out passes timed from the last layer"
+    )
+    parser.add_argument(
+        "--method", default="causal", choices=METHODS, help="find's --method (default causal, find's default)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
@@ -283,7 +288,7 @@ def table(doc: dict) -> str:
             f"{doc['data']['docs']} x {doc['data']['length']} tokens, {doc['data']['batches']} batches",
         ),
         ("unsteered pass (warm)", f"{doc['warmup']['pass_seconds']:.2f} s"),
-        ("**find (causal, all sites)**", f"**{f['seconds']:.1f} s**"),
+        (f"**find ({doc['args']['method']}, all sites)**", f"**{f['seconds']:.1f} s**"),
         (
             "find: batches through last layer / layer 0",
             f"{f['batches_last_layer']} / {f['batches_first_layer']}",
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     counter = PassCounter(model)
     sync(device)
     t = time.perf_counter()
-    result = find(model, data, progress=False, validation=validation)
+    result = find(model, data, method=args.method, progress=False, validation=validation)
     sync(device)
     find_seconds = time.perf_counter() - t
     counter.remove()

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -75,3 +77,18 @@ def test_find_gpu_benchmark_runs_tiny_on_cpu_and_its_numbers_agree(monkeypatch, 
     assert ext["depth_adjusted"]["all_sites_seconds"] > 0
     assert doc["kernels"]["active"] is False
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_find_gpu_benchmark_runs_the_method_it_is_given_and_refuses_an_unknown_one(monkeypatch, tmp_path):
+    bench = load_script(monkeypatch)
+    out = tmp_path / "find_gpu.json"
+    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "32", "--vocab", "256", "--docs", "8",
+            "--length", "64", "--budget-seconds", "0.1", "--probe-passes", "1", "--no-progress"]  # fmt: skip
+    bench.main([*tiny, "--method", "variance", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["args"]["method"] == "variance"
+    # variance reads only the sites a module hook can read: what it chose proves find ran that method
+    assert doc["find"]["chosen"]["site"] in ("mixer_out", "residual")
+    assert "find (variance, all sites)" in bench.table(doc)
+    with pytest.raises(SystemExit):
+        bench.parse_args([*tiny, "--method", "nonsense"])
