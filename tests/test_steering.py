@@ -135,6 +135,29 @@ def test_interventions_compose_multiplicatively(model):
     assert rel_diff(composed, single) < 1e-6
 
 
+@pytest.mark.parametrize("site", ("delta", "B", "ssm_out"))
+@torch.no_grad()
+def test_nested_steering_composes_and_unwinds(model, site):
+    """Two ``steer`` blocks on one mixer (a planted damage under a found spec: the survey) multiply, as
+    one spec with the product scale does, at scan-swapped sites too; leaving them restores the model."""
+    ids = random_ids()
+    base = model(ids).logits
+    module = sys.modules[type(model.base_model.layers[0].mixer).__module__]
+    functions_before = {n: getattr(module, n) for n in SCAN_FUNCTIONS[describe_model(model).family]}
+    with steer(model, SteeringSpec.single(layer=1, site=site, scale=2.0)):
+        with steer(model, SteeringSpec.single(layer=1, site=site, scale=1.5)):
+            nested = model(ids).logits
+        outer_only = model(ids).logits
+    with steer(model, SteeringSpec.single(layer=1, site=site, scale=3.0)):
+        single = model(ids).logits
+    with steer(model, SteeringSpec.single(layer=1, site=site, scale=2.0)):
+        assert torch.equal(outer_only, model(ids).logits)
+    assert rel_diff(nested, single) < 1e-5
+    assert rel_diff(nested, outer_only) > 1e-4
+    assert {n: getattr(module, n) for n in SCAN_FUNCTIONS[describe_model(model).family]} == functions_before
+    assert torch.equal(model(ids).logits, base)
+
+
 def test_no_spec_installs_nothing(model):
     before = hook_count(model)
     with steer(model, None) as active:

@@ -45,12 +45,21 @@ class _RestoreLeftovers:
             self.module_dict.update(self.stack.pop())
 
 
-def swap_during_calls(module: Any, module_dict: dict[str, Any], replacements: dict[str, Callable]) -> list:
-    """Handles (each with ``remove()``) of hooks that swap ``replacements`` in while ``module`` runs."""
+def swap_during_calls(
+    module: Any,
+    module_dict: dict[str, Any],
+    replacements: dict[str, Callable] | Callable[[dict[str, Any]], dict[str, Callable]],
+) -> list:
+    """Handles (each with ``remove()``) of hooks that swap ``replacements`` in while ``module`` runs.
+
+    ``replacements`` may be a function of the module's globals as they are when the call starts, so that
+    a wrapper wraps whatever is there then (another swap's wrapper included): two swaps on one module
+    compose, the later-installed outside. They are undone in reverse order (the post-hook is prepended)."""
     stack: list[dict[str, Any]] = []
 
     def swap_in(mod, args):
-        stack.append(_swap(module_dict, replacements))
+        wanted = replacements(module_dict) if callable(replacements) else replacements
+        stack.append(_swap(module_dict, wanted))
 
     def swap_out(mod, args, output):
         if stack:
@@ -58,7 +67,7 @@ def swap_during_calls(module: Any, module_dict: dict[str, Any], replacements: di
 
     return [
         module.register_forward_pre_hook(swap_in),
-        module.register_forward_hook(swap_out, always_call=True),
+        module.register_forward_hook(swap_out, always_call=True, prepend=True),
         _RestoreLeftovers(module_dict, stack),
     ]
 

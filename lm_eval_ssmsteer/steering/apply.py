@@ -171,8 +171,12 @@ class _Steerer:
     def _install_scan_swap(self, mixer: torch.nn.Module, scans: dict[str, list[SiteFactors]]) -> None:
         module_dict, (scan_name, step_name, fused_name) = scan_functions(mixer, self.plan.arch.family)
         make = self._mamba2_wrappers if self.plan.arch.family == "mamba2" else self._mamba1_wrappers
-        scan, step = make(module_dict[scan_name], module_dict[step_name], scans)
-        replacements = {scan_name: scan, step_name: step, fused_name: returns_none}
+
+        def replacements(current: dict[str, Any]) -> dict[str, Any]:
+            # wrap what the module holds when the call starts: another steerer's wrappers compose
+            scan, step = make(current[scan_name], current[step_name], scans)
+            return {scan_name: scan, step_name: step, fused_name: returns_none}
+
         self.handles.extend(swap_during_calls(mixer, module_dict, replacements))
 
     def _mamba1_wrappers(self, scan_fn, step_fn, scans):
@@ -381,6 +385,14 @@ def steer(
         yield plan.spec
     finally:
         steerer.remove()
+
+
+def install_factors(model: torch.nn.Module, factors: dict[tuple[int, str], torch.Tensor]):
+    """``steer_factors`` without a block: the hooks stay on ``model`` until the returned function is called
+    (a planted damage that lives as long as the model, ``studies.damping.plant``)."""
+    steerer = _Steerer(model, SteeringPlan.from_factors(model, factors))
+    steerer.install()
+    return steerer.remove
 
 
 @contextmanager
