@@ -56,6 +56,31 @@ def test_every_plant_changes_the_model_and_the_inverse_spec_undoes_a_pure_scale(
         torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)
 
 
+def test_a_mamba2_ssm_out_plant_is_a_scale_of_y_that_the_inverse_spec_undoes_and_a_weight_plant_is_not():
+    """The survey plants Mamba-2's ssm_out where steering's ssm_out acts (y before the gated norm); the
+    weight plant (the norm's output channels, ``damp_weights``) is another damage, which ×10 does not undo."""
+    from lm_eval_ssmsteer.steering import steer
+    from lm_eval_ssmsteer.studies.damping import damp_weights
+
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    hooked, weights = make_model("mamba2"), make_model("mamba2")
+    with torch.no_grad():
+        intact = hooked(ids, use_cache=False).logits
+        channels = plant(hooked, 1, "ssm_out", 3, 0.1, seed=4)
+        assert damp_weights(weights, 1, "ssm_out", 3, 0.1, seed=4) == channels
+        damaged = hooked(ids, use_cache=False).logits
+        with steer(hooked, SteeringSpec.single(1, "ssm_out", channels, 0.1)):  # the plant, as a spec
+            twice = hooked(ids, use_cache=False).logits
+        with steer(hooked, SteeringSpec.single(1, "ssm_out", channels, 10.0)):
+            undone = hooked(ids, use_cache=False).logits
+        with steer(weights, SteeringSpec.single(1, "ssm_out", channels, 10.0)):
+            not_undone = weights(ids, use_cache=False).logits
+    assert not torch.allclose(intact, damaged, atol=1e-6)
+    assert not torch.allclose(damaged, twice, atol=1e-6)  # the plant's hooks and a spec's compose
+    torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)
+    assert (not_undone - intact).abs().max() > 1e-3
+
+
 def _row(plant_id: str, which: str, damage: float, found: dict) -> dict:
     return {
         "plant": {"id": plant_id, "set": which, "layer": 1, "site": "B", "count": 2, "scale": 0.1, "seed": 0},
@@ -221,13 +246,13 @@ def test_a_plant_in_a_hybrid_changes_its_mamba_layer_and_the_inverse_spec_undoes
         assert not torch.allclose(intact, damaged, atol=1e-6), (family, site)
         with steer(model, SteeringSpec.single(layer, site, channels, 10.0)):
             undone = model(ids, use_cache=False).logits
-    if site in ("mixer_out", "residual") or (family == "jamba" and site in ("B", "C", "ssm_out")):
-        torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)  # a pure scale of the site
+    if site in ("mixer_out", "residual", "ssm_out") or (family == "jamba" and site in ("B", "C")):
+        # a pure scale of the site (Mamba-2's ssm_out planted on y before the norm, where steering acts)
+        torch.testing.assert_close(undone, intact, rtol=1e-4, atol=1e-5)
     elif site in ("gate", "B", "C"):  # SiLU(0.1 z); Mamba-2's B and C before the conv's SiLU: closer
         assert (undone - intact).abs().max() < (damaged - intact).abs().max(), (family, site)
-    # delta moves a bias (a saturating damage, which ×10 on Δ can overshoot); Mamba-2's ssm_out plant
-    # scales the gated norm's output where steering scales y before it (damping.py): the spec is no
-    # inverse of either, and only the change above is checked
+    # delta moves a bias (a saturating damage, which ×10 on Δ can overshoot): the spec is no inverse of it,
+    # and only the change above is checked
 
 
 def test_a_plant_at_an_attention_layer_of_a_hybrid_is_refused():

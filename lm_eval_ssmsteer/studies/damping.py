@@ -14,8 +14,9 @@ lives as long as the model object and is not saved. The tokenizer is saved besid
 Mamba-2 mixers (``_damp_mamba2``): mixer_out = ``out_proj`` rows and delta = the per-head ``dt_bias``, as
 above; gate = the z rows of ``in_proj`` (SiLU(scale·z)); B or C = their channels of the depthwise conv's
 weight and bias (SiLU(scale·conv), not a pure scale); ssm_out = ``out_proj`` columns, which scale the gated
-RMSNorm's output channels, not y before the norm where steering's ssm_out acts. A hybrid's Mamba mixers
-are damped as the pure model of their family (Bamba, Granite 4.0-H, Zamba2, Nemotron-H and Falcon-H1 as
+RMSNorm's output channels, not y before the norm where steering's ssm_out acts (so ``plant``, which the
+survey uses, plants a Mamba-2 ssm_out through the steering hooks instead: a scale of y). A hybrid's Mamba
+mixers are damped as the pure model of their family (Bamba, Granite 4.0-H, Zamba2, Nemotron-H and Falcon-H1 as
 Mamba-2, Jamba as Mamba-1, except that its B and C, which pass RMS norms with weights after ``x_proj``,
 are damped in those weights: a pure scale again). Falcon-H1's µP multipliers sit outside the damped
 weights, so a plant there is the same weight change, not the same activation scale.
@@ -31,7 +32,8 @@ import random
 from pathlib import Path
 
 PLANT_SITES = ("mixer_out", "ssm_out", "gate", "delta", "B", "C")  # damped in the weights
-HOOK_PLANT_SITES = ("residual",)  # damped by a forward hook: every site, with PLANT_SITES
+HOOK_PLANT_SITES = ("residual",)  # damped by a forward hook: every site, with PLANT_SITES (and ssm_out
+# of Mamba-2 mixers in ``plant``: see there)
 PLANTED_CHANNELS = 8  # the first planted protocol's plant: 8 mixer_out channels x0.2, seed 0
 PLANTED_SCALE = 0.2
 
@@ -129,16 +131,30 @@ def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
 
 def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
     """``damp_weights`` for the weight sites; for ``residual`` a forward hook on the block that multiplies
-    the channels of its output by ``scale`` (kept as long as ``model``). Returns the channels, sorted."""
-    if site not in HOOK_PLANT_SITES:
-        return damp_weights(model, layer, site, count, scale, seed)
+    the channels of its output by ``scale`` (kept as long as ``model``). Returns the channels, sorted.
+
+    ``ssm_out`` of a Mamba-2 mixer (pure or in a hybrid) is planted where steering's ``ssm_out`` acts, on
+    y before the gated norm, through the steering hooks themselves (kept as long as ``model``): no weight
+    scales y there (``damp_weights`` scales the norm's output channels, which the RMS norm has already
+    mixed), and a plant that no spec can undo measures the plant, not the finder."""
     import torch
 
-    from lm_eval_ssmsteer.mamba.arch import block_hidden, describe_model, with_block_hidden
+    from lm_eval_ssmsteer.mamba.arch import MAMBA2, block_hidden, describe_model, with_block_hidden
 
+    arch = describe_model(model)
+    hooked = site in HOOK_PLANT_SITES or (site == "ssm_out" and arch.family == MAMBA2)
+    if not hooked:
+        return damp_weights(model, layer, site, count, scale, seed)
     _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
-    width = describe_model(model).site_width(site)
+    width = arch.site_width(site)
     channels = random_channels(width, count, seed)
+    if site == "ssm_out":
+        from lm_eval_ssmsteer.steering.apply import install_factors
+
+        damped = torch.ones(width, device=next(model.parameters()).device)
+        damped[channels] = scale
+        install_factors(model, {(layer, site): damped})
+        return channels
     factor = torch.ones(width)
     factor[channels] = scale
 
