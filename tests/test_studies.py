@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from tiny import make_model, make_tokenizer
+from tiny import HYBRIDS, MAMBA_LAYERS, make_model, make_tokenizer
 
 from lm_eval_ssmsteer.interpret.attention import hidden_attention
 from lm_eval_ssmsteer.interpret.capture import capture_layers
@@ -239,3 +239,37 @@ def test_copy_study_scores_latim_l2_alti_and_hidden_attention_on_both_architectu
     assert set(maps["attention"]) == {0, 1, 2} and "rollout" in maps["alti"]
     with pytest.raises(ValueError, match="not among l2, alti, attention"):
         token_maps(model, ids, ("grad",))
+
+
+@pytest.mark.parametrize("family", HYBRIDS)
+def test_copy_study_maps_a_hybrids_mamba_layers_and_knocks_out_over_every_layer(family, tmp_path):
+    """On a hybrid: the maps are its Mamba layers' (decoder indices), each the one LaTIM / hidden attention
+    computes for that mixer; no rollout (attention layers have no block map); knockout windows run over every
+    decoder layer, attention ones included."""
+    from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
+
+    torch.manual_seed(0)
+    model, tokenizer = make_model(family).eval(), make_tokenizer()
+    a = argparse.Namespace(n=2, seed=0, window=2, length=6, methods=["l2", "alti", "attention"])
+    result, example = analyse(model, tokenizer, "tiny", a)
+    expected = [str(layer) for layer in MAMBA_LAYERS[family]]
+    for method in result["methods"]:
+        for view in ("copied", "predicting"):
+            assert list(result["alignment"][method][view]) == expected, (method, view)
+    n_layers = describe_model(model).n_layers
+    assert [row["layers"] for row in result["knockout"]] == [[i, i + 1] for i in range(n_layers - 1)]
+    write_figures(result, example, tmp_path)
+    assert (tmp_path / "copy_tiny_latim.png").is_file()
+
+    ids = tokenizer("$abcab|abcab", return_tensors="pt").input_ids
+    maps = token_maps(model, ids)
+    mixers = mamba_mixers(model)
+    captured = capture_layers(model, ids, list(mixers))
+    for layer, mixer in mixers.items():
+        internals = mixer_internals(mixer, captured[layer].mixer_input)
+        latim = latim_maps(internals, ("l2", "alti"))
+        torch.testing.assert_close(maps["l2"][layer], latim["l2"], rtol=0, atol=0)
+        torch.testing.assert_close(maps["alti"][layer], latim["alti"], rtol=0, atol=0)
+        attention = hidden_attention(internals, "mean")
+        torch.testing.assert_close(maps["attention"][layer], attention, rtol=0, atol=0)
+    assert set(maps["l2"]) == set(MAMBA_LAYERS[family])  # no "rollout"

@@ -9,7 +9,7 @@ import torch
 from lm_eval_ssmsteer.interpret.attention import hidden_attention
 from lm_eval_ssmsteer.interpret.capture import capture_layers
 from lm_eval_ssmsteer.interpret.latim import latim_maps, latim_rows, rollout
-from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_blocks, mamba_mixers
 from lm_eval_ssmsteer.mamba.mixer_math import mixer_internals
 
 MAP_METHODS = ("l2", "alti", "attention")
@@ -37,28 +37,32 @@ def l2_maps(model, ids: torch.Tensor, rows: range | None = None, with_rollout: b
 
 
 def token_maps(model, ids: torch.Tensor, methods: tuple[str, ...] = MAP_METHODS) -> dict[str, dict]:
-    """Method -> layer -> (l, l) token-to-token map of ``ids``, for every Mamba layer: LaTIM "l2" and
-    "alti" (each with "rollout" -> their rollout across every layer, from the block maps that count the
-    residual) and "attention", the hidden attention (α averaged over channels, Ali et al.; no rollout:
-    it has no residual term). One capture and one decomposition per layer serve every method."""
+    """Method -> layer -> (l, l) token-to-token map of ``ids``, for every Mamba layer (a hybrid's by decoder
+    index): LaTIM "l2" and "alti" (each with "rollout" -> their rollout across every layer, from the block
+    maps that count the residual; not for a hybrid, whose attention layers have no such map) and
+    "attention", the hidden attention (α averaged over channels, Ali et al.; no rollout: it has no residual
+    term). One capture and one decomposition per layer serve every method."""
     unknown = [m for m in methods if m not in MAP_METHODS]
     if unknown or not methods:
         raise ValueError(f"map methods {unknown or list(methods)} are not among {', '.join(MAP_METHODS)}")
     latim_methods = tuple(m for m in methods if m != "attention")
-    blocks = mamba_blocks(model)
-    captured = capture_layers(model, ids, list(range(len(blocks))))
+    mixers = mamba_mixers(model)
+    chained = describe_model(model).mamba_layers is None  # every layer a Mamba block: a rollout chains them
+    captured = capture_layers(model, ids, list(mixers))
     maps: dict[str, dict] = {m: {} for m in methods}
     block_maps: dict[str, list] = {m: [] for m in latim_methods}
-    for layer, block in enumerate(blocks):
-        internals = mixer_internals(block.mixer, captured[layer].mixer_input)
+    for layer, mixer in mixers.items():
+        internals = mixer_internals(mixer, captured[layer].mixer_input)
         if latim_methods:
-            full = latim_maps(internals, latim_methods, block_input=captured[layer].block_input)
+            block_input = captured[layer].block_input if chained else None
+            full = latim_maps(internals, latim_methods, block_input=block_input)
             for m in latim_methods:
                 maps[m][layer] = full[m]
-                block_maps[m].append(full[m + "_block"])
+                if chained:
+                    block_maps[m].append(full[m + "_block"])
         if "attention" in methods:
             maps["attention"][layer] = hidden_attention(internals, "mean")
-    for m in latim_methods:
+    for m in latim_methods if chained else ():
         maps[m]["rollout"] = rollout(block_maps[m])
     return maps
 

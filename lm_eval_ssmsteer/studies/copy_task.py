@@ -1,5 +1,6 @@
 """Token-to-token alignment (LaTIM l2 and ALTI, hidden attention) and knockout on the copy task (ssm_copy)
-for the reference models, Mamba-1 or Mamba-2.
+for the reference models, Mamba-1, Mamba-2 or a hybrid (its Mamba layers' maps, by decoder index, without
+a rollout; knockout windows over every decoder layer, blocking the attention edges as well).
 
     ssmsteer study copy --models ref-mamba1 --n 40 --out docs/figures
 
@@ -29,7 +30,7 @@ import torch
 
 from lm_eval_ssmsteer.interpret.knockout import KnockoutSpec, knockout
 from lm_eval_ssmsteer.interpret.output import save_heatmap, save_json, save_lines, token_labels
-from lm_eval_ssmsteer.mamba.arch import mamba_blocks
+from lm_eval_ssmsteer.mamba.arch import describe_model
 from lm_eval_ssmsteer.studies.alignment import MAP_METHODS, gold_probs, token_maps
 
 VIEWS = ("copied", "predicting")
@@ -106,8 +107,11 @@ def analyse(model, tokenizer, name: str, a: argparse.Namespace) -> tuple[dict, d
     """Alignment per layer (and rollout) and knockout per window; also the first document's maps."""
     from lm_eval_ssmsteer.taskdata import generate
 
-    n_layers = len(mamba_blocks(model))
-    columns = {m: [*range(n_layers), *(["rollout"] if m != "attention" else [])] for m in a.methods}
+    arch = describe_model(model)
+    n_layers, mamba_layers = arch.n_layers, list(arch.steerable_layers)  # a hybrid: its Mamba layers
+    chained = arch.mamba_layers is None  # a hybrid's attention layers have no block map: no rollout
+    columns = {m: [*mamba_layers, *(["rollout"] if m != "attention" and chained else [])] for m in a.methods}
+    # knockout windows run over every decoder layer: in a hybrid they block attention edges too
     windows = [tuple(range(start, start + a.window)) for start in range(n_layers - a.window + 1)]
     docs = generate("ssm_copy", "test", a.n, a.seed, **({"length": a.length} if a.length else {}))
     counts = {
