@@ -5,7 +5,8 @@ path), each bound at import to the mamba-ssm kernel or its torch reference. Stee
 and training without causal-conv1d all work by swapping such names in the module's globals and putting
 the originals back afterwards, exceptions included:
 - ``swapped(module_dict, replacements)``: for a ``with`` block;
-- ``swap_during_calls(module, module_dict, replacements)``: only while ``module`` runs (hooks).
+- ``swap_during_calls(module, module_dict, replacements)``: only while ``module`` runs (hooks), wrapping
+  what the module holds at each call.
 """
 
 from __future__ import annotations
@@ -46,20 +47,16 @@ class _RestoreLeftovers:
 
 
 def swap_during_calls(
-    module: Any,
-    module_dict: dict[str, Any],
-    replacements: dict[str, Callable] | Callable[[dict[str, Any]], dict[str, Callable]],
+    module: Any, module_dict: dict[str, Any], replacements: Callable[[dict[str, Any]], dict[str, Callable]]
 ) -> list:
-    """Handles (each with ``remove()``) of hooks that swap ``replacements`` in while ``module`` runs.
-
-    ``replacements`` may be a function of the module's globals as they are when the call starts, so that
-    a wrapper wraps whatever is there then (another swap's wrapper included): two swaps on one module
-    compose, the later-installed outside. They are undone in reverse order (the post-hook is prepended)."""
+    """Handles (each with ``remove()``) of hooks that swap ``replacements(module_dict)`` in while ``module``
+    runs. ``replacements`` gets the module's globals as they are when the call starts, so a wrapper wraps
+    whatever is there then (another swap's wrapper included): two swaps on one module compose, the
+    later-installed outside, and are undone in reverse order (the post-hook is prepended)."""
     stack: list[dict[str, Any]] = []
 
     def swap_in(mod, args):
-        wanted = replacements(module_dict) if callable(replacements) else replacements
-        stack.append(_swap(module_dict, wanted))
+        stack.append(_swap(module_dict, replacements(module_dict)))
 
     def swap_out(mod, args, output):
         if stack:

@@ -8,8 +8,8 @@ bias, so scaling its rows scales B or C exactly). Two plants are not a pure scal
 moves the ``dt_proj`` bias so that Δ at a zero input is ``scale`` times its value (Δ = softplus(w·x + b):
 close to a scale where softplus is exponential, and a damage that saturates, as in issue 22), and gate
 scales the z rows of ``in_proj`` (SiLU(scale·z), not scale·SiLU(z)). ``residual`` cannot be written into
-the weights (the block output is the residual stream itself): ``plant`` adds a forward hook for it, which
-lives as long as the model object and is not saved. The tokenizer is saved beside the weights.
+the weights (the block output is the residual stream itself): ``plant`` installs the steering hooks for it,
+which live as long as the model object and are not saved. The tokenizer is saved beside the weights.
 
 Mamba-2 mixers (``_damp_mamba2``): mixer_out = ``out_proj`` rows and delta = the per-head ``dt_bias``, as
 above; gate = the z rows of ``in_proj`` (SiLU(scale·z)); B or C = their channels of the depthwise conv's
@@ -32,7 +32,7 @@ import random
 from pathlib import Path
 
 PLANT_SITES = ("mixer_out", "ssm_out", "gate", "delta", "B", "C")  # damped in the weights
-HOOK_PLANT_SITES = ("residual",)  # damped by a forward hook: every site, with PLANT_SITES (and ssm_out
+HOOK_PLANT_SITES = ("residual",)  # damped by the steering hooks: every site, with PLANT_SITES (and ssm_out
 # of Mamba-2 mixers in ``plant``: see there)
 PLANTED_CHANNELS = 8  # the first planted protocol's plant: 8 mixer_out channels x0.2, seed 0
 PLANTED_SCALE = 0.2
@@ -130,39 +130,26 @@ def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
 
 
 def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
-    """``damp_weights`` for the weight sites; for ``residual`` a forward hook on the block that multiplies
-    the channels of its output by ``scale`` (kept as long as ``model``). Returns the channels, sorted.
-
-    ``ssm_out`` of a Mamba-2 mixer (pure or in a hybrid) is planted where steering's ``ssm_out`` acts, on
-    y before the gated norm, through the steering hooks themselves (kept as long as ``model``): no weight
-    scales y there (``damp_weights`` scales the norm's output channels, which the RMS norm has already
-    mixed), and a plant that no spec can undo measures the plant, not the finder."""
+    """``damp_weights`` for the weight sites; ``residual`` (the block output, which no weight writes) and the
+    ``ssm_out`` of a Mamba-2 mixer (pure or in a hybrid) are planted through the steering hooks themselves,
+    kept as long as ``model``: the plant is then exactly steering's intervention at ``scale``. For Mamba-2's
+    ssm_out that is y before the gated norm: no weight scales y there (``damp_weights`` scales the norm's
+    output channels, which the RMS norm has already mixed), and a plant no spec can undo measures the plant,
+    not the finder. Returns the channels, sorted."""
     import torch
 
-    from lm_eval_ssmsteer.mamba.arch import MAMBA2, block_hidden, describe_model, with_block_hidden
+    from lm_eval_ssmsteer.mamba.arch import MAMBA2, describe_model
+    from lm_eval_ssmsteer.steering.apply import install_factors
 
     arch = describe_model(model)
-    hooked = site in HOOK_PLANT_SITES or (site == "ssm_out" and arch.family == MAMBA2)
-    if not hooked:
+    if site not in HOOK_PLANT_SITES and not (site == "ssm_out" and arch.family == MAMBA2):
         return damp_weights(model, layer, site, count, scale, seed)
     _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
     width = arch.site_width(site)
     channels = random_channels(width, count, seed)
-    if site == "ssm_out":
-        from lm_eval_ssmsteer.steering.apply import install_factors
-
-        damped = torch.ones(width, device=next(model.parameters()).device)
-        damped[channels] = scale
-        install_factors(model, {(layer, site): damped})
-        return channels
-    factor = torch.ones(width)
+    factor = torch.ones(width, device=next(model.parameters()).device)
     factor[channels] = scale
-
-    def damp_output(module, args, output):
-        hidden = block_hidden(output)
-        return with_block_hidden(output, hidden * factor.to(device=hidden.device, dtype=hidden.dtype))
-
-    model.base_model.layers[layer].register_forward_hook(damp_output)
+    install_factors(model, {(layer, site): factor})
     return channels
 
 
