@@ -20,6 +20,10 @@
 #                                                         # mix, as m1-all did from m1-short2
 #   bash scripts/gpu/train_v2.sh stage8d  RUNS OUT BUDGET INIT  # a cold machine lost stage8's states: decay
 #                                                         # anew from INIT/m2-all and INIT/h-all (as m1-all-d)
+#   bash scripts/gpu/train_v2.sh stage9   RUNS OUT BUDGET INIT  # from INIT/ref-mamba1, ref-mamba2, ref-bamba (bf16
+#                                                         # copies): the whole mix with niah multiquery
+#                                                         # weighted x8 (Mamba-2 also x20), lr 5e-4 decayed
+#                                                         # over 1,800 steps: the one task none meets
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -128,6 +132,18 @@ stage8d)
     new h-all-d bamba --init "$init/h-all" "${tok[@]}" --steps 2100 --decay-start 100 &
     wait
     ;;
+stage9)
+    init=${5:?INIT folder with ref-mamba1/, ref-mamba2/ and ref-bamba/}
+    # every model answers the second key of a two-key query and names the wrong value for the first
+    # (string_match_part 1.00, all 0.57-0.68): a one-token decision the per-token loss barely weighs
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --steps 1800
+        --decay-start 100)
+    new m1-mq mamba --init "$init/ref-mamba1" "${mq[@]}" --weights niah_multiquery=8 phonebook=3 &
+    new m2-mq mamba2 --init "$init/ref-mamba2" "${mq[@]}" --weights niah_multiquery=8 &
+    new m2-mq20 mamba2 --init "$init/ref-mamba2" "${mq[@]}" --weights niah_multiquery=20 &
+    new h-mq bamba --init "$init/ref-bamba" "${mq[@]}" --weights niah_multiquery=8 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -151,6 +167,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage7 ] && pack="m2-cs h-cs m1-pb"
 [ "$mode" = stage8 ] && pack="m2-all h-all"
 [ "$mode" = stage8d ] && pack="m2-all-d h-all-d"
+[ "$mode" = stage9 ] && pack="m1-mq m2-mq m2-mq20 h-mq"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
