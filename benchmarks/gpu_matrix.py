@@ -12,17 +12,23 @@ hybrid) on all channels:
 - on CUDA with mamba-ssm, every Mamba layer of a steered prefill and decode step must launch the scan
   kernels (bf16, scale 1.5, positions all).
 The unsteered model run twice gives the path's own run-to-run difference (0 for deterministic kernels),
-which is the bound the identity is held to. Prints one Markdown table; exits 1 on any failure.
+which is the bound the identity is held to. Two more unsteered decodes say whether that bound depends on
+the process's state rather than on steering (reported, never a bound): with other tensors held on the
+device while it runs (``alloc``: the caching allocator hands out other blocks), and once more after every
+steered row (``drift``). ``--deterministic`` runs with torch's deterministic algorithms and a fixed cuBLAS
+workspace. Prints one Markdown table; exits 1 on any failure.
 
     python benchmarks/gpu_matrix.py --out gpu_matrix.json            # CUDA, 130m shapes
     python benchmarks/gpu_matrix.py --device cpu --shape tiny        # the same checks on CPU, small
     python benchmarks/gpu_matrix.py --archs bamba jamba               # some architectures only
+    python benchmarks/gpu_matrix.py --archs zamba2 --dtypes bf16 --deterministic
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -143,6 +149,23 @@ def decode(model, spec, prompt, new_tokens) -> tuple[torch.Tensor, torch.Tensor]
     return out.sequences, torch.stack(out.logits, dim=1).float()
 
 
+# element counts of the tensors held during the ``alloc`` decodes: odd sizes, so the blocks the decode
+# gets differ from those of the plain runs
+ALLOC_PERTURBATIONS = ((1,), (4_097, 33), (1_000_003,))
+
+
+def decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec) -> float:
+    """The largest difference of unsteered decodes, each run while tensors of other sizes are held, from
+    the plain unsteered decode (inf if the tokens differ)."""
+    worst = 0.0
+    for sizes in ALLOC_PERTURBATIONS:
+        held = [torch.empty(n, device=prompt.device) for n in sizes]
+        seq, dec = decode(model, None, prompt, new_tokens)
+        del held
+        worst = max(worst, max_diff(dec, base_dec) if torch.equal(seq, base_seq) else float("inf"))
+    return worst
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
@@ -178,6 +201,7 @@ def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple
     base_seq, base_dec = decode(model, None, prompt, new_tokens)
     seq2, dec2 = decode(model, None, prompt, new_tokens)
     noise_decode = max_diff(dec2, base_dec) if torch.equal(seq2, base_seq) else float("inf")
+    alloc_decode = decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec)
     count_kernels = device == "cuda" and _has_kernels()
 
     rows, failures = [], []
@@ -193,6 +217,9 @@ def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple
                 row["identity_decode"] = (
                     max_diff(dec, base_dec) if torch.equal(seq, base_seq) else float("inf")
                 )
+                if torch.equal(seq, base_seq) and row["identity_decode"] > 0:  # the first step that differs
+                    steps = (dec - base_dec).abs().flatten(2).amax(dim=(0, 2))
+                    row["identity_decode_first_step"] = int(torch.nonzero(steps).min())
                 steered = prefill(model, more, ids)
                 _, steered_dec = decode(model, more, prompt, new_tokens)
                 row["effect_prefill"] = max_diff(steered, base)
@@ -209,8 +236,11 @@ def run_arch_dtype(arch: str, dtype_name: str, shape: str, device: str) -> tuple
                 row, where, noise_prefill, noise_decode, len(describe_model(model).steerable_layers)
             )
             rows.append(row)
+    seq3, dec3 = decode(model, None, prompt, new_tokens)
+    drift_decode = max_diff(dec3, base_dec) if torch.equal(seq3, base_seq) else float("inf")
     for row in rows:
         row["noise_prefill"], row["noise_decode"] = noise_prefill, noise_decode
+        row["alloc_decode"], row["drift_decode"] = alloc_decode, drift_decode
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -262,9 +292,9 @@ def versions() -> dict[str, str | None]:
 def table(rows: list[dict]) -> str:
     """One line per (arch, dtype, site): the worst identity difference over the positions modes."""
     lines = [
-        "| arch | dtype | site | scale 1.0 vs unsteered: prefill | decode | run-to-run | ×1.5 effect: "
-        "prefill (all) | decode (all) | scan kernels prefill/decode |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arch | dtype | site | scale 1.0 vs unsteered: prefill | decode | run-to-run | unsteered decode: "
+        "alloc / drift | ×1.5 effect: prefill (all) | decode (all) | scan kernels prefill/decode |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -272,14 +302,15 @@ def table(rows: list[dict]) -> str:
     for (arch, dtype, site), group in groups.items():
         if any("error" in r for r in group):
             err = next(r["error"] for r in group if "error" in r)
-            lines.append(f"| {arch} | {dtype} | {site} | CRASH: {err[:60]} | | | | | |")
+            lines.append(f"| {arch} | {dtype} | {site} | CRASH: {err[:60]} | | | | | | |")
             continue
         full = next(r for r in group if r["positions"] == "all")
         kernels = f"{full['prefill_kernels']}/{full['decode_kernels']}" if "prefill_kernels" in full else "-"
         lines.append(
             f"| {arch} | {dtype} | {site} | {max(r['identity_prefill'] for r in group):.3g} | "
             f"{max(r['identity_decode'] for r in group):.3g} | "
-            f"{full['noise_prefill']:.3g} / {full['noise_decode']:.3g} | {full['effect_prefill']:.3g} | "
+            f"{full['noise_prefill']:.3g} / {full['noise_decode']:.3g} | "
+            f"{full['alloc_decode']:.3g} / {full['drift_decode']:.3g} | {full['effect_prefill']:.3g} | "
             f"{full['effect_decode']:.3g} | {kernels} |"
         )
     return "\n".join(lines)
@@ -292,7 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     parser.add_argument("--out", help="write rows, failures and versions as JSON here")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms (warn only) and CUBLAS_WORKSPACE_CONFIG=:4096:8",
+    )
     args = parser.parse_args(argv)
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu --shape tiny")
     start = time.time()
@@ -304,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += f
             print(f"{arch} {dtype_name}: {len(f)} failures ({time.time() - start:.0f} s)", file=sys.stderr)
     info = versions()
+    info["deterministic"] = str(args.deterministic)
     print(", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"shape {args.shape}, (batch, prefill, prompt, new tokens) = {SIZES[args.shape]}")
     print(table(rows))
