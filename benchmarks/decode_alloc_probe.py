@@ -92,8 +92,8 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     )
 
 
-def probe(arch: str, dtype_name: str, shape: str) -> dict:
-    model = build(arch, shape, DTYPES[dtype_name], "cuda")
+def probe(arch: str, dtype_name: str, shape: str, attn: str | None = None) -> dict:
+    model = build(arch, shape, DTYPES[dtype_name], "cuda", attn)
     batch, _, prompt_len, _ = SIZES[shape]
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(1, model.config.vocab_size, (batch, prompt_len), generator=g).to("cuda")
@@ -102,6 +102,7 @@ def probe(arch: str, dtype_name: str, shape: str) -> dict:
     result = {
         "arch": arch,
         "dtype": dtype_name,
+        "attn": model.config._attn_implementation,
         "cache tensors": len(cache),
         "run twice, decode step equal": all(_same(a[3], b[3]) for a, b in zip(plain, again, strict=True)),
     }
@@ -134,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", nargs="+", default=["zamba2", "granitemoehybrid", "falcon_h1"])
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp16"])
     parser.add_argument("--shape", default="130m")
+    parser.add_argument("--attn", choices=["sdpa", "eager"], help="a hybrid's attention implementation")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (the effect is the GPU's)")
-    results = [probe(a, d, args.shape) for a in args.archs for d in args.dtypes]
+    results = [probe(a, d, args.shape, args.attn) for a in args.archs for d in args.dtypes]
     print(json.dumps(results, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
