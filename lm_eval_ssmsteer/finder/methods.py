@@ -95,22 +95,29 @@ class LayerInputs:
             handle.remove()
 
 
-def _logits(model, ids: torch.Tensor, start: tuple[LayerInputs, int] | None) -> torch.Tensor:
+def _logits(
+    model, ids: torch.Tensor, start: tuple[LayerInputs, int] | None, keep: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the positions ``keep`` (1-D, the same for every document): the vocabulary projection,
+    as wide as the rest of a small model together, runs only where an answer token is predicted
+    (transformers' ``logits_to_keep`` on a whole forward, which applies each model's own logit scaling)."""
     if start is None:
-        return model(ids, use_cache=False).logits
+        return model(ids, use_cache=False, logits_to_keep=keep).logits
     inputs, batch = start
     hidden = inputs.hidden[batch]
     for block in model.base_model.layers[inputs.layer :]:
         hidden = block(hidden)
-    hidden = model.base_model.norm_f(hidden)
+    hidden = model.base_model.norm_f(hidden[:, keep])
     return model.lm_head(hidden.to(model.lm_head.weight.dtype))
 
 
 def _answer_loss(model, ids, labels, start=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per document of a batch: summed answer-token cross-entropy (b,) and whether every answer token is
     the greedy choice (b,)."""
-    logits = _logits(model, ids, start)[:, :-1].float()
-    target = labels[:, 1:]
+    # the positions that predict an answer token of some document of the batch
+    keep = torch.nonzero((labels[:, 1:] != -100).any(dim=0)).flatten()
+    logits = _logits(model, ids, start, keep).float()
+    target = labels[:, 1:][:, keep]
     loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none").sum(1)
     right = ((logits.argmax(-1) == target) | (target == -100)).all(dim=1)
     return loss, right
