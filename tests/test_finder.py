@@ -12,7 +12,7 @@ from tiny import ARCHITECTURES, HYBRIDS, make_model, save_tiny
 from lm_eval_ssmsteer.cli import main
 from lm_eval_ssmsteer.finder import CalibrationData, FinderError, find
 from lm_eval_ssmsteer.finder import search as finder_search
-from lm_eval_ssmsteer.finder.methods import LayerInputs, evaluate
+from lm_eval_ssmsteer.finder.methods import LayerInputs, evaluate, per_document
 from lm_eval_ssmsteer.mamba.arch import describe_model
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import SteeringSpec, load_spec
@@ -91,6 +91,31 @@ def test_evaluating_from_a_cached_layer_input_equals_the_whole_forward(arch):
     from_layer = evaluate(model, batches, spec, start=LayerInputs(model, batches, 1))
     assert from_layer.loss == pytest.approx(whole.loss, rel=1e-5)
     assert from_layer.accuracy == whole.accuracy
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES + HYBRIDS)
+def test_per_document_loss_from_the_answer_positions_equals_the_full_logits(arch):
+    """The finder projects the vocabulary only where an answer token is predicted; each document's loss and
+    greedy correctness must be those of the whole logits, with answers at different positions in a batch."""
+    model = make_model(arch, seed=5).double()
+    g = torch.Generator().manual_seed(1)
+    shapes = ((16, 4), (11, 2), (14, 6), (9, 1), (16, 8), (12, 3), (15, 5), (10, 2))  # (length, answer)
+    docs = [(torch.randint(1, 250, (n,), generator=g).tolist(), n - a) for n, a in shapes]
+    batches = CalibrationData.from_ids(docs, "random ids").batches(tokens_per_batch=80)
+    got = per_document(model, batches)
+    losses, rights = [], []
+    with torch.no_grad():
+        for ids, labels in batches:
+            logits = model(ids, use_cache=False).logits[:, :-1].float()  # the finder's loss is fp32
+            target = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+            )
+            losses.append(nll.sum(1))
+            rights.append(((logits.argmax(-1) == target) | (target == -100)).all(1))
+    assert len(batches) > 1 and sorted(got.tokens.tolist()) == sorted(a for _, a in shapes)
+    torch.testing.assert_close(got.loss, torch.cat(losses).double(), rtol=1e-6, atol=1e-6)
+    assert got.right.tolist() == torch.cat(rights).tolist()
 
 
 def _docs(n: int, seed: int = 0) -> list[tuple[list[int], int]]:
