@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from _kernels import kernel_versions
 
-from lm_eval_ssmsteer.finder.methods import METHODS
+from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS
 
 VOCAB = 50280
 LOO_SITE_ORDER = ("mixer_out", "residual", "delta", "B", "C", "ssm_out", "gate")
@@ -69,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--probe-passes", type=int, default=3, help="leave-one-out passes timed from the last layer"
     )
     parser.add_argument(
-        "--method", default="causal", choices=METHODS, help="find's --method (default causal, find's default)"
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help=f"find's --method (default {DEFAULT_METHOD}, find's)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
@@ -409,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         "find": {
             "seconds": find_seconds,
             "sites": sites,
-            "method": "causal",
+            "method": args.method,
             "batches_first_layer": counter.first,
             "batches_last_layer": counter.last,
             "passes_equivalent": counter.last / len(batches),

@@ -193,7 +193,7 @@ def gpt2_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--method", "leave-one-out"], "--method: 'leave-one-out' is not a method; allowed: causal"),
+        (["--method", "leave-one-out"], "--method: 'leave-one-out' is not a method; allowed: outlier"),
         (["--sites", "mixer_out", "hidden"], "--sites: unknown site(s) ['hidden']; allowed: mixer_out"),
         (["--method", "variance", "--sites", "delta"], "variance reads only mixer_out, residual"),
         (["--tasks", "ssm_nope"], "--tasks: unknown task(s) ['ssm_nope']"),
@@ -242,7 +242,8 @@ def _greedy_answers(model, examples: list[tuple[list[int], int]]) -> list[tuple[
 
 @pytest.fixture(scope="module")
 def rejected_run():
-    """find on the tiny Mamba with every tqdm bar it opens recorded; validation rejects its choice."""
+    """find (causal) on the tiny Mamba with every tqdm bar it opens recorded; validation rejects its
+    choice."""
     from tqdm.auto import tqdm
 
     class RecordedBar(tqdm):
@@ -262,7 +263,9 @@ def rejected_run():
     validation = CalibrationData.from_ids(_greedy_answers(model, _docs(8, seed=1)), "own predictions")
     with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning, match="validation documents"):
         patch.setattr(finder_search, "tqdm", RecordedBar)
-        result = find(model, data, sites=["mixer_out", "delta"], verify=2, validation=validation)
+        result = find(
+            model, data, sites=["mixer_out", "delta"], method="causal", verify=2, validation=validation
+        )
     return model, data, validation, result, RecordedBar.made
 
 
@@ -287,7 +290,8 @@ def test_heatmap_title_names_the_choice_or_why_the_identity_was_written(rejected
         f"causal pair score; best: layer {chosen['layer']} {chosen['site']}\n"
         "rejected by validation: identity written"
     )
-    kept = find(model, data, sites=sites, verify=2, progress=False)  # no validation: the choice is written
+    # no validation: the choice is written
+    kept = find(model, data, sites=sites, method="causal", verify=2, progress=False)
     title = finder_search._heatmap_figure(kept, arch, sites).axes[0].get_title()
     assert kept.rejected is None
     assert title == f"causal pair score; chosen: layer {chosen['layer']} {chosen['site']}"

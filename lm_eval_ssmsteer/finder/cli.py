@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
-from lm_eval_ssmsteer.finder.methods import METHODS
+from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -201,7 +201,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="JSONL file of validation documents (with --data; without it, --data runs have no validation)",
     )
     p.add_argument("--sites", nargs="+", help=f"sites to score (default: all of {' '.join(SITES)})")
-    p.add_argument("--method", default="causal", help=f"one of {', '.join(METHODS)} (default: causal)")
+    p.add_argument(
+        "--method", default=DEFAULT_METHOD, help=f"one of {', '.join(METHODS)} (default: {DEFAULT_METHOD})"
+    )
     p.add_argument(
         "--screen",
         type=int,

@@ -18,6 +18,9 @@
   at scale 1 is flat), and the best few pairs get a short coordinate search: the gradient taken AT the
   probed point (``gradient_at``) says which channels of the set want to go back to 1 and which outside
   want to join it; a move is kept only if a real evaluation confirms it (search.py).
+- ``outlier``: ``causal``'s screen, plus the pairs whose smallest channels lie furthest below the rest of
+  their site (``finder.magnitude``: a damped channel is small although the loss is flat in its scale), each
+  screened with those channels amplified (search.py).
 - ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
   channels of that layer's mixer_out by variance.
 """
@@ -36,7 +39,8 @@ from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
 
-METHODS = ("causal", "probe", "attribution", "variance", "dt-bias")
+METHODS = ("outlier", "causal", "probe", "attribution", "variance", "dt-bias")
+DEFAULT_METHOD = "outlier"  # since 2026-12-04 (issue 22: docs/finder.md, "Method outlier"); causal before
 SITE_TOP = 8  # a pair's statistic is the mean of its best 8 channels' values (a sum would favour wide sites)
 NULL_DRAWS = 256  # random sign flips of the per-document gradients behind a pair's standardized score
 NULL_SEED = 0

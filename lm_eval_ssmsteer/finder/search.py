@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lm_eval_ssmsteer.files import atomic_write
-from lm_eval_ssmsteer.finder import methods, paired
+from lm_eval_ssmsteer.finder import magnitude, methods, paired
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
 from lm_eval_ssmsteer.finder.methods import METHODS, LossAccuracy, Pair, Ranking
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
@@ -54,6 +54,8 @@ PROBE_SCALE = 8.0  # probes scale far from 1, where a saturated damage shows
 PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts`` for narrow sites)
 PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
 PROBE_ROUNDS = 3
+OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
+RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -157,7 +159,7 @@ def find(
     model,
     data: CalibrationData,
     sites: list[str] | None = None,
-    method: str = "causal",
+    method: str = methods.DEFAULT_METHOD,
     candidates: int = 1,
     verify: int = 4,
     max_channels: int = 32,
@@ -189,7 +191,8 @@ def find(
         rankings, raw = _score(model, batches, arch, method, sites, bars)
         sweep = _Sweep(model, batches, arch, rankings, bars.advance)
         screened: list[dict[str, Any]] = []
-        if method == "causal":
+        reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes (outlier)
+        if method in ("causal", "outlier"):
             shortlist = _distinct_best(rankings, max(screen, candidates))
             with bars.phase("screen", sum(len(_screen_counts(arch, p)) for p in shortlist), "config"):
                 for pair in shortlist:
@@ -207,10 +210,27 @@ def find(
                             "direction": direction,
                             "loss": best_point["loss"],
                             "k": best_point["k"],
+                            "source": "attribution",
                         }
                     )
-            ranked = sorted(screened, key=lambda row: row["loss"])[:candidates]
+            outliers: dict[Pair, magnitude.Outliers] = {}
+            if method == "outlier":
+                outliers = _outliers(model, batches, arch, list(rankings), bars)
+                raw["outliers"] = {
+                    f"{p[0]}/{p[1]}": {"channels": o.channels, "z": o.z, "restore": o.restore}
+                    for p, o in outliers.items()
+                    if o.channels
+                }
+                screened += _outlier_screen(outliers, sweep, bars, max_channels)
+            ranked = _distinct_rows(sorted(screened, key=lambda row: row["loss"]))[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
+            for row in ranked:
+                if row["source"] == "outliers":  # sweep the pair's channels smallest first
+                    pair = (row["layer"], row["site"])
+                    found = outliers[pair]
+                    rankings[pair].amplify = list(found.order)
+                    rankings[pair].helpful = {"amplify": min(len(found.channels), max_channels)}
+                    reordered.add(pair)
         elif method == "probe":
             screened, plan = _probe(model, batches, arch, rankings, sweep, bars, candidates, max_channels)
         else:
@@ -218,12 +238,17 @@ def find(
             plan = [(pair, DIRECTIONS) for pair in chosen]
         chosen_pairs = [pair for pair, _ in plan]
         verify_counts = {
-            p: min(verify, arch.site_width(p[1])) if method == "causal" else 0 for p in chosen_pairs
+            p: min(verify, arch.site_width(p[1]))
+            if method in ("causal", "outlier") and p not in reordered
+            else 0
+            for p in chosen_pairs
         }
         verified = {}
-        if method == "causal":
+        if any(verify_counts.values()):
             with bars.phase("verify", sum(verify_counts[p] * len(d) for p, d in plan), "config"):
                 for pair, directions in plan:
+                    if not verify_counts[pair]:
+                        continue
                     verified[f"{pair[0]}/{pair[1]}"] = methods.verify(
                         model,
                         batches,
@@ -443,6 +468,63 @@ def _probe(
     return probed, plan
 
 
+def _outliers(
+    model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress
+) -> dict[Pair, magnitude.Outliers]:
+    """Each pair's low outliers by channel size (``finder.magnitude``), from one forward pass per batch."""
+    with bars.phase("channel size", len(batches), "batch"):
+        rms = magnitude.channel_rms(model, batches, pairs, arch.site_width, bars.advance)
+    return {p: magnitude.low_outliers(v) for p, v in magnitude.channel_size(model, rms).items()}
+
+
+def _outlier_screen(
+    outliers: dict[Pair, magnitude.Outliers], sweep: _Sweep, bars: _Progress, max_channels: int
+) -> list[dict[str, Any]]:
+    """Method ``outlier``: the OUTLIER_PAIRS pairs whose smallest channel lies furthest below the rest
+    (twins, same layer and same outliers, once), each with its outliers (at most ``max_channels``,
+    smallest first) at PROBE_SCALE and at the scale that restores them to the median channel (clipped to
+    RESTORE_LIMIT). One screened row per pair, as the attribution screen writes them."""
+    chosen: list[Pair] = []
+    for pair in sorted(outliers, key=lambda p: outliers[p].score, reverse=True):
+        found = outliers[pair]
+        if not found.channels:
+            break
+        if any(q[0] == pair[0] and outliers[q].channels == found.channels for q in chosen):
+            continue
+        chosen.append(pair)
+        if len(chosen) == OUTLIER_PAIRS:
+            break
+    rows: list[dict[str, Any]] = []
+    if not chosen:
+        return rows
+    with bars.phase("outlier screen", 2 * len(chosen), "config"):
+        for pair in chosen:
+            found = outliers[pair]
+            channels = found.channels[:max_channels]
+            restore = min(max(found.restore, RESTORE_LIMIT[0]), RESTORE_LIMIT[1])
+            points = [
+                sweep.run_channels(pair, "amplify", channels, scale, "outlier screen")
+                for scale in dict.fromkeys((PROBE_SCALE, round(restore, 1)))
+            ]
+            best = min(points, key=lambda point: point["loss"])
+            rows.append(
+                {"layer": pair[0], "site": pair[1], "score": found.score, "direction": "amplify"}
+                | {"loss": best["loss"], "k": best["k"], "scale": best["scale"], "source": "outliers"}
+            )
+    return rows
+
+
+def _distinct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Screened rows, the first of each (layer, site) only."""
+    seen: set[Pair] = set()
+    out = []
+    for row in rows:
+        if (row["layer"], row["site"]) not in seen:
+            seen.add((row["layer"], row["site"]))
+            out.append(row)
+    return out
+
+
 def _coordinate(
     model, batches, arch: ArchInfo, sweep: _Sweep, pair: Pair, start: dict[str, Any], max_channels: int, bars
 ) -> dict[str, Any]:
@@ -499,7 +581,7 @@ def _score(
 ) -> tuple[dict[Pair, Ranking], dict[str, Any]]:
     pairs = [(layer, site) for layer in arch.steerable_layers for site in sites]
     raw: dict[str, Any] = {}
-    if method in ("attribution", "causal", "probe"):
+    if method in ("attribution", "causal", "probe", "outlier"):
         with bars.phase("attribution", len(batches), "batch"):
             grads = methods.attribution(model, batches, pairs, arch, bars.advance)
         raw["grad"] = {f"{p[0]}/{p[1]}": g.grad.tolist() for p, g in grads.items()}

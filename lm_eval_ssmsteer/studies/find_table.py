@@ -99,22 +99,21 @@ def random_control_spec(found: Path, width: int, out: Path, avoid: list[int] | N
 def find_args(
     path: str,
     out: Path,
-    method: str,
+    method: str | None,
     screen: int | None = None,
     device: str = "cpu",
     docs_per_task: int | None = None,
 ) -> argparse.Namespace:
-    """The arguments of `ssmsteer find --model PATH --out OUT --method METHOD [--screen N]
-    [--docs-per-task N] --device DEVICE`: every other at its default."""
+    """The arguments of `ssmsteer find --model PATH --out OUT [--method METHOD] [--screen N]
+    [--docs-per-task N] --device DEVICE`: every other at its default (``method`` None: find's)."""
     from lm_eval_ssmsteer.finder import cli as find_cli
 
     parser = argparse.ArgumentParser()
     find_cli.add_parser(parser.add_subparsers())
     extra = ["--device", device] + ([] if screen is None else ["--screen", str(screen)])
     extra += [] if docs_per_task is None else ["--docs-per-task", str(docs_per_task)]
-    return parser.parse_args(
-        ["find", "--model", path, "--out", str(out), "--method", method, "--no-progress", *extra]
-    )
+    extra += [] if method is None else ["--method", method]
+    return parser.parse_args(["find", "--model", path, "--out", str(out), "--no-progress", *extra])
 
 
 def run_find(path: str, found: Path, a: argparse.Namespace):
@@ -292,7 +291,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--samples", type=int, default=20, help="TEST documents per task (and per length)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--method", default="causal")
+    p.add_argument("--method", default=None, help="find's --method (default: find's default)")
     p.add_argument("--screen", type=int, default=None, help="find's --screen (default: find's default)")
     p.add_argument("--device", default="cpu", help="torch device of find and lm-eval (default cpu)")
     p.add_argument("--docs-per-task", type=int, default=None, help="find's --docs-per-task (default: find's)")

@@ -52,7 +52,7 @@ PLANTS_PER_SITE = 6  # 3 design, 3 held-out
 DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length (find needs 8)
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
-DEFAULT_FINDS = ("causal", "probe")
+DEFAULT_FINDS = ("outlier", "causal", "probe")
 SETS = ("design", "held-out")
 
 

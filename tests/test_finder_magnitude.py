@@ -1,0 +1,141 @@
+"""Channel size (``finder.magnitude``) and method ``outlier`` (issue 22): the observer factors read, through
+the steering hooks, the very tensor each site's steering multiplies, so a plant that scales that tensor
+by 0.1 shows as a ratio of exactly 0.1 on its channels and 1 on the others; and on the trained lag-copy
+model a saturating mixer_out plant (x0.02) that ``causal`` misses is found and undone by ``outlier``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_finder_planted import documents, trained_model
+from tiny import make_model
+from tqdm.auto import tqdm
+
+from lm_eval_ssmsteer.finder import find
+from lm_eval_ssmsteer.finder import search as finder_search
+from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_outliers
+from lm_eval_ssmsteer.finder.methods import evaluate
+from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
+from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
+from lm_eval_ssmsteer.studies.damping import plant
+
+LAYER, COUNT, DAMPING = 1, 2, 0.1
+
+# (architecture, site) where the plant scales exactly the tensor steering multiplies: out_proj rows
+# (mixer_out), the block output (residual, a hook), x_proj rows without a norm after them (Mamba-1 B, C),
+# y before the gated norm (Mamba-2 ssm_out, a hook), and Mamba-1's ssm_out, whose plant scales out_proj
+# columns: its channel size (RMS x column norm) carries the scale
+EXACT = [
+    ("mamba", "mixer_out"),
+    ("mamba", "residual"),
+    ("mamba", "B"),
+    ("mamba", "C"),
+    ("mamba", "ssm_out"),
+    ("falcon_mamba", "mixer_out"),
+    ("mamba2", "mixer_out"),
+    ("mamba2", "residual"),
+    ("mamba2", "ssm_out"),
+    ("bamba", "mixer_out"),
+    ("bamba", "ssm_out"),
+]
+
+
+def _ids(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(seed))
+    return [(ids, ids.clone())]
+
+
+def _sizes(model, layer: int, site: str) -> torch.Tensor:
+    arch = describe_model(model)
+    return channel_size(model, channel_rms(model, _ids(), [(layer, site)], arch.site_width))[(layer, site)]
+
+
+@pytest.mark.parametrize(("arch", "site"), EXACT)
+def test_a_plant_that_scales_the_steered_tensor_shows_as_that_ratio(arch, site):
+    layer = sorted(mamba_mixers(make_model(arch)))[-1] if arch == "bamba" else LAYER
+    intact = _sizes(make_model(arch), layer, site)
+    damaged_model = make_model(arch)
+    channels = plant(damaged_model, layer, site, COUNT, DAMPING, seed=3)
+    ratio = _sizes(damaged_model, layer, site) / intact
+    others = [c for c in range(ratio.numel()) if c not in channels]
+    assert ratio[channels].tolist() == pytest.approx([DAMPING] * COUNT, rel=1e-4), (arch, site)
+    assert ratio[others].tolist() == pytest.approx([1.0] * len(others), rel=1e-4), (arch, site)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_a_delta_plant_makes_those_channels_smaller_and_leaves_the_rest(arch):
+    width = describe_model(make_model(arch)).site_width("delta")
+    count = 1 if width < 8 else COUNT
+    intact = _sizes(make_model(arch), LAYER, "delta")
+    damaged_model = make_model(arch)
+    channels = plant(damaged_model, LAYER, "delta", count, DAMPING, seed=3)
+    ratio = _sizes(damaged_model, LAYER, "delta") / intact
+    others = [c for c in range(width) if c not in channels]
+    assert float(ratio[channels].max()) < 0.5, ratio  # Δ at zero input is x0.1; the input moves it
+    assert ratio[others].tolist() == pytest.approx([1.0] * len(others), rel=1e-5)
+
+
+def test_channel_rms_of_mixer_out_is_that_of_the_mixer_output():
+    model = make_model("mamba")
+    batches = _ids(1)
+    seen = []
+    handle = mamba_mixers(model)[LAYER].register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    try:
+        with torch.no_grad():
+            model(batches[0][0], use_cache=False)
+    finally:
+        handle.remove()
+    expected = seen[0].float().square().mean(dim=(0, 1)).sqrt()
+    got = channel_rms(model, batches, [(LAYER, "mixer_out")], describe_model(model).site_width)
+    assert got[(LAYER, "mixer_out")].tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_low_outliers_are_the_channels_far_below_the_median():
+    rms = torch.exp(torch.randn(64, generator=torch.Generator().manual_seed(0)) * 0.3)
+    rms[[5, 40, 17]] *= torch.tensor([0.01, 0.02, 0.05])
+    found = low_outliers(rms)
+    assert found.channels == [5, 40, 17]  # smallest first
+    assert found.order[:3] == [5, 40, 17] and sorted(found.order) == list(range(64))
+    assert 20 < found.restore < 80  # the geometric mean of 1/0.01, 1/0.02, 1/0.05 is about 37
+    assert all(z < -3 for z in found.z) and found.score == -found.z[0]
+    assert low_outliers(torch.ones(16)).channels == []
+    assert low_outliers(rms[[c for c in range(64) if c not in (5, 40, 17)]]).channels == []
+
+
+def test_outlier_finds_and_undoes_a_saturating_plant_that_causal_misses():
+    model = trained_model()
+    test = documents(64, seed=2, source="test").batches()
+    with use_fast_scan():
+        intact = evaluate(model, test)
+        channels = plant(model, 0, "mixer_out", 4, 0.02, seed=8)
+        damaged = evaluate(model, test)
+        assert damaged.loss > 5 * intact.loss, (intact, damaged)
+        calibration = documents(32, seed=1, source="calibration")
+        found = {"causal": find(model, calibration, method="causal", progress=False).spec}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(finder_search, "tqdm", _RecordedBar)
+            found["outlier"] = find(model, calibration).spec  # the default method, with its bars
+
+        def win_back(spec) -> float:
+            return (damaged.loss - evaluate(model, test, spec).loss) / (damaged.loss - intact.loss)
+
+        outlier = found["outlier"].interventions[0]
+        assert (outlier.layers, outlier.site, sorted(outlier.channels)) == ((0,), "mixer_out", channels)
+        assert outlier.scale > 8  # past the sweep's largest scale: x8 undoes only 0.16 of a x0.02 plant
+        assert win_back(found["outlier"]) >= 0.95 > 0.5 > win_back(found["causal"])
+    bars = {bar.desc: bar for bar in _RecordedBar.made}
+    assert list(bars)[:5] == [
+        f"find: {p}" for p in ("unsteered", "attribution", "screen", "channel size", "outlier screen")
+    ]
+    assert bars["find: channel size"].total == len(calibration.batches())
+    for bar in bars.values():  # each total fixed when its phase starts, one update per item
+        assert bar.total == bar.first_total == bar.n > 0, bar.desc
+
+
+class _RecordedBar(tqdm):
+    made: list[_RecordedBar] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_total = self.total
+        _RecordedBar.made.append(self)
