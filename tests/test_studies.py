@@ -273,3 +273,27 @@ def test_copy_study_maps_a_hybrids_mamba_layers_and_knocks_out_over_every_layer(
         attention = hidden_attention(internals, "mean")
         torch.testing.assert_close(maps["attention"][layer], attention, rtol=0, atol=0)
     assert set(maps["l2"]) == set(MAMBA_LAYERS[family])  # no "rollout"
+
+
+@pytest.mark.parametrize("site", ["B", "C"])
+def test_a_falconmamba_b_or_c_plant_is_steering_itself_since_no_weight_scales_them(site):
+    """FalconMamba normalises B and C without a weight after x_proj (its norms' dummy weight is read on the
+    kernel path only), so scaling x_proj rows or that weight damps nothing on the torch path: the plant goes
+    through the steering hooks and equals steering the same channels at the same scale."""
+    from lm_eval_ssmsteer.spec import SteeringSpec
+    from lm_eval_ssmsteer.steering import steer
+    from lm_eval_ssmsteer.studies.damping import plant
+
+    ids = torch.randint(3, 250, (2, 16), generator=torch.Generator().manual_seed(0))
+    model = make_model("falcon_mamba")
+    with pytest.raises(ValueError, match="weightless RMS norms"):
+        damp_weights(model, 1, site, 2, 0.1, seed=2)
+    with torch.no_grad():
+        intact = model(ids, use_cache=False).logits
+        channels = plant(model, 1, site, 2, 0.1, seed=2)
+        planted = model(ids, use_cache=False).logits
+        fresh = make_model("falcon_mamba")
+        with steer(fresh, SteeringSpec.single(layer=1, site=site, channels=channels, scale=0.1)):
+            steered = fresh(ids, use_cache=False).logits
+    assert not torch.allclose(planted, intact, atol=1e-5)
+    assert torch.equal(planted, steered)

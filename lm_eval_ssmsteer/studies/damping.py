@@ -82,12 +82,27 @@ def damp_weights(model, layer: int, site: str, count: int, scale: float, seed: i
         elif site == "gate":  # in_proj writes [x; z]: z's rows come after d_inner x rows
             weight, first_row = mixer.in_proj.weight, mixer.intermediate_size
         elif hasattr(mixer, "dt_layernorm"):  # Jamba: B and C pass RMS norms with weights after x_proj
+            if weightless_bc_norms(mixer):
+                raise ValueError(
+                    f"site {site!r} of a FalconMamba mixer cannot be damped in the weights: its B and C pass "
+                    "weightless RMS norms after x_proj (the dummy weight is read on the kernel path only); "
+                    "plant() damps them through the steering hooks"
+                )
             weight, first_row = (mixer.b_layernorm if site == "B" else mixer.c_layernorm).weight, 0
         else:  # x_proj's rows: Δ's rank, then B's state channels, then C's
             weight = mixer.x_proj.weight
             first_row = mixer.time_step_rank + (mixer.ssm_state_size if site == "C" else 0)
         weight[[first_row + c for c in channels]] *= scale
     return channels
+
+
+def weightless_bc_norms(mixer) -> bool:
+    """FalconMamba: B and C are RMS-normalised without a weight after x_proj, so no weight scales them
+    (its norms hold a dummy weight buffer that only the kernel path reads; Jamba's are real weights)."""
+    import torch
+
+    norm = getattr(mixer, "b_layernorm", None)
+    return norm is not None and not isinstance(norm.weight, torch.nn.Parameter)
 
 
 def _mamba_mixer(model, layer: int):
@@ -132,7 +147,8 @@ def _damp_mamba2(mixer, site: str, channels: list[int], scale: float) -> None:
 def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> list[int]:
     """``damp_weights`` for the weight sites; ``residual`` (the block output, which no weight writes) and the
     ``ssm_out`` of a Mamba-2 mixer (pure or in a hybrid) are planted through the steering hooks themselves,
-    kept as long as ``model``: the plant is then exactly steering's intervention at ``scale``. For Mamba-2's
+    kept as long as ``model``: the plant is then exactly steering's intervention at ``scale`` (also B and C
+    of FalconMamba, which no weight scales: ``weightless_bc_norms``). For Mamba-2's
     ssm_out that is y before the gated norm: no weight scales y there (``damp_weights`` scales the norm's
     output channels, which the RMS norm has already mixed), and a plant no spec can undo measures the plant,
     not the finder. Returns the channels, sorted."""
@@ -142,9 +158,14 @@ def plant(model, layer: int, site: str, count: int, scale: float, seed: int) -> 
     from lm_eval_ssmsteer.steering.apply import install_factors
 
     arch = describe_model(model)
-    if site not in HOOK_PLANT_SITES and not (site == "ssm_out" and arch.family == MAMBA2):
+    mixer = _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
+    by_hooks = (
+        site in HOOK_PLANT_SITES
+        or (site == "ssm_out" and arch.family == MAMBA2)
+        or (site in ("B", "C") and weightless_bc_norms(mixer))
+    )
+    if not by_hooks:
         return damp_weights(model, layer, site, count, scale, seed)
-    _mamba_mixer(model, layer)  # a plant sits at a Mamba layer, as a spec's layer does
     width = arch.site_width(site)
     channels = random_channels(width, count, seed)
     factor = torch.ones(width, device=next(model.parameters()).device)
