@@ -139,3 +139,16 @@ class _RecordedBar(tqdm):
         super().__init__(*args, **kwargs)
         self.first_total = self.total
         _RecordedBar.made.append(self)
+
+
+def test_the_gpu_benchmark_runs_its_checks_on_the_cpu_at_a_tiny_shape(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import magnitude_gpu
+
+    args = ["--device", "cpu", "--shape", "tiny", "--dtypes", "fp32", "--archs", "mamba", "mamba2", "jamba"]
+    assert magnitude_gpu.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| jamba | fp32 | B | yes | 0.1000–0.1000 |" in out and "0 failures" in out
