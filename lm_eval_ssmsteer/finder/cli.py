@@ -208,16 +208,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--screen",
         type=int,
         default=3,
-        help="causal: best-scored (layer, site) pairs screened by real interventions (default 3)",
+        help="causal and outlier: best-scored (layer, site) pairs screened by real interventions (default 3)",
     )
     p.add_argument(
         "--candidates",
         type=int,
         default=1,
-        help="(layer, site) pairs swept: the best screened (causal) or best-scored ones (default 1)",
+        help="(layer, site) pairs swept: the best screened (causal, outlier) or best-scored ones (default 1)",
     )
     p.add_argument(
-        "--verify", type=int, default=4, help="causal: channels per direction verified (default 4)"
+        "--verify",
+        type=int,
+        default=4,
+        help="causal and outlier: channels per direction verified (default 4)",
     )
     p.add_argument(
         "--validate-top",
