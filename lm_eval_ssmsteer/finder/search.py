@@ -55,6 +55,7 @@ PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts``
 PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
 PROBE_ROUNDS = 3
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
+OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
@@ -221,15 +222,15 @@ def find(
                     for p, o in outliers.items()
                     if o.channels
                 }
-                screened += _outlier_screen(outliers, sweep, bars, max_channels)
+                screened += _outlier_screen(model, batches, arch, outliers, sweep, bars, max_channels)
             ranked = _distinct_rows(sorted(screened, key=lambda row: row["loss"]))[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
             for row in ranked:
                 if row["source"] == "outliers":  # sweep the pair's channels smallest first
                     pair = (row["layer"], row["site"])
-                    found = outliers[pair]
-                    rankings[pair].amplify = list(found.order)
-                    rankings[pair].helpful = {"amplify": min(len(found.channels), max_channels)}
+                    first = row.get("channels") or outliers[pair].channels[:max_channels]
+                    rankings[pair].amplify = first + [c for c in outliers[pair].order if c not in first]
+                    rankings[pair].helpful = {"amplify": len(first)}
                     reordered.add(pair)
         elif method == "probe":
             screened, plan = _probe(model, batches, arch, rankings, sweep, bars, candidates, max_channels)
@@ -478,7 +479,13 @@ def _outliers(
 
 
 def _outlier_screen(
-    outliers: dict[Pair, magnitude.Outliers], sweep: _Sweep, bars: _Progress, max_channels: int
+    model,
+    batches,
+    arch: ArchInfo,
+    outliers: dict[Pair, magnitude.Outliers],
+    sweep: _Sweep,
+    bars: _Progress,
+    max_channels: int,
 ) -> list[dict[str, Any]]:
     """Method ``outlier``: the OUTLIER_PAIRS pairs whose smallest channel lies furthest below the rest
     (twins, same layer and same outliers, once), each with its outliers (at most ``max_channels``,
@@ -497,6 +504,7 @@ def _outlier_screen(
     rows: list[dict[str, Any]] = []
     if not chosen:
         return rows
+    best_points = {}
     with bars.phase("outlier screen", 2 * len(chosen), "config"):
         for pair in chosen:
             found = outliers[pair]
@@ -506,11 +514,25 @@ def _outlier_screen(
                 sweep.run_channels(pair, "amplify", channels, scale, "outlier screen")
                 for scale in dict.fromkeys((PROBE_SCALE, round(restore, 1)))
             ]
-            best = min(points, key=lambda point: point["loss"])
-            rows.append(
-                {"layer": pair[0], "site": pair[1], "score": found.score, "direction": "amplify"}
-                | {"loss": best["loss"], "k": best["k"], "scale": best["scale"], "source": "outliers"}
+            best_points[pair] = min(points, key=lambda point: point["loss"])
+    # a naturally tiny channel among the damped ones spoils the set: drop what the gradient sends back
+    refine = chosen[:OUTLIER_REFINE]
+    with bars.phase("outlier refine", len(refine) * PROBE_ROUNDS, "round"):
+        for pair in refine:
+            best = best_points[pair]
+            point = _coordinate(
+                model, batches, arch, sweep, pair, best, max_channels, bars, scale=best["scale"]
             )
+            if point["loss"] < best["loss"]:
+                best_points[pair] = {**best, "loss": point["loss"], "k": len(point["channels"])}
+                best_points[pair]["order"] = point["order"]
+    for pair in chosen:
+        best = best_points[pair]
+        rows.append(
+            {"layer": pair[0], "site": pair[1], "score": outliers[pair].score, "direction": "amplify"}
+            | {"loss": best["loss"], "k": best["k"], "scale": best["scale"], "source": "outliers"}
+            | ({"channels": best["order"]} if "order" in best else {})
+        )
     return rows
 
 
@@ -526,19 +548,27 @@ def _distinct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _coordinate(
-    model, batches, arch: ArchInfo, sweep: _Sweep, pair: Pair, start: dict[str, Any], max_channels: int, bars
+    model,
+    batches,
+    arch: ArchInfo,
+    sweep: _Sweep,
+    pair: Pair,
+    start: dict[str, Any],
+    max_channels: int,
+    bars,
+    scale: float = PROBE_SCALE,
 ) -> dict[str, Any]:
-    """From a probed point (channels x PROBE_SCALE), up to PROBE_ROUNDS rounds: one gradient AT the
+    """From an evaluated point (channels x ``scale``), up to PROBE_ROUNDS rounds: one gradient AT the
     current point, then two moves, each evaluated for real: drop the set's channels whose gradient asks
     to go back down, and that plus the outside channels the gradient asks up most (at most half the set
-    again). The better move is kept if it lowers the loss; else the search stops. Returns the best point
-    and a channel order (its set, most wanted first)."""
+    again). The better move is kept if it lowers the loss; else the search stops (the progress bar still
+    counts PROBE_ROUNDS rounds). Returns the best point and a channel order (its set, most wanted first)."""
     width = arch.site_width(pair[1])
     current = {"channels": list(start["channels"]), "loss": start["loss"]}
     order = list(start["channels"])
-    for _ in range(PROBE_ROUNDS):
+    for done in range(PROBE_ROUNDS):
         factor = torch.ones(width)
-        factor[current["channels"]] = PROBE_SCALE
+        factor[current["channels"]] = scale
         grad = methods.gradient_at(model, batches, pair, factor, sweep.start(pair[0]))
         wanted = grad.argsort().tolist()  # most negative first: the loss falls if these grow
         inside = set(current["channels"])
@@ -548,9 +578,12 @@ def _coordinate(
         add = [c for c in wanted if c not in inside and grad[c] < 0][:room]
         moves = [m for m in (keep, (keep + add)[:max_channels]) if m and sorted(m) != sorted(inside)]
         bars.advance(f"layer {pair[0]} {pair[1]}")
-        points = [(m, sweep.run_channels(pair, "amplify", m, PROBE_SCALE, "coordinate")) for m in moves]
+        with sweep.quiet():  # the bar counts rounds here, not configurations
+            points = [(m, sweep.run_channels(pair, "amplify", m, scale, "coordinate")) for m in moves]
         better = [(m, point) for m, point in points if point["loss"] < current["loss"]]
         if not better:
+            for _ in range(PROBE_ROUNDS - done - 1):
+                bars.advance(f"layer {pair[0]} {pair[1]}: stopped")
             break
         move, point = min(better, key=lambda item: item[1]["loss"])
         current = {"channels": move, "loss": point["loss"]}
@@ -628,6 +661,15 @@ class _Sweep:
         self.curve: list[dict[str, Any]] = []
         self._seen: dict[tuple, dict[str, Any]] = {}
         self._starts: dict[int, methods.LayerInputs] = {}
+
+    @contextmanager
+    def quiet(self):
+        """Evaluations inside the block do not advance the progress bar."""
+        advance, self.advance = self.advance, lambda *args: None
+        try:
+            yield
+        finally:
+            self.advance = advance
 
     def start(self, layer: int) -> methods.LayerInputs | None:
         """The cached input of ``layer``, to evaluate from there; None for a hybrid, whose layers need the
