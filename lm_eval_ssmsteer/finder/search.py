@@ -490,7 +490,9 @@ def _outlier_screen(
     """Method ``outlier``: the OUTLIER_PAIRS pairs whose smallest channel lies furthest below the rest
     (twins, same layer and same outliers, once), each with its outliers (at most ``max_channels``,
     smallest first) at PROBE_SCALE and at the scale that restores them to the median channel (clipped to
-    RESTORE_LIMIT). One screened row per pair, as the attribution screen writes them."""
+    RESTORE_LIMIT); then the OUTLIER_REFINE most extreme get the coordinate search (``_coordinate``) from
+    their better point, at its scale. One screened row per pair, as the attribution screen writes them,
+    with the refined channel order (``channels``) where the search lowered the loss."""
     chosen: list[Pair] = []
     for pair in sorted(outliers, key=lambda p: outliers[p].score, reverse=True):
         found = outliers[pair]
@@ -504,15 +506,21 @@ def _outlier_screen(
     rows: list[dict[str, Any]] = []
     if not chosen:
         return rows
+    scales = {  # x8, and the restoring scale where it differs
+        pair: list(
+            dict.fromkeys(
+                (PROBE_SCALE, round(min(max(outliers[pair].restore, RESTORE_LIMIT[0]), RESTORE_LIMIT[1]), 1))
+            )
+        )
+        for pair in chosen
+    }
     best_points = {}
-    with bars.phase("outlier screen", 2 * len(chosen), "config"):
+    with bars.phase("outlier screen", sum(len(v) for v in scales.values()), "config"):
         for pair in chosen:
-            found = outliers[pair]
-            channels = found.channels[:max_channels]
-            restore = min(max(found.restore, RESTORE_LIMIT[0]), RESTORE_LIMIT[1])
+            channels = outliers[pair].channels[:max_channels]
             points = [
                 sweep.run_channels(pair, "amplify", channels, scale, "outlier screen")
-                for scale in dict.fromkeys((PROBE_SCALE, round(restore, 1)))
+                for scale in scales[pair]
             ]
             best_points[pair] = min(points, key=lambda point: point["loss"])
     # a naturally tiny channel among the damped ones spoils the set: drop what the gradient sends back
