@@ -43,7 +43,7 @@ class _Sums:
         self.count: dict[Pair, int] = {}
 
     def add(self, pair: Pair, value: torch.Tensor, factor_shape: torch.Size) -> None:
-        squares = value.detach().float().square().sum_to_size(factor_shape).flatten().cpu()
+        squares = value.detach().float().square().sum_to_size(factor_shape).flatten()  # on its device
         n = value.numel() // max(1, squares.numel())
         self.squares[pair] = self.squares.get(pair, 0) + squares
         self.count[pair] = self.count.get(pair, 0) + n
@@ -101,7 +101,7 @@ def channel_rms(
     missing = [p for p in pairs if p not in sums.squares]
     if missing:
         raise RuntimeError(f"no activation reached the steering hooks of {missing}")
-    return {p: (sums.squares[p] / sums.count[p]).sqrt() for p in pairs}
+    return {p: (sums.squares[p] / sums.count[p]).sqrt().cpu() for p in pairs}  # one copy a pair, at the end
 
 
 def channel_size(model, rms: dict[Pair, torch.Tensor]) -> dict[Pair, torch.Tensor]:
