@@ -152,3 +152,43 @@ def test_the_gpu_benchmark_runs_its_checks_on_the_cpu_at_a_tiny_shape(capsys):
     assert magnitude_gpu.main(args) == 0
     out = capsys.readouterr().out
     assert "| jamba | fp32 | B | yes | 0.1000–0.1000 |" in out and "0 failures" in out
+
+
+def test_steepest_takes_the_most_negative_single_channel_and_skips_twins_and_the_shortlist():
+    grads = {
+        (0, "delta"): torch.tensor([0.1, -0.5, 0.0]),  # steepest
+        (0, "gate"): torch.tensor([-0.3, 0.2]),
+        (0, "ssm_out"): torch.tensor([-0.3, 0.2]),  # gate's twin (same layer, same gradients)
+        (1, "gate"): torch.tensor([-0.3, 0.2]),  # same values at another layer: not a twin
+        (1, "B"): torch.tensor([-0.4, 0.0]),  # already screened by attribution
+        (2, "C"): torch.tensor([0.0, 0.1]),  # nothing to gain by amplifying
+    }
+    steep = finder_search._steepest(grads, 5, skip=[(1, "B")])
+    assert steep[0] == (0, "delta") and (1, "B") not in steep and (2, "C") not in steep
+    assert len({(0, "gate"), (0, "ssm_out")} & set(steep)) == 1 and (1, "gate") in steep
+    assert finder_search._steepest(grads, 1, skip=[]) == [(0, "delta")]
+
+
+def test_outlier_screens_the_steepest_pairs_at_x3_and_x8_and_causal_is_unchanged():
+    model = trained_model()
+    calibration = documents(16, seed=1, source="calibration")
+    with use_fast_scan():
+        results = {m: find(model, calibration, method=m, progress=False) for m in ("outlier", "causal")}
+    scores = results["outlier"].scores
+    gradient_rows = [row for row in scores["screened"] if row["source"] == "gradient"]
+    attribution_rows = [row for row in scores["screened"] if row["source"] == "attribution"]
+    assert gradient_rows and attribution_rows
+    screened_by_attribution = {(row["layer"], row["site"]) for row in attribution_rows}
+    for row in gradient_rows:
+        pair = (row["layer"], row["site"])
+        assert pair not in screened_by_attribution
+        grad = torch.tensor(scores["raw"]["grad"][f"{pair[0]}/{pair[1]}"])
+        assert row["channels"] == grad.argsort().tolist()[: row["k"]]  # steepest first
+        assert grad[row["channels"][0]] < 0
+        points = {(p["k"], p["scale"]) for p in scores["sweep"] if (p["layer"], p["site"]) == pair}
+        assert {
+            (k, s) for k in finder_search._screen_counts(describe_model(model), pair) for s in (3.0, 8.0)
+        } <= points
+    causal = results["causal"].scores
+    assert all(row["source"] == "attribution" for row in causal["screened"])
+    assert not any(p["stage"] == "screen" and p["scale"] == 8.0 for p in causal["sweep"])

@@ -208,7 +208,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--screen",
         type=int,
         default=3,
-        help="causal and outlier: best-scored (layer, site) pairs screened by real interventions (default 3)",
+        help="causal and outlier: best-scored (layer, site) pairs screened by real interventions; outlier "
+        "also screens as many pairs with the steepest single-channel gradient (default 3)",
     )
     p.add_argument(
         "--candidates",

@@ -18,9 +18,11 @@
   at scale 1 is flat), and the best few pairs get a short coordinate search: the gradient taken AT the
   probed point (``gradient_at``) says which channels of the set want to go back to 1 and which outside
   want to join it; a move is kept only if a real evaluation confirms it (search.py).
-- ``outlier``: ``causal``'s screen, plus the pairs whose smallest channels lie furthest below the rest of
-  their site (``finder.magnitude``: a damped channel is small although the loss is flat in its scale), each
-  screened with those channels amplified (search.py).
+- ``outlier``: ``causal``'s screen (amplify rows at x3 and x8), plus the pairs whose single steepest channel
+  gradient is most negative (the consistency score dilutes one channel that matters among many), plus
+  the pairs whose smallest channels lie furthest below the rest of their site (``finder.magnitude``: a
+  damped channel is small although the loss is flat in its scale), each screened with those channels
+  amplified (search.py).
 - ``dt-bias``: the paper's weight-only layer heuristic (coefficient of variation of the Δ bias), then
   channels of that layer's mixer_out by variance.
 """

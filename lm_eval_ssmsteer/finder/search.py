@@ -3,8 +3,12 @@ the winning steering spec with its provenance, the raw scores (JSON) and a layer
 
 Method ``causal`` first screens the ``screen`` best-scored pairs with real interventions (their top 1,
 2, 4 and 8 channels at the reference scale, in the direction their attribution favours) and sweeps the
-``candidates`` pairs whose screen lowered the calibration loss most, in that direction only; the other
-methods sweep their ``candidates`` best-scored pairs in both directions.
+``candidates`` pairs whose screen lowered the calibration loss most, in that direction only. Method
+``outlier`` (the default) screens those pairs' amplify rows at x3 and x8, also the ``screen`` pairs with
+the steepest single-channel gradient (``_steepest``; their steepest channels first) and the pairs with
+low-outlier channels (``_outlier_screen``), and sweeps the best of all screened rows. ``probe`` is
+described at ``_probe``; the other methods sweep their ``candidates`` best-scored pairs in both
+directions.
 
 The sweep, per pair and direction: first the number of channels k at a reference scale, then the scale
 at the best k; finally k again at the scale of the best point. The chosen configuration is the one with
@@ -195,12 +199,29 @@ def find(
         reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes (outlier)
         if method in ("causal", "outlier"):
             shortlist = _distinct_best(rankings, max(screen, candidates))
-            with bars.phase("screen", sum(len(_screen_counts(arch, p)) for p in shortlist), "config"):
-                for pair in shortlist:
-                    direction = rankings[pair].direction or "amplify"
+            # outlier also screens the pairs with the steepest single channel, at x8 as well: a damage
+            # that saturates is flat at scale 1 for the consistency score but not for the raw gradient
+            grads = {p: torch.tensor(raw["grad"][f"{p[0]}/{p[1]}"]) for p in rankings}
+            steep = _steepest(grads, screen, shortlist) if method == "outlier" else []
+            orders = {p: grads[p].argsort().tolist() for p in steep}  # most negative gradient first
+
+            def scales(direction: str) -> list[float]:
+                extra = method == "outlier" and direction == "amplify"
+                return [REFERENCE_SCALE[direction]] + ([PROBE_SCALE] if extra else [])
+
+            directions = {
+                p: "amplify" if p in orders else rankings[p].direction or "amplify" for p in shortlist + steep
+            }
+            total = sum(len(_screen_counts(arch, p)) * len(scales(d)) for p, d in directions.items())
+            with bars.phase("screen", total, "config"):
+                for pair in shortlist + steep:
+                    direction = directions[pair]
+                    source = "gradient" if pair in orders else "attribution"
+                    order = orders[pair] if pair in orders else getattr(rankings[pair], direction)
                     points = [
-                        sweep.run(pair, direction, k, REFERENCE_SCALE[direction], "screen")
+                        sweep.run_channels(pair, direction, order[:k], scale, "screen")
                         for k in _screen_counts(arch, pair)
+                        for scale in scales(direction)
                     ]
                     best_point = min(points, key=lambda point: point["loss"])
                     screened.append(
@@ -211,8 +232,10 @@ def find(
                             "direction": direction,
                             "loss": best_point["loss"],
                             "k": best_point["k"],
-                            "source": "attribution",
+                            "scale": best_point["scale"],
+                            "source": source,
                         }
+                        | ({"channels": order[: best_point["k"]]} if source == "gradient" else {})
                     )
             outliers: dict[Pair, magnitude.Outliers] = {}
             if method == "outlier":
@@ -226,12 +249,17 @@ def find(
             ranked = _distinct_rows(sorted(screened, key=lambda row: row["loss"]))[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
             for row in ranked:
+                pair = (row["layer"], row["site"])
                 if row["source"] == "outliers":  # sweep the pair's channels smallest first
-                    pair = (row["layer"], row["site"])
                     first = row.get("channels") or outliers[pair].channels[:max_channels]
-                    rankings[pair].amplify = first + [c for c in outliers[pair].order if c not in first]
-                    rankings[pair].helpful = {"amplify": len(first)}
-                    reordered.add(pair)
+                    rest = outliers[pair].order
+                elif row["source"] == "gradient":  # steepest gradient first
+                    first, rest = row["channels"], orders[pair]
+                else:
+                    continue
+                rankings[pair].amplify = first + [c for c in rest if c not in first]
+                rankings[pair].helpful = {"amplify": len(first)}
+                reordered.add(pair)
         elif method == "probe":
             screened, plan = _probe(model, batches, arch, rankings, sweep, bars, candidates, max_channels)
         else:
@@ -614,6 +642,25 @@ def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:
             chosen.append(pair)
         if len(chosen) == n:
             break
+    return chosen
+
+
+def _steepest(grads: dict[Pair, torch.Tensor], n: int, skip: list[Pair]) -> list[Pair]:
+    """The ``n`` pairs whose most negative channel gradient (the loss falls fastest when that channel
+    grows) is steepest, leaving out ``skip``, pairs with no negative gradient, and a pair whose gradients
+    equal a chosen or skipped one's of its layer (Mamba-1's ssm_out and gate)."""
+    chosen: list[Pair] = []
+    for pair in sorted(grads, key=lambda p: float(grads[p].min())):
+        if len(chosen) == n or float(grads[pair].min()) >= 0:
+            break
+        twin = any(
+            q[0] == pair[0]
+            and grads[q].shape == grads[pair].shape
+            and torch.allclose(grads[q], grads[pair], rtol=1e-4, atol=1e-12)
+            for q in chosen + skip
+        )
+        if pair not in skip and not twin:
+            chosen.append(pair)
     return chosen
 
 
