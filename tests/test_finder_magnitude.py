@@ -192,3 +192,42 @@ def test_outlier_screens_the_steepest_pairs_at_x3_and_x8_and_causal_is_unchanged
     causal = results["causal"].scores
     assert all(row["source"] == "attribution" for row in causal["screened"])
     assert not any(p["stage"] == "screen" and p["scale"] == 8.0 for p in causal["sweep"])
+
+
+def test_other_counts_are_the_best_pairs_best_point_at_each_other_channel_count():
+    def point(layer, site, k, loss):
+        return {"layer": layer, "site": site, "k": k, "loss": loss, "channels": list(range(k)), "scale": 8.0}
+
+    curve = [
+        point(3, "C", 8, 0.10),  # the best point
+        point(3, "C", 16, 0.30),
+        point(3, "C", 16, 0.20),  # the better of the two 16-channel points
+        point(3, "C", 4, 0.25),
+        point(3, "C", 2, 0.90),  # no better than the unsteered model
+        point(2, "B", 4, 0.15),  # another pair
+    ]
+    others = finder_search._other_counts(curve, curve[0], base_loss=0.5, n=4)
+    assert [(p["k"], p["loss"]) for p in others] == [(16, 0.20), (4, 0.25)]
+    assert finder_search._other_counts(curve, curve[0], base_loss=0.5, n=1) == [curve[2]]
+
+
+def test_outlier_validates_other_channel_counts_of_the_best_pair():
+    model = trained_model()
+    with use_fast_scan():
+        channels = plant(model, 0, "mixer_out", 4, 0.02, seed=8)
+        result = find(
+            model, documents(16, seed=1, source="calibration"), validation=documents(8, 3, "validation")
+        )
+    candidates = result.scores["validation"]["candidates"]
+    best = min(result.scores["sweep"], key=lambda point: point["loss"])
+    counts = {c["k"] for c in candidates if (c["layer"], c["site"]) == (best["layer"], best["site"])}
+    assert len(counts) > 1 and best["k"] in counts  # the count, too, was chosen on the validation documents
+    assert len(candidates) <= 1 + finder_search.VALIDATE_COUNTS
+    chosen, top = result.spec.interventions[0], max(candidates, key=lambda c: c["loss_decrease"])
+    assert (chosen.layers[0], chosen.site, len(chosen.channels), chosen.scale) == (
+        top["layer"],
+        top["site"],
+        top["k"],
+        top["scale"],
+    )
+    assert (chosen.layers[0], chosen.site) == (0, "mixer_out") and set(chosen.channels) & set(channels)

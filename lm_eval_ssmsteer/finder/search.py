@@ -60,6 +60,9 @@ PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and
 PROBE_ROUNDS = 3
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
+VALIDATE_COUNTS = (
+    4  # method outlier: the best pair's best points at up to 4 other channel counts are validated too
+)
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
@@ -297,6 +300,9 @@ def find(
         if validation is not None and improved:
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
             pool = _best_per_pair(curve, base.loss, validate_top)
+            if method == "outlier":  # the channel count too is chosen on the validation documents
+                pool += _other_counts(curve, pool[0], base.loss, VALIDATE_COUNTS)
+            starts: dict[int, methods.LayerInputs] = {}
             with bars.phase("validation", (1 + len(pool)) * len(held_out), "batch"):
                 v_base = methods.per_document(model, held_out, advance=bars.advance)
                 validated = []
@@ -304,7 +310,12 @@ def find(
                     candidate = SteeringSpec.single(
                         point["layer"], point["site"], point["channels"], point["scale"]
                     )
-                    v_steered = methods.per_document(model, held_out, candidate, advance=bars.advance)
+                    start = None
+                    if arch.mamba_layers is None:  # run from the cached input of the point's layer
+                        if point["layer"] not in starts:
+                            starts[point["layer"]] = methods.LayerInputs(model, held_out, point["layer"])
+                        start = starts[point["layer"]]
+                    v_steered = methods.per_document(model, held_out, candidate, start, bars.advance)
                     # per document: how much the configuration lowers its mean answer loss
                     gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
                     validated.append((point, v_steered, gain))
@@ -440,6 +451,20 @@ def _best_per_pair(curve: list[dict[str, Any]], base_loss: float, n: int) -> lis
         if point["loss"] < base_loss:
             best.setdefault((point["layer"], point["site"]), point)
     return list(best.values())[: max(1, n)]
+
+
+def _other_counts(
+    curve: list[dict[str, Any]], best: dict[str, Any], base_loss: float, n: int
+) -> list[dict[str, Any]]:
+    """The lowest-loss point of ``best``'s (layer, site) at each other channel count that beat
+    ``base_loss``, best first, at most ``n``: the calibration documents choose the count by a margin
+    that is often noise (a subset of the damped channels can fit them better than all of them)."""
+    by_count: dict[int, dict[str, Any]] = {}
+    for point in sorted(curve, key=lambda point: point["loss"]):
+        same_pair = (point["layer"], point["site"]) == (best["layer"], best["site"])
+        if same_pair and point["loss"] < base_loss and point["k"] != best["k"]:
+            by_count.setdefault(point["k"], point)
+    return list(by_count.values())[:n]
 
 
 def _probe_counts(width: int) -> list[int]:
