@@ -60,9 +60,8 @@ PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and
 PROBE_ROUNDS = 3
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
-VALIDATE_COUNTS = (
-    4  # method outlier: the best pair's best points at up to 4 other channel counts are validated too
-)
+# method outlier: the best pair's best points at up to this many other channel counts are validated too
+VALIDATE_COUNTS = 4
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
@@ -199,7 +198,7 @@ def find(
         rankings, raw = _score(model, batches, arch, method, sites, bars)
         sweep = _Sweep(model, batches, arch, rankings, bars.advance)
         screened: list[dict[str, Any]] = []
-        reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes (outlier)
+        reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes or raw gradient
         if method in ("causal", "outlier"):
             shortlist = _distinct_best(rankings, max(screen, candidates))
             # outlier also screens the pairs with the steepest single channel, at x8 as well: a damage
@@ -300,6 +299,7 @@ def find(
         if validation is not None and improved:
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
             pool = _best_per_pair(curve, base.loss, validate_top)
+            pairs_pool = len(pool)
             if method == "outlier":  # the channel count too is chosen on the validation documents
                 pool += _other_counts(curve, pool[0], base.loss, VALIDATE_COUNTS)
             starts: dict[int, methods.LayerInputs] = {}
@@ -319,7 +319,13 @@ def find(
                     # per document: how much the configuration lowers its mean answer loss
                     gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
                     validated.append((point, v_steered, gain))
-            best, v_steered, gain = max(validated, key=lambda row: row[2].mean)
+            best, v_steered, gain = max(validated[:pairs_pool], key=lambda row: row[2].mean)
+            # another channel count replaces it only when the validation documents call that count
+            # better and it gains more, and never when they reject the best point: choosing among the
+            # counts on these documents must not overturn their judgement of the calibration's choice
+            recounted = [row for row in validated[pairs_pool:] if row[2].decision == paired.BETTER]
+            if gain.decision != paired.WORSE and recounted and max(r[2].mean for r in recounted) > gain.mean:
+                best, v_steered, gain = max(recounted, key=lambda row: row[2].mean)
             checked = {
                 "source": validation.source,
                 "sha256": validation.sha256,
