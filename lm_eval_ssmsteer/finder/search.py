@@ -203,7 +203,11 @@ def find(
             shortlist = _distinct_best(rankings, max(screen, candidates))
             # outlier also screens the pairs with the steepest single channel, at x8 as well: a damage
             # that saturates is flat at scale 1 for the consistency score but not for the raw gradient
-            grads = {p: torch.tensor(raw["grad"][f"{p[0]}/{p[1]}"]) for p in rankings}
+            grads = (
+                {p: torch.tensor(raw["grad"][f"{p[0]}/{p[1]}"]) for p in rankings}
+                if method == "outlier"
+                else {}
+            )
             steep = _steepest(grads, screen, shortlist) if method == "outlier" else []
             orders = {p: grads[p].argsort().tolist() for p in steep}  # most negative gradient first
 
@@ -302,7 +306,7 @@ def find(
             pairs_pool = len(pool)
             if method == "outlier":  # the channel count too is chosen on the validation documents
                 pool += _other_counts(curve, pool[0], base.loss, VALIDATE_COUNTS)
-            starts: dict[int, methods.LayerInputs] = {}
+            starts = _Starts(model, held_out, arch)
             with bars.phase("validation", (1 + len(pool)) * len(held_out), "batch"):
                 v_base = methods.per_document(model, held_out, advance=bars.advance)
                 validated = []
@@ -310,11 +314,7 @@ def find(
                     candidate = SteeringSpec.single(
                         point["layer"], point["site"], point["channels"], point["scale"]
                     )
-                    start = None
-                    if arch.mamba_layers is None:  # run from the cached input of the point's layer
-                        if point["layer"] not in starts:
-                            starts[point["layer"]] = methods.LayerInputs(model, held_out, point["layer"])
-                        start = starts[point["layer"]]
+                    start = starts(point["layer"])  # from the cached input of the point's layer
                     v_steered = methods.per_document(model, held_out, candidate, start, bars.advance)
                     # per document: how much the configuration lowers its mean answer loss
                     gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
@@ -736,6 +736,23 @@ def _screen_counts(arch: ArchInfo, pair: Pair) -> list[int]:
     return [k for k in SCREEN_K if k <= arch.site_width(pair[1])]
 
 
+class _Starts:
+    """``starts(layer)``: the cached input of ``layer`` on ``batches``, computed once, to evaluate from
+    there; None for a hybrid, whose layers need the masks and position embeddings only a whole forward
+    builds."""
+
+    def __init__(self, model, batches, arch: ArchInfo) -> None:
+        self.model, self.batches, self.arch = model, batches, arch
+        self._cached: dict[int, methods.LayerInputs] = {}
+
+    def __call__(self, layer: int) -> methods.LayerInputs | None:
+        if self.arch.mamba_layers is not None:
+            return None
+        if layer not in self._cached:
+            self._cached[layer] = methods.LayerInputs(self.model, self.batches, layer)
+        return self._cached[layer]
+
+
 class _Sweep:
     """Evaluations of single interventions on the calibration data, each configuration once; ``curve``
     keeps every point in the order evaluated. ``advance`` follows every configuration asked for, also
@@ -746,7 +763,7 @@ class _Sweep:
         self.advance = advance
         self.curve: list[dict[str, Any]] = []
         self._seen: dict[tuple, dict[str, Any]] = {}
-        self._starts: dict[int, methods.LayerInputs] = {}
+        self.start = _Starts(model, batches, arch)
 
     @contextmanager
     def quiet(self):
@@ -756,15 +773,6 @@ class _Sweep:
             yield
         finally:
             self.advance = advance
-
-    def start(self, layer: int) -> methods.LayerInputs | None:
-        """The cached input of ``layer``, to evaluate from there; None for a hybrid, whose layers need the
-        masks and position embeddings only a whole forward builds."""
-        if self.arch.mamba_layers is not None:
-            return None
-        if layer not in self._starts:
-            self._starts[layer] = methods.LayerInputs(self.model, self.batches, layer)
-        return self._starts[layer]
 
     def run(self, pair: Pair, direction: str, k: int, scale: float, stage: str = "sweep") -> dict[str, Any]:
         """The top ``k`` channels of ``pair`` in ``direction``'s ranking at ``scale``."""
