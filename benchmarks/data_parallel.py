@@ -1,15 +1,25 @@
 """Data-parallel evaluation with steering: N processes (`accelerate launch`) against one, side by side.
 
     python benchmarks/data_parallel.py --processes 2 --out OUT \\
-        --model-args pretrained=MODEL,dtype=bfloat16,steer_layer=2,steer_site=B,steer_scale=2.0 \\
-        --tasks ssm_passkey,ssmq_copy --metadata '{"max_seq_lengths": [8192]}'
+        --model-args pretrained=MODEL,dtype=bfloat16,steer=paper-mamba-130m \\
+        --tasks ssm_passkey,ssm_copy_mc --metadata '{"max_seq_lengths": [8192]}' \\
+        [--sweep-tasks ssm_copy_mc --sweep-layers 4,8,12 --sweep-sites delta --sweep-scales 2]
 
-Runs `python -m lm_eval --model mamba-steered` once in one process and once under
-`accelerate launch --num_processes N`, both with `--log_samples`, then compares them document by document
-(same task, doc_id and document hash): the filtered responses, the per-document metrics and, for
-loglikelihood requests, the log-probabilities (the largest difference is printed; 0 means bitwise). It
-prints one table (wall seconds, documents a second, speed-up) and writes OUT/data_parallel.json; it exits
-1 when the outputs differ or the N-process results do not record world_size N.
+**lm_eval.** Runs `lm_eval --model mamba-steered` once in one process and once under
+`accelerate launch --num_processes N`, both with `--log_samples` (through `_timed_lm_eval.py`, lm-eval's
+own command line with the seconds each process spends answering requests recorded), then compares them
+document by document (same task, doc_id and document hash): the filtered responses, the per-document
+metrics and, for loglikelihood requests, the log-probabilities (the largest difference is printed; 0 means
+bitwise). Speed-up is reported twice: on wall time (start-up included: imports, model load and task
+building, which every process pays once, so it does not shrink with N) and on the evaluation's throughput
+(documents over the seconds spent answering requests, the slowest process's for N).
+
+**ssmsteer sweep** (with `--sweep-layers`/`--sweep-sites`/`--sweep-scales`): the same grid swept by one
+process and by `accelerate launch --num_processes N -m lm_eval_ssmsteer sweep` (the processes split the
+cells); every cell's documents and the leaderboards compared the same way.
+
+Prints the tables and writes OUT/data_parallel.json; exits 1 when any output differs (a log-probability by
+more than `--logprob-tolerance`, 0 by default) or the N-process lm_eval results do not record world_size N.
 
 lm-eval shards documents across processes only on accelerators (HFLM keeps world size 1 on a CPU, where
 every process would evaluate everything), so this needs N GPUs.
@@ -19,17 +29,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+# the sweep's leaderboard files compared line by line (report/; scores.csv names each cell's results file,
+# whose name holds its date, and the cells are compared document by document anyway)
+_LEADERBOARDS = ("leaderboard.csv", "paired.csv")
 
-def _run(cmd: list[str], out: Path) -> float:
+
+def _run(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> float:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "log.txt", "w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False, env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         tail = (out / "log.txt").read_text()[-3000:]
@@ -57,25 +73,37 @@ def _logprobs(sample: dict) -> list[float]:
     return out
 
 
-def compare(one: Path, many: Path, processes: int) -> dict:
+def _metrics(sample: dict) -> dict:
+    return {name: sample.get(name) for name in sample.get("metrics", [])}
+
+
+def compare(one: Path, many: Path, processes: int | None, logprob_tolerance: float = 0.0) -> dict:
+    """Document by document, the run in ``one`` against the run in ``many``; ``processes``: the world size
+    ``many`` must record (None: not checked, e.g. a sweep's cells, each a one-process evaluation)."""
     r1, s1 = _load(one)
     rn, sn = _load(many)
     problems = []
-    if rn["config"].get("world_size") != processes:
+    if processes is not None and rn["config"].get("world_size") != processes:
         problems.append(f"world_size recorded {rn['config'].get('world_size')}, launched {processes}")
     if s1.keys() != sn.keys():
         problems.append(f"documents differ: {len(s1.keys() ^ sn.keys())} in one run only")
-    same, max_dlogp = 0, 0.0
+    same, max_dlogp, differing = 0, 0.0, []
     for key in sorted(s1.keys() & sn.keys()):
         a, b = s1[key], sn[key]
         if a["doc_hash"] != b["doc_hash"]:
             problems.append(f"{key}: different documents")
             continue
         lp_a, lp_b = _logprobs(a), _logprobs(b)
-        if lp_a:
-            max_dlogp = max(max_dlogp, max(abs(x - y) for x, y in zip(lp_a, lp_b, strict=True)))
-        if a["filtered_resps"] == b["filtered_resps"] and lp_a == lp_b:
+        dlogp = max((abs(x - y) for x, y in zip(lp_a, lp_b, strict=True)), default=0.0)
+        max_dlogp = max(max_dlogp, dlogp)
+        same_outputs = a["filtered_resps"] == b["filtered_resps"] and _metrics(a) == _metrics(b)
+        if same_outputs and lp_a == lp_b:
             same += 1
+        if not same_outputs or dlogp > logprob_tolerance:
+            differing.append(key)
+    if differing:
+        shown = ", ".join(f"{task}/{doc}" for task, doc in differing[:5])
+        problems.append(f"{len(differing)} documents' outputs differ (e.g. {shown})")
     metrics_equal = r1["results"] == rn["results"]
     if not metrics_equal:
         problems.append("aggregated metrics differ")
@@ -88,6 +116,126 @@ def compare(one: Path, many: Path, processes: int) -> dict:
     }
 
 
+def _request_seconds(folder: Path) -> float | None:
+    """The slowest process's seconds answering requests (``_timed_lm_eval.py``'s files), if written."""
+    files = sorted(folder.glob("rank*.json"))
+    if not files:
+        return None
+    return max(sum(json.loads(f.read_text()).values()) for f in files)
+
+
+def _without_steering(model_args: str) -> str:
+    return ",".join(kv for kv in model_args.split(",") if not kv.split("=", 1)[0].startswith("steer"))
+
+
+def _leaderboard_rows(folder: Path) -> dict[str, list[str]]:
+    """The sweep's leaderboard files, line by line."""
+    found = ((name, folder / "report" / name) for name in _LEADERBOARDS)
+    return {name: path.read_text().splitlines() for name, path in found if path.exists()}
+
+
+def compare_sweeps(one: Path, many: Path, logprob_tolerance: float = 0.0) -> dict:
+    """Cell by cell (each a one-process lm-eval run), the sweep in ``one`` against the one in ``many``."""
+    cells_1 = sorted(p.name for p in (one / "cells").iterdir())
+    cells_n = sorted(p.name for p in (many / "cells").iterdir())
+    problems, documents, identical, max_dlogp = [], 0, 0, 0.0
+    if cells_1 != cells_n:
+        problems.append(f"cells differ: {sorted(set(cells_1) ^ set(cells_n))}")
+    for cell in sorted(set(cells_1) & set(cells_n)):
+        report = compare(one / "cells" / cell, many / "cells" / cell, None, logprob_tolerance)
+        documents += report["documents"]
+        identical += report["identical_documents"]
+        max_dlogp = max(max_dlogp, report["max_abs_logprob_difference"])
+        problems += [f"cell {cell}: {p}" for p in report["problems"]]
+    leaderboards_1, leaderboards_n = _leaderboard_rows(one), _leaderboard_rows(many)
+    if not leaderboards_1:
+        problems.append("no leaderboard written by the one-process sweep")
+    leaderboards_equal = leaderboards_1 == leaderboards_n
+    if not leaderboards_equal:
+        problems.append("the leaderboards differ")
+    return {
+        "cells": len(cells_1),
+        "documents": documents,
+        "identical_documents": identical,
+        "max_abs_logprob_difference": max_dlogp,
+        "leaderboards_equal": leaderboards_equal,
+        "problems": problems,
+    }
+
+
+def _table(rows: list[tuple[str, float, float | None]], documents: int) -> None:
+    """Wall seconds and, where known, request seconds, for 1 and N processes, with both speed-ups."""
+    (_, wall_1, req_1), *_ = rows
+    print(
+        "| processes | wall s | speed-up (wall) | request s | documents/s (requests) | speed-up (requests) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, wall, req in rows:
+        req_cells = "| | " if req is None or req_1 is None else f"| {req:.1f} | {documents / req:.1f} "
+        req_speed = "" if req is None or req_1 is None else f"{req_1 / req:.2f}x"
+        print(f"| {name} | {wall:.1f} | {wall_1 / wall:.2f}x {req_cells}| {req_speed} |")
+
+
+def _verdict(report: dict, what: str) -> None:
+    print(
+        f"{what}: identical documents {report['identical_documents']}/{report['documents']}; largest "
+        f"|log-prob difference| {report['max_abs_logprob_difference']:.3g}"
+    )
+    for problem in report["problems"]:
+        print(f"PROBLEM: {problem}")
+
+
+def _launcher(n: int) -> list[str]:
+    return [sys.executable] if n == 1 else ["accelerate", "launch", "--num_processes", str(n)]
+
+
+def lm_eval_leg(a: argparse.Namespace) -> dict:
+    common = ["--model", "mamba-steered", "--model_args", a.model_args, "--tasks", a.tasks]
+    common += ["--include_path", a.include_path, "--batch_size", a.batch_size, "--log_samples"]
+    common += ["--metadata", a.metadata] if a.metadata else []
+    common += ["--limit", a.limit] if a.limit else []
+    walls, requests = {}, {}
+    for n in (1, a.processes):
+        out = a.out / f"p{n}"
+        env = {**os.environ, "SSMSTEER_TIMING": str(out / "timing")}
+        cmd = [*_launcher(n), str(HERE / "_timed_lm_eval.py"), *common, "--output_path", str(out)]
+        walls[n] = _run(cmd, out, env)
+        requests[n] = _request_seconds(out / "timing")
+    report = compare(a.out / "p1", a.out / f"p{a.processes}", a.processes, a.logprob_tolerance)
+    report["wall_seconds"] = {str(n): round(s, 1) for n, s in walls.items()}
+    report["request_seconds"] = {str(n): None if s is None else round(s, 2) for n, s in requests.items()}
+    report["speedup_wall"] = round(walls[1] / walls[a.processes], 2)
+    if requests[1] and requests[a.processes]:
+        report["speedup_requests"] = round(requests[1] / requests[a.processes], 2)
+    print(f"\nlm_eval --model mamba-steered --model_args {a.model_args} --tasks {a.tasks}")
+    _table([(str(n), walls[n], requests[n]) for n in walls], report["documents"])
+    _verdict(report, "lm_eval")
+    print(f"metrics equal: {report['metrics_equal']}")
+    return report
+
+
+def sweep_leg(a: argparse.Namespace) -> dict:
+    grid = ["--layers", a.sweep_layers, "--sites", a.sweep_sites, "--scales", a.sweep_scales]
+    common = ["--model_args", _without_steering(a.model_args), "--tasks", *a.sweep_tasks.split(",")]
+    common += [*grid, "--device", a.device, "--batch_size", a.batch_size, "--include_path", a.include_path]
+    metadata = a.sweep_metadata or a.metadata
+    common += ["--metadata", metadata] if metadata else []
+    common += ["--limit", a.limit] if a.limit else []
+    walls = {}
+    for n in (1, a.processes):
+        out = a.out / f"sweep-p{n}"
+        cmd = [*_launcher(n), "-m", "lm_eval_ssmsteer", "sweep", *common, "--out", str(out / "sweep")]
+        walls[n] = _run(cmd, out)
+    report = compare_sweeps(a.out / "sweep-p1" / "sweep", a.out / f"sweep-p{a.processes}" / "sweep")
+    report["wall_seconds"] = {str(n): round(s, 1) for n, s in walls.items()}
+    report["speedup_wall"] = round(walls[1] / walls[a.processes], 2)
+    print(f"\nssmsteer sweep {' '.join(common)}")
+    _table([(str(n), walls[n], None) for n in walls], report["documents"])
+    _verdict(report, f"sweep ({report['cells']} cells)")
+    print(f"leaderboards equal: {report['leaderboards_equal']}")
+    return report
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=2)
@@ -96,9 +244,20 @@ def main() -> int:
     p.add_argument("--metadata", default=None)
     p.add_argument("--limit", default=None)
     p.add_argument("--batch-size", default="8")
-    p.add_argument("--include-path", default=str(Path(__file__).resolve().parents[1] / "tasks"))
+    p.add_argument("--include-path", default=str(HERE.parent / "tasks"))
+    p.add_argument("--logprob-tolerance", type=float, default=0.0, help="0: bitwise (default)")
+    p.add_argument("--sweep-tasks", default=None, help="the sweep's tasks (default: --tasks)")
+    p.add_argument("--sweep-metadata", default=None, help="the sweep's task metadata (default: --metadata)")
+    p.add_argument("--sweep-layers", default=None)
+    p.add_argument("--sweep-sites", default="delta")
+    p.add_argument("--sweep-scales", default="2")
+    p.add_argument("--device", default="cuda", help="the sweep's --device (each process its own GPU)")
+    p.add_argument("--skip-lm-eval", action="store_true", help="only the sweep")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
+    if a.skip_lm_eval and not a.sweep_layers:
+        p.error("--skip-lm-eval leaves nothing to run without --sweep-layers")
+    a.sweep_tasks = a.sweep_tasks or a.tasks
     import torch
 
     gpus = torch.cuda.device_count()
@@ -107,33 +266,15 @@ def main() -> int:
             f"error: --processes {a.processes} needs as many GPUs; this machine has {gpus} "
             "(lm-eval shards documents only on accelerators)"
         )
-    common = ["--model", "mamba-steered", "--model_args", a.model_args, "--tasks", a.tasks]
-    common += ["--include_path", a.include_path, "--batch_size", a.batch_size, "--log_samples"]
-    common += ["--metadata", a.metadata] if a.metadata else []
-    common += ["--limit", a.limit] if a.limit else []
-    runs = {}
-    for n in (1, a.processes):
-        out = a.out / f"p{n}"
-        launcher = (
-            [sys.executable, "-m"] if n == 1 else ["accelerate", "launch", "--num_processes", str(n), "-m"]
-        )
-        runs[n] = _run([*launcher, "lm_eval", *common, "--output_path", str(out)], out)
-    report = compare(a.out / "p1", a.out / f"p{a.processes}", a.processes)
-    docs = report["documents"]
-    report["seconds"] = {str(n): round(s, 1) for n, s in runs.items()}
-    report["speedup"] = round(runs[1] / runs[a.processes], 2)
-    print("| processes | wall s | documents/s | speed-up |")
-    print("|---|---|---|---|")
-    for n, s in runs.items():
-        print(f"| {n} | {s:.1f} | {docs / s:.2f} | {runs[1] / s:.2f}x |")
-    print(
-        f"identical documents: {report['identical_documents']}/{docs}; largest |log-prob difference|: "
-        f"{report['max_abs_logprob_difference']:.3g}; metrics equal: {report['metrics_equal']}"
+    report = {"processes": a.processes, "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)]}
+    legs = ([] if a.skip_lm_eval else [("lm_eval", lm_eval_leg)]) + (
+        [("sweep", sweep_leg)] if a.sweep_layers else []
     )
-    for problem in report["problems"]:
-        print(f"PROBLEM: {problem}")
-    (a.out / "data_parallel.json").write_text(json.dumps(report, indent=1) + "\n")
-    return 1 if report["problems"] else 0
+    for name, leg in legs:
+        report[name] = leg(a)
+        # written after each leg, so that a call cut short keeps what it measured
+        (a.out / "data_parallel.json").write_text(json.dumps(report, indent=1) + "\n")
+    return 1 if any(report[name]["problems"] for name, _ in legs) else 0
 
 
 if __name__ == "__main__":

@@ -44,3 +44,58 @@ def test_a_changed_answer_a_logprob_or_the_world_size_is_caught(tmp_path):
     assert wrong_size == ["world_size recorded 1, launched 2"]
     missing = dp.compare(one, _write(tmp_path / "w", 2, ["a"]), 2)["problems"]
     assert missing == ["documents differ: 1 in one run only"]
+
+
+def test_a_document_whose_metric_differs_is_a_problem_even_with_the_same_response(tmp_path):
+    one = _write(tmp_path / "p1", 1, ["a", "b"])
+    two = _write(tmp_path / "p2", 2, ["a", "b"])
+    path = next(two.glob("samples_*.jsonl"))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    lines[1] |= {"metrics": ["acc"], "acc": 0.0}
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    report = dp.compare(one, two, 2)
+    assert report["identical_documents"] == 1
+    assert report["problems"] == ["1 documents' outputs differ (e.g. t/1)"]
+
+
+def test_a_logprob_difference_within_the_stated_tolerance_passes_but_is_reported(tmp_path):
+    one = _write(tmp_path / "p1", 1, ["a", "b"])
+    two = _write(tmp_path / "p2", 2, ["a", "b"], logprob=-1.25 + 2**-10)
+    assert dp.compare(one, two, 2)["problems"] == ["2 documents' outputs differ (e.g. t/0, t/1)"]
+    within = dp.compare(one, two, 2, logprob_tolerance=1e-3)
+    assert within["problems"] == []
+    assert within["identical_documents"] == 0
+    assert within["max_abs_logprob_difference"] == 2**-10
+
+
+def _sweep(folder: Path, answers: dict[str, list[str]], leaderboard: str) -> Path:
+    for cell, resps in answers.items():
+        _write(folder / "cells" / cell / "model", 1, resps)
+    (folder / "report").mkdir(parents=True)
+    (folder / "report" / "leaderboard.csv").write_text(leaderboard)
+    return folder
+
+
+def test_sweeps_compare_cell_by_cell_and_by_leaderboard(tmp_path):
+    answers = {"unsteered": ["a", "b"], "L3_delta_x2_abcd": ["a", "c"]}
+    one = _sweep(tmp_path / "s1", answers, "rank,model\n1,m\n")
+    same = dp.compare_sweeps(one, _sweep(tmp_path / "s2", answers, "rank,model\n1,m\n"))
+    assert same["problems"] == []
+    assert (same["cells"], same["documents"], same["identical_documents"]) == (2, 4, 4)
+
+    changed = {"unsteered": ["a", "b"], "L3_delta_x2_abcd": ["a", "d"]}
+    report = dp.compare_sweeps(one, _sweep(tmp_path / "s3", changed, "rank,model\n1,m\n"))
+    assert report["problems"] == ["cell L3_delta_x2_abcd: 1 documents' outputs differ (e.g. t/1)"]
+    assert report["identical_documents"] == 3
+
+    other_board = dp.compare_sweeps(one, _sweep(tmp_path / "s4", answers, "rank,model\n1,n\n"))
+    assert other_board["problems"] == ["the leaderboards differ"]
+    missing_cell = dp.compare_sweeps(
+        one, _sweep(tmp_path / "s5", {"unsteered": ["a", "b"]}, "rank,model\n1,m\n")
+    )
+    assert missing_cell["problems"] == ["cells differ: ['L3_delta_x2_abcd']"]
+
+
+def test_steering_is_taken_out_of_the_sweeps_model_arguments():
+    args = "pretrained=m,dtype=bfloat16,steer=paper-mamba-130m,steer_scale=2"
+    assert dp._without_steering(args) == "pretrained=m,dtype=bfloat16"

@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# The two-GPU issue's measurement: lm-eval with steering on N GPUs (accelerate launch) against one GPU, in
-# one call, on a mamba-130m-shaped random model (GPT-NeoX tokenizer, bf16, mamba-ssm kernels), with
-# ssm_passkey at 8192 tokens (generation) and ssm_copy_mc (loglikelihood): benchmarks/data_parallel.py
-# prints the table and exits 1 when any per-sample output differs or world_size is not recorded.
+# The two-GPU issue's measurement: steering on N GPUs (accelerate launch) against one GPU, in one call, on a
+# mamba-130m-shaped random model (GPT-NeoX tokenizer, bf16, mamba-ssm kernels): benchmarks/data_parallel.py
+# prints the tables and exits 1 when any per-sample output differs or world_size is not recorded.
+#   lm_eval: the paper's preset, ssm_passkey at 8192 tokens (generation) and ssm_copy_mc (loglikelihood),
+#            DOCS documents each (default 1000);
+#   sweep:   ssmsteer sweep of 15 specs (delta x2 at 15 of the 24 layers) and the unsteered model, 16 cells
+#            (8 a process on 2 GPUs), over the same two tasks, 50 documents each.
 #
-#   bash scripts/gpu/data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES]
+#   bash scripts/gpu/data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|sweep|both] [DOCS]
 #
 # Needs N GPUs, CUDA, the mamba-ssm kernels, lm-eval and accelerate; the checkout on PYTHONPATH.
 set -uo pipefail
-out=${1:?usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES]}
-neox=${2:?usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES]}
+usage="usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|sweep|both] [DOCS]"
+out=${1:?$usage}
+neox=${2:?$usage}
 processes=${3:-2}
+legs=${4:-both}
+docs=${5:-1000}
 mkdir -p "$out"
 model="$out/mamba-130m-random"
-python3 scripts/gpu/make_130m_random.py "$model" "$neox"
-python3 benchmarks/data_parallel.py --processes "$processes" --out "$out/runs" \
-    --model-args "pretrained=$model,dtype=bfloat16,steer=paper-mamba-130m" \
-    --tasks ssm_passkey,ssm_copy_mc --metadata '{"max_seq_lengths": [8192]}' --batch-size 8
+[ -f "$model/config.json" ] || python3 scripts/gpu/make_130m_random.py "$model" "$neox" || exit 1
+args=(--processes "$processes" --model-args "pretrained=$model,dtype=bfloat16,steer=paper-mamba-130m"
+      --tasks ssm_passkey,ssm_copy_mc --batch-size 8)
+lm_eval_metadata="{\"max_seq_lengths\": [8192], \"num_samples\": $docs}"
+sweep_metadata='{"max_seq_lengths": [8192], "num_samples": 50}'
+sweep=(--sweep-metadata "$sweep_metadata" --sweep-sites delta --sweep-scales 2
+       --sweep-layers 0,1,2,3,5,7,9,11,13,15,17,19,21,22,23)
+case "$legs" in
+    lm_eval) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --out "$out/runs" ;;
+    sweep) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --skip-lm-eval \
+               "${sweep[@]}" --out "$out/runs" ;;
+    both) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" "${sweep[@]}" \
+              --out "$out/runs" ;;
+    *) echo "$usage" >&2; exit 2 ;;
+esac
