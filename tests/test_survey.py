@@ -36,6 +36,21 @@ def test_the_plant_list_is_fixed_covers_every_site_and_keeps_a_held_out_set():
     assert len({p.layer for p in plants}) == 6
 
 
+def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that_list_as_it_was():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    first = [p for p in plants if p.set != "unseen"]
+    unseen = [p for p in plants if p.set == "unseen"]
+    # the design and held-out sets come first, with the seeds they had before the unseen set existed
+    assert plants[: len(first)] == first and [p.seed for p in first] == list(range(100, 100 + len(first)))
+    assert first[0] == survey.Plant("D01", "design", 1, "mixer_out", 16, 0.02, 100)
+    assert len(unseen) == survey.UNSEEN_PER_SITE * len(SITES)
+    for site in SITES:
+        combos = [(p.layer, p.count, p.scale) for p in unseen if p.site == site]
+        assert len(set(combos)) == survey.UNSEEN_PER_SITE, site
+        assert not set(combos) & {(p.layer, p.count, p.scale) for p in first if p.site == site}, site
+    assert [p.id for p in unseen[:2]] == ["U01", "U02"]
+
+
 @pytest.mark.parametrize("site", SITES)
 def test_every_plant_changes_the_model_and_the_inverse_spec_undoes_a_pure_scale(site):
     model, _ = load_model("tiny-random-mamba")

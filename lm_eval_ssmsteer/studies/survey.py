@@ -4,8 +4,10 @@ The plants (``survey_plants``) are drawn once, with SURVEY_SEED, from every site
 hybrid's mixers cannot reach), every Mamba layer (every layer of a pure model; a hybrid's Mamba layers),
 two channel counts per site width and three damping strengths (×0.1, ×0.05, and ×0.02, which saturates
 where the damage saturates); per site half of them form the DESIGN set (what the search may be tuned
-on) and half the HELD-OUT set (run only to report, never while designing). The list does not depend on
-any finder output, and every plant is reported.
+on) and half the HELD-OUT set (run only to report, never while designing). An UNSEEN set, drawn later
+with UNSEEN_SEED from the combinations the first two left over, replaces the held-out set where that one
+was looked at while designing (docs/finder.md says which). The list does not depend on any finder
+output, and every plant is reported.
 
 Per plant, on TEST documents of the tasks the model solves (default ssm_passkey, ssm_variable_tracking,
 ssm_ruler_niah_single; the answer is the needle value without its final period, the string lm-eval's
@@ -46,6 +48,9 @@ from pathlib import Path
 from lm_eval_ssmsteer.studies import StudyArgumentError
 
 SURVEY_SEED = 22
+# the unseen set: drawn on 2026-12-04, after the search's design was fixed, and never used to change it
+UNSEEN_SEED = 23
+UNSEEN_PER_SITE = 12
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
 PLANTS_PER_SITE = 6  # 3 design, 3 held-out
@@ -53,7 +58,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out")
+SETS = ("design", "held-out", "unseen")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -64,7 +69,7 @@ def _counts(width: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Plant:
-    id: str  # D01... (design) or H01... (held-out)
+    id: str  # D01... (design), H01... (held-out) or U01... (unseen)
     set: str
     layer: int
     site: str
@@ -75,18 +80,31 @@ class Plant:
 
 def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[Plant]:
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
-    SURVEY_SEED, alternately design and held-out; channel seeds 100, 101, ... in list order. ``layers``:
-    the layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at
-    (a site a model's mixers cannot reach is left out) and their widths."""
+    SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
+    from the combinations left; channel seeds 100, 101, ... in list order. ``layers``: the layer count of a
+    pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
+    mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
+    sites = [s for s in SITES if s in widths]
+    grids = {
+        site: [(layer, c, s) for layer in layers for c in _counts(widths[site]) for s in SCALES]
+        for site in sites
+    }
+    drawn: list[tuple[str, int, str, int, float]] = []
     rng = random.Random(SURVEY_SEED)
-    drawn: list[tuple[str, int, int, int, float]] = []
-    for site in (s for s in SITES if s in widths):
-        grid = [(layer, c, s) for layer in layers for c in _counts(widths[site]) for s in SCALES]
-        for i, (layer, count, scale) in enumerate(rng.sample(grid, min(PLANTS_PER_SITE, len(grid)))):
+    for site in sites:
+        for i, (layer, count, scale) in enumerate(
+            rng.sample(grids[site], min(PLANTS_PER_SITE, len(grids[site])))
+        ):
             drawn.append((SETS[i % 2], layer, site, count, scale))
+    rng = random.Random(UNSEEN_SEED)
+    for site in sites:
+        taken = {(layer, count, scale) for _, layer, s, count, scale in drawn if s == site}
+        left = [combination for combination in grids[site] if combination not in taken]
+        for layer, count, scale in rng.sample(left, min(UNSEEN_PER_SITE, len(left))):
+            drawn.append(("unseen", layer, site, count, scale))
     plants, numbers = [], {name: 0 for name in SETS}
     for seed, (which, layer, site, count, scale) in enumerate(drawn, start=100):
         numbers[which] += 1
