@@ -255,6 +255,8 @@ def main() -> int:
     p.add_argument("--skip-lm-eval", action="store_true", help="only the sweep")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
+    if a.processes < 2:
+        p.error(f"--processes {a.processes}: the comparison is of one process against N >= 2")
     if a.skip_lm_eval and not a.sweep_layers:
         p.error("--skip-lm-eval leaves nothing to run without --sweep-layers")
     a.sweep_tasks = a.sweep_tasks or a.tasks

@@ -3,7 +3,7 @@
 # mamba-130m-shaped random model (GPT-NeoX tokenizer, bf16, mamba-ssm kernels): benchmarks/data_parallel.py
 # prints the tables and exits 1 when any per-sample output differs or world_size is not recorded.
 #   lm_eval: the paper's preset, ssm_passkey at 8192 tokens (generation) and ssm_copy_mc (loglikelihood),
-#            DOCS documents each (default 1000);
+#            DOCS documents each (default 500);
 #   sweep:   ssmsteer sweep of 15 specs (delta x2 at 15 of the 24 layers) and the unsteered model, 16 cells
 #            (8 a process on 2 GPUs), over the same two tasks, 50 documents each.
 #
@@ -16,7 +16,7 @@ out=${1:?$usage}
 neox=${2:?$usage}
 processes=${3:-2}
 legs=${4:-both}
-docs=${5:-1000}
+docs=${5:-500}
 mkdir -p "$out"
 model="$out/mamba-130m-random"
 [ -f "$model/config.json" ] || python3 scripts/gpu/make_130m_random.py "$model" "$neox" || exit 1
