@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("data_parallel", ROOT / "benchmarks" / "data_parallel.py")
 dp = importlib.util.module_from_spec(spec)
@@ -99,3 +101,13 @@ def test_sweeps_compare_cell_by_cell_and_by_leaderboard(tmp_path):
 def test_steering_is_taken_out_of_the_sweeps_model_arguments():
     args = "pretrained=m,dtype=bfloat16,steer=paper-mamba-130m,steer_scale=2"
     assert dp._without_steering(args) == "pretrained=m,dtype=bfloat16"
+
+
+def test_one_process_against_one_is_refused_before_anything_runs(monkeypatch, capsys, tmp_path):
+    argv = ["data_parallel.py", "--processes", "1", "--model-args", "pretrained=m", "--tasks", "t"]
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stopped:
+        dp.main()
+    assert stopped.value.code == 2
+    assert "--processes 1: the comparison is of one process against N >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
