@@ -48,7 +48,9 @@ from pathlib import Path
 from lm_eval_ssmsteer.studies import StudyArgumentError
 
 SURVEY_SEED = 22
-# the unseen set: drawn on 2026-12-04, after the search's design was fixed, and never used to change it
+# the unseen set: drawn on 2026-12-04 after the search's design was fixed, and run once before any
+# diagnostic looked at it (docs/finder.md, "Unseen plants"); a change to the search made since is
+# measured on another set
 UNSEEN_SEED = 23
 UNSEEN_PER_SITE = 12
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
