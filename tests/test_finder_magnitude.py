@@ -17,6 +17,7 @@ from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_out
 from lm_eval_ssmsteer.finder.methods import evaluate
 from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
 from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
+from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.studies.damping import plant
 
 LAYER, COUNT, DAMPING = 1, 2, 0.1
@@ -125,7 +126,7 @@ def test_outlier_finds_and_undoes_a_saturating_plant_that_causal_misses():
         assert win_back(found["outlier"]) >= 0.95 > 0.5 > win_back(found["causal"])
     bars = {bar.desc: bar for bar in _RecordedBar.made}
     assert list(bars)[:5] == [
-        f"find: {p}" for p in ("unsteered", "attribution", "screen", "channel size", "outlier screen")
+        f"find: {p}" for p in ("unsteered", "attribution", "channel size", "screen", "outlier screen")
     ]
     assert bars["find: channel size"].total == len(calibration.batches())
     for bar in bars.values():  # each total fixed when its phase starts, one update per item
@@ -192,6 +193,35 @@ def test_outlier_screens_the_steepest_pairs_at_x3_and_x8_and_causal_is_unchanged
     causal = results["causal"].scores
     assert all(row["source"] == "attribution" for row in causal["screened"])
     assert not any(p["stage"] == "screen" and p["scale"] == 8.0 for p in causal["sweep"])
+
+
+def test_steep_channel_orders():
+    grad = torch.tensor([-1.0, -4.0, 0.5, -2.0])
+    size = torch.tensor([1.0, 8.0, 2.0, 0.5])
+    assert finder_search._steep_channels(grad, size, "gradient") == [1, 3, 0, 2]  # most negative first
+    assert finder_search._steep_channels(grad, size, "size") == [3, 0, 2, 1]  # smallest first
+    assert finder_search._steep_channels(grad, size, "ratio") == [3, 0, 1, 2]  # -4, -1, -0.5, 0.25
+
+
+def test_outlier_orders_a_steep_pairs_channels_by_size_when_asked_and_records_it():
+    model = trained_model()
+    calibration = documents(16, seed=1, source="calibration")
+    with use_fast_scan():
+        result = find(model, calibration, method="outlier", steep_order="size", progress=False)
+        batches = list(calibration.batches())
+        arch = describe_model(model)
+        pairs = [(layer, site) for layer in range(arch.n_layers) for site in SITES]
+        sizes = channel_size(model, channel_rms(model, batches, pairs, arch.site_width))
+    scores = result.scores
+    assert scores["steep_order"] == "size"
+    assert result.spec.to_dict()["provenance"]["steep_order"] == "size"
+    rows = [row for row in scores["screened"] if row["source"] == "gradient"]
+    assert rows
+    for row in rows:
+        order = sizes[(row["layer"], row["site"])].argsort().tolist()
+        assert row["channels"] == order[: row["k"]]  # smallest first, not steepest first
+    with pytest.raises(Exception, match="steep_order"):
+        find(model, calibration, method="outlier", steep_order="largest", progress=False)
 
 
 def test_other_counts_are_the_best_pairs_best_point_at_each_other_channel_count():

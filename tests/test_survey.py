@@ -213,7 +213,10 @@ def test_find_options_parse_and_name_themselves():
     assert option.name == "probe:screen=5:validate=3"
     assert survey.parse_find("causal").name == "causal"
     assert survey.parse_find("causal:validate=2").name == "causal:validate=2"
-    for bad in ("causal:validate=0", "causal:depth=2", "causal:screen=x", "nope"):
+    option = survey.parse_find("outlier:validate=2:order=ratio")
+    assert (option.validate, option.order, option.name) == (2, "ratio", "outlier:validate=2:order=ratio")
+    assert survey.parse_find("outlier:order=gradient").name == "outlier"
+    for bad in ("causal:validate=0", "causal:depth=2", "causal:screen=x", "nope", "causal:order=size"):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
 

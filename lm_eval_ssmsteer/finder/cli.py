@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
-from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS
+from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -150,6 +150,7 @@ def run(args: argparse.Namespace):
         screen=args.screen,
         validation=validation,
         validate_top=args.validate_top,
+        steep_order=args.steep_order,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -229,6 +230,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="the best configurations of this many (layer, site) pairs are scored on the validation "
         "documents and the one that lowers their loss most is chosen (default 1: the calibration's best)",
+    )
+    p.add_argument(
+        "--steep-order",
+        choices=STEEP_ORDERS,
+        default="gradient",
+        help="outlier: how the channels of a pair chosen for its steepest channel are ordered before its "
+        "first 1, 2, 4, 8 are screened: gradient (most negative first, default), size (smallest first) or "
+        "ratio (gradient over size); docs/finder.md, 'Unseen plants'",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

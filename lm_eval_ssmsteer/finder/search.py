@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from lm_eval_ssmsteer.files import atomic_write
 from lm_eval_ssmsteer.finder import magnitude, methods, paired
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
-from lm_eval_ssmsteer.finder.methods import METHODS, LossAccuracy, Pair, Ranking
+from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, LossAccuracy, Pair, Ranking
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
 from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SITES
@@ -175,15 +175,22 @@ def find(
     screen: int = 3,
     validation: CalibrationData | None = None,
     validate_top: int = 1,
+    steep_order: str = "gradient",
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
     the loss there, else the identity is returned (the sweep's choice overfits a few documents).
     ``validate_top`` N > 1: the best configuration of each of the N (layer, site) pairs that lowered the
     calibration loss most is scored on the validation documents, and the one that lowers the validation
-    loss most is chosen (then judged as above)."""
+    loss most is chosen (then judged as above). ``steep_order`` (method ``outlier``): how the channels of
+    a pair chosen for its steepest channel are ordered before the first 1, 2, 4, 8 are screened, one of
+    STEEP_ORDERS: ``gradient`` (most negative first, the default), ``size`` (smallest first, as the
+    magnitude pass reads them) or ``ratio`` (gradient over size, most negative first: a damped channel's
+    gradient shrinks with its activation, the ratio does not)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
+    if steep_order not in STEEP_ORDERS:
+        raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
     arch = describe_model(model)
     if method == "variance":
         sites = [s for s in sites if s in OUTPUT_SITES]
@@ -209,7 +216,9 @@ def find(
                 else {}
             )
             steep = _steepest(grads, screen, shortlist) if method == "outlier" else []
-            orders = {p: grads[p].argsort().tolist() for p in steep}  # most negative gradient first
+            # the channel sizes (one pass) serve the outlier screen below, and here any order but gradient
+            sizes = _sizes(model, batches, arch, list(rankings), bars) if method == "outlier" else {}
+            orders = {p: _steep_channels(grads[p], sizes[p], steep_order) for p in steep}
 
             def scales(direction: str) -> list[float]:
                 extra = method == "outlier" and direction == "amplify"
@@ -245,7 +254,7 @@ def find(
                     )
             outliers: dict[Pair, magnitude.Outliers] = {}
             if method == "outlier":
-                outliers = _outliers(model, batches, arch, list(rankings), bars)
+                outliers = {p: magnitude.low_outliers(v) for p, v in sizes.items()}
                 raw["outliers"] = {
                     f"{p[0]}/{p[1]}": {"channels": o.channels, "z": o.z, "restore": o.restore}
                     for p, o in outliers.items()
@@ -407,6 +416,7 @@ def find(
             "accuracy": best_score.accuracy - base.accuracy,
         },
         "validation": checked,
+        **({"steep_order": steep_order} if steep_order != "gradient" else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -445,6 +455,7 @@ def find(
         "chosen": {k: best[k] for k in ("layer", "site", "direction", "k", "scale", "loss", "accuracy")},
         "validation": checked,
         "rejected": rejected,
+        "steep_order": steep_order,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -528,13 +539,20 @@ def _probe(
     return probed, plan
 
 
-def _outliers(
-    model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress
-) -> dict[Pair, magnitude.Outliers]:
-    """Each pair's low outliers by channel size (``finder.magnitude``), from one forward pass per batch."""
+def _sizes(model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress) -> dict[Pair, torch.Tensor]:
+    """Each pair's channel sizes (``finder.magnitude``), from one forward pass per batch."""
     with bars.phase("channel size", len(batches), "batch"):
         rms = magnitude.channel_rms(model, batches, pairs, arch.site_width, bars.advance)
-    return {p: magnitude.low_outliers(v) for p, v in magnitude.channel_size(model, rms).items()}
+    return magnitude.channel_size(model, rms)
+
+
+def _steep_channels(grad: torch.Tensor, size: torch.Tensor, how: str) -> list[int]:
+    """A steep pair's channels in the order ``how`` (``STEEP_ORDERS``) puts them, first to screen first."""
+    if how == "size":
+        return size.argsort().tolist()
+    if how == "ratio":
+        return (grad / size.clamp(min=1e-30)).argsort().tolist()
+    return grad.argsort().tolist()
 
 
 def _outlier_screen(

@@ -117,36 +117,41 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 
 @dataclass(frozen=True)
 class FindOption:
-    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N."""
+    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, outlier:order=HOW."""
 
     method: str
     screen: int = 3
     validate: int = 1
+    order: str = "gradient"
 
     @property
     def name(self) -> str:
         name = self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
-        return name if self.validate == 1 else f"{name}:validate={self.validate}"
+        name = name if self.validate == 1 else f"{name}:validate={self.validate}"
+        return name if self.order == "gradient" else f"{name}:order={self.order}"
 
 
 def parse_find(text: str) -> FindOption:
-    """A --finds value METHOD[:screen=N][:validate=N]."""
-    from lm_eval_ssmsteer.finder.methods import METHODS
+    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW] (order: method outlier only)."""
+    from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS
 
     method, *options = text.split(":")
-    values = {"screen": 3, "validate": 1}
+    values: dict = {"screen": 3, "validate": 1, "order": "gradient"}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in values or not value.isdigit() or int(value) < 1:
+        number = key in ("screen", "validate") and value.isdigit() and int(value) >= 1
+        order = key == "order" and value in STEEP_ORDERS and method == "outlier"
+        if not (number or order):
             raise argparse.ArgumentTypeError(
-                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N or both, N >= 1"
+                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N (N >= 1), "
+                f"outlier:order={'|'.join(STEEP_ORDERS)}, or several joined by ':'"
             )
-        values[key] = int(value)
+        values[key] = int(value) if number else value
     if method not in METHODS:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
-    return FindOption(method, values["screen"], values["validate"])
+    return FindOption(method, values["screen"], values["validate"], values["order"])
 
 
 def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
@@ -235,6 +240,7 @@ def measure_plant(
             screen=option.screen,
             validation=data["validation"],
             validate_top=option.validate,
+            steep_order=option.order,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
