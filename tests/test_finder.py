@@ -181,6 +181,27 @@ def test_find_command_writes_spec_scores_and_heatmap(model_dir, tmp_path, capsys
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_find_command_passes_the_steep_order_and_refuses_an_unknown_one(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(finder_search, "find", stop)
+    args = ["find", "--model", str(model_dir), "--out", str(tmp_path / "f.json")]
+    args += ["--data", str(_data_file(tmp_path, 8)), "--no-progress"]
+    with pytest.raises(SystemExit):
+        main([*args, "--steep-order", "ratio"])
+    assert seen["steep_order"] == "ratio"
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--steep-order", "largest"])
+    assert refused.value.code == 2
+    assert "--steep-order: invalid choice: 'largest'" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     from transformers import GPT2Config
