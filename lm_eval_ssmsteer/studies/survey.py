@@ -379,7 +379,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help=f"find options, METHOD[:screen=N][:validate=N] (default: {' '.join(DEFAULT_FINDS)})",
+        help="find options, METHOD[:screen=N][:validate=N], and for outlier also :order=gradient|size|ratio "
+        f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
     p.add_argument("--lengths", nargs="+", type=int, default=[512], help="prompt lengths in tokens")
