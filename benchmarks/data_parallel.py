@@ -77,14 +77,11 @@ def _metrics(sample: dict) -> dict:
     return {name: sample.get(name) for name in sample.get("metrics", [])}
 
 
-def compare(one: Path, many: Path, processes: int | None, logprob_tolerance: float = 0.0) -> dict:
-    """Document by document, the run in ``one`` against the run in ``many``; ``processes``: the world size
-    ``many`` must record (None: not checked, e.g. a sweep's cells, each a one-process evaluation)."""
-    r1, s1 = _load(one)
-    rn, sn = _load(many)
+def _compare_samples(s1: dict, sn: dict, logprob_tolerance: float) -> dict:
+    """Two runs' documents, one by one: the count identical, the largest log-probability difference, the
+    documents whose outputs differ (response, per-document metric, or a log-probability beyond the
+    tolerance) and what is wrong besides."""
     problems = []
-    if processes is not None and rn["config"].get("world_size") != processes:
-        problems.append(f"world_size recorded {rn['config'].get('world_size')}, launched {processes}")
     if s1.keys() != sn.keys():
         problems.append(f"documents differ: {len(s1.keys() ^ sn.keys())} in one run only")
     same, max_dlogp, differing = 0, 0.0, []
@@ -101,19 +98,69 @@ def compare(one: Path, many: Path, processes: int | None, logprob_tolerance: flo
             same += 1
         if not same_outputs or dlogp > logprob_tolerance:
             differing.append(key)
-    if differing:
-        shown = ", ".join(f"{task}/{doc}" for task, doc in differing[:5])
-        problems.append(f"{len(differing)} documents' outputs differ (e.g. {shown})")
-    metrics_equal = r1["results"] == rn["results"]
-    if not metrics_equal:
-        problems.append("aggregated metrics differ")
     return {
         "documents": len(s1),
         "identical_documents": same,
         "max_abs_logprob_difference": max_dlogp,
-        "metrics_equal": metrics_equal,
+        "differing": [f"{task}/{doc}" for task, doc in differing],
         "problems": problems,
     }
+
+
+def _differing_problem(differing: list[str]) -> str:
+    return f"{len(differing)} documents' outputs differ (e.g. {', '.join(differing[:5])})"
+
+
+def compare(one: Path, many: Path, processes: int | None, logprob_tolerance: float = 0.0) -> dict:
+    """Document by document, the run in ``one`` against the run in ``many``; ``processes``: the world size
+    ``many`` must record (None: not checked, e.g. a sweep's cells, each a one-process evaluation)."""
+    r1, s1 = _load(one)
+    rn, sn = _load(many)
+    report = _compare_samples(s1, sn, logprob_tolerance)
+    problems = report["problems"]
+    if processes is not None and rn["config"].get("world_size") != processes:
+        problems.insert(0, f"world_size recorded {rn['config'].get('world_size')}, launched {processes}")
+    if report["differing"]:
+        problems.append(_differing_problem(report["differing"]))
+    report["metrics_equal"] = r1["results"] == rn["results"]
+    if not report["metrics_equal"]:
+        problems.append("aggregated metrics differ")
+    return report
+
+
+def shares(samples: dict[tuple[str, int], dict], processes: int) -> list[dict[str, list[int]]]:
+    """The documents each of ``processes`` ranks evaluates, by task: lm-eval gives rank r the documents
+    r, r + N, r + 2N, ... of a task (``create_iterator``: islice(docs, rank, limit, world_size))."""
+    ids: dict[str, list[int]] = {}
+    for task, doc in sorted(samples):
+        ids.setdefault(task, []).append(doc)
+    for task, docs in ids.items():
+        if len(docs) < processes:
+            # an empty --samples list would make lm-eval evaluate every document of the task
+            raise SystemExit(
+                f"error: task {task} has {len(docs)} documents, fewer than the {processes} processes"
+            )
+    return [{task: docs[rank::processes] for task, docs in ids.items()} for rank in range(processes)]
+
+
+def merge_replay(folders: list[Path], share_list: list[dict[str, list[int]]]) -> dict[tuple[str, int], dict]:
+    """The one-process runs of each rank's share (``--samples``) as one run, keyed by the documents' ids
+    in the full task. lm-eval 0.4.13 keeps a ``--samples`` document's own doc_id; a run numbered 0, 1, ...
+    in the order given (as lm-eval's ``create_iterator`` call over the selected documents reads) is mapped
+    back; anything else is an error."""
+    merged = {}
+    for folder, share in zip(folders, share_list, strict=True):
+        _, samples = _load(folder)
+        for task, wanted in share.items():
+            found = sorted(doc for t, doc in samples if t == task)
+            if found == sorted(wanted):
+                ids = {doc: doc for doc in found}
+            elif found == list(range(len(wanted))):
+                ids = dict(enumerate(wanted))
+            else:
+                raise SystemExit(f"error: {folder}: task {task} has documents {found[:6]}..., not its share")
+            merged |= {(task, ids[doc]): {**samples[(task, doc)], "doc_id": ids[doc]} for doc in found}
+    return merged
 
 
 def _request_seconds(folder: Path) -> float | None:
@@ -189,29 +236,96 @@ def _launcher(n: int) -> list[str]:
     return [sys.executable] if n == 1 else ["accelerate", "launch", "--num_processes", str(n)]
 
 
+def _replay(a: argparse.Namespace, common: list[str], one: Path, gpus: int) -> dict[tuple[str, int], dict]:
+    """Each rank's share of the documents evaluated by one process alone (``--samples``), merged: the same
+    batches a rank of the launch forms, without a launch. With a GPU a share the shares run at once, each
+    on its own GPU; otherwise one after the other on the first."""
+    share_list = shares(_load(one)[1], a.processes)
+    every = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(max(gpus, 1))))
+    visible = every.split(",")[: max(gpus, 1)]
+    parallel = len(visible) >= a.processes
+    folders, running = [], []
+    for rank, share in enumerate(share_list):
+        out = a.out / "replay" / f"rank{rank}"
+        out.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible[rank if parallel else 0]}
+        cmd = [sys.executable, str(HERE / "_timed_lm_eval.py"), *common, "--samples", json.dumps(share)]
+        cmd += ["--output_path", str(out)]
+        with open(out / "log.txt", "w") as log:
+            running.append((out, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        if not parallel:
+            running[-1][1].wait()
+        folders.append(out)
+    for out, process in running:
+        if process.wait():
+            tail = (out / "log.txt").read_text()[-3000:]
+            raise SystemExit(f"error: the replay of {out.name}'s share exited {process.returncode}:\n{tail}")
+    merged = merge_replay(folders, share_list)
+    # one file a task, as lm-eval writes them (scripts/gpu/divergence.py reads the replay from here)
+    (a.out / "replay" / "merged").mkdir(exist_ok=True)
+    for task in share_list[0]:
+        lines = [json.dumps(merged[key]) for key in sorted(merged) if key[0] == task]
+        (a.out / "replay" / "merged" / f"samples_{task}_merged.jsonl").write_text("\n".join(lines) + "\n")
+    return merged
+
+
 def lm_eval_leg(a: argparse.Namespace) -> dict:
     common = ["--model", "mamba-steered", "--model_args", a.model_args, "--tasks", a.tasks]
     common += ["--include_path", a.include_path, "--batch_size", a.batch_size, "--log_samples"]
     common += ["--metadata", a.metadata] if a.metadata else []
-    common += ["--limit", a.limit] if a.limit else []
     walls, requests = {}, {}
-    for n in (1, a.processes):
+    for n in (1,) if a.replay_only else (1, a.processes):
         out = a.out / f"p{n}"
         env = {**os.environ, "SSMSTEER_TIMING": str(out / "timing")}
-        cmd = [*_launcher(n), str(HERE / "_timed_lm_eval.py"), *common, "--output_path", str(out)]
-        walls[n] = _run(cmd, out, env)
+        cmd = [
+            *_launcher(n),
+            str(HERE / "_timed_lm_eval.py"),
+            *common,
+            *(["--limit", a.limit] if a.limit else []),
+        ]
+        walls[n] = _run([*cmd, "--output_path", str(out)], out, env)
         requests[n] = _request_seconds(out / "timing")
+    replay = _replay(a, common, a.out / "p1", a.gpus) if a.shard_replay or a.replay_only else None
+    print(f"\nlm_eval --model mamba-steered --model_args {a.model_args} --tasks {a.tasks}")
+    if a.replay_only:
+        report = _compare_samples(_load(a.out / "p1")[1], replay, a.logprob_tolerance)
+        report["wall_seconds"] = {"1": round(walls[1], 1)}
+        print(f"one process against its documents split {a.processes} ways, each share run alone on one GPU:")
+        _verdict(report, "batch composition")
+        # what a different batch composition changes on one GPU is the measurement here, not a failure
+        report["batch_composition_differing"] = report.pop("differing")
+        return report
     report = compare(a.out / "p1", a.out / f"p{a.processes}", a.processes, a.logprob_tolerance)
     report["wall_seconds"] = {str(n): round(s, 1) for n, s in walls.items()}
     report["request_seconds"] = {str(n): None if s is None else round(s, 2) for n, s in requests.items()}
     report["speedup_wall"] = round(walls[1] / walls[a.processes], 2)
     if requests[1] and requests[a.processes]:
         report["speedup_requests"] = round(requests[1] / requests[a.processes], 2)
-    print(f"\nlm_eval --model mamba-steered --model_args {a.model_args} --tasks {a.tasks}")
+    if replay is not None:
+        explain_by_replay(report, replay, _load(a.out / f"p{a.processes}")[1], a.logprob_tolerance)
     _table([(str(n), walls[n], requests[n]) for n in walls], report["documents"])
     _verdict(report, "lm_eval")
     print(f"metrics equal: {report['metrics_equal']}")
     return report
+
+
+def explain_by_replay(report: dict, replay: dict, many: dict, logprob_tolerance: float) -> None:
+    """With the one-GPU replay of the ranks' shares: the N-process run must equal it document by document
+    (the same batches, the same answers; any difference is a fault of the launch). Then each document
+    where N processes differ from one process is one that a different batch composition alone changes on
+    one GPU: it is listed under ``batch_composition_differing`` instead of being a problem."""
+    check = _compare_samples(replay, many, logprob_tolerance)
+    report["replay"] = {k: v for k, v in check.items() if k != "problems"}
+    if check["problems"] or check["differing"]:
+        report["problems"] += [f"against the one-GPU replay of its shards: {p}" for p in check["problems"]]
+        if check["differing"]:
+            report["problems"].append(
+                f"against the one-GPU replay of its shards: {_differing_problem(check['differing'])}"
+            )
+        return
+    if report["differing"]:
+        report["problems"].remove(_differing_problem(report["differing"]))
+        report["batch_composition_differing"] = report["differing"]
 
 
 def sweep_leg(a: argparse.Namespace) -> dict:
@@ -253,22 +367,38 @@ def main() -> int:
     p.add_argument("--sweep-scales", default="2")
     p.add_argument("--device", default="cuda", help="the sweep's --device (each process its own GPU)")
     p.add_argument("--skip-lm-eval", action="store_true", help="only the sweep")
+    p.add_argument(
+        "--shard-replay",
+        action="store_true",
+        help="also run each rank's share of the documents alone in one process (one GPU) and hold the "
+        "N-process run to it document by document; a difference from the one-process run that the replay "
+        "shows too comes from the batch composition, and is reported as such instead of failing the run",
+    )
+    p.add_argument(
+        "--replay-only",
+        action="store_true",
+        help="one GPU: the one-process run against the one-process replay of the N shares, no launch "
+        "(what the batch composition alone changes)",
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     if a.processes < 2:
         p.error(f"--processes {a.processes}: the comparison is of one process against N >= 2")
+    if a.replay_only and (a.skip_lm_eval or a.sweep_layers):
+        p.error("--replay-only is the lm_eval leg alone, on one GPU: drop --skip-lm-eval and --sweep-layers")
     if a.skip_lm_eval and not a.sweep_layers:
         p.error("--skip-lm-eval leaves nothing to run without --sweep-layers")
     a.sweep_tasks = a.sweep_tasks or a.tasks
     import torch
 
     gpus = torch.cuda.device_count()
-    if gpus < a.processes:
+    if gpus < (0 if a.replay_only else a.processes):
         raise SystemExit(
             f"error: --processes {a.processes} needs as many GPUs; this machine has {gpus} "
             "(lm-eval shards documents only on accelerators)"
         )
     report = {"processes": a.processes, "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)]}
+    a.gpus = 1 if a.replay_only else gpus  # --replay-only: every share on the one GPU
     legs = ([] if a.skip_lm_eval else [("lm_eval", lm_eval_leg)]) + (
         [("sweep", sweep_leg)] if a.sweep_layers else []
     )

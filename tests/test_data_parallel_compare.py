@@ -111,3 +111,67 @@ def test_one_process_against_one_is_refused_before_anything_runs(monkeypatch, ca
     assert stopped.value.code == 2
     assert "--processes 1: the comparison is of one process against N >= 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_shares_follow_lm_evals_split_of_documents_between_ranks():
+    samples = {("a", i): {} for i in range(5)} | {("b", i): {} for i in range(3)}
+    assert dp.shares(samples, 2) == [{"a": [0, 2, 4], "b": [0, 2]}, {"a": [1, 3], "b": [1]}]
+    assert dp.shares(samples, 3)[2] == {"a": [2], "b": [2]}
+    with pytest.raises(SystemExit, match="task b has 3 documents, fewer than the 4 processes"):
+        dp.shares(samples, 4)
+
+
+def test_a_replayed_share_gets_its_documents_ids_back(tmp_path):
+    # lm-eval numbers a --samples run's documents 0, 1, ... in the order given
+    rank0 = _write(tmp_path / "r0", 1, ["x0", "x2", "x4"])
+    rank1 = _write(tmp_path / "r1", 1, ["x1", "x3"])
+    merged = dp.merge_replay([rank0, rank1], [{"t": [0, 2, 4]}, {"t": [1, 3]}])
+    assert sorted(merged) == [("t", i) for i in range(5)]
+    assert [merged[("t", i)]["filtered_resps"] for i in range(5)] == [[f"x{i}"] for i in range(5)]
+    assert [merged[("t", i)]["doc_id"] for i in range(5)] == list(range(5))
+    # lm-eval 0.4.13 keeps the documents' own ids: nothing to map
+    kept = _write(tmp_path / "k1", 1, ["x0", "x1", "x2", "x3"])
+    lines = [json.loads(x) for x in next(kept.glob("samples_*")).read_text().splitlines()][1::2]
+    next(kept.glob("samples_*")).write_text("\n".join(json.dumps(x) for x in lines))
+    assert sorted(dp.merge_replay([kept], [{"t": [1, 3]}])) == [("t", 1), ("t", 3)]
+    with pytest.raises(SystemExit, match="task t has documents"):
+        dp.merge_replay([kept], [{"t": [0, 2]}])
+
+
+def _samples(resps: list[str]) -> dict:
+    return {
+        ("t", i): {"doc_id": i, "doc_hash": f"h{i}", "resps": [[[-1.25, True]]], "filtered_resps": [r]}
+        for i, r in enumerate(resps)
+    }
+
+
+def test_differences_the_one_gpu_replay_reproduces_are_batch_composition_not_problems(tmp_path):
+    one = _write(tmp_path / "p1", 1, ["a", "b", "c"])
+    two = _write(tmp_path / "p2", 2, ["a", "B", "c"])
+    report = dp.compare(one, two, 2)
+    assert report["problems"] == ["1 documents' outputs differ (e.g. t/1)"]
+    dp.explain_by_replay(report, _samples(["a", "B", "c"]), dp._load(two)[1], 0.0)
+    assert report["problems"] == []
+    assert report["batch_composition_differing"] == ["t/1"]
+    assert report["replay"]["identical_documents"] == 3
+
+
+def test_a_launch_that_differs_from_the_replay_of_its_own_batches_fails(tmp_path):
+    one = _write(tmp_path / "p1", 1, ["a", "b", "c"])
+    two = _write(tmp_path / "p2", 2, ["a", "B", "C"])
+    report = dp.compare(one, two, 2)
+    dp.explain_by_replay(report, _samples(["a", "B", "c"]), dp._load(two)[1], 0.0)
+    assert report["problems"] == [
+        "2 documents' outputs differ (e.g. t/1, t/2)",
+        "against the one-GPU replay of its shards: 1 documents' outputs differ (e.g. t/2)",
+    ]
+    assert "batch_composition_differing" not in report
+
+
+def test_replay_only_is_the_lm_eval_leg_alone(monkeypatch, capsys, tmp_path):
+    argv = ["data_parallel.py", "--model-args", "pretrained=m", "--tasks", "t", "--replay-only"]
+    monkeypatch.setattr("sys.argv", [*argv, "--sweep-layers", "1", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stopped:
+        dp.main()
+    assert stopped.value.code == 2
+    assert "--replay-only is the lm_eval leg alone" in capsys.readouterr().err

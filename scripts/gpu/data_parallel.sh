@@ -3,15 +3,19 @@
 # mamba-130m-shaped random model (GPT-NeoX tokenizer, bf16, mamba-ssm kernels): benchmarks/data_parallel.py
 # prints the tables and exits 1 when any per-sample output differs or world_size is not recorded.
 #   lm_eval: the paper's preset, ssm_passkey at 8192 tokens (generation) and ssm_copy_mc (loglikelihood),
-#            DOCS documents each (default 500);
+#            DOCS documents each (default 500); then each rank's share run alone in one process on one GPU
+#            (the shard replay: the launch must equal it document by document), and, for the generations
+#            that differ from the one-process run, scripts/gpu/divergence.py: the logit gap where they part;
+#   replay:  one GPU: the lm_eval leg's one-process run against the replay of PROCESSES shares, no launch
+#            (what the batch composition alone changes), with divergence.py on what differs;
 #   sweep:   ssmsteer sweep of 15 specs (delta x2 at 15 of the 24 layers) and the unsteered model, 16 cells
 #            (8 a process on 2 GPUs), over the same two tasks, 50 documents each.
 #
-#   bash scripts/gpu/data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|sweep|both] [DOCS]
+#   bash scripts/gpu/data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|replay|sweep|both] [DOCS]
 #
 # Needs N GPUs, CUDA, the mamba-ssm kernels, lm-eval and accelerate; the checkout on PYTHONPATH.
 set -uo pipefail
-usage="usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|sweep|both] [DOCS]"
+usage="usage: data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|replay|sweep|both] [DOCS]"
 out=${1:?$usage}
 neox=${2:?$usage}
 processes=${3:-2}
@@ -26,11 +30,18 @@ lm_eval_metadata="{\"max_seq_lengths\": [8192], \"num_samples\": $docs}"
 sweep_metadata='{"max_seq_lengths": [8192], "num_samples": 50}'
 sweep=(--sweep-metadata "$sweep_metadata" --sweep-sites delta --sweep-scales 2
        --sweep-layers 0,1,2,3,5,7,9,11,13,15,17,19,21,22,23)
+divergence() {  # the generations where one process and $1 part, and the logit gap there
+    python3 scripts/gpu/divergence.py "$out/runs/p1" "$1" "$model" --steer paper-mamba-130m \
+        --out "$out/runs/divergence.json"
+}
 case "$legs" in
-    lm_eval) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --out "$out/runs" ;;
+    lm_eval) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --shard-replay \
+                 --out "$out/runs"; rc=$?; divergence "$out/runs/p$processes"; exit $rc ;;
+    replay) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --replay-only \
+                --out "$out/runs"; rc=$?; divergence "$out/runs/replay/merged"; exit $rc ;;
     sweep) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --skip-lm-eval \
                "${sweep[@]}" --out "$out/runs" ;;
-    both) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" "${sweep[@]}" \
-              --out "$out/runs" ;;
+    both) python3 benchmarks/data_parallel.py "${args[@]}" --metadata "$lm_eval_metadata" --shard-replay \
+              "${sweep[@]}" --out "$out/runs" ;;
     *) echo "$usage" >&2; exit 2 ;;
 esac
