@@ -38,7 +38,7 @@ def test_the_plant_list_is_fixed_covers_every_site_and_keeps_a_held_out_set():
 
 def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that_list_as_it_was():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    first = [p for p in plants if p.set != "unseen"]
+    first = [p for p in plants if p.set in ("design", "held-out")]
     unseen = [p for p in plants if p.set == "unseen"]
     # the design and held-out sets come first, with the seeds they had before the unseen set existed
     assert plants[: len(first)] == first and [p.seed for p in first] == list(range(100, 100 + len(first)))
@@ -49,6 +49,25 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
         assert len(set(combos)) == survey.UNSEEN_PER_SITE, site
         assert not set(combos) & {(p.layer, p.count, p.scale) for p in first if p.site == site}, site
     assert [p.id for p in unseen[:2]] == ["U01", "U02"]
+
+
+def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    earlier = [p for p in plants if p.set != "fresh"]
+    fresh = [p for p in plants if p.set == "fresh"]
+    # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
+    assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
+    assert earlier[len(earlier) - len(fresh)] == survey.Plant("U01", "unseen", 5, "mixer_out", 32, 0.02, 142)
+    assert earlier[-1] == survey.Plant("U84", "unseen", 4, "gate", 16, 0.1, 225)
+    assert len(fresh) == survey.UNSEEN_PER_SITE * len(SITES)
+    assert fresh[0] == survey.Plant("F01", "fresh", 4, "mixer_out", 16, 0.05, 226)
+    for site in SITES:
+        combos = [(p.layer, p.count, p.scale) for p in fresh if p.site == site]
+        assert len(set(combos)) == len(combos), site
+        assert not set(combos) & {(p.layer, p.count, p.scale) for p in earlier if p.site == site}, site
+    # on a model with fewer combinations left the set is smaller, never repeated
+    small = [p for p in survey.survey_plants(2, REF_WIDTHS) if p.set == "fresh"]
+    assert len(small) < len(fresh)
 
 
 @pytest.mark.parametrize("site", SITES)
