@@ -374,9 +374,70 @@ def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_d
     return "\n".join(lines)
 
 
+def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
+    """Several survey folders (models, task sets) as one: per find option, over their plants of set
+    ``which`` (or all) whose damage is at least ``min_damage``, the layer+site rate, the mean share of
+    planted channels, the win-backs at WIN_BACK_GOAL, their median (lower median for an even count) and the
+    random controls' range; then the plants one by one, every option side by side."""
+    rows: list[tuple[str, dict]] = []
+    for folder in folders:
+        plants = folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
+        files = sorted(plants.glob("*.json"))
+        if not files:
+            raise StudyArgumentError(f"--pool: no plant files under {folder} (looked in {plants})")
+        rows += [(folder.name, json.loads(f.read_text())) for f in files]
+    damaging = [
+        (name, r)
+        for name, r in rows
+        if which in ("all", r["plant"]["set"]) and r["damage"]["mean"] >= min_damage and r["finds"]
+    ]
+    finds = list(dict.fromkeys(f for _, r in damaging for f in r["finds"]))
+    of_set = sum(which in ("all", r["plant"]["set"]) for _, r in rows)
+    lines = [
+        f"{len(damaging)} of {of_set} plants (set {which}) cost >= {min_damage:g}",
+        "",
+        f"| find | plants | layer+site found | planted channels (mean) | win-back >= {WIN_BACK_GOAL:g} "
+        "| win-back median | random controls |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in finds:
+        runs = [r["finds"][name] for _, r in damaging if name in r["finds"]]
+        backs = sorted(f["steered"]["win_back"]["value"] if f["steered"] else 0.0 for f in runs)
+        controls = [f["random"]["win_back"]["value"] for f in runs if f["random"]]
+        spread = f"{min(controls):.2f} to {max(controls):.2f}" if controls else "–"
+        lines.append(
+            f"| {name} | {len(runs)} | {sum(f['layer_site'] for f in runs)} of {len(runs)} "
+            f"| {_pct(sum(f['recall'] for f in runs) / len(runs))} "
+            f"| {sum(b >= WIN_BACK_GOAL for b in backs)} of {len(runs)} | {backs[(len(backs) - 1) // 2]:.2f} "
+            f"| {spread} |"
+        )
+    lines += ["", f"| folder | plant | damage | {' | '.join(finds)} |", "|---|---|---|" + "---|" * len(finds)]
+    for name, r in damaging:
+        pl = r["plant"]
+        cells = []
+        for option in finds:
+            f = r["finds"].get(option)
+            if f is None:
+                cells.append("–")
+                continue
+            fo = f["found"]
+            spec = (
+                f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
+                if f["written"]
+                else "identity"
+            )
+            back = f"{f['steered']['win_back']['value']:.2f}" if f["steered"] else "0"
+            cells.append(f"{spec}, {back}")
+        lines.append(
+            f"| {name} | {pl['id']} L{pl['layer']} {pl['site']} {pl['count']} x{pl['scale']:g} "
+            f"| {r['damage']['mean']:.2f} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ref-mamba1")
-    p.add_argument("--out", type=Path, required=True, help="folder (created); plants/ID.json, summary, table")
+    p.add_argument("--out", type=Path, help="folder (created); plants/ID.json, summary, table")
     p.add_argument("--set", choices=(*SETS, "all"), default="all", help="which plants to run (default all)")
     p.add_argument("--plants", nargs="+", help="only these plant ids (e.g. D01 H03)")
     p.add_argument(
@@ -405,6 +466,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--list", action="store_true", help="print the plant list and stop")
+    p.add_argument(
+        "--pool",
+        nargs="+",
+        type=Path,
+        metavar="FOLDER",
+        help="print one table over these survey folders' plant files (of --set, damage >= --min-damage) "
+        "and stop; no model is loaded",
+    )
 
 
 def _check(a: argparse.Namespace, plants: list[Plant]) -> list[Plant]:
@@ -480,6 +549,11 @@ def run(a: argparse.Namespace) -> int:
     from lm_eval_ssmsteer.studies.plant import test_scores_per_document
     from lm_eval_ssmsteer.taskdata import TaskDataError
 
+    if a.pool:
+        print(pooled_table(a.pool, a.set, a.min_damage))
+        return 0
+    if a.out is None:
+        raise StudyArgumentError("--out is required (a folder for the plant files), unless --pool is given")
     path = resolve_model_path(a.model)
     plants = _plant_list(path)
     chosen = _check(a, plants)
