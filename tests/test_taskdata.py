@@ -373,3 +373,38 @@ def test_generation_budget_comes_from_the_answer():
     assert copy["max_gen_toks"] >= len(" " + copy["string"] + " .")
     [values] = generate("ssm_niah_multivalue", "test", 1, num_values=12, length=2048)
     assert values["max_gen_toks"] >= len(" " + ", ".join(values["target"]) + ".") > 96
+
+
+@pytest.fixture(scope="module")
+def neox_hf_count():
+    if not NEOX.is_dir():
+        pytest.skip(f"the GPT-NeoX tokenizer is not at {NEOX} (../shared beside the clone)")
+    from lm_eval_ssmsteer.taskdata.harness import token_counter
+
+    return token_counter({"tokenizer": str(NEOX)})  # what lm-eval runs measure lengths with
+
+
+@pytest.mark.parametrize("task", LONG)
+def test_documents_built_in_threads_are_the_documents_built_in_order(task, neox_hf_count):
+    one = generate(task, "test", 6, seed=5, count_tokens=neox_hf_count, length=1024)
+    four = generate(task, "test", 6, seed=5, count_tokens=neox_hf_count, workers=4, length=1024)
+    assert json.dumps(four, sort_keys=True) == json.dumps(one, sort_keys=True)
+
+
+def test_threads_report_too_short_documents_as_in_order_and_bad_counts_are_refused(monkeypatch):
+    with pytest.raises(TaskDataError) as serial:
+        generate("ssm_passkey", "test", 5, length=40)
+    with pytest.raises(TaskDataError) as threaded:
+        generate("ssm_passkey", "test", 5, workers=3, length=40)
+    assert str(threaded.value) == str(serial.value)
+    with pytest.raises(TaskDataError, match="workers = 0 must be an integer >= 1"):
+        generate("ssm_passkey", "test", 5, workers=0)
+    from lm_eval_ssmsteer.taskdata.harness import build_threads
+
+    monkeypatch.setenv("SSMSTEER_TASKDATA_THREADS", "3")
+    assert build_threads() == 3
+    monkeypatch.setenv("SSMSTEER_TASKDATA_THREADS", "many")
+    with pytest.raises(
+        TaskDataError, match="SSMSTEER_TASKDATA_THREADS='many': allowed values are integers >= 1"
+    ):
+        build_threads()

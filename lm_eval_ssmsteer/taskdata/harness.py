@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 from functools import cache
 from typing import Any
@@ -107,6 +108,19 @@ def token_counter(metadata: dict[str, Any]) -> TokenCounter:
     return char_count
 
 
+def build_threads() -> int:
+    """Threads that build long-context documents (a Hugging Face tokenizer measures their lengths and
+    releases the GIL while it does): SSMSTEER_TASKDATA_THREADS if set, else the CPUs this process may
+    use, at most 8. The documents are the same for any number."""
+    value = os.environ.get("SSMSTEER_TASKDATA_THREADS")
+    if value is not None:
+        if not value.isdigit() or int(value) < 1:
+            raise TaskDataError(f"SSMSTEER_TASKDATA_THREADS={value!r}: allowed values are integers >= 1")
+        return int(value)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
 @cache
 def _say_defaults_once() -> None:
     num_samples = ", ".join(f"{n} ({family})" for family, n in DEFAULT_NUM_SAMPLES.items())
@@ -129,10 +143,13 @@ def documents(task: str, metadata: dict[str, Any]) -> list[dict]:
         docs = generate(task, "test", n, seed=seed, **knobs)
     else:
         counter = token_counter(metadata)
+        workers = 1 if counter is char_count else build_threads()
         docs = []
         for length in lengths:
             try:
-                docs += generate(task, "test", n, seed=seed, count_tokens=counter, length=length, **knobs)
+                docs += generate(
+                    task, "test", n, seed=seed, count_tokens=counter, workers=workers, length=length, **knobs
+                )
             except TaskDataError as exc:
                 raise TaskDataError(f"{task}: metadata 'max_seq_lengths' value {length}: {exc}") from exc
     return [{**d, "answer": answer_text(d)} for d in docs]
