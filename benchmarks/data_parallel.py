@@ -14,12 +14,21 @@ bitwise). Speed-up is reported twice: on wall time (start-up included: imports, 
 building, which every process pays once, so it does not shrink with N) and on the evaluation's throughput
 (documents over the seconds spent answering requests, the slowest process's for N).
 
+**Shard replay** (``--shard-replay``): each rank's share of the documents (lm-eval gives rank r the
+documents r, r + N, ...) is also run alone in one process (``--samples``), so with the batches that rank
+formed, on one GPU each. The launch must equal the replay document by document; a document where the
+launch differs from the one-process run and the replay differs the same way comes from its batch
+composition (its batch mates decide its left padding), and is listed under ``batch_composition_differing``
+instead of failing the run. ``--replay-only`` (one GPU, or a CPU) runs the one-process run and the replay
+alone: what batch composition by itself changes.
+
 **ssmsteer sweep** (with `--sweep-layers`/`--sweep-sites`/`--sweep-scales`): the same grid swept by one
 process and by `accelerate launch --num_processes N -m lm_eval_ssmsteer sweep` (the processes split the
 cells); every cell's documents and the leaderboards compared the same way.
 
 Prints the tables and writes OUT/data_parallel.json; exits 1 when any output differs (a log-probability by
-more than `--logprob-tolerance`, 0 by default) or the N-process lm_eval results do not record world_size N.
+more than `--logprob-tolerance`, 0 by default) and the shard replay does not account for it, or the
+N-process lm_eval results do not record world_size N.
 
 lm-eval shards documents across processes only on accelerators (HFLM keeps world size 1 on a CPU, where
 every process would evaluate everything), so this needs N GPUs.
