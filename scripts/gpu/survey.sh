@@ -4,7 +4,7 @@
 # 240 documents), find with each option; one JSON file per plant under OUTDIR/survey/plants/, so a second
 # run resumes where the first stopped. OUTDIR/survey.tgz is packed after each set.
 #
-#   [SURVEY_SETS="unseen"] bash scripts/gpu/survey.sh OUTDIR [extra ssmsteer study survey arguments]
+#   [SURVEY_SETS="unseen fresh"] bash scripts/gpu/survey.sh OUTDIR [extra ssmsteer study survey arguments]
 #
 # Needs the mamba-ssm kernels (docs/gpu.md) and the checkout on PYTHONPATH.
 set -euo pipefail
