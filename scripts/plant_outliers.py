@@ -6,7 +6,9 @@ Plants the survey plant (``ssmsteer study survey --list`` names them), runs the 
 method ``outlier`` makes on the survey's calibration documents (its tasks, 512 and 2048 tokens, 4
 documents a task and length), and prints the pairs in the order the outlier screen takes them: each
 pair's score (how far its most extreme channel lies below the rest), its low outliers and, at the planted
-layer, how many of them are planted; then the planted channels' robust z-scores.
+layer, how many of them are planted; then the planted channels' robust z-scores. With ``--orders`` it also
+runs the attribution pass and says how many planted channels come first when the planted pair's low
+outliers are ordered by size (what the screen sweeps), by raw gradient or by gradient over size.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> int:
     p.add_argument("--plant", required=True, help="a survey plant id, e.g. F77")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--orders", action="store_true", help="also order the planted pair's outliers otherwise")
     a = p.parse_args()
     path = resolve_model_path(a.model)
     plants = {pl.id: pl for pl in survey._plant_list(path)}
@@ -63,6 +66,28 @@ def main() -> int:
     z = dict(zip(found.channels, found.z, strict=True))
     flagged = sorted(round(z[c], 1) for c in planted if c in z)
     print(f"planted channels flagged: {len(flagged)} of {len(planted)}, robust z {flagged}")
+    if a.orders:
+        from lm_eval_ssmsteer.finder import methods
+        from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
+
+        pair = (pl.layer, pl.site)
+        with fast_scan_if_allowed(model):  # as find runs it
+            grad = methods.attribution(model, batches, [pair], arch)[pair].grad.double()
+        low = found.channels
+        orders = {
+            "size (the screen's)": low,
+            "raw gradient": sorted(low, key=lambda c: float(grad[c])),
+            "gradient / size": sorted(low, key=lambda c: float(grad[c] / sizes[pair][c].clamp(min=1e-30))),
+        }
+        counts = [k for k in (4, 8, 16, 32) if k <= len(low)]
+        print(
+            f"| order of the {len(low)} low outliers | "
+            + " | ".join(f"planted in first {k}" for k in counts)
+            + " |"
+        )
+        print("|---|" + "---|" * len(counts))
+        for name, order in orders.items():
+            print(f"| {name} | " + " | ".join(str(len(set(order[:k]) & planted)) for k in counts) + " |")
     return 0
 
 
