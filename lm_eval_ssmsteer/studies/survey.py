@@ -321,6 +321,14 @@ def _interval(d: dict) -> str:
     return f"{d['value']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
 
 
+def _found_text(f: dict) -> str:
+    """A find option's spec in a table cell: L<layer> <site> <channels> x<scale>, or identity."""
+    fo = f["found"]
+    return (
+        f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}" if f["written"] else "identity"
+    )
+
+
 def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_damage: float) -> str:
     """Markdown: the summary per set, then one line per plant and find option."""
     lines = [
@@ -359,14 +367,9 @@ def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_d
         if not r["finds"]:
             lines.append(f"{head} – | not run (damage below --min-damage) | | | | | | |")
         for name, f in r["finds"].items():
-            fo = f["found"]
-            found = (
-                f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
-                if f["written"]
-                else "identity"
-            )
             lines.append(
-                f"{head} {name} | {found} | {'yes' if f['layer_site'] else 'no'} | {_pct(f['recall'])} | "
+                f"{head} {name} | {_found_text(f)} | {'yes' if f['layer_site'] else 'no'} | "
+                f"{_pct(f['recall'])} | "
                 f"{f['validation'] or f['rejected'] or '–'} | "
                 f"{_interval(f['steered']['win_back']) if f['steered'] else '0 (identity)'} | "
                 f"{_interval(f['random']['win_back']) if f['random'] else '–'} | {f['seconds']:.0f} |"
@@ -420,14 +423,8 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
             if f is None:
                 cells.append("–")
                 continue
-            fo = f["found"]
-            spec = (
-                f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
-                if f["written"]
-                else "identity"
-            )
             back = f"{f['steered']['win_back']['value']:.2f}" if f["steered"] else "0"
-            cells.append(f"{spec}, {back}")
+            cells.append(f"{_found_text(f)}, {back}")
         lines.append(
             f"| {name} | {pl['id']} L{pl['layer']} {pl['site']} {pl['count']} x{pl['scale']:g} "
             f"| {r['damage']['mean']:.2f} | {' | '.join(cells)} |"
