@@ -7,7 +7,6 @@ The backend glues, it does not compute: loading is ``loading``, validation is ``
 model_args (besides everything ``hf`` takes):
     steer=PATH.json | PRESET | '{...inline JSON...}'
     steer_layer=20,steer_site=mixer_out,steer_channels=[4,38],steer_scale=5.0[,steer_positions=all]
-    generation_batches=padded | same_length | one   (see ``GENERATION_BATCHES``)
 
 Prompts are never cut unless ``max_length`` is given: a state-space model has no positional limit, while
 ``hf`` falls back to 2,048 tokens for a config that names no context length (every Mamba config).
@@ -27,7 +26,7 @@ from lm_eval.models.utils import normalize_gen_kwargs
 
 import lm_eval_ssmsteer.mamba.stable  # noqa: F401  (registers model_type "stable_mamba" with the Auto classes)
 from lm_eval_ssmsteer import __version__
-from lm_eval_ssmsteer.lmeval.model_args import ModelArgsError, check_model_args
+from lm_eval_ssmsteer.lmeval.model_args import check_model_args
 from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, prepare_pretrained
 from lm_eval_ssmsteer.log_filters import drop_cpu_kernel_fallback, hflm_cut_lines_dropped
 from lm_eval_ssmsteer.mamba.arch import architecture, describe_model
@@ -41,14 +40,6 @@ log = logging.getLogger(__name__)
 _NO_LIMIT = 2**62
 # lm-eval passes these to every backend, whatever its signature
 _ALWAYS_PASSED = ("batch_size", "max_batch_size", "device")
-# How a batch of generation prompts reaches the model. lm-eval left-pads a batch to its longest prompt, so
-# a prompt's padding depends on which prompts share its batch (the batch size, a data-parallel shard); in
-# bf16 on the GPU kernels a different padding rounds differently, and a greedy generation can part.
-GENERATION_BATCHES = {
-    "padded": "lm-eval's batches as they come, left-padded to the longest prompt (the default; as `hf`)",
-    "same_length": "prompts of one token length batched together without padding",
-    "one": "each prompt alone, without padding: its output cannot depend on its batch mates",
-}
 
 
 def _warn_about_cuts(request_type: str, lengths: list[int], limits: list[int], max_length: int) -> None:
@@ -84,17 +75,10 @@ class MambaSteeredLM(HFLM):
         steer_scale: Any = None,
         steer_positions: str | None = None,
         fast_scan: bool | str = False,
-        generation_batches: str = "padded",
         **kwargs: Any,
     ) -> None:
         # Everything that can be checked without the model (pretrained, dtype, misspelt steer_* keys, the
-        # spec itself, generation_batches) fails here, before loading.
-        if generation_batches not in GENERATION_BATCHES:
-            raise ModelArgsError(
-                f"generation_batches={generation_batches!r}: allowed values are "
-                + "; ".join(f"{name} ({what})" for name, what in GENERATION_BATCHES.items())
-            )
-        self.generation_batches = generation_batches
+        # spec itself) fails here, before loading.
         self.steering_spec = check_model_args(
             {
                 "pretrained": pretrained,
@@ -195,37 +179,7 @@ class MambaSteeredLM(HFLM):
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
         with self._scan(), steer(self.model, self.steering_plan):
-            mask = generation_kwargs.get("attention_mask")
-            if self.generation_batches == "padded" or mask is None:
-                return super()._model_generate(context, max_length, stop, **generation_kwargs)
-            return self._generate_unpadded(context, mask, max_length, stop, generation_kwargs)
-
-    def _generate_unpadded(self, context, mask, max_length, stop, generation_kwargs):
-        """Generate for each group of ``generation_groups`` without its padding, and lay the outputs out
-        as one padded batch would be: the (padded) context in the first ``context.shape[1]`` columns, each
-        row's new tokens after them, pad tokens after a group that stopped early (HFLM decodes a row's
-        tokens after the context width, skipping special tokens, and cuts at the stop sequences)."""
-        width = context.shape[1]
-        lengths = mask.sum(dim=1).tolist()
-        kept = [int(mask[row, width - n :].sum()) if n else 0 for row, n in enumerate(lengths)]
-        if min(lengths) < 1 or kept != lengths:
-            raise RuntimeError(
-                f"generation_batches={self.generation_batches}: expected left-padded prompts of at least one "
-                f"token (attention mask lengths {lengths})"
-            )
-        new_tokens = max_length - width
-        pieces = []
-        for rows in generation_groups(lengths, self.generation_batches):
-            n = lengths[rows[0]]
-            ids = context[rows, width - n :]
-            kwargs = {**generation_kwargs, "attention_mask": mask[rows, width - n :]}
-            pieces.append((rows, n, super()._model_generate(ids, n + new_tokens, stop, **kwargs)))
-        longest = max(out.shape[1] - n for _, n, out in pieces)
-        result = context.new_full((context.shape[0], width + longest), self.tokenizer.pad_token_id)
-        result[:, :width] = context
-        for rows, n, out in pieces:
-            result[rows, width : width + out.shape[1] - n] = out[:, n:]
-        return result
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     def get_model_info(self) -> dict[str, Any]:
         info = super().get_model_info()
@@ -239,25 +193,11 @@ class MambaSteeredLM(HFLM):
                 "steering_spec": None if spec is None else spec.to_dict(),
                 "steering_spec_sha256": None if spec is None else spec.sha256,
                 "fast_scan": self.fast_scan,
-                "generation_batches": self.generation_batches,
                 # data-parallel runs (accelerate launch / torchrun): every process steers its own replica
                 "world_size": self.world_size,
             }
         )
         return info
-
-
-def generation_groups(lengths: list[int], mode: str) -> list[list[int]]:
-    """The rows of a generation batch that go to the model together under ``generation_batches=mode``
-    (``same_length`` or ``one``), given each row's prompt length in tokens; first appearance order."""
-    if mode == "one":
-        return [[row] for row in range(len(lengths))]
-    if mode != "same_length":
-        raise ValueError(f"generation_groups: mode {mode!r} is not same_length or one")
-    groups: dict[int, list[int]] = {}
-    for row, n in enumerate(lengths):
-        groups.setdefault(n, []).append(row)
-    return list(groups.values())
 
 
 @cache
