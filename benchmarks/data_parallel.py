@@ -74,11 +74,17 @@ def _load(folder: Path) -> tuple[dict, dict[tuple[str, int], dict]]:
 
 
 def _logprobs(sample: dict) -> list[float]:
+    """A loglikelihood document's log-probabilities, one a choice. lm-eval's sample files hold each
+    response as [log-prob, is-greedy], written as strings ("-161.39654541015625", "False") by 0.4.13 and
+    as numbers by other versions; a generation's responses are plain strings and give none."""
     out = []
     for resp in sample["resps"]:
         for r in resp:
-            if isinstance(r, list) and r and isinstance(r[0], int | float):
-                out.append(float(r[0]))
+            if isinstance(r, list) and len(r) == 2 and isinstance(r[0], int | float | str):
+                try:
+                    out.append(float(r[0]))
+                except ValueError:
+                    continue
     return out
 
 
@@ -180,6 +186,20 @@ def _request_seconds(folder: Path) -> float | None:
     return max(sum(json.loads(f.read_text()).values()) for f in files)
 
 
+def cells_seconds(sweep: Path) -> float | None:
+    """From the first cell's start to the last cell's end, over every process: each cell's results file
+    records when its evaluation started (``date``, seconds since the epoch) and how long it took
+    (``total_evaluation_time_seconds``). Process start-up, the model load and the final report are outside."""
+    spans = []
+    for path in sweep.glob("cells/*/*/results_*.json"):
+        results = json.loads(path.read_text())
+        start = float(results["date"])
+        spans.append((start, start + float(results["total_evaluation_time_seconds"])))
+    if not spans:
+        return None
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
 def _without_steering(model_args: str) -> str:
     return ",".join(kv for kv in model_args.split(",") if not kv.split("=", 1)[0].startswith("steer"))
 
@@ -219,12 +239,11 @@ def compare_sweeps(one: Path, many: Path, logprob_tolerance: float = 0.0) -> dic
     }
 
 
-def _table(rows: list[tuple[str, float, float | None]], documents: int) -> None:
-    """Wall seconds and, where known, request seconds, for 1 and N processes, with both speed-ups."""
+def _table(rows: list[tuple[str, float, float | None]], documents: int, busy: str = "request") -> None:
+    """Wall seconds and, where known, busy seconds (answering requests, or evaluating a sweep's cells), for
+    1 and N processes, with both speed-ups."""
     (_, wall_1, req_1), *_ = rows
-    print(
-        "| processes | wall s | speed-up (wall) | request s | documents/s (requests) | speed-up (requests) |"
-    )
+    print(f"| processes | wall s | speed-up (wall) | {busy} s | documents/s ({busy}s) | speed-up ({busy}s) |")
     print("|---|---|---|---|---|---|")
     for name, wall, req in rows:
         req_cells = "| | " if req is None or req_1 is None else f"| {req:.1f} | {documents / req:.1f} "
@@ -314,6 +333,17 @@ def lm_eval_leg(a: argparse.Namespace) -> dict:
         explain_by_replay(report, replay, _load(a.out / f"p{a.processes}")[1], a.logprob_tolerance)
     _table([(str(n), walls[n], requests[n]) for n in walls], report["documents"])
     _verdict(report, "lm_eval")
+    if "replay" in report:
+        replay = report["replay"]
+        print(
+            f"against the one-GPU replay of each rank's share (must be equal): identical documents "
+            f"{replay['identical_documents']}/{replay['documents']}"
+        )
+    if report.get("batch_composition_differing"):
+        print(
+            "differing from one process as the replay does (batch composition): "
+            + ", ".join(report["batch_composition_differing"])
+        )
     print(f"metrics equal: {report['metrics_equal']}")
     return report
 
@@ -352,8 +382,12 @@ def sweep_leg(a: argparse.Namespace) -> dict:
     report = compare_sweeps(a.out / "sweep-p1" / "sweep", a.out / f"sweep-p{a.processes}" / "sweep")
     report["wall_seconds"] = {str(n): round(s, 1) for n, s in walls.items()}
     report["speedup_wall"] = round(walls[1] / walls[a.processes], 2)
+    cells = {n: cells_seconds(a.out / f"sweep-p{n}" / "sweep") for n in walls}
+    report["cells_seconds"] = {str(n): None if s is None else round(s, 1) for n, s in cells.items()}
+    if cells[1] and cells[a.processes]:
+        report["speedup_cells"] = round(cells[1] / cells[a.processes], 2)
     print(f"\nssmsteer sweep {' '.join(common)}")
-    _table([(str(n), walls[n], None) for n in walls], report["documents"])
+    _table([(str(n), walls[n], cells[n]) for n in walls], report["documents"], busy="cell")
     _verdict(report, f"sweep ({report['cells']} cells)")
     print(f"leaderboards equal: {report['leaderboards_equal']}")
     return report

@@ -175,3 +175,37 @@ def test_replay_only_is_the_lm_eval_leg_alone(monkeypatch, capsys, tmp_path):
         dp.main()
     assert stopped.value.code == 2
     assert "--replay-only is the lm_eval leg alone" in capsys.readouterr().err
+
+
+def test_cells_seconds_spans_every_process_cells(tmp_path):
+    # three cells, two of them evaluated at once by two processes: first start 100, last end 131.5
+    for cell, start, seconds in (("a", 100.0, 12.0), ("b", 100.5, 11.0), ("c", 112.0, 19.5)):
+        folder = tmp_path / "cells" / cell / "model"
+        folder.mkdir(parents=True)
+        results = {"date": start, "total_evaluation_time_seconds": str(seconds)}
+        (folder / "results_2026-12-04T17-58-49.json").write_text(json.dumps(results))
+    assert dp.cells_seconds(tmp_path) == pytest.approx(31.5)
+    assert dp.cells_seconds(tmp_path / "empty") is None
+
+
+def test_logprobs_as_lm_eval_0_4_13_writes_them(tmp_path):
+    """lm-eval 0.4.13 logs a loglikelihood response as strings: the difference is measured, not read as 0."""
+
+    def run(folder: Path, third: str) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "results_2026-12-04T10-00-00.json").write_text(json.dumps({"results": {}, "config": {}}))
+        choices = [["-161.39654541015625", "False"], ["-169.5766", "False"], [third, "False"]]
+        lines = [
+            {"doc_id": 0, "doc_hash": "h0", "resps": [[c] for c in choices], "filtered_resps": choices},
+            {"doc_id": 1, "doc_hash": "h1", "resps": [["2301"]], "filtered_resps": ["2301"]},
+        ]
+        (folder / "samples_t_2026-12-04T10-00-00.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+        return folder
+
+    one, many = run(tmp_path / "one", "-148.74887084960938"), run(tmp_path / "many", "-157.8021240234375")
+    report = dp.compare(one, many, None)
+    assert report["max_abs_logprob_difference"] == pytest.approx(9.0532531738)
+    assert report["differing"] == ["t/0"]
+    assert report["identical_documents"] == 1
+    assert dp._logprobs({"resps": [[["-1.5", "True"]], [["-2.25", "False"]]]}) == [-1.5, -2.25]
+    assert dp._logprobs({"resps": [["some generated text"]]}) == []
