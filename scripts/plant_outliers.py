@@ -8,7 +8,15 @@ documents a task and length), and prints the pairs in the order the outlier scre
 pair's score (how far its most extreme channel lies below the rest), its low outliers and, at the planted
 layer, how many of them are planted; then the planted channels' robust z-scores. With ``--orders`` it also
 runs the attribution pass and says how many planted channels come first when the planted pair's low
-outliers are ordered by size (what the screen sweeps), by raw gradient or by gradient over size.
+outliers are ordered by size (what the screen sweeps), by raw gradient or by gradient over size. With
+``--groups SIZE`` it asks whether group screening could find the planted channels: the planted pair's
+channels, in a seeded random order, cut into blocks of SIZE, each block amplified at ``--group-scale``
+(default: the inverse of the plant's damping, the scale that undoes it exactly) and its calibration loss
+measured, beside the loss unplanted, planted, and with exactly the planted channels undone; a block's
+gain is the planted loss minus its loss. With ``--lift`` it lifts every channel of the planted pair whose
+robust z lies below -t (t from 3 down to 0) to the pair's median size, each by its own scale (clipped to
+64), and prints the calibration loss with how many planted channels the lift covers; and, for reference,
+exactly the planted channels lifted the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ def main() -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--device", default="cpu")
     p.add_argument("--orders", action="store_true", help="also order the planted pair's outliers otherwise")
+    p.add_argument(
+        "--groups", type=int, default=0, help="screen the planted pair's channels in blocks of this size"
+    )
+    p.add_argument("--group-scale", type=float, default=None, help="the blocks' scale (default: 1 / damping)")
+    p.add_argument("--lift", action="store_true", help="lift the planted pair's small channels to its median")
     a = p.parse_args()
     path = resolve_model_path(a.model)
     plants = {pl.id: pl for pl in survey._plant_list(path)}
@@ -88,7 +101,80 @@ def main() -> int:
         print("|---|" + "---|" * len(counts))
         for name, order in orders.items():
             print(f"| {name} | " + " | ".join(str(len(set(order[:k]) & planted)) for k in counts) + " |")
+    if a.groups:
+        _groups(model, batches, arch, pl, sorted(planted), a, path)
+    if a.lift:
+        _lift(model, batches, pl, sorted(planted), sizes[(pl.layer, pl.site)], a.device)
     return 0
+
+
+def _lift(model, batches, pl, planted: list[int], size, device: str) -> None:
+    """The lift table (``--lift``): channels below a robust-z threshold lifted to the median size."""
+    import math
+
+    from lm_eval_ssmsteer.finder import methods
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
+    from lm_eval_ssmsteer.spec import SteeringSpec
+
+    log = size.double().clamp(min=1e-30).log()
+    median = log.median()
+    z = (log - median) / (float((log - median).abs().median()) * magnitude.MAD_TO_SD)
+
+    def lifted_loss(channels: list[int]) -> float:
+        # one intervention per quarter-octave of scale: the spec stays short, each scale within 19% of its own
+        buckets: dict[float, list[int]] = {}
+        for c in channels:
+            lift = min(math.exp(float(median - log[c])), 64.0)
+            buckets.setdefault(round(math.log2(lift) * 4) / 4, []).append(c)
+        items = [
+            {"layer": pl.layer, "site": pl.site, "channels": sorted(cs), "scale": round(2.0**b, 4)}
+            for b, cs in buckets.items()
+        ]
+        spec = SteeringSpec.from_dict({"version": 1, "interventions": items}) if items else None
+        with fast_scan_if_allowed(model):
+            return methods.evaluate(model, batches, spec).loss
+
+    print(f"calibration loss planted {lifted_loss([]):.4f}; lifted to the median:")
+    print("| channels lifted | how many | planted among them | loss |")
+    print("|---|---|---|---|")
+    for t in (3.0, 2.0, 1.5, 1.0, 0.5, 0.0):
+        low = [c for c in range(len(z)) if z[c] < -t]
+        print(f"| z < -{t:g} | {len(low)} | {len(set(low) & set(planted))} | {lifted_loss(low):.4f} |")
+    print(f"| exactly the planted | {len(planted)} | {len(planted)} | {lifted_loss(planted):.4f} |")
+
+
+def _groups(model, batches, arch, pl, planted: list[int], a: argparse.Namespace, path) -> None:
+    """The group-screening table (``--groups``): per block of the planted pair's channels, how many are
+    planted and what amplifying the block gains on the calibration loss."""
+    import torch
+
+    from lm_eval_ssmsteer.finder import methods
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
+    from lm_eval_ssmsteer.spec import SteeringSpec
+
+    if a.groups < 1:
+        raise SystemExit(f"error: --groups {a.groups}: a block holds at least 1 channel")
+    scale = a.group_scale if a.group_scale is not None else 1.0 / pl.scale
+    width = arch.site_width(pl.site)
+    order = torch.randperm(width, generator=torch.Generator().manual_seed(0)).tolist()
+    blocks = [sorted(order[i : i + a.groups]) for i in range(0, width, a.groups)]
+
+    def loss(m, channels: list[int] | None) -> float:
+        spec = None if channels is None else SteeringSpec.single(pl.layer, pl.site, channels, scale)
+        with fast_scan_if_allowed(m):
+            return methods.evaluate(m, batches, spec).loss
+
+    clean, _ = load_model(path, device=a.device)
+    planted_loss = loss(model, None)
+    print(
+        f"calibration loss: unplanted {loss(clean, None):.4f}, planted {planted_loss:.4f}, planted channels "
+        f"x{scale:g} {loss(model, planted):.4f}"
+    )
+    print(f"| block of {a.groups} | planted in it | loss x{scale:g} | gain |")
+    print("|---|---|---|---|")
+    for i, block in enumerate(blocks):
+        value = loss(model, block)
+        print(f"| {i} | {len(set(block) & set(planted))} | {value:.4f} | {planted_loss - value:+.4f} |")
 
 
 if __name__ == "__main__":
