@@ -165,3 +165,36 @@ def test_cli_errors_name_the_field(tmp_path, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         train_cli(["--run", str(tmp_path / "r"), "--device", "cpu", *argv])
     assert message in str(e.value)
+
+
+def test_word_start_weights_pick_each_values_first_character():
+    docs = generate("ssm_niah_multiquery", "train", 1, seed=3, length=600, num_needles=4, num_queries=2)
+    examples = mix.encode([("ssm_niah_multiquery", t, s) for t, s in mix.sequences(prompts(docs[0]))])
+    ids, targets = mix.collate(examples, "cpu")
+    weights = mix.word_start_weights(ids, targets, 8.0)
+    answer = prompts(docs[0])[-1][1]  # "7133084, 1111101." style: two 7-digit values
+    first, second = (value.strip() for value in answer.rstrip(".").split(","))
+    picked = [_decode([int(targets[0, i])]) for i in torch.nonzero(weights[0] == 8.0).flatten().tolist()]
+    assert picked == [first[0], second[0]]
+    # every other target weighs 1, positions without a target 0
+    assert torch.equal(weights[0] > 0, targets[0] != -100)
+    assert int((weights[0] == 1.0).sum()) == int((targets[0] != -100).sum()) - 2
+    # weight 1 is the unweighted objective
+    assert torch.equal(mix.word_start_weights(ids, targets, 1.0), (targets != -100).float())
+
+
+def test_word_start_weight_run_trains_resumes_and_records_it(tmp_path):
+    config = TrainConfig(**{**TINY, "word_start_weight": 4.0})
+    whole = train(tmp_path / "whole", config, device="cpu", workers=1)
+    train(tmp_path / "staged", config, max_steps=3, device="cpu", workers=1)
+    staged = train(tmp_path / "staged", resume=True, device="cpu", workers=1)
+    assert whole["step"] == staged["step"]
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "staged")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(tmp_path / "plain", TrainConfig(**TINY), device="cpu", workers=1)
+    plain = _weights(tmp_path / "plain")
+    assert any(not torch.equal(a[k], plain[k]) for k in a), "the weight changed nothing"
+    info = json.loads((tmp_path / "staged/model/training.json").read_text())
+    assert info["config"]["word_start_weight"] == 4.0
+    with pytest.raises(ValueError, match="word_start_weight=0"):
+        TrainConfig(**{**TINY, "word_start_weight": 0})

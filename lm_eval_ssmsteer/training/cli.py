@@ -62,6 +62,12 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=500, help="steps between monitor passes (0: none)")
     p.add_argument("--eval-docs", type=int, default=32, help="calibration documents per task in the monitor")
     p.add_argument("--init", type=Path, default=None, help="a new run starts from this saved model folder")
+    p.add_argument(
+        "--word-start-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of an answer word's first character, e.g. a value's first digit (new run)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="steps in this stage at most")
     p.add_argument("--time-budget", type=float, default=None, help="seconds of training in this stage")
     p.add_argument("--decay-in-budget", action="store_true", help="this stage decays the learning rate")
@@ -123,6 +129,7 @@ def _main(a: argparse.Namespace, argv: list[str] | None) -> int:
         eval_every=a.eval_every,
         eval_docs=a.eval_docs,
         init=str(a.init) if a.init else None,
+        word_start_weight=a.word_start_weight,
     )
     train(
         a.run,

@@ -58,6 +58,8 @@ class TrainConfig:
     eval_every: int = 500
     eval_docs: int = 32
     init: str | None = None
+    # loss weight of an answer word's first character (mixing.word_start_weights); 1: every target alike
+    word_start_weight: float = 1.0
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr}, min_lr_ratio={self.min_lr_ratio}: lr > 0, ratio in [0, 1]")
         if self.curriculum_steps < 0 or self.eval_every < 0 or self.eval_docs < 0:
             raise ValueError("curriculum_steps, eval_every and eval_docs are >= 0")
+        if not self.word_start_weight > 0:
+            raise ValueError(f"word_start_weight={self.word_start_weight}: must be > 0")
 
     def mix(self) -> mixing.MixSpec:
         return mixing.default_mix(
@@ -286,18 +290,26 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             tensors = [mixing.collate(b, device) for b in micro]
-            n_targets = sum(int((t != -100).sum()) for _, t in tensors)
+            weighted = config.word_start_weight != 1.0
+            if weighted:
+                weights = [mixing.word_start_weights(i, t, config.word_start_weight) for i, t in tensors]
+                n_targets = float(sum(w.sum() for w in weights))
+            else:
+                n_targets = sum(int((t != -100).sum()) for _, t in tensors)
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for ids, targets in tensors:
+            for m, (ids, targets) in enumerate(tensors):
                 with autocast if autocast is not None else ExitStack():
                     logits = model(ids).logits
-                loss = (
-                    torch.nn.functional.cross_entropy(
-                        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+                flat = logits.float().flatten(0, 1), targets.flatten()
+                if weighted:  # a weighted mean over the step's targets
+                    per_token = torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="none")
+                    loss = (per_token * weights[m].flatten()).sum() / n_targets
+                else:
+                    loss = (
+                        torch.nn.functional.cross_entropy(*flat, ignore_index=-100, reduction="sum")
+                        / n_targets
                     )
-                    / n_targets
-                )
                 loss.backward()
                 step_loss += loss.item()
                 tokens_seen += ids.numel()

@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
@@ -287,6 +288,30 @@ class Stream:
             batch = [self.examples[i] for i in self.plan[self.index]]
             self.index += 1
             yield batch
+
+
+@cache
+def _word_start_tables() -> tuple[int, tuple[bool, ...]]:
+    """The project tokenizer's space id, and per token id whether it is a letter or a digit."""
+    vocab = project_tokenizer.build_tokenizer().get_vocab()
+    alnum = [False] * (max(vocab.values()) + 1)
+    for token, i in vocab.items():
+        alnum[i] = len(token) == 1 and token.isalnum()
+    return vocab[" "], tuple(alnum)
+
+
+def word_start_weights(ids, targets, weight: float):
+    """(b, l) float loss weights for ``collate``'s (ids, targets): ``weight`` where the target is a letter
+    or digit predicted right after a space (an answer word's first character: in "... are 7133084,
+    1111101." the 7 and the second 1, the characters that decide which value is written; the rest of a
+    value follows from its first), 1 at every other target, 0 where there is none (-100)."""
+    import torch
+
+    space, alnum = _word_start_tables()
+    table = torch.tensor(alnum, device=targets.device)
+    has = targets != -100
+    starts = has & (ids == space) & table[targets.clamp(min=0)]
+    return has.float() + (weight - 1.0) * starts.float()
 
 
 def collate(batch: Sequence[Example], device):
