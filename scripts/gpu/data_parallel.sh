@@ -14,7 +14,8 @@
 #
 #   bash scripts/gpu/data_parallel.sh OUTDIR NEOX_TOKENIZER_DIR [PROCESSES] [lm_eval|launch|replay|sweep|both] [DOCS]
 #
-# DP_MODEL_ARGS (optional, KEY=VALUE[,KEY=VALUE...]) is appended to the model_args.
+# DP_MODEL_ARGS (optional, KEY=VALUE[,KEY=VALUE...]) is appended to the model_args; DP_BATCH_SIZE (default 8)
+# is lm-eval's --batch_size (1: every document computed alone, so no batch mate can change it).
 #
 # Needs N GPUs, CUDA, the mamba-ssm kernels, lm-eval and accelerate; the checkout on PYTHONPATH.
 set -uo pipefail
@@ -29,7 +30,7 @@ model="$out/mamba-130m-random"
 [ -f "$model/config.json" ] || python3 scripts/gpu/make_130m_random.py "$model" "$neox" || exit 1
 args=(--processes "$processes"
       --model-args "pretrained=$model,dtype=bfloat16,steer=paper-mamba-130m${DP_MODEL_ARGS:+,$DP_MODEL_ARGS}"
-      --tasks ssm_passkey,ssm_copy_mc --batch-size 8)
+      --tasks ssm_passkey,ssm_copy_mc --batch-size "${DP_BATCH_SIZE:-8}")
 lm_eval_metadata="{\"max_seq_lengths\": [8192], \"num_samples\": $docs}"
 sweep_metadata='{"max_seq_lengths": [8192], "num_samples": 50}'
 sweep=(--sweep-metadata "$sweep_metadata" --sweep-sites delta --sweep-scales 2
