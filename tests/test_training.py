@@ -4,6 +4,7 @@ exact resumption of a run in stages."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -198,3 +199,46 @@ def test_word_start_weight_run_trains_resumes_and_records_it(tmp_path):
     assert info["config"]["word_start_weight"] == 4.0
     with pytest.raises(ValueError, match="word_start_weight=0"):
         TrainConfig(**{**TINY, "word_start_weight": 0})
+
+
+def test_range_overrides_change_only_their_knob_and_are_checked():
+    ranges = {"ssm_niah_multiquery": {"num_queries": [2, 4]}}
+    changed, default = mix.train_ranges(overrides=ranges), mix.train_ranges()
+    assert changed["ssm_niah_multiquery"]["num_queries"] == (2, 4)
+    assert {t: k for t, k in changed.items() if t != "ssm_niah_multiquery"} == {
+        t: k for t, k in default.items() if t != "ssm_niah_multiquery"
+    }
+    assert mix.train_ranges(overrides={"ssm_passkey": {"length": [300, 400]}})["ssm_passkey"]["length"] == (
+        300,
+        400,
+    )
+    # every multiquery document of the stream asks for two keys or more (capped by its needles)
+    spec = mix.default_mix(["ssm_niah_multiquery"], docs_per_epoch=64, ranges=ranges)
+    texts = mix.epoch_texts(spec, "full", 0)
+    assert texts and all(" and " in text.rsplit("?", 1)[0].rsplit("\n", 1)[-1] for _, text, _ in texts)
+    # without overrides the data is what it was
+    plain = mix.default_mix(["ssm_copy"], docs_per_epoch=32)
+    assert plain.ranges is None
+    assert mix.epoch_texts(plain, "full", 0) == mix.epoch_texts(
+        mix.default_mix(["ssm_copy"], docs_per_epoch=32, ranges={}), "full", 0
+    )
+    for bad, message in (
+        ({"ssm_nope": {"length": [1, 2]}}, "task 'ssm_nope' is not trainable"),
+        ({"ssm_copy": {"num_pairs": [1, 2]}}, "ssm_copy has no knob 'num_pairs'; its knobs: length"),
+        ({"ssm_copy": {"length": [5, 2]}}, "ssm_copy.length=5:2"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            mix.train_ranges(overrides=bad)
+
+
+def test_cli_ranges(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train_cli(
+            ["--run", str(tmp_path / "r"), "--device", "cpu", "--arch", "mamba", "--ranges", "copy.length"]
+        )
+    assert "expected TASK.KNOB=LOW:HIGH" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        train_cli(
+            ["--run", str(tmp_path / "r"), "--device", "cpu", "--arch", "mamba", "--ranges", "copy.size=1:2"]
+        )
+    assert "ssm_copy has no knob 'size'" in str(e.value)

@@ -35,6 +35,21 @@ def _weights(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _ranges(items: list[str]) -> dict[str, dict[str, list[int]]]:
+    out: dict[str, dict[str, list[int]]] = {}
+    for item in items:
+        name, _, bounds = item.partition("=")
+        task, dot, knob = name.rpartition(".")
+        low, colon, high = bounds.partition(":")
+        if not (dot and colon and low.strip().isdigit() and high.strip().isdigit()):
+            raise SystemExit(
+                f"error: --ranges {item!r}: expected TASK.KNOB=LOW:HIGH, e.g. niah_multiquery.num_queries=2:4"
+            )
+        task = task if task.startswith("ssm_") else f"ssm_{task}"
+        out.setdefault(task, {})[knob] = [int(low), int(high)]
+    return out
+
+
 def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="run folder (checkpoint/, model/, log.jsonl)")
@@ -56,6 +71,13 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--weights", nargs="+", default=[], metavar="TASK=W", help="mix weights per document")
     p.add_argument(
         "--balance", choices=("docs", "tokens"), default="docs", help="weights are shares of docs or tokens"
+    )
+    p.add_argument(
+        "--ranges",
+        nargs="+",
+        default=[],
+        metavar="TASK.KNOB=LO:HI",
+        help="override a task knob's training range",
     )
     p.add_argument("--docs-per-epoch", type=int, default=100_000)
     p.add_argument("--max-length", type=int, default=TRAIN_MAX_LENGTH, help="longest long-context prompt")
@@ -130,6 +152,7 @@ def _main(a: argparse.Namespace, argv: list[str] | None) -> int:
         eval_docs=a.eval_docs,
         init=str(a.init) if a.init else None,
         word_start_weight=a.word_start_weight,
+        ranges=_ranges(a.ranges),
     )
     train(
         a.run,

@@ -60,6 +60,8 @@ class TrainConfig:
     init: str | None = None
     # loss weight of an answer word's first character (mixing.word_start_weights); 1: every target alike
     word_start_weight: float = 1.0
+    # overrides of mixing.TRAIN_RANGES, {task: {knob: [low, high]}}, e.g. always two or more queried keys
+    ranges: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -75,10 +77,17 @@ class TrainConfig:
             raise ValueError("curriculum_steps, eval_every and eval_docs are >= 0")
         if not self.word_start_weight > 0:
             raise ValueError(f"word_start_weight={self.word_start_weight}: must be > 0")
+        mixing.check_ranges(self.ranges)
 
     def mix(self) -> mixing.MixSpec:
         return mixing.default_mix(
-            self.tasks or None, self.weights, self.docs_per_epoch, self.max_length, self.seed, self.balance
+            self.tasks or None,
+            self.weights,
+            self.docs_per_epoch,
+            self.max_length,
+            self.seed,
+            self.balance,
+            self.ranges,
         )
 
 
@@ -185,7 +194,9 @@ def export(run: Path, model, state: dict) -> Path:
         "parameters": state["parameters"],
         "train_split": "train",
         "config": state["config"],
-        "train_ranges": mixing.train_ranges(state["config"]["max_length"]),
+        "train_ranges": mixing.train_ranges(
+            state["config"]["max_length"], overrides=state["config"].get("ranges")
+        ),
         "steps_done": state["step"],
         "tokens_seen": state["tokens_seen"],
         "monitor_calibration": state.get("monitor"),

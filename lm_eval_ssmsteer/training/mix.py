@@ -68,18 +68,41 @@ CHUNK = 16  # documents per (task, knob draw)
 CURRICULUM_SHARE = 0.5  # the easy stream draws knobs from the lower half of each range
 
 
+def check_ranges(ranges: dict | None) -> dict[str, dict[str, tuple[int, int]]]:
+    """Overrides of TRAIN_RANGES, {task: {knob: (low, high)}}, checked: a trainable task, one of its knobs,
+    whole numbers 1 <= low <= high. Lists (as JSON gives them) become tuples."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for task, knobs in (ranges or {}).items():
+        if task not in TRAIN_RANGES:
+            raise ValueError(f"ranges: task {task!r} is not trainable; allowed: {', '.join(TRAIN_RANGES)}")
+        for knob, bounds in knobs.items():
+            if knob not in TRAIN_RANGES[task]:
+                allowed = ", ".join(TRAIN_RANGES[task])
+                raise ValueError(f"ranges: {task} has no knob {knob!r}; its knobs: {allowed}")
+            low, high = bounds
+            if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
+                raise ValueError(f"ranges: {task}.{knob}={low}:{high}; whole numbers with 1 <= low <= high")
+            out.setdefault(task, {})[knob] = (low, high)
+    return out
+
+
 def train_ranges(
-    max_length: int = TRAIN_MAX_LENGTH, easy: bool = False
+    max_length: int = TRAIN_MAX_LENGTH, easy: bool = False, overrides: dict | None = None
 ) -> dict[str, dict[str, tuple[int, int]]]:
-    """TRAIN_RANGES with long-context prompts of at most `max_length` characters (a long-context task
-    whose shortest prompt is longer is left out); `easy`: the lower half of every range."""
+    """TRAIN_RANGES with `overrides` (``check_ranges``) in place, long-context prompts of at most
+    `max_length` characters (a long-context task whose shortest prompt is longer is left out); `easy`: the
+    lower half of every range."""
     ranges = {}
+    changed = check_ranges(overrides)
     for task, knobs in TRAIN_RANGES.items():
+        knobs = {**knobs, **changed.get(task, {})}
         if "length" in knobs and TASKS[task].long_context:
-            low = knobs["length"][0]
+            low, high = knobs["length"]
             if low > max_length:
                 continue
-            knobs = {**knobs, "length": (low, max_length)}
+            # a long-context task trains up to max_length, or less where an override asks for less
+            high = min(high, max_length) if "length" in changed.get(task, {}) else max_length
+            knobs = {**knobs, "length": (low, high)}
         if easy:
             knobs = {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
         ranges[task] = knobs
@@ -132,9 +155,11 @@ def sequences(doc_prompts: Sequence[tuple[str, str]]) -> list[tuple[str, list[tu
     return [*separate, (text, spans)]
 
 
-def _chunk(job: tuple[str, int, int, str, int, bool]) -> list[tuple[str, str, list[tuple[int, str]]]]:
-    task, chunk, seed, stream, max_length, easy = job
-    ranges = train_ranges(max_length, easy)
+def _chunk(
+    job: tuple[str, int, int, str, int, bool, dict | None],
+) -> list[tuple[str, str, list[tuple[int, str]]]]:
+    task, chunk, seed, stream, max_length, easy, overrides = job
+    ranges = train_ranges(max_length, easy, overrides)
     rng = random.Random(f"train-mix/{task}/{seed}/{stream}/{chunk}")
     knobs = draw_knobs(task, rng, ranges)
     doc_seed = int.from_bytes(random.Random(f"docs/{task}/{seed}/{stream}/{chunk}").randbytes(6), "big")
@@ -151,14 +176,17 @@ class MixSpec:
     docs_per_epoch: int
     max_length: int = TRAIN_MAX_LENGTH
     seed: int = 0
+    ranges: dict | None = None  # overrides of TRAIN_RANGES (check_ranges)
 
 
 BALANCES = ("docs", "tokens")
 
 
-def mean_tokens(task: str, max_length: int = TRAIN_MAX_LENGTH, seed: int = 0, chunks: int = 4) -> float:
+def mean_tokens(
+    task: str, max_length: int = TRAIN_MAX_LENGTH, seed: int = 0, chunks: int = 4, ranges: dict | None = None
+) -> float:
     """Mean length in tokens of `task`'s training sequences (a few seeded chunks of the full ranges)."""
-    texts = [t for c in range(chunks) for t in _chunk((task, c, seed, "balance", max_length, False))]
+    texts = [t for c in range(chunks) for t in _chunk((task, c, seed, "balance", max_length, False, ranges))]
     return sum(len(text) for _, text, _ in texts) / len(texts)
 
 
@@ -169,12 +197,13 @@ def default_mix(
     max_length: int = TRAIN_MAX_LENGTH,
     seed: int = 0,
     balance: str = "docs",
+    ranges: dict | None = None,
 ) -> MixSpec:
     """The mix of `tasks` (all by default). `weights` override TASK_WEIGHTS; they are shares of documents
     (`balance="docs"`) or of tokens (`balance="tokens"`: a task of short sequences gets more of them)."""
     if balance not in BALANCES:
         raise ValueError(f"balance={balance!r}: one of {', '.join(BALANCES)}")
-    available = train_ranges(max_length)
+    available = train_ranges(max_length, overrides=ranges)
     chosen = tuple(tasks) if tasks else tuple(available)
     bad = [t for t in chosen if t not in TRAIN_RANGES]
     if bad:
@@ -194,10 +223,10 @@ def default_mix(
     if not any(w.values()):
         raise ValueError("weights: all zero; at least one task needs a positive weight")
     if balance == "tokens":
-        lengths = {t: mean_tokens(t, max_length, seed) for t in chosen}
+        lengths = {t: mean_tokens(t, max_length, seed, ranges=ranges) for t in chosen}
         mean = sum(lengths.values()) / len(lengths)
         w = {t: round(v * mean / lengths[t], 4) for t, v in w.items()}
-    return MixSpec(chosen, w, docs_per_epoch, max_length, seed)
+    return MixSpec(chosen, w, docs_per_epoch, max_length, seed, check_ranges(ranges) or None)
 
 
 def epoch_texts(
@@ -209,7 +238,7 @@ def epoch_texts(
     total = sum(mix.weights.values())
     name = f"{stream}{epoch}"
     jobs = [
-        (t, c, mix.seed, name, mix.max_length, easy)
+        (t, c, mix.seed, name, mix.max_length, easy, mix.ranges)
         for t in mix.tasks
         for c in range(math.ceil(mix.docs_per_epoch * mix.weights[t] / total / CHUNK))
     ]

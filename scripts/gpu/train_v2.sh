@@ -24,9 +24,10 @@
 #                                                         # copies): the whole mix with niah multiquery
 #                                                         # weighted x8 (Mamba-2 also x20), lr 5e-4 decayed
 #                                                         # over 1,800 steps: the one task none meets
-#   bash scripts/gpu/train_v2.sh stage10  RUNS OUT BUDGET INIT  # stage9 with the deciding characters weighted:
-#                                                         # --word-start-weight 8 (Mamba-2 also 32), each
-#                                                         # value's first digit is what the models get wrong
+#   bash scripts/gpu/train_v2.sh stage10  RUNS OUT BUDGET INIT  # stage9 with the deciding characters weighted
+#                                                         # (--word-start-weight 8: each value's first digit
+#                                                         # is what the models get wrong), each model with
+#                                                         # and without two to four queried keys always
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -150,13 +151,15 @@ stage9)
 stage10)
     init=${5:?INIT folder with ref-mamba1/, ref-mamba2/ and ref-bamba/}
     # stage9 moved nothing: the first value's first digit is one target of ~19 in a two-key answer; weigh
-    # an answer word's first character (mixing.word_start_weights) instead of the task
+    # an answer word's first character (mixing.word_start_weights) instead of the task, and (q24) ask two
+    # to four keys in every multiquery document instead of one or two
     mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --steps 1800
-        --decay-start 100 --weights niah_multiquery=4)
-    new m1-ws8 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 --word-start-weight 8 &
-    new m2-ws8 mamba2 --init "$init/ref-mamba2" "${mq[@]}" --word-start-weight 8 &
-    new m2-ws32 mamba2 --init "$init/ref-mamba2" "${mq[@]}" --word-start-weight 32 &
-    new h-ws8 bamba --init "$init/ref-bamba" "${mq[@]}" --word-start-weight 8 &
+        --decay-start 100 --word-start-weight 8 --weights niah_multiquery=4)
+    q24=(--ranges niah_multiquery.num_queries=2:4)
+    new m1-ws8 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 &
+    new m1-ws8q24 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 "${q24[@]}" &
+    new m2-ws8 mamba2 --init "$init/ref-mamba2" "${mq[@]}" &
+    new m2-ws8q24 mamba2 --init "$init/ref-mamba2" "${mq[@]}" "${q24[@]}" &
     wait
     ;;
 continue | decay)
