@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from lm_eval_ssmsteer.report.documents import samples_in
+
 HERE = Path(__file__).resolve().parent
 # the sweep's leaderboard files compared line by line (report/; scores.csv names each cell's results file,
 # whose name holds its date, and the cells are compared document by document anyway)
@@ -64,13 +66,7 @@ def _run(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> float:
 
 def _load(folder: Path) -> tuple[dict, dict[tuple[str, int], dict]]:
     [results] = sorted(folder.rglob("results_*.json"))[-1:]
-    samples = {}
-    for path in folder.rglob("samples_*.jsonl"):
-        for line in path.read_text().splitlines():
-            s = json.loads(line)
-            task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
-            samples[(task, s["doc_id"])] = s
-    return json.loads(results.read_text()), samples
+    return json.loads(results.read_text()), samples_in(folder)
 
 
 def _logprobs(sample: dict) -> list[float]:

@@ -209,3 +209,19 @@ def test_logprobs_as_lm_eval_0_4_13_writes_them(tmp_path):
     assert report["identical_documents"] == 1
     assert dp._logprobs({"resps": [[["-1.5", "True"]], [["-2.25", "False"]]]}) == [-1.5, -2.25]
     assert dp._logprobs({"resps": [["some generated text"]]}) == []
+
+
+def test_samples_in_keys_by_task_and_document(tmp_path):
+    from lm_eval_ssmsteer.report.documents import samples_in
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "samples_ssm_copy_mc_2026-12-04T17-50-10.408126.jsonl").write_text(
+        json.dumps({"doc_id": 3, "x": 1}) + "\n\n"
+    )
+    (tmp_path / "a" / "b" / "samples_ssm_copy_mc_merged.jsonl").write_text(json.dumps({"doc_id": 4, "x": 2}))
+    found = dp.samples_in(tmp_path)
+    assert (
+        found
+        == samples_in(tmp_path)
+        == {("ssm_copy_mc", 3): {"doc_id": 3, "x": 1}, ("ssm_copy_mc", 4): {"doc_id": 4, "x": 2}}
+    )

@@ -57,6 +57,19 @@ def samples_beside(results_file: Path, task: str) -> Path | None:
     return found if found.is_file() else None
 
 
+def samples_in(folder: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every sample line under ``folder`` (lm-eval's ``samples_<task>_<date>.jsonl``, searched
+    recursively), whole, keyed by (task, document id); the task is the file name less its date part."""
+    out = {}
+    for path in sorted(folder.rglob("samples_*.jsonl")):
+        task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
+        for line in path.read_text().splitlines():
+            if line.strip():
+                sample = json.loads(line)
+                out[(task, sample["doc_id"])] = sample
+    return out
+
+
 def read_samples(path: Path) -> DocumentScores:
     """The per-document scores of one samples file (read once while it is unchanged); ValueError naming
     the file and line when it is not one lm-eval wrote with document hashes."""

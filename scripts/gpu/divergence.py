@@ -22,17 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lm_eval_ssmsteer.report.documents import samples_in
 from lm_eval_ssmsteer.steering import steer
-
-
-def _samples(folder: Path) -> dict[tuple[str, int], dict]:
-    out = {}
-    for path in folder.rglob("samples_*.jsonl"):
-        task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
-        for line in path.read_text().splitlines():
-            sample = json.loads(line)
-            out[(task, sample["doc_id"])] = sample
-    return out
 
 
 def _generation(sample: dict) -> tuple[str, str] | None:
@@ -62,7 +53,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
 
-    one, other = _samples(a.run_a), _samples(a.run_b)
+    one, other = samples_in(a.run_a), samples_in(a.run_b)
     keys = sorted(k for k in one.keys() & other.keys() if one[k]["resps"] != other[k]["resps"])
     keys = [k for k in keys if _generation(one[k]) is not None]
     print(f"{len(keys)} generation documents differ")
