@@ -22,11 +22,16 @@ exactly the planted channels lifted the same way.
 from __future__ import annotations
 
 import argparse
+import math
 
-from lm_eval_ssmsteer.finder import magnitude, search
+import torch
+
+from lm_eval_ssmsteer.finder import magnitude, methods, search
 from lm_eval_ssmsteer.loading import load_model, resolve_model_path
 from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
 from lm_eval_ssmsteer.mamba.sites import SITES, same_site
+from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.studies import survey
 from lm_eval_ssmsteer.studies.damping import plant as plant_damage
 
@@ -44,6 +49,8 @@ def main() -> int:
     p.add_argument("--group-scale", type=float, default=None, help="the blocks' scale (default: 1 / damping)")
     p.add_argument("--lift", action="store_true", help="lift the planted pair's small channels to its median")
     a = p.parse_args()
+    if a.groups < 0:
+        p.error(f"--groups {a.groups}: a block holds at least 1 channel (0: no group screening)")
     path = resolve_model_path(a.model)
     plants = {pl.id: pl for pl in survey._plant_list(path)}
     if a.plant not in plants:
@@ -80,9 +87,6 @@ def main() -> int:
     flagged = sorted(round(z[c], 1) for c in planted if c in z)
     print(f"planted channels flagged: {len(flagged)} of {len(planted)}, robust z {flagged}")
     if a.orders:
-        from lm_eval_ssmsteer.finder import methods
-        from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
-
         pair = (pl.layer, pl.site)
         with fast_scan_if_allowed(model):  # as find runs it
             grad = methods.attribution(model, batches, [pair], arch)[pair].grad.double()
@@ -104,21 +108,21 @@ def main() -> int:
     if a.groups:
         _groups(model, batches, arch, pl, sorted(planted), a, path)
     if a.lift:
-        _lift(model, batches, pl, sorted(planted), sizes[(pl.layer, pl.site)], a.device)
+        _lift(model, batches, pl, sorted(planted), sizes[(pl.layer, pl.site)])
     return 0
 
 
-def _lift(model, batches, pl, planted: list[int], size, device: str) -> None:
-    """The lift table (``--lift``): channels below a robust-z threshold lifted to the median size."""
-    import math
+def _loss(model, batches, spec: SteeringSpec | None) -> float:
+    """The calibration loss under ``spec`` (None: unsteered), computed as ``find`` computes it."""
+    with fast_scan_if_allowed(model):
+        return methods.evaluate(model, batches, spec).loss
 
-    from lm_eval_ssmsteer.finder import methods
-    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
-    from lm_eval_ssmsteer.spec import SteeringSpec
 
+def _lift(model, batches, pl, planted: list[int], size: torch.Tensor) -> None:
+    """The lift table (``--lift``): channels below a robust-z threshold (``magnitude.low_outliers``) lifted
+    to the pair's median size, each by its own scale."""
     log = size.double().clamp(min=1e-30).log()
     median = log.median()
-    z = (log - median) / (float((log - median).abs().median()) * magnitude.MAD_TO_SD)
 
     def lifted_loss(channels: list[int]) -> float:
         # one intervention per quarter-octave of scale: the spec stays short, each scale within 19% of its own
@@ -130,15 +134,15 @@ def _lift(model, batches, pl, planted: list[int], size, device: str) -> None:
             {"layer": pl.layer, "site": pl.site, "channels": sorted(cs), "scale": round(2.0**b, 4)}
             for b, cs in buckets.items()
         ]
-        spec = SteeringSpec.from_dict({"version": 1, "interventions": items}) if items else None
-        with fast_scan_if_allowed(model):
-            return methods.evaluate(model, batches, spec).loss
+        return _loss(
+            model, batches, SteeringSpec.from_dict({"version": 1, "interventions": items}) if items else None
+        )
 
     print(f"calibration loss planted {lifted_loss([]):.4f}; lifted to the median:")
     print("| channels lifted | how many | planted among them | loss |")
     print("|---|---|---|---|")
     for t in (3.0, 2.0, 1.5, 1.0, 0.5, 0.0):
-        low = [c for c in range(len(z)) if z[c] < -t]
+        low = magnitude.low_outliers(size, threshold=t).channels
         print(f"| z < -{t:g} | {len(low)} | {len(set(low) & set(planted))} | {lifted_loss(low):.4f} |")
     print(f"| exactly the planted | {len(planted)} | {len(planted)} | {lifted_loss(planted):.4f} |")
 
@@ -146,34 +150,24 @@ def _lift(model, batches, pl, planted: list[int], size, device: str) -> None:
 def _groups(model, batches, arch, pl, planted: list[int], a: argparse.Namespace, path) -> None:
     """The group-screening table (``--groups``): per block of the planted pair's channels, how many are
     planted and what amplifying the block gains on the calibration loss."""
-    import torch
-
-    from lm_eval_ssmsteer.finder import methods
-    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
-    from lm_eval_ssmsteer.spec import SteeringSpec
-
-    if a.groups < 1:
-        raise SystemExit(f"error: --groups {a.groups}: a block holds at least 1 channel")
     scale = a.group_scale if a.group_scale is not None else 1.0 / pl.scale
     width = arch.site_width(pl.site)
     order = torch.randperm(width, generator=torch.Generator().manual_seed(0)).tolist()
     blocks = [sorted(order[i : i + a.groups]) for i in range(0, width, a.groups)]
 
-    def loss(m, channels: list[int] | None) -> float:
-        spec = None if channels is None else SteeringSpec.single(pl.layer, pl.site, channels, scale)
-        with fast_scan_if_allowed(m):
-            return methods.evaluate(m, batches, spec).loss
+    def amplified(channels: list[int]) -> SteeringSpec:
+        return SteeringSpec.single(pl.layer, pl.site, channels, scale)
 
     clean, _ = load_model(path, device=a.device)
-    planted_loss = loss(model, None)
+    planted_loss = _loss(model, batches, None)
     print(
-        f"calibration loss: unplanted {loss(clean, None):.4f}, planted {planted_loss:.4f}, planted channels "
-        f"x{scale:g} {loss(model, planted):.4f}"
+        f"calibration loss: unplanted {_loss(clean, batches, None):.4f}, planted {planted_loss:.4f}, planted "
+        f"channels x{scale:g} {_loss(model, batches, amplified(planted)):.4f}"
     )
     print(f"| block of {a.groups} | planted in it | loss x{scale:g} | gain |")
     print("|---|---|---|---|")
     for i, block in enumerate(blocks):
-        value = loss(model, block)
+        value = _loss(model, batches, amplified(block))
         print(f"| {i} | {len(set(block) & set(planted))} | {value:.4f} | {planted_loss - value:+.4f} |")
 
 

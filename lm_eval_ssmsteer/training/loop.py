@@ -282,6 +282,7 @@ def train(
     iters = {name: iter(s) for name, s in streams.items()}
     watched = monitor_set(mix.tasks, config.eval_docs, seed=config.seed) if config.eval_docs else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
+    weighted = config.word_start_weight != 1.0  # 1: the unweighted objective, computed as it always was
 
     with ExitStack() as stack:
         path = kernel_path(stack, config.arch, device)
@@ -301,7 +302,6 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             tensors = [mixing.collate(b, device) for b in micro]
-            weighted = config.word_start_weight != 1.0
             if weighted:
                 weights = [mixing.word_start_weights(i, t, config.word_start_weight) for i, t in tensors]
                 n_targets = float(sum(w.sum() for w in weights))

@@ -320,13 +320,16 @@ class Stream:
 
 
 @cache
-def _word_start_tables() -> tuple[int, tuple[bool, ...]]:
-    """The project tokenizer's space id, and per token id whether it is a letter or a digit."""
+def _word_start_tables(device) -> tuple[int, object]:
+    """The project tokenizer's space id, and a bool tensor on ``device``: per token id, a letter or digit
+    (built once a device: ``word_start_weights`` runs on every micro-batch)."""
+    import torch
+
     vocab = project_tokenizer.build_tokenizer().get_vocab()
     alnum = [False] * (max(vocab.values()) + 1)
     for token, i in vocab.items():
         alnum[i] = len(token) == 1 and token.isalnum()
-    return vocab[" "], tuple(alnum)
+    return vocab[" "], torch.tensor(alnum, device=device)
 
 
 def word_start_weights(ids, targets, weight: float):
@@ -334,12 +337,9 @@ def word_start_weights(ids, targets, weight: float):
     or digit predicted right after a space (an answer word's first character: in "... are 7133084,
     1111101." the 7 and the second 1, the characters that decide which value is written; the rest of a
     value follows from its first), 1 at every other target, 0 where there is none (-100)."""
-    import torch
-
-    space, alnum = _word_start_tables()
-    table = torch.tensor(alnum, device=targets.device)
+    space, alnum = _word_start_tables(targets.device)
     has = targets != -100
-    starts = has & (ids == space) & table[targets.clamp(min=0)]
+    starts = has & (ids == space) & alnum[targets.clamp(min=0)]
     return has.float() + (weight - 1.0) * starts.float()
 
 
