@@ -28,6 +28,8 @@
 #                                                         # (--word-start-weight 8: each value's first digit
 #                                                         # is what the models get wrong), each model with
 #                                                         # and without two to four queried keys always
+#   bash scripts/gpu/train_v2.sh stage11  RUNS OUT BUDGET INIT  # stage9's recipe on the two models with
+#                                                         # their SSM state doubled (training/widen.py)
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -36,7 +38,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage9|stage10|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage10|stage11|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -155,11 +157,25 @@ stage10)
     # to four keys in every multiquery document instead of one or two
     mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --steps 1800
         --decay-start 100 --word-start-weight 8 --weights niah_multiquery=4)
-    q24=(--ranges niah_multiquery.num_queries=2:4)
+    # four queried keys of four needles need ~551 tokens at some draws; the default range starts at 500
+    q24=(--ranges niah_multiquery.num_queries=2:4 niah_multiquery.length=640:768)
     new m1-ws8 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 &
     new m1-ws8q24 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 "${q24[@]}" &
     new m2-ws8 mamba2 --init "$init/ref-mamba2" "${mq[@]}" &
     new m2-ws8q24 mamba2 --init "$init/ref-mamba2" "${mq[@]}" "${q24[@]}" &
+    wait
+    ;;
+stage11)
+    init=${5:?INIT folder with ref-mamba1-s32/ and ref-mamba2-s128/ (python -m lm_eval_ssmsteer.training.widen)}
+    # stages 9 and 10 moved nothing: each model holds one of the two queried keys and answers the other slot
+    # with a needle that was not asked; the same models with twice the SSM state (new dimensions written,
+    # not read yet: the same function at step 0), stage9's recipe at two learning rates
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --steps 1800
+        --decay-start 100 --weights niah_multiquery=4)
+    new m1-s32 mamba --init "$init/ref-mamba1-s32" "${mq[@]}" phonebook=3 --lr 5e-4 &
+    new m1-s32-lr1e3 mamba --init "$init/ref-mamba1-s32" "${mq[@]}" phonebook=3 --lr 1e-3 &
+    new m2-s128 mamba2 --init "$init/ref-mamba2-s128" "${mq[@]}" --lr 5e-4 &
+    new m2-s128-lr1e3 mamba2 --init "$init/ref-mamba2-s128" "${mq[@]}" --lr 1e-3 &
     wait
     ;;
 continue | decay)
@@ -186,6 +202,8 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage8 ] && pack="m2-all h-all"
 [ "$mode" = stage8d ] && pack="m2-all-d h-all-d"
 [ "$mode" = stage9 ] && pack="m1-mq m2-mq m2-mq20 h-mq"
+[ "$mode" = stage10 ] && pack="m1-ws8 m1-ws8q24 m2-ws8 m2-ws8q24"
+[ "$mode" = stage11 ] && pack="m1-s32 m1-s32-lr1e3 m2-s128 m2-s128-lr1e3"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
