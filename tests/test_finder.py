@@ -200,6 +200,9 @@ def test_find_command_passes_the_steep_order_and_refuses_an_unknown_one(
         main([*args, "--steep-order", "largest"])
     assert refused.value.code == 2
     assert "--steep-order: invalid choice: 'largest'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--descend", "12"])
+    assert seen["descend"] == 12
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +229,7 @@ def gpt2_dir(tmp_path_factory):
         (["--candidates", "0"], "--candidates: 0 is too small; allowed: an integer >= 1"),
         (["--screen", "0"], "--screen: 0 is too small; allowed: an integer >= 1"),
         (["--validate-top", "0"], "--validate-top: 0 is too small; allowed: an integer >= 1"),
+        (["--descend", "-1"], "--descend: -1 is too small; allowed: an integer >= 0"),
         (
             ["--validation-docs-per-task", "-1"],
             "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",

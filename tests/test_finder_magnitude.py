@@ -266,3 +266,35 @@ def test_outlier_validates_other_channel_counts_of_the_best_pair():
         top["scale"],
     )
     assert (chosen.layers[0], chosen.site) == (0, "mixer_out") and set(chosen.channels) & set(channels)
+
+
+def test_descend_reads_a_saturated_plant_far_from_scale_one_and_its_points_compete():
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    with use_fast_scan():
+        channels = plant(model, 0, "mixer_out", 4, 0.02, seed=8)
+        batches = list(calibration.batches())
+        kept, scales = finder_search._descend(
+            model, batches, describe_model(model), (0, "mixer_out"), 20, None, 32, lambda *a: None
+        )
+        result = find(model, calibration, descend=20, progress=False)
+    # x0.02 is flat at scale 1 (what the consistency score reads); the descent walks out of it
+    assert len(kept) >= 3 and set(kept) <= set(channels), (kept, channels)
+    assert min(scales) > 8 and scales == sorted(scales, reverse=True)
+    scores = result.scores
+    assert scores["descend"] == 20 and result.spec.to_dict()["provenance"]["descend"] == 20
+    descended = scores["raw"]["descend"]
+    assert "0/mixer_out" in descended and len(descended) <= finder_search.DESCEND_PAIRS
+    for key, row in descended.items():
+        layer, site = key.split("/")
+        points = [
+            p
+            for p in scores["sweep"]
+            if p["stage"] == "descend" and (p["layer"], p["site"]) == (int(layer), site)
+        ]
+        assert {p["scale"] for p in points} == (
+            set(finder_search.DESCEND_SCALES) if row["channels"] else set()
+        )
+        assert all(p["channels"] == sorted(row["channels"]) for p in points)
+    with pytest.raises(Exception, match="descend: -1"):
+        find(model, calibration, descend=-1, progress=False)

@@ -235,7 +235,17 @@ def test_find_options_parse_and_name_themselves():
     option = survey.parse_find("outlier:validate=2:order=ratio")
     assert (option.validate, option.order, option.name) == (2, "ratio", "outlier:validate=2:order=ratio")
     assert survey.parse_find("outlier:order=gradient").name == "outlier"
-    for bad in ("causal:validate=0", "causal:depth=2", "causal:screen=x", "nope", "causal:order=size"):
+    option = survey.parse_find("outlier:descend=30")
+    assert (option.descend, option.name) == (30, "outlier:descend=30")
+    for bad in (
+        "causal:validate=0",
+        "outlier:descend=0",
+        "outlier:descend=x",
+        "causal:depth=2",
+        "causal:screen=x",
+        "nope",
+        "causal:order=size",
+    ):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
 

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace):
         ("--screen", args.screen, 1),
         ("--validate-top", args.validate_top, 1),
         ("--verify", args.verify, 0),
+        ("--descend", args.descend, 0),
         ("--validation-docs-per-task", args.validation_docs_per_task, 0),
         ("--max-channels", args.max_channels, 1),
     ):
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace):
         validation=validation,
         validate_top=args.validate_top,
         steep_order=args.steep_order,
+        descend=args.descend,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -238,6 +240,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="outlier: how the channels of a pair chosen for its steepest channel are ordered before its "
         "first 1, 2, 4, 8 are screened: gradient (most negative first, default), size (smallest first) or "
         "ratio (gradient over size); docs/finder.md, 'Unseen plants'",
+    )
+    p.add_argument(
+        "--descend",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the sweep, this many Adam steps on the per-channel log-scales of the best pair (and for "
+        "outlier the outlier screen's first pair), L1-pulled toward 1; the channels amplified past x1.5 "
+        "compete at x2, x3, x5, x8 (default 0: off; docs/finder.md, 'Descent')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -58,6 +58,13 @@ PROBE_SCALE = 8.0  # probes scale far from 1, where a saturated damage shows
 PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts`` for narrow sites)
 PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
 PROBE_ROUNDS = 3
+# descend (an option): Adam on a pair's per-channel log-scales with an L1 pull toward scale 1, then the
+# channels it amplified past DESCEND_KEEP swept at one scale each (the spec format keeps one scale)
+DESCEND_LR = 0.3
+DESCEND_L1 = 0.002
+DESCEND_KEEP = 1.5
+DESCEND_SCALES = (2.0, 3.0, 5.0, 8.0)
+DESCEND_PAIRS = 2  # the sweep's best pair and the outlier screen's first
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
@@ -176,6 +183,7 @@ def find(
     validation: CalibrationData | None = None,
     validate_top: int = 1,
     steep_order: str = "gradient",
+    descend: int = 0,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
@@ -186,11 +194,17 @@ def find(
     a pair chosen for its steepest channel are ordered before the first 1, 2, 4, 8 are screened, one of
     STEEP_ORDERS: ``gradient`` (most negative first, the default), ``size`` (smallest first, as the
     magnitude pass reads them) or ``ratio`` (gradient over size, most negative first: a damped channel's
-    gradient shrinks with its activation, the ratio does not)."""
+    gradient shrinks with its activation, the ratio does not). ``descend`` N > 0: after the sweep, N Adam
+    steps on the per-channel log-scales of the sweep's best pair (and, for ``outlier``, of the pair the
+    outlier screen ranks first), with an L1 pull toward 1; the channels a descent amplifies past
+    DESCEND_KEEP are then evaluated at DESCEND_SCALES and compete with the sweep's points (calibration,
+    then validation). It reads the loss away from scale 1, where a saturated damage is flat."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
+    if isinstance(descend, bool) or not isinstance(descend, int) or descend < 0:
+        raise FinderError(f"descend: {descend!r}; allowed: a whole number of steps, 0 (off) or more")
     arch = describe_model(model)
     if method == "variance":
         sites = [s for s in sites if s in OUTPUT_SITES]
@@ -206,6 +220,7 @@ def find(
         sweep = _Sweep(model, batches, arch, rankings, bars.advance)
         screened: list[dict[str, Any]] = []
         reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes or raw gradient
+        outliers: dict[Pair, magnitude.Outliers] = {}
         if method in ("causal", "outlier"):
             shortlist = _distinct_best(rankings, max(screen, candidates))
             # outlier also screens the pairs with the steepest single channel, at x8 as well: a damage
@@ -252,7 +267,6 @@ def find(
                         }
                         | ({"channels": order[: best_point["k"]]} if source == "gradient" else {})
                     )
-            outliers: dict[Pair, magnitude.Outliers] = {}
             if method == "outlier":
                 outliers = {p: magnitude.low_outliers(v) for p, v in sizes.items()}
                 raw["outliers"] = {
@@ -305,6 +319,22 @@ def find(
                         partial(bars.advance, f"layer {pair[0]} {pair[1]}"),
                     )
         sweep.sweep(plan, max_channels, bars)
+        if descend:
+            first = min(sweep.curve, key=lambda point: point["loss"])
+            targets = [(first["layer"], first["site"])]
+            if any(o.channels for o in outliers.values()):  # method outlier
+                top = max(outliers, key=lambda p: outliers[p].score)
+                targets += [top] if top not in targets else []
+            raw["descend"] = {}
+            with bars.phase("descend", descend * len(targets[:DESCEND_PAIRS]), "step"):
+                for pair in targets[:DESCEND_PAIRS]:
+                    channels, factors = _descend(
+                        model, batches, arch, pair, descend, sweep.start(pair[0]), max_channels, bars.advance
+                    )
+                    raw["descend"][f"{pair[0]}/{pair[1]}"] = {"channels": channels, "scales": factors}
+                    for scale in DESCEND_SCALES if channels else ():
+                        with sweep.quiet():
+                            sweep.run_channels(pair, "amplify", channels, scale, "descend")
         curve = sweep.curve
         best = min(curve, key=lambda point: point["loss"])
         improved = best["loss"] < base.loss
@@ -417,6 +447,7 @@ def find(
         },
         "validation": checked,
         **({"steep_order": steep_order} if steep_order != "gradient" else {}),
+        **({"descend": descend} if descend else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -456,6 +487,7 @@ def find(
         "validation": checked,
         "rejected": rejected,
         "steep_order": steep_order,
+        "descend": descend,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -537,6 +569,29 @@ def _probe(
         ranking.helpful = {**(ranking.helpful or {}), "amplify": len(point["channels"])}
         plan.append((pair, ("amplify",)))
     return probed, plan
+
+
+def _descend(
+    model, batches, arch: ArchInfo, pair: Pair, steps: int, start, max_channels: int, advance
+) -> tuple[list[int], list[float]]:
+    """``steps`` Adam steps (DESCEND_LR) on the per-channel log-scales of ``pair`` from scale 1, on the
+    mean answer loss plus DESCEND_L1 times the sum of |log-scale|; returns the channels the descent
+    amplified past DESCEND_KEEP, most amplified first (at most ``max_channels``), and their scales."""
+    logs = torch.zeros(arch.site_width(pair[1]), requires_grad=True)
+    optimizer = torch.optim.Adam([logs], lr=DESCEND_LR)
+    for _ in range(steps):
+        factor = logs.detach().exp()
+        grad = methods.gradient_at(model, batches, pair, factor, start)
+        optimizer.zero_grad()
+        logs.grad = grad * factor + DESCEND_L1 * torch.sign(logs.detach())  # d/d log s = s d/ds
+        optimizer.step()
+        with torch.no_grad():
+            logs.clamp_(-3.0, 4.5)  # scales within x0.05 .. x90
+        advance(f"descend layer {pair[0]} {pair[1]}")
+    final = logs.detach()
+    order = torch.argsort(final, descending=True).tolist()
+    kept = [c for c in order if float(final[c]) > math.log(DESCEND_KEEP)][:max_channels]
+    return kept, [round(float(final[c].exp()), 4) for c in kept]
 
 
 def _sizes(model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress) -> dict[Pair, torch.Tensor]:

@@ -122,41 +122,45 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 
 @dataclass(frozen=True)
 class FindOption:
-    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, outlier:order=HOW."""
+    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, outlier:order=HOW,
+    METHOD:descend=N."""
 
     method: str
     screen: int = 3
     validate: int = 1
     order: str = "gradient"
+    descend: int = 0
 
     @property
     def name(self) -> str:
         name = self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
         name = name if self.validate == 1 else f"{name}:validate={self.validate}"
-        return name if self.order == "gradient" else f"{name}:order={self.order}"
+        name = name if self.order == "gradient" else f"{name}:order={self.order}"
+        return name if self.descend == 0 else f"{name}:descend={self.descend}"
 
 
 def parse_find(text: str) -> FindOption:
-    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW] (order: method outlier only)."""
+    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW][:descend=N] (order: method outlier
+    only)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS
 
     method, *options = text.split(":")
-    values: dict = {"screen": 3, "validate": 1, "order": "gradient"}
+    values: dict = {"screen": 3, "validate": 1, "order": "gradient", "descend": 0}
     for option in options:
         key, _, value = option.partition("=")
-        number = key in ("screen", "validate") and value.isdigit() and int(value) >= 1
+        number = key in ("screen", "validate", "descend") and value.isdigit() and int(value) >= 1
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         if not (number or order):
             raise argparse.ArgumentTypeError(
-                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N (N >= 1), "
-                f"outlier:order={'|'.join(STEEP_ORDERS)}, or several joined by ':'"
+                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
+                f"(N >= 1), outlier:order={'|'.join(STEEP_ORDERS)}, or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
-    return FindOption(method, values["screen"], values["validate"], values["order"])
+    return FindOption(method, values["screen"], values["validate"], values["order"], values["descend"])
 
 
 def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
@@ -246,6 +250,7 @@ def measure_plant(
             validation=data["validation"],
             validate_top=option.validate,
             steep_order=option.order,
+            descend=option.descend,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -442,7 +447,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help="find options, METHOD[:screen=N][:validate=N], and for outlier also :order=gradient|size|ratio "
+        help="find options, METHOD[:screen=N][:validate=N][:descend=N], and for outlier also "
+        ":order=gradient|size|ratio "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))

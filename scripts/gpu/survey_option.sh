@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Add one find option to surveys already run (docs/finder.md, "Plant survey"): for every survey folder given
+# (one holding settings.json and plants/), a copy under WORK is resumed with that folder's own settings and
+# --only-damaging --finds FIND, so only FIND runs, on the plants recorded as damaging (the damage and the
+# references are measured again, on the same TEST documents); each copy is packed as OUT/<name>.tgz, with
+# <name> the folder's path below docs/results/finder/ with / as -.
+#
+#   SURVEY_SET=fresh bash scripts/gpu/survey_option.sh FIND WORK OUT FOLDER [FOLDER ...]
+#
+# Needs the mamba-ssm kernels (docs/gpu.md), the models named in the settings and the checkout on PYTHONPATH.
+set -uo pipefail
+find_option=${1:?usage: survey_option.sh FIND WORK OUT FOLDER...}
+work=${2:?WORK}
+out=${3:?OUT}
+shift 3
+mkdir -p "$work" "$out"
+for folder in "$@"; do
+    name=$(echo "${folder#docs/results/finder/}" | tr / -)
+    copy="$work/$name"
+    rm -rf "$copy" && cp -r "$folder" "$copy"
+    read -ra args <<<"$(python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+print("--model", s["model"], "--tasks", *s["tasks"], "--lengths", *map(str, s["lengths"]),
+      "--test-docs", s["test_docs"], "--docs-per-task", s["docs_per_task"])' "$copy/settings.json")"
+    echo "== $name: ${args[*]}"
+    python3 -m lm_eval_ssmsteer study survey --out "$copy" --set "${SURVEY_SET:?SURVEY_SET}" --device cuda \
+        "${args[@]}" --only-damaging --finds "$find_option" 2>&1 | grep -v "Loading weights" | tail -40
+    tar -czf "$out/$name.tgz" -C "$work" "$name"
+done
