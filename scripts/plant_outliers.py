@@ -16,7 +16,11 @@ measured, beside the loss unplanted, planted, and with exactly the planted chann
 gain is the planted loss minus its loss. With ``--lift`` it lifts every channel of the planted pair whose
 robust z lies below -t (t from 3 down to 0) to the pair's median size, each by its own scale (clipped to
 64), and prints the calibration loss with how many planted channels the lift covers; and, for reference,
-exactly the planted channels lifted the same way.
+exactly the planted channels lifted the same way. With ``--descend STEPS`` it runs find's descent
+(``search._descend``: Adam on the planted pair's per-channel log-scales, L1-pulled toward 1) and prints
+the channels it amplifies past x1.5 (planted or not) and the loss on the calibration, validation and
+TEST documents (``--test-docs`` a task and length) with those channels at each of find's descent scales,
+beside the loss unplanted, planted and with the planted channels undone.
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ def main() -> int:
     )
     p.add_argument("--group-scale", type=float, default=None, help="the blocks' scale (default: 1 / damping)")
     p.add_argument("--lift", action="store_true", help="lift the planted pair's small channels to its median")
+    p.add_argument(
+        "--descend", type=int, default=0, metavar="STEPS", help="run find's descent on the planted pair"
+    )
+    p.add_argument("--test-docs", type=int, default=2, help="TEST documents a task and length (default 2)")
     a = p.parse_args()
+    if a.descend < 0 or a.test_docs < 1:
+        p.error(f"--descend {a.descend}, --test-docs {a.test_docs}: allowed: STEPS >= 0, documents >= 1")
     if a.groups < 0:
         p.error(f"--groups {a.groups}: a block holds at least 1 channel (0: no group screening)")
     path = resolve_model_path(a.model)
@@ -60,7 +70,7 @@ def main() -> int:
         tasks=list(survey.SURVEY_TASKS),
         docs_per_task=survey.DOCS_PER_TASK,
         lengths=[512, 2048],
-        test_docs=2,
+        test_docs=a.test_docs,
         device=a.device,
     )
     model, tokenizer = load_model(path, device=a.device)
@@ -109,6 +119,8 @@ def main() -> int:
         _groups(model, batches, arch, pl, sorted(planted), a, path)
     if a.lift:
         _lift(model, batches, pl, sorted(planted), sizes[(pl.layer, pl.site)])
+    if a.descend:
+        _descend(model, data, arch, pl, sorted(planted), a, path)
     return 0
 
 
@@ -145,6 +157,45 @@ def _lift(model, batches, pl, planted: list[int], size: torch.Tensor) -> None:
         low = magnitude.low_outliers(size, threshold=t).channels
         print(f"| z < -{t:g} | {len(low)} | {len(set(low) & set(planted))} | {lifted_loss(low):.4f} |")
     print(f"| exactly the planted | {len(planted)} | {len(planted)} | {lifted_loss(planted):.4f} |")
+
+
+def _descend(model, data, arch, pl, planted: list[int], a: argparse.Namespace, path) -> None:
+    """The descent table (``--descend``): what find's descent keeps on the planted pair, and how the kept
+    channels at each descent scale do on documents the descent never saw."""
+    sets = {
+        "calibration": list(data["calibration"].batches()),
+        "validation": list(data["validation"].batches()),
+        "test": data["test"],
+    }
+    pair = (pl.layer, pl.site)
+    with fast_scan_if_allowed(model):
+        kept, scales = search._descend(
+            model, sets["calibration"], arch, pair, a.descend, None, 32, lambda *args: None
+        )
+    marks = ", ".join(
+        f"{c} x{s:.2f}{' (planted)' if c in planted else ''}" for c, s in zip(kept, scales, strict=True)
+    )
+    print(
+        f"descent, {a.descend} steps on L{pl.layer} {pl.site}: kept {len(kept)} channels: {marks or 'none'}"
+    )
+    clean, _ = load_model(path, device=a.device)
+    rows = [("unplanted", clean, None), ("planted", model, None)]
+    rows.append(
+        (
+            f"planted channels x{1 / pl.scale:g}",
+            model,
+            SteeringSpec.single(pl.layer, pl.site, planted, 1 / pl.scale),
+        )
+    )
+    rows += [
+        (f"kept channels x{s:g}", model, SteeringSpec.single(pl.layer, pl.site, kept, s))
+        for s in search.DESCEND_SCALES
+        if kept
+    ]
+    print("| steering | " + " | ".join(f"{name} loss" for name in sets) + " |")
+    print("|---|" + "---|" * len(sets))
+    for name, m, spec in rows:
+        print(f"| {name} | " + " | ".join(f"{_loss(m, b, spec):.4f}" for b in sets.values()) + " |")
 
 
 def _groups(model, batches, arch, pl, planted: list[int], a: argparse.Namespace, path) -> None:
