@@ -298,3 +298,23 @@ def test_descend_reads_a_saturated_plant_far_from_scale_one_and_its_points_compe
         assert all(p["channels"] == sorted(row["channels"]) for p in points)
     with pytest.raises(Exception, match="descend: -1"):
         find(model, calibration, descend=-1, progress=False)
+
+
+def test_a_descents_point_competes_with_the_sweeps_best_and_does_not_hide_it():
+    def point(stage, layer, site, k, loss):
+        return {"stage": stage, "layer": layer, "site": site, "k": k, "loss": loss, "scale": 5.0}
+
+    curve = [
+        point("sweep", 2, "ssm_out", 32, 0.30),  # the sweep's best point
+        point("sweep", 1, "ssm_out", 8, 0.35),  # the sweep's best point of the pair the descent walked
+        point("descend", 1, "ssm_out", 4, 0.10),  # the lowest calibration loss
+        point("descend", 1, "ssm_out", 4, 0.60),  # no better than the unsteered model
+    ]
+    pool = finder_search._validation_pool(curve, base_loss=0.5, n=1)
+    assert pool == [curve[2], curve[0]]
+    # more pairs: the descent's pair once (its descent point), the sweep's best pairs after it
+    assert finder_search._validation_pool(curve, base_loss=0.5, n=2) == [curve[2], curve[0], curve[1]]
+    # no descent among them: the pool is the best point of each pair, as without the option
+    plain = curve[:2]
+    assert finder_search._validation_pool(plain, 0.5, 2) == finder_search._best_per_pair(plain, 0.5, 2)
+    assert finder_search._validation_pool(curve[3:], 0.5, 1) == []

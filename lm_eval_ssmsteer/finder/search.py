@@ -341,7 +341,7 @@ def find(
         checked = None
         if validation is not None and improved:
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
-            pool = _best_per_pair(curve, base.loss, validate_top)
+            pool = _validation_pool(curve, base.loss, validate_top)
             pairs_pool = len(pool)
             if method == "outlier":  # the channel count too is chosen on the validation documents
                 pool += _other_counts(curve, pool[0], base.loss, VALIDATE_COUNTS)
@@ -500,6 +500,19 @@ def _best_per_pair(curve: list[dict[str, Any]], base_loss: float, n: int) -> lis
         if point["loss"] < base_loss:
             best.setdefault((point["layer"], point["site"]), point)
     return list(best.values())[: max(1, n)]
+
+
+def _validation_pool(curve: list[dict[str, Any]], base_loss: float, n: int) -> list[dict[str, Any]]:
+    """The points scored on the validation documents, the one that gains most there chosen: the best
+    point of each of the ``n`` best pairs (``_best_per_pair``), and, where a descent's point (stage
+    ``descend``) is among them, the best point of the other stages too. A descent's point fits the
+    calibration documents closely; it competes with the sweep's best on the validation documents
+    instead of hiding it, so its rejection there does not take the sweep's choice with it."""
+    pool = _best_per_pair(curve, base_loss, n)
+    if any(point["stage"] == "descend" for point in pool):
+        others = [point for point in curve if point["stage"] != "descend"]
+        pool += [point for point in _best_per_pair(others, base_loss, n) if point not in pool]
+    return pool
 
 
 def _other_counts(
