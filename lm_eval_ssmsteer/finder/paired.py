@@ -7,40 +7,35 @@ through their per-document differences, so that what the documents share (how ha
 - ``win_back``: the share of a damage undone, (Σ steered − Σ damaged) / (Σ intact − Σ damaged) over the
   same documents, with a bootstrap interval that resamples documents (numerator and denominator together).
 
-Bootstrap: BOOTSTRAP_DRAWS resamples of the documents with replacement (seed BOOTSTRAP_SEED), percentile
-interval at LEVEL. With few documents such an interval is too narrow rather than too wide; the number of
-documents is reported beside every interval.
-
-Not yet one home: ``report/paired.py`` (issue 20, merged while this was written) pairs lm-eval runs the
-same way (95%, scipy's bootstrap, a sign test). Folding the two into one module below both finder and
-report is open (docs/finder.md, "Not done").
+Intervals: ``lm_eval_ssmsteer.stats``'s document bootstrap (the one the reports use) at LEVEL, 90%: a
+validation decision is one-sided in use (is the gain above 0?), so 90% two-sided is a 5% one-sided test.
+With few documents such an interval is too narrow rather than too wide; the number of documents is
+reported beside every interval.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
-BOOTSTRAP_DRAWS = 2000
-BOOTSTRAP_SEED = 0
+from lm_eval_ssmsteer import stats
+
 LEVEL = 0.90
 BETTER, WORSE, UNDECIDED = "better", "worse", "undecided"
 
 
-def _resamples(n: int) -> torch.Tensor:
-    """(BOOTSTRAP_DRAWS, n) document indices drawn with replacement, the same for every call of size n."""
-    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
-    return torch.randint(0, n, (BOOTSTRAP_DRAWS, n), generator=generator)
+def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(sample, axis=axis)
 
 
-def _interval(draws: torch.Tensor) -> tuple[float, float]:
-    tail = (1 - LEVEL) / 2
-    finite = draws[torch.isfinite(draws)]
-    if finite.numel() == 0:
-        return float("nan"), float("nan")
-    low, high = torch.quantile(finite.double(), torch.tensor([tail, 1 - tail], dtype=torch.float64))
-    return float(low), float(high)
+def _ratio(gain: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(gain, axis=axis) / np.sum(gap, axis=axis)
+
+
+def _bounds(interval: tuple[float, float] | None) -> tuple[float, float]:
+    return (float("nan"), float("nan")) if interval is None else interval
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ class PairedDifference:
     decision: str  # BETTER / WORSE / UNDECIDED, for "larger is better"
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "level": LEVEL}
+        return {**asdict(self), "level": LEVEL, "resamples": stats.RESAMPLES}
 
 
 def paired_difference(before: torch.Tensor, after: torch.Tensor) -> PairedDifference:
@@ -71,7 +66,7 @@ def paired_difference(before: torch.Tensor, after: torch.Tensor) -> PairedDiffer
     n = d.numel()
     if n < 2:
         raise ValueError(f"a paired comparison needs at least 2 documents; got {n}")
-    low, high = _interval(d[_resamples(n)].mean(1))
+    low, high = _bounds(stats.bootstrap_interval([d.numpy()], _mean, LEVEL))
     decision = BETTER if low > 0 else WORSE if high < 0 else UNDECIDED
     return PairedDifference(
         n=n,
@@ -93,7 +88,7 @@ class WinBack:
     high: float
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "level": LEVEL}
+        return {**asdict(self), "level": LEVEL, "resamples": stats.RESAMPLES}
 
 
 def win_back(intact: torch.Tensor, damaged: torch.Tensor, steered: torch.Tensor) -> WinBack:
@@ -104,7 +99,7 @@ def win_back(intact: torch.Tensor, damaged: torch.Tensor, steered: torch.Tensor)
     gap = float((intact - damaged).sum())
     if abs(gap) < 1e-12:
         return WinBack(n, None, float("nan"), float("nan"))
-    idx = _resamples(n)
-    draws = (steered - damaged)[idx].sum(1) / (intact - damaged)[idx].sum(1)
-    low, high = _interval(torch.where((intact - damaged)[idx].sum(1) == 0, float("nan"), draws))
+    gain, lost = (steered - damaged).numpy(), (intact - damaged).numpy()
+    # documents resampled together in both sums; a resample whose damage sums to 0 is left out
+    low, high = _bounds(stats.bootstrap_interval([gain, lost], _ratio, LEVEL, paired=True))
     return WinBack(n, float((steered - damaged).sum()) / gap, low, high)

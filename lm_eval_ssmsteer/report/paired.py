@@ -6,9 +6,9 @@ get right (or wrong) add nothing to it. Compared as independent samples (``inter
 ``√(se_a² + se_b²)``) the same two runs get an interval several times wider.
 
 - the difference: mean over documents of current − baseline;
-- its 95% interval: the percentile bootstrap of that mean (``scipy.stats.bootstrap``, documents resampled
-  with replacement, a fixed seed so that reports are reproducible); for an average over tasks, each task's
-  documents are resampled on their own (a stratified bootstrap);
+- its 95% interval: the percentile bootstrap of that mean (``lm_eval_ssmsteer.stats``, documents
+  resampled with replacement, a fixed seed so that reports are reproducible); for an average over tasks,
+  each task's documents are resampled on their own (a stratified bootstrap);
 - its p-value: the exact two-sided sign test on the documents whose score changed (``scipy.stats.binomtest``
   with p = 1/2). For 0/1 scores this is the exact McNemar test; for other scores it counts which way each
   document moved and ignores by how much;
@@ -29,10 +29,9 @@ import numpy as np
 from scipy import stats
 
 from lm_eval_ssmsteer.report.documents import HASH_FIELDS, DocumentScores
+from lm_eval_ssmsteer.stats import bootstrap_interval
 
 CONFIDENCE = 0.95
-RESAMPLES = 10_000
-SEED = 0
 MCNEMAR = "McNemar"
 SIGN = "sign"
 PAIRED = "95% paired bootstrap interval"
@@ -81,25 +80,6 @@ def exact_sign_test(up: int, down: int) -> float:
     return float(stats.binomtest(up, up + down, 0.5).pvalue)
 
 
-def bootstrap_interval(
-    samples: Sequence[np.ndarray], statistic: Callable[..., np.ndarray]
-) -> tuple[float, float] | None:
-    """The 95% percentile bootstrap interval of ``statistic(*samples, axis=-1)``, each sample resampled on
-    its own; None when a sample has fewer than 2 documents (nothing to resample)."""
-    if any(len(s) < 2 for s in samples):
-        return None
-    found = stats.bootstrap(
-        tuple(samples),
-        statistic,
-        n_resamples=RESAMPLES,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        vectorized=True,
-        random_state=np.random.default_rng(SEED),
-    ).confidence_interval
-    return float(found.low), float(found.high)
-
-
 def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(sample, axis=axis)
 
@@ -109,7 +89,7 @@ def paired_difference(baseline: np.ndarray, current: np.ndarray) -> PairedDiffer
     diffs = np.asarray(current, float) - np.asarray(baseline, float)
     up, down = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
     binary = set(np.unique(baseline)) | set(np.unique(current)) <= {0.0, 1.0}
-    interval = bootstrap_interval([diffs], _mean)
+    interval = bootstrap_interval([diffs], _mean, CONFIDENCE)
     low, high = (None, None) if interval is None else interval
     return PairedDifference(
         n=len(diffs),
@@ -138,7 +118,7 @@ def paired_average(tasks: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> 
         ]
         return np.mean(per_task, axis=0)
 
-    interval = bootstrap_interval(diffs, mean_of_task_means)
+    interval = bootstrap_interval(diffs, mean_of_task_means, CONFIDENCE)
     low, high = (None, None) if interval is None else interval
     return PairedDifference(
         n=sum(len(d) for d in diffs),
