@@ -5,7 +5,8 @@
   ``custom_dataset`` function (9 times for ``ssmsteer_longctx``): for this package's tasks,
   ``taskdata.harness`` says once per run which defaults are used.
 - transformers' "`selective_scan_fn` is falling back to its reference PyTorch implementation because
-  `mamba_ssm` is not installed" (and the same for ``causal_conv1d``): the mamba-ssm and causal-conv1d
+  `mamba_ssm` is not installed" (5.25: "is either not installed or doesn't support the device of the
+  inputs"; the same for ``causal_conv1d``): the mamba-ssm and causal-conv1d
   kernels are CUDA-only, so on a CPU the fallback is expected (docs/gpu.md). Silenced once the backend
   has loaded a model on the CPU; every other transformers warning stays.
 """
@@ -22,9 +23,11 @@ HFLM_CUT_LINES = re.compile(r"^(Combined length of context|Left truncation appli
 METADATA_HINT_LOGGER = "lm_eval.api.task"
 METADATA_HINT = re.compile(r"^(\S+): Custom kwargs can be passed to `--metadata`")
 KERNEL_FALLBACK_LOGGER = "transformers.integrations.hub_kernels"
+# "... because `mamba_ssm` is not installed" up to 5.24, "... is either not installed or doesn't support the
+# device of the inputs" from 5.25
 KERNEL_FALLBACK = re.compile(
-    r"is falling back to its reference PyTorch implementation because `(causal_conv1d|mamba_ssm)` is not "
-    r"installed"
+    r"is falling back to its reference PyTorch implementation because `(causal_conv1d|mamba_ssm)` is "
+    r"(either )?not installed"
 )
 
 

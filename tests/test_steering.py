@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+from types import MethodType
 
 import pytest
 import torch
+import transformers
 from reference import reference_logits
 from steering_checks import greedy, hook_count, random_ids, rel_diff, some_channels, steered_generation
 from tiny import ARCHITECTURES, make_model, make_tokenizer
 
-from lm_eval_ssmsteer.mamba.arch import describe_model
-from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
+from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS, scan_functions
 from lm_eval_ssmsteer.mamba.sites import SITES
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer
@@ -104,7 +106,7 @@ def test_hooks_removed_even_after_an_exception(model):
     hooks_before = hook_count(model)
     module = sys.modules[type(model.base_model.layers[0].mixer).__module__]
     family = describe_model(model).family
-    functions_before = {n: getattr(module, n) for n in SCAN_FUNCTIONS[family]}
+    functions_before = {n: vars(module).get(n) for n in SCAN_FUNCTIONS[family]}
     spec = {
         "version": 1,
         "interventions": [{"layer": 0, "site": s, "channels": "all", "scale": 4.0} for s in SITES],
@@ -114,7 +116,7 @@ def test_hooks_removed_even_after_an_exception(model):
         assert not torch.equal(model(ids).logits, base)
         raise RuntimeError("boom")
     assert hook_count(model) == hooks_before
-    assert {n: getattr(module, n) for n in SCAN_FUNCTIONS[family]} == functions_before
+    assert {n: vars(module).get(n) for n in SCAN_FUNCTIONS[family]} == functions_before
     assert torch.equal(model(ids).logits, base)
 
 
@@ -143,7 +145,7 @@ def test_nested_steering_composes_and_unwinds(model, site):
     ids = random_ids()
     base = model(ids).logits
     module = sys.modules[type(model.base_model.layers[0].mixer).__module__]
-    functions_before = {n: getattr(module, n) for n in SCAN_FUNCTIONS[describe_model(model).family]}
+    functions_before = {n: vars(module).get(n) for n in SCAN_FUNCTIONS[describe_model(model).family]}
     with steer(model, SteeringSpec.single(layer=1, site=site, scale=2.0)):
         with steer(model, SteeringSpec.single(layer=1, site=site, scale=1.5)):
             nested = model(ids).logits
@@ -154,7 +156,7 @@ def test_nested_steering_composes_and_unwinds(model, site):
         assert torch.equal(outer_only, model(ids).logits)
     assert rel_diff(nested, single) < 1e-5
     assert rel_diff(nested, outer_only) > 1e-4
-    assert {n: getattr(module, n) for n in SCAN_FUNCTIONS[describe_model(model).family]} == functions_before
+    assert {n: vars(module).get(n) for n in SCAN_FUNCTIONS[describe_model(model).family]} == functions_before
     assert torch.equal(model(ids).logits, base)
 
 
@@ -179,3 +181,44 @@ def test_training_mode_takes_the_steerable_path(model):
     finally:
         model.eval()
     assert rel_diff(train_logits, eval_logits) < 1e-6
+
+
+@torch.no_grad()
+def test_steering_acts_through_a_hub_kernel_that_replaces_the_scan(model):
+    """From 5.25 (with the ``kernels`` package it requires) a mixer's calls to a module-level scan function
+    are routed to a private per-instance wrapper, which ``kernelize`` (on by default in
+    ``from_pretrained``) may replace with a hub kernel on CUDA. Steering wraps the module-level name, so a
+    replaced kernel still receives the steered inputs: here a stand-in kernel that counts its calls."""
+    mixer = next(iter(mamba_mixers(model).values()))
+    private = getattr(mixer, "_kernel_funcs", None)
+    if private is None:
+        pytest.skip(f"transformers {transformers.__version__} routes no scan to per-mixer kernels (< 5.25)")
+    module_dict, (scan_name, _, _) = scan_functions(mixer, describe_model(model).family)
+    kernel = private[module_dict[scan_name].kernel_layer_name]
+    ids = random_ids()
+    base = model(ids).logits
+    spec = SteeringSpec.single(layer="all", site="delta", channels="all", scale=0.5)
+    with steer(model, spec):
+        steered = model(ids).logits
+    calls = []
+    saved = kernel.__dict__.get("forward")
+    real = kernel.forward
+
+    def hub_kernel(self, *args, **kwargs):
+        calls.append(args[1])  # dt, as the scan receives it
+        return real(*args, **kwargs)
+
+    kernel.forward = MethodType(hub_kernel, kernel)  # as kernelize binds a hub kernel's forward
+    try:
+        with steer(model, spec):
+            assert torch.equal(model(ids).logits, steered)
+        n_steered = len(calls)
+        assert torch.equal(model(ids).logits, base)
+        with steer(model, SteeringSpec.single(layer="all", site="delta", channels="all", scale=1.0)):
+            assert torch.equal(model(ids).logits, base)
+    finally:
+        if saved is None:
+            del kernel.forward
+        else:
+            kernel.forward = saved
+    assert n_steered > 0 and not torch.equal(steered, base)

@@ -1,4 +1,4 @@
-"""What differs between the transformers releases this package supports (``transformers>=5.17,<5.25``).
+"""What differs between the transformers releases this package supports (``transformers>=5.17,<5.26``).
 
 The one place that knows how a release names the parts of its Mamba code that the package reaches
 into: forward keywords, output attributes and module-level function names. When a release renames
@@ -15,7 +15,12 @@ supported range by CI (``.ci/run`` runs the tests on the lowest and the newest r
   Bamba's and Granite 4.0-H's likewise, Zamba2's and Nemotron-H's per group throughout, Falcon-H1's
   per group by its ``n_groups``.
 - The scan functions of each mixer family's modeling module (``SCAN_FUNCTIONS``): the same names
-  across the range.
+  across the range, except that FalconMamba's module has no fused ``mamba_inner_fn`` from 5.25 (its
+  forward calls ``mamba_scan_forward``, which calls the two scan functions by these names). From 5.25,
+  with the ``kernels`` package it requires, each module-level scan function is an ``nn.Module`` that
+  routes a mixer's calls to that mixer's private wrapper, which ``kernelize`` (on by default in
+  ``from_pretrained``) may replace with a hub kernel on CUDA; swapping the module-level name still wraps
+  whatever runs inside (tests/test_steering.py pins it).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-SUPPORTED_RANGE = ">=5.17,<5.25"
+SUPPORTED_RANGE = ">=5.17,<5.26"
 
 # Newest name first: a forward's kwargs hold one of them, whichever the caller used.
 CACHE_NAMES = ("cache", "cache_params", "past_key_values")
@@ -66,13 +71,17 @@ def output_cache(output: Any) -> Any:
     return None
 
 
-def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, str, str]]:
+def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, str, str | None]]:
     """(the globals its ``forward`` reads, the mixer family's (prefill, decode, fused) scan function names).
     The forward's own globals, not those of the module defining the mixer's class: a subclass that
-    inherits ``forward`` calls the functions of the module that wrote it."""
-    module_dict = inspect.unwrap(type(mixer).forward).__globals__
-    names = SCAN_FUNCTIONS[family]
-    missing = [n for n in names if n not in module_dict]
+    inherits ``forward`` calls the functions of the module that wrote it. The fused name is None where
+    the module has no fused path (neither the function nor a call to it in ``forward``: FalconMamba from
+    5.25, whose dt norm the fused kernel cannot apply)."""
+    forward = inspect.unwrap(type(mixer).forward)
+    module_dict = forward.__globals__
+    scan, step, _ = SCAN_FUNCTIONS[family]
+    fused = fused_scan_name(module_dict, family, forward)
+    missing = [n for n in (scan, step, fused) if n is not None and n not in module_dict]
     if missing:
         import transformers
 
@@ -80,7 +89,16 @@ def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, 
             f"{module_dict.get('__name__')} has no {missing} in transformers {transformers.__version__}; "
             f"lm_eval_ssmsteer supports transformers{SUPPORTED_RANGE}"
         )
-    return module_dict, names
+    return module_dict, (scan, step, fused)
+
+
+def fused_scan_name(module_dict: Mapping[str, Any], family: str, forward: Any = None) -> str | None:
+    """The family's fused training function as ``module_dict`` names it, None where the modeling module
+    has no fused path (FalconMamba from 5.25): neither the function nor, in ``forward`` when given, a
+    call to it (a missing function that the forward still calls is an error for ``scan_functions``)."""
+    fused = SCAN_FUNCTIONS[family][2]
+    called = forward is not None and fused in forward.__code__.co_names
+    return fused if fused in module_dict or called else None
 
 
 def cached_states(cache: Any, layer_idx: int) -> tuple[Any, Any]:

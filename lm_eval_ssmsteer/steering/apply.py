@@ -175,7 +175,8 @@ class _Steerer:
         def replacements(current: dict[str, Any]) -> dict[str, Any]:
             # wrap what the module holds when the call starts: another steerer's wrappers compose
             scan, step = make(current[scan_name], current[step_name], scans)
-            return {scan_name: scan, step_name: step, fused_name: returns_none}
+            fused = {fused_name: returns_none} if fused_name else {}  # the fused path cannot be steered
+            return {scan_name: scan, step_name: step, **fused}
 
         self.handles.extend(swap_during_calls(mixer, module_dict, replacements))
 

@@ -113,12 +113,13 @@ def unfused_mixers(model_type: str):
     import importlib
 
     from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
-    from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
+    from lm_eval_ssmsteer.mamba.compat import fused_scan_name
     from lm_eval_ssmsteer.mamba.patch import returns_none, swapped
 
     arch = ARCHITECTURES[model_type]
     module = vars(importlib.import_module(arch.modeling_module))
-    return swapped(module, {SCAN_FUNCTIONS[arch.family][2]: returns_none})
+    fused = fused_scan_name(module, arch.family)
+    return swapped(module, {fused: returns_none} if fused else {})
 
 
 def kernel_path(stack: ExitStack, arch: str, device: str) -> str:
