@@ -30,6 +30,10 @@
 #                                                         # and without two to four queried keys always
 #   bash scripts/gpu/train_v2.sh stage11  RUNS OUT BUDGET INIT  # stage9's recipe on the two models with
 #                                                         # their SSM state doubled (training/widen.py)
+#   bash scripts/gpu/train_v2.sh stage12  RUNS OUT BUDGET INIT  # from INIT/ref-mamba1, ref-mamba2 (bf16 copies):
+#                                                         # two-key documents without distractor needles
+#                                                         # (the slot a model loses it fills with an unasked
+#                                                         # needle), and MQAR weighted up instead
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -38,7 +42,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage10|stage11|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage11|stage12|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -178,6 +182,22 @@ stage11)
     new m2-s128-lr1e3 mamba2 --init "$init/ref-mamba2-s128" "${mq[@]}" --lr 1e-3 &
     wait
     ;;
+stage12)
+    init=${5:?INIT folder with ref-mamba1/ and ref-mamba2/}
+    # stages 9-11 moved nothing; the lost slot is filled with a needle that was not asked (scripts/
+    # multiquery_slots.py). nd: every multiquery document holds exactly its two queried needles, so the
+    # second slot has no distractor to take and its value is always in the state; mqar: the short
+    # multi-query recall tasks weighted up (Zoology's recipe teaches query-key binding there)
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --steps 1800
+        --decay-start 100)
+    nd=(--ranges niah_multiquery.num_needles=2:2 niah_multiquery.num_queries=2:2 --weights niah_multiquery=4)
+    recall=(--weights niah_multiquery=4 mqar=6 zoology_mqar=6)
+    new m1-nd mamba --init "$init/ref-mamba1" "${mq[@]}" "${nd[@]}" phonebook=3 &
+    new m2-nd mamba2 --init "$init/ref-mamba2" "${mq[@]}" "${nd[@]}" &
+    new m1-mqar mamba --init "$init/ref-mamba1" "${mq[@]}" "${recall[@]}" phonebook=3 &
+    new m2-mqar mamba2 --init "$init/ref-mamba2" "${mq[@]}" "${recall[@]}" &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -204,6 +224,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage9 ] && pack="m1-mq m2-mq m2-mq20 h-mq"
 [ "$mode" = stage10 ] && pack="m1-ws8 m1-ws8q24 m2-ws8 m2-ws8q24"
 [ "$mode" = stage11 ] && pack="m1-s32 m1-s32-lr1e3 m2-s128 m2-s128-lr1e3"
+[ "$mode" = stage12 ] && pack="m1-nd m2-nd m1-mqar m2-mqar"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
