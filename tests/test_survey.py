@@ -343,3 +343,16 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
     assert "| m2 | F01 L1 delta 4 x0.05 | 0.20 | identity, 0 | L1 delta 2 x3, 0.30 |" in text
     with pytest.raises(survey.StudyArgumentError, match="no plant files under"):
         survey.pooled_table([tmp_path / "empty"], "fresh", 0.10)
+
+
+def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
+    args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01",
+            "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
+            "--finds", "outlier:descend=2"]  # fmt: skip
+    assert main(args) == 0
+    found = json.loads((tmp_path / "plants" / "D01.json").read_text())["finds"]["outlier:descend=2"]
+    descended = found["descended"]
+    assert descended and all(set(row) == {"channels", "scales"} for row in descended.values())
+    # the tiny random model's find validates 5 points (the best and other channel counts, the descent's)
+    assert found["validation"] == "better" and len(found["candidates"]) > 1
+    assert {"layer", "site", "k", "scale", "calibration_loss", "decision"} <= set(found["candidates"][0])

@@ -276,6 +276,10 @@ def measure_plant(
             "layer_site": layer_ok and site_ok and iv.scale != 1.0,
             "recall": len(hit) / len(channels),
             "calibration_loss": {"damaged": result.base.loss, "steered": result.best.loss},
+            # what the choice was made among: each validated point's calibration loss and validation gain,
+            # and (descend) the channels each descent kept
+            "candidates": None if validation is None else validation["candidates"],
+            "descended": result.scores["raw"].get("descend"),
             "steered": scored(result.spec) if iv.scale != 1.0 else None,
             "random": control,
         }
