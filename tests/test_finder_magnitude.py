@@ -305,16 +305,16 @@ def test_a_descents_point_competes_with_the_sweeps_best_and_does_not_hide_it():
         return {"stage": stage, "layer": layer, "site": site, "k": k, "loss": loss, "scale": 5.0}
 
     curve = [
-        point("sweep", 2, "ssm_out", 32, 0.30),  # the sweep's best point
-        point("sweep", 1, "ssm_out", 8, 0.35),  # the sweep's best point of the pair the descent walked
-        point("descend", 1, "ssm_out", 4, 0.10),  # the lowest calibration loss
-        point("descend", 1, "ssm_out", 4, 0.60),  # no better than the unsteered model
+        point("sweep", 2, "delta", 2, 0.001),  # the lowest calibration loss
+        point("sweep", 1, "ssm_out", 8, 0.35),  # the sweep's best point of the pair a descent walked
+        point("descend", 1, "ssm_out", 4, 0.006),  # that descent's best point
+        point("descend", 1, "ssm_out", 4, 0.10),
+        point("descend", 2, "delta", 1, 0.60),  # no better than the unsteered model
     ]
-    pool = finder_search._validation_pool(curve, base_loss=0.5, n=1)
-    assert pool == [curve[2], curve[0]]
-    # more pairs: the descent's pair once (its descent point), the sweep's best pairs after it
-    assert finder_search._validation_pool(curve, base_loss=0.5, n=2) == [curve[2], curve[0], curve[1]]
-    # no descent among them: the pool is the best point of each pair, as without the option
+    # the sweep's best pair, then each descended pair's best descent point, whatever its calibration rank
+    assert finder_search._validation_pool(curve, base_loss=0.5, n=1) == [curve[0], curve[2]]
+    assert finder_search._validation_pool(curve, base_loss=0.5, n=2) == [curve[0], curve[1], curve[2]]
+    # no descent: the pool is the best point of each pair, as without the option
     plain = curve[:2]
     assert finder_search._validation_pool(plain, 0.5, 2) == finder_search._best_per_pair(plain, 0.5, 2)
-    assert finder_search._validation_pool(curve[3:], 0.5, 1) == []
+    assert finder_search._validation_pool(curve[4:], 0.5, 1) == []
