@@ -26,6 +26,11 @@ SEED = 0
 _BATCH = 1_000  # resamples drawn at once: memory stays at _BATCH x documents per sample
 
 
+def mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean over documents, as ``bootstrap_interval`` calls a statistic."""
+    return np.mean(sample, axis=axis)
+
+
 def bootstrap_interval(
     samples: Sequence[np.ndarray],
     statistic: Callable[..., np.ndarray],

@@ -26,10 +26,6 @@ LEVEL = 0.90
 BETTER, WORSE, UNDECIDED = "better", "worse", "undecided"
 
 
-def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(sample, axis=axis)
-
-
 def _ratio(gain: np.ndarray, gap: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sum(gain, axis=axis) / np.sum(gap, axis=axis)
 
@@ -66,7 +62,7 @@ def paired_difference(before: torch.Tensor, after: torch.Tensor) -> PairedDiffer
     n = d.numel()
     if n < 2:
         raise ValueError(f"a paired comparison needs at least 2 documents; got {n}")
-    low, high = _bounds(stats.bootstrap_interval([d.numpy()], _mean, LEVEL))
+    low, high = _bounds(stats.bootstrap_interval([d.numpy()], stats.mean, LEVEL))
     decision = BETTER if low > 0 else WORSE if high < 0 else UNDECIDED
     return PairedDifference(
         n=n,

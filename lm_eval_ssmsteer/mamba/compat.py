@@ -15,12 +15,12 @@ supported range by CI (``.ci/run`` runs the tests on the lowest and the newest r
   Bamba's and Granite 4.0-H's likewise, Zamba2's and Nemotron-H's per group throughout, Falcon-H1's
   per group by its ``n_groups``.
 - The scan functions of each mixer family's modeling module (``SCAN_FUNCTIONS``): the same names
-  across the range, except that FalconMamba's module has no fused ``mamba_inner_fn`` from 5.25 (its
-  forward calls ``mamba_scan_forward``, which calls the two scan functions by these names). From 5.25,
-  with the ``kernels`` package it requires, each module-level scan function is an ``nn.Module`` that
-  routes a mixer's calls to that mixer's private wrapper, which ``kernelize`` (on by default in
-  ``from_pretrained``) may replace with a hub kernel on CUDA; swapping the module-level name still wraps
-  whatever runs inside (tests/test_steering.py pins it).
+  across the range, except that FalconMamba's and Jamba's modules have no fused ``mamba_inner_fn`` from
+  5.25 (their forwards call ``mamba_scan_forward``, which calls the two scan functions by these
+  names). From 5.25, with the ``kernels`` package it requires, each module-level scan function is an
+  ``nn.Module`` that routes a mixer's calls to that mixer's private wrapper, which ``kernelize`` (on by
+  default in ``from_pretrained``) may replace with a hub kernel on CUDA; swapping the module-level name
+  still wraps whatever runs inside (tests/test_steering.py pins it).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, 
     """(the globals its ``forward`` reads, the mixer family's (prefill, decode, fused) scan function names).
     The forward's own globals, not those of the module defining the mixer's class: a subclass that
     inherits ``forward`` calls the functions of the module that wrote it. The fused name is None where
-    the module has no fused path (neither the function nor a call to it in ``forward``: FalconMamba from
-    5.25, whose dt norm the fused kernel cannot apply)."""
+    the module has no fused path (neither the function nor a call to it in ``forward``: FalconMamba and
+    Jamba from 5.25, whose B/C/dt norms the fused kernel cannot apply)."""
     forward = inspect.unwrap(type(mixer).forward)
     module_dict = forward.__globals__
     scan, step, _ = SCAN_FUNCTIONS[family]
@@ -94,8 +94,9 @@ def scan_functions(mixer: Any, family: str) -> tuple[dict[str, Any], tuple[str, 
 
 def fused_scan_name(module_dict: Mapping[str, Any], family: str, forward: Any = None) -> str | None:
     """The family's fused training function as ``module_dict`` names it, None where the modeling module
-    has no fused path (FalconMamba from 5.25): neither the function nor, in ``forward`` when given, a
-    call to it (a missing function that the forward still calls is an error for ``scan_functions``)."""
+    has no fused path (FalconMamba and Jamba from 5.25): neither the function nor, in ``forward`` when
+    given, a call to it (a missing function that the forward still calls is an error for
+    ``scan_functions``)."""
     fused = SCAN_FUNCTIONS[family][2]
     called = forward is not None and fused in forward.__code__.co_names
     return fused if fused in module_dict or called else None

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from lm_eval_ssmsteer.report.documents import HASH_FIELDS, DocumentScores
-from lm_eval_ssmsteer.stats import bootstrap_interval
+from lm_eval_ssmsteer.stats import bootstrap_interval, mean
 
 CONFIDENCE = 0.95
 MCNEMAR = "McNemar"
@@ -80,16 +80,12 @@ def exact_sign_test(up: int, down: int) -> float:
     return float(stats.binomtest(up, up + down, 0.5).pvalue)
 
 
-def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(sample, axis=axis)
-
-
 def paired_difference(baseline: np.ndarray, current: np.ndarray) -> PairedDifference:
     """current − baseline of scores aligned by document."""
     diffs = np.asarray(current, float) - np.asarray(baseline, float)
     up, down = int(np.sum(diffs > 0)), int(np.sum(diffs < 0))
     binary = set(np.unique(baseline)) | set(np.unique(current)) <= {0.0, 1.0}
-    interval = bootstrap_interval([diffs], _mean, CONFIDENCE)
+    interval = bootstrap_interval([diffs], mean, CONFIDENCE)
     low, high = (None, None) if interval is None else interval
     return PairedDifference(
         n=len(diffs),
