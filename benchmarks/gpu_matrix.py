@@ -18,6 +18,9 @@ runs (``alloc``: the caching allocator hands out other blocks), and once more af
 (``drift``). The decode identity is held to the larger of run-to-run and ``alloc``: on the GPU a hybrid's
 16-bit attention decode step changes in the last place with what else the device holds, steered or not
 (``decode_alloc_probe.py``; docs/hybrids.md). Where that is 0 (fp32, pure Mamba) the bound stays 0.
+Two decodes are compared over the steps they took from the same input (``decode_diff``): where such a
+last-place difference flips a greedy near-tie, the steps after the flip read other tokens and are left
+out, and the row says that the tokens differ.
 ``--deterministic`` runs with torch's deterministic algorithms and a fixed cuBLAS workspace; ``--attn``
 picks a hybrid's attention implementation. Prints one Markdown table; exits 1 on any failure.
 
@@ -161,20 +164,37 @@ def decode(model, spec, prompt, new_tokens) -> tuple[torch.Tensor, torch.Tensor]
 ALLOC_PERTURBATIONS = ((1,), (4_097, 33), (1_000_003,))
 
 
-def decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec) -> float:
-    """The largest difference of unsteered decodes, each run while tensors of other sizes are held, from
-    the plain unsteered decode (inf if the tokens differ)."""
-    worst = 0.0
+def decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec) -> tuple[float, bool]:
+    """The largest difference (``decode_diff``) of unsteered decodes, each run while tensors of other
+    sizes are held, from the plain unsteered decode, and whether any of them chose other tokens."""
+    worst, flipped = 0.0, False
     for sizes in ALLOC_PERTURBATIONS:
         held = [torch.empty(n, device=prompt.device) for n in sizes]
         seq, dec = decode(model, None, prompt, new_tokens)
         del held
-        worst = max(worst, max_diff(dec, base_dec) if torch.equal(seq, base_seq) else float("inf"))
-    return worst
+        diff, other = decode_diff(seq, dec, base_seq, base_dec)
+        worst, flipped = max(worst, diff), flipped or other
+    return worst, flipped
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
+
+
+def decode_diff(seq, dec, base_seq, base_dec) -> tuple[float, bool]:
+    """The largest logit difference of two greedy decodes over the steps both took from the same input,
+    and whether their tokens differ. Per sequence, every step up to the first whose greedy token differs
+    is compared, that step included (its logits came from equal inputs); after it the two decodes read
+    different tokens, so their logits are not comparable. A last-place difference that flips a near-tie
+    therefore counts as that difference, not as an infinite one."""
+    steps = dec.shape[1]
+    new, base_new = seq[:, -steps:], base_seq[:, -steps:]
+    worst = 0.0
+    for row in range(new.shape[0]):
+        differ = torch.nonzero(new[row] != base_new[row])
+        last = int(differ[0]) if len(differ) else steps - 1
+        worst = max(worst, max_diff(dec[row, : last + 1], base_dec[row, : last + 1]))
+    return worst, not torch.equal(seq, base_seq)
 
 
 @torch.no_grad()
@@ -209,8 +229,8 @@ def run_arch_dtype(
     noise_prefill = max_diff(prefill(model, None, ids), base)
     base_seq, base_dec = decode(model, None, prompt, new_tokens)
     seq2, dec2 = decode(model, None, prompt, new_tokens)
-    noise_decode = max_diff(dec2, base_dec) if torch.equal(seq2, base_seq) else float("inf")
-    alloc_decode = decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec)
+    noise_decode, noise_flips = decode_diff(seq2, dec2, base_seq, base_dec)
+    alloc_decode, alloc_flips = decode_other_blocks(model, prompt, new_tokens, base_seq, base_dec)
     decode_bound = max(noise_decode, alloc_decode)
     count_kernels = device == "cuda" and _has_kernels()
 
@@ -224,8 +244,8 @@ def run_arch_dtype(
                 more = SteeringSpec.single(layer=layers, site=site, scale=1.5, positions=positions)
                 row["identity_prefill"] = max_diff(prefill(model, one, ids), base)
                 seq, dec = decode(model, one, prompt, new_tokens)
-                row["identity_decode"] = (
-                    max_diff(dec, base_dec) if torch.equal(seq, base_seq) else float("inf")
+                row["identity_decode"], row["identity_tokens_differ"] = decode_diff(
+                    seq, dec, base_seq, base_dec
                 )
                 if torch.equal(seq, base_seq) and row["identity_decode"] > 0:  # the first step that differs
                     steps = (dec - base_dec).abs().flatten(2).amax(dim=(0, 2))
@@ -247,10 +267,15 @@ def run_arch_dtype(
             )
             rows.append(row)
     seq3, dec3 = decode(model, None, prompt, new_tokens)
-    drift_decode = max_diff(dec3, base_dec) if torch.equal(seq3, base_seq) else float("inf")
+    drift_decode, drift_flips = decode_diff(seq3, dec3, base_seq, base_dec)
     for row in rows:
         row["noise_prefill"], row["noise_decode"] = noise_prefill, noise_decode
         row["alloc_decode"], row["drift_decode"] = alloc_decode, drift_decode
+        row["unsteered_tokens_differ"] = {
+            "run_to_run": noise_flips,
+            "alloc": alloc_flips,
+            "drift": drift_flips,
+        }
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -62,3 +62,25 @@ def test_matrix_reports_a_hybrid_whose_steering_has_no_effect(matrix, monkeypatc
     assert code == 1
     assert any("bamba/bf16/delta/all: scale 1.5 changes no decoded logit" in f for f in failures)
     assert not any("/B/" in f or "/mixer_out/" in f for f in failures)
+
+
+def test_decode_diff_compares_steps_up_to_the_first_token_that_differs(matrix):
+    torch = pytest.importorskip("torch")
+    prompt = torch.tensor([[5, 6], [7, 8]])
+    base_new = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    base_seq = torch.cat([prompt, base_new], dim=1)
+    base_dec = torch.zeros(2, 4, 10)
+    dec = base_dec.clone()
+    # row 0 keeps its tokens; one logit moves by 0.01 at its last step
+    dec[0, 3, 0] = 0.01
+    # row 1 flips its greedy token at step 1 after a 0.02 move there; later steps read another token
+    dec[1, 1, 2] = 0.02
+    dec[1, 2:, :] = 7.0
+    new = base_new.clone()
+    new[1, 1:] = torch.tensor([9, 9, 9])
+    diff, flipped = matrix.decode_diff(torch.cat([prompt, new], dim=1), dec, base_seq, base_dec)
+    assert diff == pytest.approx(0.02)
+    assert flipped
+    same, flipped = matrix.decode_diff(base_seq, dec, base_seq, base_dec)
+    assert same == 7.0  # with equal tokens every step is compared
+    assert not flipped
