@@ -351,6 +351,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write(path: str, info: dict, shape: str, rows: list[dict], failures: list[str], done: bool) -> None:
+    """The JSON result, replaced whole (a temporary file renamed over it); ``complete`` is false until
+    every requested (arch, dtype) has run."""
+    doc = {"versions": info, "shape": shape, "complete": done, "rows": rows, "failures": failures}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -371,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here; use --device cpu --shape tiny")
     start = time.time()
+    info = versions()
+    info["deterministic"] = str(args.deterministic)
+    info["attn"] = args.attn or "default"
     rows, failures = [], []
     for arch in args.archs:
         for dtype_name in args.dtypes:
@@ -378,19 +391,15 @@ def main(argv: list[str] | None = None) -> int:
             rows += r
             failures += f
             print(f"{arch} {dtype_name}: {len(f)} failures ({time.time() - start:.0f} s)", file=sys.stderr)
-    info = versions()
-    info["deterministic"] = str(args.deterministic)
-    info["attn"] = args.attn or "default"
+            if args.out:  # after every (arch, dtype): a run cut short keeps the rows it finished
+                _write(args.out, info, args.shape, rows, failures, done=False)
     print(", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"shape {args.shape}, (batch, prefill, prompt, new tokens) = {SIZES[args.shape]}")
     print(table(rows))
     for failure in failures:
         print("FAIL", failure)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(
-                {"versions": info, "shape": args.shape, "rows": rows, "failures": failures}, f, indent=1
-            )
+        _write(args.out, info, args.shape, rows, failures, done=True)
     return 1 if failures else 0
 
 

@@ -84,3 +84,24 @@ def test_decode_diff_compares_steps_up_to_the_first_token_that_differs(matrix):
     same, flipped = matrix.decode_diff(base_seq, dec, base_seq, base_dec)
     assert same == 7.0  # with equal tokens every step is compared
     assert not flipped
+
+
+def test_a_matrix_cut_short_keeps_the_rows_it_finished(matrix, monkeypatch, tmp_path):
+    real = matrix.run_arch_dtype
+
+    def stop_at_mamba2(arch, *args, **kwargs):
+        if arch == "mamba2":
+            raise KeyboardInterrupt  # what a time limit does to the process
+        return real(arch, *args, **kwargs)
+
+    monkeypatch.setattr(matrix, "run_arch_dtype", stop_at_mamba2)
+    out = tmp_path / "matrix.json"
+    argv = ["--device", "cpu", "--shape", "tiny", "--dtypes", "bf16", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        matrix.main([*argv, "--archs", "mamba", "mamba2"])
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert {r["arch"] for r in doc["rows"]} == {"mamba"} and len(doc["rows"]) == 7 * 3
+    assert not (tmp_path / "matrix.json.tmp").exists()
+    assert matrix.main([*argv, "--archs", "mamba"]) == 0
+    assert json.loads(out.read_text())["complete"] is True
