@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lm_eval_ssmsteer.mamba.hybrid_configs import HYBRID_TYPES
 from lm_eval_ssmsteer.steering import apply as hooks
@@ -65,7 +66,6 @@ def test_matrix_reports_a_hybrid_whose_steering_has_no_effect(matrix, monkeypatc
 
 
 def test_decode_diff_compares_steps_up_to_the_first_token_that_differs(matrix):
-    torch = pytest.importorskip("torch")
     prompt = torch.tensor([[5, 6], [7, 8]])
     base_new = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
     base_seq = torch.cat([prompt, base_new], dim=1)
@@ -91,7 +91,7 @@ def test_a_matrix_cut_short_keeps_the_rows_it_finished(matrix, monkeypatch, tmp_
 
     def stop_at_mamba2(arch, *args, **kwargs):
         if arch == "mamba2":
-            raise KeyboardInterrupt  # what a time limit does to the process
+            raise KeyboardInterrupt  # a run stopped part-way (a time limit, a lost machine)
         return real(arch, *args, **kwargs)
 
     monkeypatch.setattr(matrix, "run_arch_dtype", stop_at_mamba2)
