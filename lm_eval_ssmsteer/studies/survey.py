@@ -423,6 +423,7 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
             f"| {sum(b >= WIN_BACK_GOAL for b in backs)} of {len(runs)} | {backs[(len(backs) - 1) // 2]:.2f} "
             f"| {spread} |"
         )
+    lines += ["", *_by_site(damaging, finds)]
     lines += ["", f"| folder | plant | damage | {' | '.join(finds)} |", "|---|---|---|" + "---|" * len(finds)]
     for name, r in damaging:
         pl = r["plant"]
@@ -439,6 +440,35 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
             f"| {r['damage']['mean']:.2f} | {' | '.join(cells)} |"
         )
     return "\n".join(lines)
+
+
+def _by_site(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
+    """Per planted site: the plants, how many the planted channels ×8 (the largest scale `find` tries)
+    win back to WIN_BACK_GOAL, and per find option how many it located and won back: whether a miss is
+    the search's ranking (the ×8 spec repairs, and `find` did not write it) or beyond its scales."""
+    sites = list(dict.fromkeys(r["plant"]["site"] for _, r in damaging))
+    lines = [
+        f"| site | plants | planted channels ×8 win back >= {WIN_BACK_GOAL:g} | "
+        + " | ".join(f"{name}: located / won back" for name in finds)
+        + " |",
+        "|---|---|---|" + "---|" * len(finds),
+    ]
+    for site in sites:
+        rows = [r for _, r in damaging if r["plant"]["site"] == site]
+        x8 = [r["planted_x8"]["win_back"]["value"] for r in rows if r.get("planted_x8")]
+        cells = []
+        for name in finds:
+            runs = [r["finds"][name] for r in rows if name in r["finds"]]
+            if not runs:
+                cells.append("–")
+                continue
+            won = sum(
+                f["steered"] is not None and f["steered"]["win_back"]["value"] >= WIN_BACK_GOAL for f in runs
+            )
+            cells.append(f"{sum(f['layer_site'] for f in runs)} / {won} of {len(runs)}")
+        ceiling = f"{sum(v >= WIN_BACK_GOAL for v in x8)} of {len(x8)}" if x8 else "–"
+        lines.append(f"| {site} | {len(rows)} | {ceiling} | {' | '.join(cells)} |")
+    return lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
