@@ -51,6 +51,11 @@ def main() -> int:
         "--groups", type=int, default=0, help="screen the planted pair's channels in blocks of this size"
     )
     p.add_argument("--group-scale", type=float, default=None, help="the blocks' scale (default: 1 / damping)")
+    p.add_argument(
+        "--group-layers",
+        action="store_true",
+        help="with --groups: screen the planted site at every layer, and rank the layers by their best block",
+    )
     p.add_argument("--lift", action="store_true", help="lift the planted pair's small channels to its median")
     p.add_argument(
         "--descend", type=int, default=0, metavar="STEPS", help="run find's descent on the planted pair"
@@ -61,6 +66,8 @@ def main() -> int:
         p.error(f"--descend {a.descend}, --test-docs {a.test_docs}: allowed: STEPS >= 0, documents >= 1")
     if a.groups < 0:
         p.error(f"--groups {a.groups}: a block holds at least 1 channel (0: no group screening)")
+    if a.group_layers and not a.groups:
+        p.error("--group-layers screens blocks: give --groups SIZE too")
     path = resolve_model_path(a.model)
     plants = {pl.id: pl for pl in survey._plant_list(path)}
     if a.plant not in plants:
@@ -200,26 +207,44 @@ def _descend(model, data, arch, pl, planted: list[int], a: argparse.Namespace, p
 
 def _groups(model, batches, arch, pl, planted: list[int], a: argparse.Namespace, path) -> None:
     """The group-screening table (``--groups``): per block of the planted pair's channels, how many are
-    planted and what amplifying the block gains on the calibration loss."""
+    planted and what amplifying the block gains on the calibration loss. With ``--group-layers`` the same
+    blocks at the planted site of every layer, the layers ranked by their best block's gain: whether a
+    block screen would point at the planted layer."""
     scale = a.group_scale if a.group_scale is not None else 1.0 / pl.scale
     width = arch.site_width(pl.site)
     order = torch.randperm(width, generator=torch.Generator().manual_seed(0)).tolist()
     blocks = [sorted(order[i : i + a.groups]) for i in range(0, width, a.groups)]
 
-    def amplified(channels: list[int]) -> SteeringSpec:
-        return SteeringSpec.single(pl.layer, pl.site, channels, scale)
-
     clean, _ = load_model(path, device=a.device)
     planted_loss = _loss(model, batches, None)
+    at_planted = SteeringSpec.single(pl.layer, pl.site, planted, scale)
     print(
         f"calibration loss: unplanted {_loss(clean, batches, None):.4f}, planted {planted_loss:.4f}, planted "
-        f"channels x{scale:g} {_loss(model, batches, amplified(planted)):.4f}"
+        f"channels x{scale:g} {_loss(model, batches, at_planted):.4f}"
     )
+
+    def gains(layer: int) -> list[float]:
+        return [
+            planted_loss - _loss(model, batches, SteeringSpec.single(layer, pl.site, block, scale))
+            for block in blocks
+        ]
+
+    here = gains(pl.layer)
     print(f"| block of {a.groups} | planted in it | loss x{scale:g} | gain |")
     print("|---|---|---|---|")
-    for i, block in enumerate(blocks):
-        value = _loss(model, batches, amplified(block))
-        print(f"| {i} | {len(set(block) & set(planted))} | {value:.4f} | {planted_loss - value:+.4f} |")
+    for i, (block, gain) in enumerate(zip(blocks, here, strict=True)):
+        print(f"| {i} | {len(set(block) & set(planted))} | {planted_loss - gain:.4f} | {gain:+.4f} |")
+    if not a.group_layers:
+        return
+    by_layer = {layer: (here if layer == pl.layer else gains(layer)) for layer in arch.steerable_layers}
+    ranked = sorted(by_layer, key=lambda layer: max(by_layer[layer]), reverse=True)
+    print(f"| rank | layer ({pl.site}) | best block's gain | blocks that gain |")
+    print("|---|---|---|---|")
+    for rank, layer in enumerate(ranked):
+        values = by_layer[layer]
+        mark = " (planted)" if layer == pl.layer else ""
+        gaining = sum(v > 0 for v in values)
+        print(f"| {rank} | L{layer}{mark} | {max(values):+.4f} | {gaining} of {len(values)} |")
 
 
 if __name__ == "__main__":
