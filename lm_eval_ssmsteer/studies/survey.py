@@ -414,7 +414,7 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     ]
     for name in finds:
         runs = [r["finds"][name] for _, r in damaging if name in r["finds"]]
-        backs = sorted(f["steered"]["win_back"]["value"] if f["steered"] else 0.0 for f in runs)
+        backs = sorted(_back(f) for f in runs)
         controls = [f["random"]["win_back"]["value"] for f in runs if f["random"]]
         spread = f"{min(controls):.2f} to {max(controls):.2f}" if controls else "–"
         lines.append(
@@ -442,6 +442,11 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     return "\n".join(lines)
 
 
+def _back(find_row: dict) -> float:
+    """A find's win-back on the TEST documents; 0 where it wrote the identity."""
+    return find_row["steered"]["win_back"]["value"] if find_row["steered"] else 0.0
+
+
 def _by_site(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
     """Per planted site: the plants, how many the planted channels ×8 (the largest scale `find` tries)
     win back to WIN_BACK_GOAL, and per find option how many it located and won back: whether a miss is
@@ -462,9 +467,7 @@ def _by_site(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
             if not runs:
                 cells.append("–")
                 continue
-            won = sum(
-                f["steered"] is not None and f["steered"]["win_back"]["value"] >= WIN_BACK_GOAL for f in runs
-            )
+            won = sum(_back(f) >= WIN_BACK_GOAL for f in runs)
             cells.append(f"{sum(f['layer_site'] for f in runs)} / {won} of {len(runs)}")
         ceiling = f"{sum(v >= WIN_BACK_GOAL for v in x8)} of {len(x8)}" if x8 else "–"
         lines.append(f"| {site} | {len(rows)} | {ceiling} | {' | '.join(cells)} |")
