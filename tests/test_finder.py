@@ -203,6 +203,9 @@ def test_find_command_passes_the_steep_order_and_refuses_an_unknown_one(
     with pytest.raises(SystemExit):
         main([*args, "--descend", "12"])
     assert seen["descend"] == 12
+    with pytest.raises(SystemExit):
+        main([*args, "--blocks", "8"])
+    assert seen["blocks"] == 8
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +233,8 @@ def gpt2_dir(tmp_path_factory):
         (["--screen", "0"], "--screen: 0 is too small; allowed: an integer >= 1"),
         (["--validate-top", "0"], "--validate-top: 0 is too small; allowed: an integer >= 1"),
         (["--descend", "-1"], "--descend: -1 is too small; allowed: an integer >= 0"),
+        (["--blocks", "-1"], "--blocks: -1 is too small; allowed: an integer >= 0"),
+        (["--method", "probe", "--blocks", "8"], "--blocks 8 with --method probe; allowed with causal and"),
         (
             ["--validation-docs-per-task", "-1"],
             "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",

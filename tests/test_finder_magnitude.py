@@ -318,3 +318,55 @@ def test_a_descents_point_competes_with_the_sweeps_best_and_does_not_hide_it():
     plain = curve[:2]
     assert finder_search._validation_pool(plain, 0.5, 2) == finder_search._best_per_pair(plain, 0.5, 2)
     assert finder_search._validation_pool(curve[4:], 0.5, 1) == []
+
+
+def test_blocks_cut_every_channel_once_in_a_seeded_order():
+    for width, n in ((448, 8), (16, 8), (16, 16), (5, 8), (10, 3)):
+        cut = finder_search._blocks(width, n)
+        flat = [c for block in cut for c in block]
+        assert sorted(flat) == list(range(width)) and len(cut) <= min(n, width)
+        assert all(block == sorted(block) for block in cut)
+        assert len({len(block) for block in cut[:-1]}) <= 1 and len(cut[-1]) <= len(cut[0])
+        assert finder_search._blocks(width, n) == cut  # seeded: the same blocks every run
+    assert finder_search._blocks(448, 8) != [list(range(i, i + 56)) for i in range(0, 448, 56)]
+
+
+def test_block_screen_scores_every_block_of_every_pair_and_refines_the_best_two():
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    sites = ["mixer_out", "delta", "B"]
+    with use_fast_scan():
+        channels = plant(model, 0, "mixer_out", 4, 0.02, seed=8)
+        result = find(model, calibration, sites=sites, blocks=8, progress=False)
+    scores = result.scores
+    assert scores["blocks"] == 8 and result.spec.to_dict()["provenance"]["blocks"] == 8
+    raw = scores["raw"]["blocks"]
+    arch = describe_model(model)
+    pairs = [(layer, site) for layer in arch.steerable_layers for site in sites]
+    assert set(raw["best_loss"]) == {f"{p[0]}/{p[1]}" for p in pairs}
+    # each configuration is evaluated once: a block another screen tried first keeps that stage's name
+    at_x8 = {
+        (p["layer"], p["site"], tuple(p["channels"])): p["loss"]
+        for p in scores["sweep"]
+        if p["scale"] == finder_search.PROBE_SCALE
+    }
+    assert any(p["stage"] == "block screen" for p in scores["sweep"])
+    for layer, site in pairs:
+        blocks = finder_search._blocks(arch.site_width(site), 8)
+        losses = [at_x8[(layer, site, tuple(block))] for block in blocks]
+        assert raw["best_loss"][f"{layer}/{site}"] == min(losses)
+    best_two = list(raw["best_loss"])[: finder_search.BLOCK_REFINE]
+    assert list(raw["best_loss"].values()) == sorted(raw["best_loss"].values())
+    rows = [r for r in scores["screened"] if r["source"] == "blocks"]
+    assert [f"{r['layer']}/{r['site']}" for r in rows] == [k for k in best_two if k in raw["refined"]]
+    for row in rows:  # a refined row is never worse than its pair's best block, and holds its channels
+        key = f"{row['layer']}/{row['site']}"
+        assert row["loss"] <= raw["best_loss"][key] and row["k"] == len(row["channels"])
+        assert row["channels"] == raw["refined"][key]["channels"]
+    # the outlier screen still finds this plant; the block rows only compete beside it
+    chosen = result.spec.interventions[0]
+    assert (chosen.layers[0], chosen.site) == (0, "mixer_out") and set(chosen.channels) == set(channels)
+    with pytest.raises(Exception, match="blocks: -1"):
+        find(model, calibration, blocks=-1, progress=False)
+    with pytest.raises(Exception, match="allowed with methods causal and outlier"):
+        find(model, calibration, method="attribution", blocks=8, progress=False)

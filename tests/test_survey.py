@@ -215,9 +215,13 @@ class _NoDocs:
 
 def test_plants_cover_a_mamba2_model_and_only_the_mamba_layers_of_a_hybrid(tmp_path, capsys):
     folder = save_tiny(tmp_path / "m2", "mamba2")
-    assert main(["study", "survey", "--model", str(folder), "--out", str(tmp_path / "out"), "--list"]) == 0
+    assert main(["study", "survey", "--model", str(folder), "--list"]) == 0  # --list needs no --out
     listed = capsys.readouterr().out
     assert all(f" {site} " in listed for site in SITES), listed
+    assert main(["study", "survey", "--model", str(folder), "--list", "--set", "unseen"]) == 0
+    unseen = capsys.readouterr().out.splitlines()
+    assert unseen and all(row.split()[1] == "unseen" for row in unseen), unseen
+    assert len(unseen) < len(listed.splitlines())
     hybrid = save_tiny(tmp_path / "bamba", "bamba")
     assert main(["study", "survey", "--model", str(hybrid), "--out", str(tmp_path / "out2"), "--list"]) == 0
     rows = capsys.readouterr().out.splitlines()
@@ -237,7 +241,12 @@ def test_find_options_parse_and_name_themselves():
     assert survey.parse_find("outlier:order=gradient").name == "outlier"
     option = survey.parse_find("outlier:descend=30")
     assert (option.descend, option.name) == (30, "outlier:descend=30")
+    option = survey.parse_find("outlier:blocks=8")
+    assert (option.blocks, option.name) == (8, "outlier:blocks=8")
+    assert survey.parse_find("causal:validate=2:blocks=4").name == "causal:validate=2:blocks=4"
     for bad in (
+        "outlier:blocks=0",
+        "probe:blocks=8",
         "causal:validate=0",
         "outlier:descend=0",
         "outlier:descend=x",

@@ -97,11 +97,16 @@ def run(args: argparse.Namespace):
         ("--validate-top", args.validate_top, 1),
         ("--verify", args.verify, 0),
         ("--descend", args.descend, 0),
+        ("--blocks", args.blocks, 0),
         ("--validation-docs-per-task", args.validation_docs_per_task, 0),
         ("--max-channels", args.max_channels, 1),
     ):
         if value is not None and value < least:
             raise FinderError(f"{flag}: {value} is too small; allowed: an integer >= {least}")
+    if args.blocks and args.method not in ("causal", "outlier"):
+        raise FinderError(
+            f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
+        )
     check_output(args.out)
     try:
         path, native = prepare_pretrained(args.model, field="--model")
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace):
         validate_top=args.validate_top,
         steep_order=args.steep_order,
         descend=args.descend,
+        blocks=args.blocks,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -249,6 +255,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="after the sweep, this many Adam steps on the per-channel log-scales of the best pair (and for "
         "outlier the outlier screen's first pair), L1-pulled toward 1; the channels amplified past x1.5 "
         "compete at x2, x3, x5, x8 (default 0: off; docs/finder.md, 'Descent')",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="causal and outlier: also screen every pair's channels in N seeded random blocks at x8, then "
+        "refine the two best pairs' gaining blocks (default 0: off; docs/finder.md, 'Block screen')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

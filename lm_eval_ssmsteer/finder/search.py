@@ -65,6 +65,11 @@ DESCEND_L1 = 0.002
 DESCEND_KEEP = 1.5
 DESCEND_SCALES = (2.0, 3.0, 5.0, 8.0)
 DESCEND_PAIRS = 2  # the sweep's best pair and the outlier screen's first
+# blocks (an option): every distinct pair's channels cut into N seeded random blocks, each at PROBE_SCALE;
+# the BLOCK_REFINE pairs whose best block lowered the loss most grow a union of their gaining blocks and get
+# the coordinate search from it
+BLOCK_SEED = 0
+BLOCK_REFINE = 2
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
@@ -184,6 +189,7 @@ def find(
     validate_top: int = 1,
     steep_order: str = "gradient",
     descend: int = 0,
+    blocks: int = 0,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower
@@ -199,13 +205,19 @@ def find(
     outlier screen ranks first), with an L1 pull toward 1; the channels a descent amplifies past
     DESCEND_KEEP are then evaluated at DESCEND_SCALES, and each descended pair's best point is scored on
     the validation documents beside the sweep's best (``_validation_pool``). It reads the loss away from
-    scale 1, where a saturated damage is flat."""
+    scale 1, where a saturated damage is flat. ``blocks`` N > 0 (methods ``causal`` and ``outlier``): a
+    block screen (``_block_screen``) beside the others, every distinct pair's channels in N blocks at
+    PROBE_SCALE, which sees a damage the attribution and the channel sizes miss."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
     if isinstance(descend, bool) or not isinstance(descend, int) or descend < 0:
         raise FinderError(f"descend: {descend!r}; allowed: a whole number of steps, 0 (off) or more")
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+        raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
+    if blocks and method not in ("causal", "outlier"):
+        raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
     arch = describe_model(model)
     if method == "variance":
         sites = [s for s in sites if s in OUTPUT_SITES]
@@ -276,6 +288,11 @@ def find(
                     if o.channels
                 }
                 screened += _outlier_screen(model, batches, arch, outliers, sweep, bars, max_channels)
+            if blocks:
+                rows, raw["blocks"] = _block_screen(
+                    model, batches, arch, rankings, sweep, bars, blocks, base.loss, max_channels
+                )
+                screened += rows
             ranked = _distinct_rows(sorted(screened, key=lambda row: row["loss"]))[:candidates]
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
             for row in ranked:
@@ -285,6 +302,8 @@ def find(
                     rest = outliers[pair].order
                 elif row["source"] == "gradient":  # steepest gradient first
                     first, rest = row["channels"], orders[pair]
+                elif row["source"] == "blocks":  # the refined union first, then the attribution's order
+                    first, rest = row["channels"], rankings[pair].amplify
                 else:
                     continue
                 rankings[pair].amplify = first + [c for c in rest if c not in first]
@@ -449,6 +468,7 @@ def find(
         "validation": checked,
         **({"steep_order": steep_order} if steep_order != "gradient" else {}),
         **({"descend": descend} if descend else {}),
+        **({"blocks": blocks} if blocks else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -489,6 +509,7 @@ def find(
         "rejected": rejected,
         "steep_order": steep_order,
         "descend": descend,
+        "blocks": blocks,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -687,6 +708,74 @@ def _outlier_screen(
             | ({"channels": best["order"]} if "order" in best else {})
         )
     return rows
+
+
+def _blocks(width: int, n: int) -> list[list[int]]:
+    """A site's channels in a seeded random order (BLOCK_SEED), cut into ``n`` blocks (fewer if the site
+    is narrower) of equal size but the last; each block sorted."""
+    order = torch.randperm(width, generator=torch.Generator().manual_seed(BLOCK_SEED)).tolist()
+    size = math.ceil(width / min(n, width))
+    return [sorted(order[i : i + size]) for i in range(0, width, size)]
+
+
+def _block_screen(
+    model,
+    batches,
+    arch: ArchInfo,
+    rankings: dict[Pair, Ranking],
+    sweep: _Sweep,
+    bars: _Progress,
+    n: int,
+    base_loss: float,
+    max_channels: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Option ``blocks``: every distinct pair (``_distinct_best``) has its channels cut into ``n`` blocks
+    (``_blocks``), each amplified at PROBE_SCALE, far from scale 1, where a saturated damage shows though
+    the gradient there is flat. The BLOCK_REFINE pairs whose best block lowered the loss most then grow a
+    union of their blocks that lowered it (best first, a block kept if it lowers the union's loss) and get
+    the coordinate search (``_coordinate``) from that union, which drops the channels whose gradient at
+    x8 asks to go back down. One screened row per refined pair (source ``blocks``), and the raw record:
+    each pair's best block loss, and each refined pair's union and final channels."""
+    pairs = _distinct_best(rankings, len(rankings))
+    cut = {pair: _blocks(arch.site_width(pair[1]), n) for pair in pairs}
+    with bars.phase("block screen", sum(len(b) for b in cut.values()), "config"):
+        points = {
+            pair: [sweep.run_channels(pair, "amplify", b, PROBE_SCALE, "block screen") for b in cut[pair]]
+            for pair in pairs
+        }
+    ranked = sorted(pairs, key=lambda pair: min(point["loss"] for point in points[pair]))
+    raw: dict[str, Any] = {
+        "n": n,
+        "best_loss": {f"{p[0]}/{p[1]}": min(point["loss"] for point in points[p]) for p in ranked},
+        "refined": {},
+    }
+    rows: list[dict[str, Any]] = []
+    refine = ranked[:BLOCK_REFINE]
+    with bars.phase("block refine", len(refine) * PROBE_ROUNDS, "round"):
+        for pair in refine:
+            gaining = sorted((p for p in points[pair] if p["loss"] < base_loss), key=lambda p: p["loss"])
+            if not gaining:
+                for _ in range(PROBE_ROUNDS):
+                    bars.advance(f"layer {pair[0]} {pair[1]}: no block gains")
+                continue
+            union = gaining[0]
+            with sweep.quiet():  # the bar counts the coordinate search's rounds
+                for block in gaining[1:]:
+                    channels = union["channels"] + block["channels"]
+                    trial = sweep.run_channels(pair, "amplify", channels, PROBE_SCALE, "block union")
+                    if trial["loss"] < union["loss"]:
+                        union = trial
+            cap = max(max_channels, len(union["channels"]))
+            point = _coordinate(model, batches, arch, sweep, pair, union, cap, bars, scale=PROBE_SCALE)
+            if point["loss"] >= union["loss"]:
+                point = {"channels": union["channels"], "loss": union["loss"], "order": union["channels"]}
+            raw["refined"][f"{pair[0]}/{pair[1]}"] = {"union": union["channels"], "channels": point["order"]}
+            rows.append(
+                {"layer": pair[0], "site": pair[1], "score": rankings[pair].score, "direction": "amplify"}
+                | {"loss": point["loss"], "k": len(point["order"]), "scale": PROBE_SCALE, "source": "blocks"}
+                | {"channels": point["order"]}
+            )
+    return rows, raw
 
 
 def _distinct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

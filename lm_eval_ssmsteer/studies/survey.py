@@ -123,44 +123,52 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 @dataclass(frozen=True)
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, outlier:order=HOW,
-    METHOD:descend=N."""
+    METHOD:descend=N, METHOD:blocks=N."""
 
     method: str
     screen: int = 3
     validate: int = 1
     order: str = "gradient"
     descend: int = 0
+    blocks: int = 0
 
     @property
     def name(self) -> str:
         name = self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
         name = name if self.validate == 1 else f"{name}:validate={self.validate}"
         name = name if self.order == "gradient" else f"{name}:order={self.order}"
-        return name if self.descend == 0 else f"{name}:descend={self.descend}"
+        name = name if self.descend == 0 else f"{name}:descend={self.descend}"
+        return name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
 
 
 def parse_find(text: str) -> FindOption:
-    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW][:descend=N] (order: method outlier
-    only)."""
+    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW][:descend=N][:blocks=N] (order: method
+    outlier only; blocks: methods causal and outlier)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS
 
     method, *options = text.split(":")
-    values: dict = {"screen": 3, "validate": 1, "order": "gradient", "descend": 0}
+    values: dict = {"screen": 3, "validate": 1, "order": "gradient", "descend": 0, "blocks": 0}
     for option in options:
         key, _, value = option.partition("=")
         number = key in ("screen", "validate", "descend") and value.isdigit() and int(value) >= 1
+        number = number or (
+            key == "blocks" and value.isdigit() and int(value) >= 1 and method in ("causal", "outlier")
+        )
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         if not (number or order):
             raise argparse.ArgumentTypeError(
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
-                f"(N >= 1), outlier:order={'|'.join(STEEP_ORDERS)}, or several joined by ':'"
+                f"(N >= 1), outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, or several "
+                "joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
-    return FindOption(method, values["screen"], values["validate"], values["order"], values["descend"])
+    return FindOption(
+        method, values["screen"], values["validate"], values["order"], values["descend"], values["blocks"]
+    )
 
 
 def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
@@ -251,6 +259,7 @@ def measure_plant(
             validate_top=option.validate,
             steep_order=option.order,
             descend=option.descend,
+            blocks=option.blocks,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -280,6 +289,7 @@ def measure_plant(
             # and (descend) the channels each descent kept
             "candidates": None if validation is None else validation["candidates"],
             "descended": result.scores["raw"].get("descend"),
+            "blocks": result.scores["raw"].get("blocks"),
             "steered": scored(result.spec) if iv.scale != 1.0 else None,
             "random": control,
         }
@@ -484,8 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help="find options, METHOD[:screen=N][:validate=N][:descend=N], and for outlier also "
-        ":order=gradient|size|ratio "
+        help="find options, METHOD[:screen=N][:validate=N][:descend=N], for causal and outlier also "
+        ":blocks=N, and for outlier also :order=gradient|size|ratio "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
@@ -592,15 +602,18 @@ def run(a: argparse.Namespace) -> int:
     if a.pool:
         print(pooled_table(a.pool, a.set, a.min_damage))
         return 0
-    if a.out is None:
-        raise StudyArgumentError("--out is required (a folder for the plant files), unless --pool is given")
+    if a.out is None and not a.list:
+        raise StudyArgumentError(
+            "--out is required (a folder for the plant files), unless --pool or --list is given"
+        )
     path = resolve_model_path(a.model)
     plants = _plant_list(path)
-    chosen = _check(a, plants)
     if a.list:
         for p in plants:
-            print(f"{p.id} {p.set:8} L{p.layer} {p.site:9} {p.count:3} x{p.scale:g} seed {p.seed}")
+            if a.set in ("all", p.set) and (not a.plants or p.id in a.plants):
+                print(f"{p.id} {p.set:8} L{p.layer} {p.site:9} {p.count:3} x{p.scale:g} seed {p.seed}")
         return 0
+    chosen = _check(a, plants)
     settings = _settings(a)
     settings_file = a.out / "settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
