@@ -20,7 +20,9 @@ exactly the planted channels lifted the same way. With ``--descend STEPS`` it ru
 (``search._descend``: Adam on the planted pair's per-channel log-scales, L1-pulled toward 1) and prints
 the channels it amplifies past x1.5 (planted or not) and the loss on the calibration, validation and
 TEST documents (``--test-docs`` a task and length) with those channels at each of find's descent scales,
-beside the loss unplanted, planted and with the planted channels undone.
+beside the loss unplanted, planted and with the planted channels undone. With ``--block-screen N`` it
+runs find's block screen (``search._block_screen``, the ``--blocks N`` option) over every distinct pair
+and prints where the planted pair ranks by its best block, and what the refinement kept.
 """
 
 from __future__ import annotations
@@ -60,8 +62,13 @@ def main() -> int:
     p.add_argument(
         "--descend", type=int, default=0, metavar="STEPS", help="run find's descent on the planted pair"
     )
+    p.add_argument(
+        "--block-screen", type=int, default=0, metavar="N", help="run find's block screen, N blocks a pair"
+    )
     p.add_argument("--test-docs", type=int, default=2, help="TEST documents a task and length (default 2)")
     a = p.parse_args()
+    if a.block_screen < 0:
+        p.error(f"--block-screen {a.block_screen}: allowed: N >= 1 blocks a pair (0: off)")
     if a.descend < 0 or a.test_docs < 1:
         p.error(f"--descend {a.descend}, --test-docs {a.test_docs}: allowed: STEPS >= 0, documents >= 1")
     if a.groups < 0:
@@ -128,7 +135,43 @@ def main() -> int:
         _lift(model, batches, pl, sorted(planted), sizes[(pl.layer, pl.site)])
     if a.descend:
         _descend(model, data, arch, pl, sorted(planted), a, path)
+    if a.block_screen:
+        _block_screen(model, batches, arch, pairs, pl, planted, a.block_screen)
     return 0
+
+
+def _block_screen(model, batches, arch, pairs, pl, planted: set[int], n: int) -> None:
+    """The block-screen table (``--block-screen N``): every distinct pair ranked by its best block's
+    calibration loss, as find's option ranks them, the planted pair marked; then the refined rows."""
+    with fast_scan_if_allowed(model):
+        base = methods.evaluate(model, batches).loss
+        grads = methods.attribution(model, batches, pairs, arch)
+        flips = methods.sign_flips(next(iter(grads.values())).per_doc.shape[0], batches[0][0].device)
+        rankings = {q: methods.rank_attribution(g, flips) for q, g in grads.items()}
+        sweep = search._Sweep(model, batches, arch, rankings, lambda *args: None)
+        rows, raw = search._block_screen(
+            model, batches, arch, rankings, sweep, search._Progress(False), n, base, 32
+        )
+    ranked = list(raw["best_loss"])
+    here = [
+        k
+        for k in ranked
+        if int(k.split("/")[0]) == pl.layer and same_site(k.split("/")[1], pl.site, arch.family)
+    ]
+    where = f"{ranked.index(here[0]) + 1} of {len(ranked)}" if here else "not screened (a twin)"
+    print(f"block screen, {n} blocks a pair: planted pair ranks {where}; loss planted {base:.4f}")
+    print("| rank | pair | best block's loss |")
+    print("|---|---|---|")
+    for rank, key in enumerate(ranked[:6], start=1):
+        mark = " (planted)" if key in here else ""
+        print(f"| {rank} | L{key.replace('/', ' ')}{mark} | {raw['best_loss'][key]:.4f} |")
+    for row in rows:
+        key = f"{row['layer']}/{row['site']}"
+        hit = len(set(row["channels"]) & planted) if key in here else "–"
+        print(
+            f"refined L{row['layer']} {row['site']}: {row['k']} channels x{row['scale']:g}, loss "
+            f"{row['loss']:.4f}, planted among them {hit} of {len(planted)}"
+        )
 
 
 def _loss(model, batches, spec: SteeringSpec | None) -> float:
