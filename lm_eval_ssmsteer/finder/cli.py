@@ -83,7 +83,13 @@ def run(args: argparse.Namespace):
         validation_pairs,
         without,
     )
-    from lm_eval_ssmsteer.finder.search import check_output, check_request, find, write_outputs
+    from lm_eval_ssmsteer.finder.search import (
+        BLOCK_METHODS,
+        check_output,
+        check_request,
+        find,
+        write_outputs,
+    )
     from lm_eval_ssmsteer.loading import NATIVE_TOKENIZER, ModelNotFoundError, load_model, prepare_pretrained
     from lm_eval_ssmsteer.mamba.arch import UnsupportedModelError, describe_config, describe_model
 
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace):
     ):
         if value is not None and value < least:
             raise FinderError(f"{flag}: {value} is too small; allowed: an integer >= {least}")
-    if args.blocks and args.method not in ("causal", "outlier"):
+    if args.blocks and args.method not in BLOCK_METHODS:
         raise FinderError(
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )

@@ -70,6 +70,7 @@ DESCEND_PAIRS = 2  # the sweep's best pair and the outlier screen's first
 # the coordinate search from it
 BLOCK_SEED = 0
 BLOCK_REFINE = 2
+BLOCK_METHODS = ("causal", "outlier")  # the methods with screens the block rows compete in
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
@@ -216,7 +217,7 @@ def find(
         raise FinderError(f"descend: {descend!r}; allowed: a whole number of steps, 0 (off) or more")
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
-    if blocks and method not in ("causal", "outlier"):
+    if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
     arch = describe_model(model)
     if method == "variance":

@@ -145,6 +145,7 @@ def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:order=HOW][:descend=N][:blocks=N] (order: method
     outlier only; blocks: methods causal and outlier)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS
+    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS
 
     method, *options = text.split(":")
     values: dict = {"screen": 3, "validate": 1, "order": "gradient", "descend": 0, "blocks": 0}
@@ -152,7 +153,7 @@ def parse_find(text: str) -> FindOption:
         key, _, value = option.partition("=")
         number = key in ("screen", "validate", "descend") and value.isdigit() and int(value) >= 1
         number = number or (
-            key == "blocks" and value.isdigit() and int(value) >= 1 and method in ("causal", "outlier")
+            key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         if not (number or order):
