@@ -744,12 +744,9 @@ def _block_screen(
             pair: [sweep.run_channels(pair, "amplify", b, PROBE_SCALE, "block screen") for b in cut[pair]]
             for pair in pairs
         }
-    ranked = sorted(pairs, key=lambda pair: min(point["loss"] for point in points[pair]))
-    raw: dict[str, Any] = {
-        "n": n,
-        "best_loss": {f"{p[0]}/{p[1]}": min(point["loss"] for point in points[p]) for p in ranked},
-        "refined": {},
-    }
+    best = {pair: min(point["loss"] for point in points[pair]) for pair in pairs}
+    ranked = sorted(pairs, key=best.__getitem__)
+    raw: dict[str, Any] = {"n": n, "best_loss": {f"{p[0]}/{p[1]}": best[p] for p in ranked}, "refined": {}}
     rows: list[dict[str, Any]] = []
     refine = ranked[:BLOCK_REFINE]
     with bars.phase("block refine", len(refine) * PROBE_ROUNDS, "round"):
