@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=METHODS,
         help=f"find's --method (default {DEFAULT_METHOD}, find's)",
     )
+    parser.add_argument(
+        "--blocks", type=int, default=0, help="find's --blocks N (block screen; default 0, off, as find's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for the loop")
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     counter = PassCounter(model)
     sync(device)
     t = time.perf_counter()
-    result = find(model, data, method=args.method, progress=False, validation=validation)
+    result = find(model, data, method=args.method, blocks=args.blocks, progress=False, validation=validation)
     sync(device)
     find_seconds = time.perf_counter() - t
     counter.remove()
@@ -413,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds": find_seconds,
             "sites": sites,
             "method": args.method,
+            "blocks": args.blocks,
+            "block_pairs_screened": len(scores.get("raw", {}).get("blocks", {}).get("best_loss", {})),
             "batches_first_layer": counter.first,
             "batches_last_layer": counter.last,
             "passes_equivalent": counter.last / len(batches),

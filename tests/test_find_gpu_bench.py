@@ -92,3 +92,17 @@ def test_find_gpu_benchmark_runs_the_method_it_is_given_and_refuses_an_unknown_o
     assert "find (variance, all sites)" in bench.table(doc)
     with pytest.raises(SystemExit):
         bench.parse_args([*tiny, "--method", "nonsense"])
+
+
+def test_find_gpu_benchmark_passes_blocks_to_find(monkeypatch, tmp_path):
+    bench = load_script(monkeypatch)
+    out = tmp_path / "find_gpu.json"
+    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "32", "--vocab", "256", "--docs", "8",
+            "--length", "64", "--budget-seconds", "0.1", "--probe-passes", "1", "--no-progress"]  # fmt: skip
+    bench.main([*tiny, "--method", "outlier", "--blocks", "2", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["find"]["blocks"] == 2
+    # the block screen's raw record holds one best-block loss per distinct (layer, site) pair it screened
+    assert doc["find"]["block_pairs_screened"] >= 2
+    bench.main([*tiny, "--method", "outlier", "--out", str(out)])
+    assert json.loads(out.read_text())["find"]["block_pairs_screened"] == 0
