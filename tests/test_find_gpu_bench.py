@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# a small CPU run of the benchmark, for the tests that check which options reach find
+TINY = ["--device", "cpu", "--layers", "2", "--hidden", "32", "--vocab", "256", "--docs", "8",
+        "--length", "64", "--budget-seconds", "0.1", "--probe-passes", "1", "--no-progress"]  # fmt: skip
 
 
 def load_script(monkeypatch):
@@ -82,27 +85,23 @@ def test_find_gpu_benchmark_runs_tiny_on_cpu_and_its_numbers_agree(monkeypatch, 
 def test_find_gpu_benchmark_runs_the_method_it_is_given_and_refuses_an_unknown_one(monkeypatch, tmp_path):
     bench = load_script(monkeypatch)
     out = tmp_path / "find_gpu.json"
-    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "32", "--vocab", "256", "--docs", "8",
-            "--length", "64", "--budget-seconds", "0.1", "--probe-passes", "1", "--no-progress"]  # fmt: skip
-    bench.main([*tiny, "--method", "variance", "--out", str(out)])
+    bench.main([*TINY, "--method", "variance", "--out", str(out)])
     doc = json.loads(out.read_text())
     assert doc["args"]["method"] == "variance"
     # variance reads only the sites a module hook can read: what it chose proves find ran that method
     assert doc["find"]["chosen"]["site"] in ("mixer_out", "residual")
     assert "find (variance, all sites)" in bench.table(doc)
     with pytest.raises(SystemExit):
-        bench.parse_args([*tiny, "--method", "nonsense"])
+        bench.parse_args([*TINY, "--method", "nonsense"])
 
 
 def test_find_gpu_benchmark_passes_blocks_to_find(monkeypatch, tmp_path):
     bench = load_script(monkeypatch)
     out = tmp_path / "find_gpu.json"
-    tiny = ["--device", "cpu", "--layers", "2", "--hidden", "32", "--vocab", "256", "--docs", "8",
-            "--length", "64", "--budget-seconds", "0.1", "--probe-passes", "1", "--no-progress"]  # fmt: skip
-    bench.main([*tiny, "--method", "outlier", "--blocks", "2", "--out", str(out)])
+    bench.main([*TINY, "--method", "outlier", "--blocks", "2", "--out", str(out)])
     doc = json.loads(out.read_text())
     assert doc["find"]["blocks"] == 2
     # the block screen's raw record holds one best-block loss per distinct (layer, site) pair it screened
     assert doc["find"]["block_pairs_screened"] >= 2
-    bench.main([*tiny, "--method", "outlier", "--out", str(out)])
+    bench.main([*TINY, "--method", "outlier", "--out", str(out)])
     assert json.loads(out.read_text())["find"]["block_pairs_screened"] == 0
