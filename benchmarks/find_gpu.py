@@ -283,6 +283,15 @@ def hms(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def find_label(doc: dict) -> str:
+    """find's method, with the block screen when it ran (``--blocks N``) and the pairs it screened."""
+    f = doc["find"]
+    label = doc["args"]["method"]
+    if f.get("blocks"):
+        label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
+    return label
+
+
 def table(doc: dict) -> str:
     f, loo, ext = doc["find"], doc["leave_one_out"], doc["extrapolated"]
     adj = ext.get("depth_adjusted") or {}
@@ -294,7 +303,7 @@ def table(doc: dict) -> str:
             f"{doc['data']['docs']} x {doc['data']['length']} tokens, {doc['data']['batches']} batches",
         ),
         ("unsteered pass (warm)", f"{doc['warmup']['pass_seconds']:.2f} s"),
-        (f"**find ({doc['args']['method']}, all sites)**", f"**{f['seconds']:.1f} s**"),
+        (f"**find ({find_label(doc)}, all sites)**", f"**{f['seconds']:.1f} s**"),
         (
             "find: batches through last layer / layer 0",
             f"{f['batches_last_layer']} / {f['batches_first_layer']}",

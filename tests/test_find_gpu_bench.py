@@ -103,5 +103,9 @@ def test_find_gpu_benchmark_passes_blocks_to_find(monkeypatch, tmp_path):
     assert doc["find"]["blocks"] == 2
     # the block screen's raw record holds one best-block loss per distinct (layer, site) pair it screened
     assert doc["find"]["block_pairs_screened"] >= 2
+    pairs = doc["find"]["block_pairs_screened"]
+    assert f"find (outlier, --blocks 2: {pairs} pairs screened, all sites)" in bench.table(doc)
     bench.main([*TINY, "--method", "outlier", "--out", str(out)])
-    assert json.loads(out.read_text())["find"]["block_pairs_screened"] == 0
+    doc = json.loads(out.read_text())
+    assert doc["find"]["block_pairs_screened"] == 0
+    assert "find (outlier, all sites)" in bench.table(doc)
