@@ -319,7 +319,7 @@ def test_a_plant_at_an_attention_layer_of_a_hybrid_is_refused():
         plant(model, 1, "residual", 3, 0.1, seed=4)
 
 
-def _plant_file(folder, plant_id, which, damage, finds, site="delta", x8=0.9):
+def _plant_file(folder, plant_id, which, damage, finds, site="delta", x8=0.9, scale=0.05):
     def find(layer_site, recall, back, control):
         return {
             "found": {"layer": 1, "site": "delta", "channels": [0, 1], "scale": 3.0},
@@ -331,7 +331,7 @@ def _plant_file(folder, plant_id, which, damage, finds, site="delta", x8=0.9):
         }
 
     row = {
-        "plant": {"id": plant_id, "set": which, "layer": 1, "site": site, "count": 4, "scale": 0.05},
+        "plant": {"id": plant_id, "set": which, "layer": 1, "site": site, "count": 4, "scale": scale},
         "damage": {"mean": damage},
         "planted_x8": {"win_back": {"value": x8}},
         "finds": {name: find(*args) for name, args in finds.items()},
@@ -346,7 +346,7 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
     _plant_file(a, "F02", "fresh", 0.05, {})  # below the damage threshold: counted as a plant only
     _plant_file(a, "U01", "unseen", 0.40, {"outlier": (True, 1.0, 1.0, 0.0)})  # another set
     _plant_file(b, "F01", "fresh", 0.20, {"outlier": (False, 0.0, None, -0.5), "o:r": (False, 0.0, 0.3, 0.2)})
-    _plant_file(b, "F03", "fresh", 0.50, {"outlier": (False, 0.0, 0.2, 0.0)}, site="gate", x8=0.1)
+    _plant_file(b, "F03", "fresh", 0.50, {"outlier": (False, 0.0, 0.2, 0.0)}, site="gate", x8=0.1, scale=0.02)
     text = survey.pooled_table([a, b], "fresh", 0.10)
     assert text.splitlines()[0] == "3 of 4 plants (set fresh) cost >= 0.1"
     assert "| outlier | 3 | 1 of 3 | 17% | 1 of 3 | 0.20 | -0.50 to 0.10 |" in text
@@ -355,6 +355,14 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
     # per planted site: the planted channels x8 repair both delta plants, find wins back one of them
     assert "| delta | 2 | 2 of 2 | 1 / 1 of 2 | 1 / 1 of 2 |" in text
     assert "| gate | 1 | 0 of 1 | 0 / 0 of 1 | – |" in text  # o:r did not run on the gate plant
+    # per damping strength, strongest first: the x0.02 gate plant, then the two x0.05 delta plants
+    lines = text.splitlines()
+    damping = lines.index("| damping | plants | planted channels ×8 win back >= 0.8 "
+                          "| outlier: located / won back | o:r: located / won back |")  # fmt: skip
+    assert lines[damping + 2 : damping + 4] == [
+        "| x0.02 | 1 | 0 of 1 | 0 / 0 of 1 | – |",
+        "| x0.05 | 2 | 2 of 2 | 1 / 1 of 2 | 1 / 1 of 2 |",
+    ]
     with pytest.raises(survey.StudyArgumentError, match="no plant files under"):
         survey.pooled_table([tmp_path / "empty"], "fresh", 0.10)
 

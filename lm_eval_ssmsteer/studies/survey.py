@@ -401,7 +401,8 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     """Several survey folders (models, task sets) as one: per find option, over their plants of set
     ``which`` (or all) whose damage is at least ``min_damage``, the layer+site rate, the mean share of
     planted channels, the win-backs at WIN_BACK_GOAL, their median (lower median for an even count) and the
-    random controls' range; then the plants one by one, every option side by side."""
+    random controls' range; then the same per planted site and per damping strength (``_by_site``,
+    ``_by_damping``); then the plants one by one, every option side by side."""
     rows: list[tuple[str, dict]] = []
     for folder in folders:
         plants = folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
@@ -434,7 +435,7 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
             f"| {sum(b >= WIN_BACK_GOAL for b in backs)} of {len(runs)} | {backs[(len(backs) - 1) // 2]:.2f} "
             f"| {spread} |"
         )
-    lines += ["", *_by_site(damaging, finds)]
+    lines += ["", *_by_site(damaging, finds), "", *_by_damping(damaging, finds)]
     lines += ["", f"| folder | plant | damage | {' | '.join(finds)} |", "|---|---|---|" + "---|" * len(finds)]
     for name, r in damaging:
         pl = r["plant"]
@@ -462,15 +463,26 @@ def _by_site(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
     """Per planted site: the plants, how many the planted channels ×8 (the largest scale `find` tries)
     win back to WIN_BACK_GOAL, and per find option how many it located and won back: whether a miss is
     the search's ranking (the ×8 spec repairs, and `find` did not write it) or beyond its scales."""
-    sites = list(dict.fromkeys(r["plant"]["site"] for _, r in damaging))
+    return _by_group(damaging, finds, "site", lambda plant: plant["site"])
+
+
+def _by_damping(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
+    """The same per damping strength (the plant's scale, strongest first): the damage regime."""
+    rows = sorted(damaging, key=lambda row: row[1]["plant"]["scale"])
+    return _by_group(rows, finds, "damping", lambda plant: f"x{plant['scale']:g}")
+
+
+def _by_group(damaging: list[tuple[str, dict]], finds: list[str], label: str, key) -> list[str]:
+    """The plants grouped by ``key(plant)`` in order of first appearance: the ``_by_site`` columns."""
+    groups = list(dict.fromkeys(key(r["plant"]) for _, r in damaging))
     lines = [
-        f"| site | plants | planted channels ×8 win back >= {WIN_BACK_GOAL:g} | "
+        f"| {label} | plants | planted channels ×8 win back >= {WIN_BACK_GOAL:g} | "
         + " | ".join(f"{name}: located / won back" for name in finds)
         + " |",
         "|---|---|---|" + "---|" * len(finds),
     ]
-    for site in sites:
-        rows = [r for _, r in damaging if r["plant"]["site"] == site]
+    for group in groups:
+        rows = [r for _, r in damaging if key(r["plant"]) == group]
         x8 = [r["planted_x8"]["win_back"]["value"] for r in rows if r.get("planted_x8")]
         cells = []
         for name in finds:
@@ -481,7 +493,7 @@ def _by_site(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
             won = sum(_back(f) >= WIN_BACK_GOAL for f in runs)
             cells.append(f"{sum(f['layer_site'] for f in runs)} / {won} of {len(runs)}")
         ceiling = f"{sum(v >= WIN_BACK_GOAL for v in x8)} of {len(x8)}" if x8 else "–"
-        lines.append(f"| {site} | {len(rows)} | {ceiling} | {' | '.join(cells)} |")
+        lines.append(f"| {group} | {len(rows)} | {ceiling} | {' | '.join(cells)} |")
     return lines
 
 
