@@ -328,6 +328,7 @@ def _plant_file(folder, plant_id, which, damage, finds, site="delta", x8=0.9, sc
             "recall": recall,
             "steered": None if back is None else {"win_back": {"value": back}},
             "random": {"win_back": {"value": control}},
+            "validation": "worse" if back is None else "better" if back > 0.25 else "undecided",
         }
 
     row = {
@@ -363,6 +364,10 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
         "| x0.02 | 1 | 0 of 1 | 0 / 0 of 1 | – |",
         "| x0.05 | 2 | 2 of 2 | 1 / 1 of 2 | 1 / 1 of 2 |",
     ]
+    # per validation decision: outlier's specs 0.9 (better), 0.2 (undecided) and the identity written
+    # when the validation rejected its choice (worse, win-back 0); o:r's 0.95 and 0.3 (both better)
+    assert "| outlier | 1, 0.90, 1 | 1, 0.20, 0 | 1, 0.00, 0 |" in text
+    assert "| o:r | 2, 0.30, 1 | 0, –, 0 | 0, –, 0 |" in text
     with pytest.raises(survey.StudyArgumentError, match="no plant files under"):
         survey.pooled_table([tmp_path / "empty"], "fresh", 0.10)
 

@@ -402,7 +402,8 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     ``which`` (or all) whose damage is at least ``min_damage``, the layer+site rate, the mean share of
     planted channels, the win-backs at WIN_BACK_GOAL, their median (lower median for an even count) and the
     random controls' range; then the same per planted site and per damping strength (``_by_site``,
-    ``_by_damping``); then the plants one by one, every option side by side."""
+    ``_by_damping``), the win-backs per validation decision (``_by_decision``); then the plants one by
+    one, every option side by side."""
     rows: list[tuple[str, dict]] = []
     for folder in folders:
         plants = folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
@@ -436,6 +437,7 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
             f"| {spread} |"
         )
     lines += ["", *_by_site(damaging, finds), "", *_by_damping(damaging, finds)]
+    lines += ["", *_by_decision(damaging, finds)]
     lines += ["", f"| folder | plant | damage | {' | '.join(finds)} |", "|---|---|---|" + "---|" * len(finds)]
     for name, r in damaging:
         pl = r["plant"]
@@ -470,6 +472,27 @@ def _by_damping(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]
     """The same per damping strength (the plant's scale, strongest first): the damage regime."""
     rows = sorted(damaging, key=lambda row: row[1]["plant"]["scale"])
     return _by_group(rows, finds, "damping", lambda plant: f"x{plant['scale']:g}")
+
+
+def _by_decision(damaging: list[tuple[str, dict]], finds: list[str]) -> list[str]:
+    """Per find option and validation decision: how many specs, and what they won back on the TEST
+    documents (median, how many reach WIN_BACK_GOAL): what the decision predicts."""
+    decisions = ("better", "undecided", "worse")
+    lines = [
+        "| find | "
+        + " | ".join(f"{d}: specs, win-back median, >= {WIN_BACK_GOAL:g}" for d in decisions)
+        + " |",
+        "|---|" + "---|" * len(decisions),
+    ]
+    for name in finds:
+        runs = [r["finds"][name] for _, r in damaging if name in r["finds"]]
+        cells = []
+        for decision in decisions:
+            backs = sorted(_back(f) for f in runs if f.get("validation") == decision)
+            median = f"{backs[(len(backs) - 1) // 2]:.2f}" if backs else "–"
+            cells.append(f"{len(backs)}, {median}, {sum(b >= WIN_BACK_GOAL for b in backs)}")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return lines
 
 
 def _by_group(damaging: list[tuple[str, dict]], finds: list[str], label: str, key) -> list[str]:
