@@ -557,8 +557,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="FOLDER",
-        help="print one table over these survey folders' plant files (of --set, damage >= --min-damage) "
-        "and stop; no model is loaded",
+        help="print tables over these survey folders' plant files (of --set, damage >= --min-damage): per "
+        "find option, then per planted site, per damping strength and per validation decision, then plant "
+        "by plant; and stop; no model is loaded",
     )
 
 
