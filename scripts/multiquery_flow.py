@@ -53,9 +53,16 @@ def _all(text: str, sub: str, start: int = 0, end: int | None = None) -> list[in
     return found
 
 
-def slot_positions(doc: dict) -> dict:
+def _key_value(needle: str) -> tuple[str, str]:
+    """("olive-ferret", "4907443") from "A magic number for olive-ferret is 4907443."."""
+    key, value = needle.rstrip(".").split(" for ", 1)[1].split(" is ")
+    return key, value
+
+
+def slot_positions(doc: dict, reach: int = 3) -> dict:
     """Character positions (one token each) for one two-key document: per slot, the position predicting
-    its first digit, its gold digit, and the spans of ``SOURCES``."""
+    its first digit, its gold digit, and the spans of ``SOURCES``; the filler control keeps ``reach``
+    positions (the conv's, conv_kernel − 1) clear of every needle on both sides."""
     context, completion = doc["context"], doc["completion"]
     keys, needles = doc["keys"], doc["needles"]
     if len(keys) != 2:
@@ -84,13 +91,15 @@ def slot_positions(doc: dict) -> dict:
         taken = {p for n in needles for p in spans[n]}
         size = len(spans[own])
         filler = next(
-            s for s in haystack if all(p not in taken and p - 3 not in taken for p in range(s, s + size + 3))
+            s
+            for s in haystack
+            if all(p not in taken and p - reach not in taken for p in range(s, s + size + reach))
         )
         slots.append(
             {
                 "predicting": starts[slot] - 1,
                 "gold": value[0],
-                "other_firsts": [n.rstrip(".").split()[-1][0] for n in needles if n != own],
+                "other_firsts": [_key_value(n)[1][0] for n in needles if n != own],
                 "sources": {
                     "own needle": spans[own],
                     "other key's needle": spans[other_needle],
@@ -112,7 +121,7 @@ def swapped_questions(doc: dict) -> list[dict]:
     context, completion, keys = doc["context"], doc["completion"], doc["keys"]
     question = context.rindex("\n") + 1
     values = [v.strip(" .") for v in completion.split(",")]
-    by_key = {n.split(" for ")[1].split(" is ")[0]: n.rstrip(".").split()[-1] for n in doc["needles"]}
+    by_key = dict(_key_value(n) for n in doc["needles"])
     out = []
     for slot, key in enumerate(keys):
         for new_key, new_value in by_key.items():
@@ -147,16 +156,16 @@ def run(model, tokenizer, docs: list[dict], mode: str = "direct") -> dict:
     totals = {slot: {name: 0.0 for name in ("none", *SOURCES)} for slot in (0, 1)}
     argmax = {slot: {"gold": 0, "another needle's first digit": 0, "neither": 0} for slot in (0, 1)}
     for doc in docs:
-        d = slot_positions(doc)
+        d = slot_positions(doc, kernel - 1)
         ids = tokenizer(d["text"], return_tensors="pt", add_special_tokens=False).input_ids
         if ids.shape[1] != len(d["text"]):
             raise ValueError("this diagnostic expects a one-token-per-character tokenizer (the project's)")
+        with torch.no_grad():  # unintervened: one forward serves both slots
+            unintervened = model(input_ids=ids, use_cache=False).logits[0].float()
         for slot, s in enumerate(d["slots"]):
             p = s["predicting"]
             gold = int(ids[0, p + 1])
-
-            with torch.no_grad():
-                logits = model(input_ids=ids, use_cache=False).logits[0, p].float()
+            logits = unintervened[p]
             totals[slot]["none"] += float(torch.softmax(logits, -1)[gold])
             top = tokenizer.decode([int(logits.argmax())])
             outcome = (
