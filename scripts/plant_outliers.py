@@ -88,7 +88,7 @@ def main() -> int:
         device=a.device,
     )
     model, tokenizer = load_model(path, device=a.device)
-    data, _ = survey._documents(tokenizer, docs)
+    data, _ = survey.find_documents(tokenizer, docs)
     planted = set(plant_damage(model, pl.layer, pl.site, pl.count, pl.scale, pl.seed))
     arch = describe_model(model)
     refused = {site for site, _ in arch.refused_sites}

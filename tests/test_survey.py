@@ -195,7 +195,7 @@ def test_a_second_run_resumes_per_plant_and_per_find_option(tmp_path, capsys, mo
         return _row(plant.id, plant.set, 0.3, {}) | {"finds": {f.name: _find(True, 1, 1, 0) for f in finds}}
 
     monkeypatch.setattr(survey, "measure_plant", fake_measure)
-    monkeypatch.setattr(survey, "_documents", lambda tokenizer, a: ({"test": []}, _NoDocs()))
+    monkeypatch.setattr(survey, "find_documents", lambda tokenizer, a: ({"test": []}, _NoDocs()))
     monkeypatch.setattr("lm_eval_ssmsteer.studies.plant.test_scores_per_document", lambda *a, **k: None)
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01"]
     assert main([*args, "--finds", "causal"]) == 0

@@ -609,7 +609,7 @@ def _plant_list(path: str):
     return survey_plants(arch.steerable_layers, widths)
 
 
-def _documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
+def find_documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
     """Calibration and validation documents for find, and the encoded TEST documents."""
     from lm_eval_ssmsteer.finder.data import VALIDATION_SEED, encode_pairs, token_counter, without
 
@@ -660,7 +660,7 @@ def run(a: argparse.Namespace) -> int:
         )
     model, tokenizer = load_model(path, device=a.device)
     try:
-        data, test = _documents(tokenizer, a)
+        data, test = find_documents(tokenizer, a)
     except TaskDataError as exc:
         raise StudyArgumentError(f"--lengths {' '.join(map(str, a.lengths))}: {exc}") from None
     except FinderError as exc:  # too few documents: tasks x lengths x documents per task

@@ -1,0 +1,200 @@
+"""Where the finder loses a plant: in the search, or in what it optimizes (issue 22).
+
+    python scripts/survey_ceiling.py FOLDER... [--find outlier] [--min-damage 0.10] [--out FILE.json]
+
+FOLDER is a survey folder (`ssmsteer study survey --out`, with its settings.json and plants/). For each
+plant whose damage is at least --min-damage and that --find ran on, the model is loaded fresh, damaged again
+the same way (the channels are checked against the record), and four configurations are scored on the find's
+own documents, rebuilt from settings.json: the CALIBRATION documents the search minimizes the loss on, and the
+validation documents it decides with. The configurations: the damaged model, the spec --find wrote, the
+planted channels ×8 (a spec the finder can write; the survey's reference repair) and the exact inverse.
+
+A plant the find missed (its spec wins back < 0.8 of the TEST documents) while the planted channels ×8 win
+back ≥ 0.8 is then one of two kinds:
+
+- **search**: the planted ×8 has the lower calibration loss. The objective prefers the true repair; the
+  search did not reach it.
+- **objective**: the found spec has the lower (or equal) calibration loss. Given the planted ×8 as a
+  candidate, the search would still have written the spec it wrote.
+
+Beside the mean answer loss, the same comparison by the other per-document statistics a finder could use
+(documents answered right, the median of the per-document loss, the validation documents' loss), to say
+which of them would have preferred the true repair. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lm_eval_ssmsteer.studies.survey import WIN_BACK_GOAL
+
+CONFIGS = ("damaged", "found", "planted x8", "inverse")
+# per-document statistics a finder could minimize (lower is better for each): `_statistics`
+STATISTICS = ("calibration loss", "calibration wrong", "calibration median", "validation loss")
+
+
+def _statistics(cal, val) -> dict[str, float]:
+    """The numbers ``STATISTICS`` name, lower is better for each, from per-document results."""
+    return {
+        "calibration loss": cal.summary().loss,
+        "calibration wrong": float((~cal.right).sum()),
+        "calibration median": statistics.median(cal.mean_loss.tolist()),
+        "validation loss": val.summary().loss,
+    }
+
+
+def classify(row: dict) -> str:
+    """'won' (the find won back the goal), 'unreachable' (the planted ×8 does not either), or which side
+    lost the plant: 'search' (the planted ×8 scores lower calibration loss) or 'objective'."""
+    if row["found win-back"] is not None and row["found win-back"] >= WIN_BACK_GOAL:
+        return "won"
+    if row["planted x8 win-back"] is None or row["planted x8 win-back"] < WIN_BACK_GOAL:
+        return "unreachable"
+    s = row["scores"]
+    return "search" if s["planted x8"]["calibration loss"] < s["found"]["calibration loss"] else "objective"
+
+
+def prefers(row: dict) -> dict[str, bool]:
+    """Per statistic: does it rank the planted ×8 strictly better than the found spec?"""
+    s = row["scores"]
+    return {name: s["planted x8"][name] < s["found"][name] for name in STATISTICS}
+
+
+def _plants(folder: Path) -> Path:
+    return folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
+
+
+def _settings(folder: Path) -> dict:
+    for f in (folder / "settings.json", folder / "survey" / "settings.json"):
+        if f.exists():
+            return json.loads(f.read_text())
+    raise SystemExit(f"{folder}: no settings.json (not a survey folder)")
+
+
+def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> list[dict]:
+    from lm_eval_ssmsteer.finder.methods import per_document
+    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
+    from lm_eval_ssmsteer.spec import SteeringSpec
+    from lm_eval_ssmsteer.studies.damping import plant as plant_damage
+    from lm_eval_ssmsteer.studies.survey import find_documents
+
+    settings = _settings(folder)
+    records = [json.loads(f.read_text()) for f in sorted(_plants(folder).glob("*.json"))]
+    chosen = [r for r in records if r["damage"]["mean"] >= min_damage and find in r["finds"]]
+    if not chosen:
+        return []
+    path = resolve_model_path(settings["model"])
+    a = argparse.Namespace(**settings, device=device)
+    _, tokenizer = load_model(path, device=device)
+    data, _ = find_documents(tokenizer, a)
+    cal, val = data["calibration"].batches(), data["validation"].batches()
+    rows = []
+    for r in chosen:
+        started = time.time()
+        p, f = r["plant"], r["finds"][find]
+        model, _ = load_model(path, device=device)
+        channels = plant_damage(model, p["layer"], p["site"], p["count"], p["scale"], p["seed"])
+        if channels != r["channels"]:
+            raise SystemExit(f"{folder.name} {p['id']}: planted channels differ from the record")
+        fo = f["found"]
+        specs = {
+            "damaged": None,
+            "found": SteeringSpec.single(fo["layer"], fo["site"], fo["channels"], fo["scale"])
+            if f["written"]
+            else None,
+            "planted x8": SteeringSpec.single(p["layer"], p["site"], channels, 8.0),
+            "inverse": SteeringSpec.single(p["layer"], p["site"], channels, 1 / p["scale"]),
+        }
+        scores = {}
+        for name, spec in specs.items():
+            scores[name] = _statistics(per_document(model, cal, spec), per_document(model, val, spec))
+        row = {
+            "folder": folder.name,
+            "plant": p,
+            "damage": r["damage"]["mean"],
+            "found": fo if f["written"] else None,
+            "validation": f["validation"] or f["rejected"],
+            "recorded calibration loss": f["calibration_loss"]["steered"],
+            "found win-back": f["steered"]["win_back"]["value"] if f["steered"] else 0.0,
+            "planted x8 win-back": r["planted_x8"]["win_back"]["value"],
+            "scores": scores,
+            "seconds": round(time.time() - started, 1),
+        }
+        row["kind"] = classify(row)
+        rows.append(row)
+        print(f"{folder.name} {p['id']}: {row['kind']} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return rows
+
+
+def _n(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def table(rows: list[dict], find: str) -> str:
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in ("won", "search", "objective", "unreachable")}
+    lost = [r for r in rows if r["kind"] in ("search", "objective")]
+    lines = [
+        f"{len(rows)} damaging plants, find `{find}`: won back >= {WIN_BACK_GOAL} {kinds['won']}; lost where "
+        f"the planted channels x8 win back >= {WIN_BACK_GOAL}: {len(lost)} (search {kinds['search']}, "
+        f"objective {kinds['objective']}); the planted x8 below {WIN_BACK_GOAL} too: {kinds['unreachable']}.",
+        "",
+        "Of the lost plants, how many each statistic ranks the planted x8 above the found spec:",
+        "",
+        "| statistic | planted x8 preferred |",
+        "|---|---|",
+    ]
+    lines += [f"| {s} | {sum(prefers(r)[s] for r in lost)} of {len(lost)} |" for s in STATISTICS]
+    lines += [
+        "",
+        "| plant | folder | planted | damage | found | validation | win-back found / planted x8 | kind | "
+        "calibration loss damaged / found / planted x8 / inverse (recorded found) | cal. wrong found / x8 | "
+        "val. loss found / x8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p, s, fo = r["plant"], r["scores"], r["found"]
+        found = "identity"
+        if fo is not None:
+            found = f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
+        lines.append(
+            f"| {p['id']} | {r['folder']} | L{p['layer']} {p['site']} {p['count']} x{p['scale']:g} | "
+            f"{r['damage']:.2f} | {found} | {r['validation'] or '–'} | "
+            f"{_n(r['found win-back'])} / {_n(r['planted x8 win-back'])} | {r['kind']} | "
+            + " / ".join(_n(s[c]["calibration loss"]) for c in CONFIGS)
+            + f" ({_n(r['recorded calibration loss'])}) | "
+            f"{s['found']['calibration wrong']:.0f} / {s['planted x8']['calibration wrong']:.0f} | "
+            f"{_n(s['found']['validation loss'])} / {_n(s['planted x8']['validation loss'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path, help="survey folders (settings.json and plants/)")
+    ap.add_argument("--find", default="outlier", help="the find option to examine (default: outlier)")
+    ap.add_argument("--min-damage", type=float, default=0.10, help="plants damaged at least this much")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, help="also write the rows as JSON")
+    a = ap.parse_args(argv)
+    rows = []
+    for folder in a.folders:
+        if not _plants(folder).is_dir():
+            ap.error(f"{folder}: no plants/ folder (not a survey folder)")
+        rows += measure_folder(folder, a.find, a.min_damage, a.device)
+    if not rows:
+        ap.error(f"no plant with damage >= {a.min_damage} that find {a.find!r} ran on")
+    if a.out:
+        from lm_eval_ssmsteer.files import atomic_write_text
+
+        atomic_write_text(a.out, json.dumps({"find": a.find, "rows": rows}, indent=1) + "\n")
+    print(table(rows, a.find))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
