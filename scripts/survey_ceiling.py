@@ -1,6 +1,7 @@
 """Where the finder loses a plant: in the search, or in what it optimizes (issue 22).
 
     python scripts/survey_ceiling.py FOLDER... [--find outlier] [--min-damage 0.10] [--out FILE.json]
+    python scripts/survey_ceiling.py --table FILE.json [FOLDER...]   (the table again, from --out's rows)
 
 FOLDER is a survey folder (`ssmsteer study survey --out`, with its settings.json and plants/). For each
 plant whose damage is at least --min-damage and that --find ran on, the model is loaded fresh, damaged again
@@ -9,17 +10,19 @@ own documents, rebuilt from settings.json: the CALIBRATION documents the search 
 validation documents it decides with. The configurations: the damaged model, the spec --find wrote, the
 planted channels ×8 (a spec the finder can write; the survey's reference repair) and the exact inverse.
 
-A plant the find missed (its spec wins back < 0.8 of the TEST documents) while the planted channels ×8 win
-back ≥ 0.8 is then one of two kinds:
+A plant the find missed (its spec wins back < 0.8 of the TEST documents) is judged against a true repair
+that wins back >= 0.8: the planted channels ×8, else the exact inverse (the finder writes scales past ×8
+too, from its outlier screen). It is then one of two kinds:
 
-- **search**: the planted ×8 has the lower calibration loss. The objective prefers the true repair; the
-  search did not reach it.
-- **objective**: the found spec has the lower (or equal) calibration loss. Given the planted ×8 as a
+- **search**: the true repair has the lower calibration loss. The objective prefers it; the search did not
+  reach it.
+- **objective**: the found spec has the lower (or equal) calibration loss. Given the true repair as a
   candidate, the search would still have written the spec it wrote.
 
 Beside the mean answer loss, the same comparison by the other per-document statistics a finder could use
 (documents answered right, the median of the per-document loss, the validation documents' loss), to say
-which of them would have preferred the true repair. Prints a Markdown table.
+which of them would have preferred the true repair. Prints a Markdown table. (--table fills a field that
+rows written before it existed lack, the inverse's win-back, from the survey folders given.)
 """
 
 from __future__ import annotations
@@ -48,21 +51,36 @@ def _statistics(cal, val) -> dict[str, float]:
     }
 
 
+REFERENCES = ("planted x8", "inverse")  # the true repairs, in the order a lost plant is judged against
+
+
+def reference(row: dict) -> str | None:
+    """The true repair a lost plant is judged against: the planted channels x8 when they win back the goal,
+    else the exact inverse when it does, else None (no spec on the planted channels wins it back)."""
+    for ref in REFERENCES:
+        back = row[f"{ref} win-back"]
+        if back is not None and back >= WIN_BACK_GOAL:
+            return ref
+    return None
+
+
 def classify(row: dict) -> str:
-    """'won' (the find won back the goal), 'unreachable' (the planted ×8 does not either), or which side
-    lost the plant: 'search' (the planted ×8 scores lower calibration loss) or 'objective'."""
+    """'won' (the find won back the goal), 'unreachable' (no true repair does either), or which side lost
+    the plant: 'search' (the true repair scores lower calibration loss than the found spec) or 'objective'."""
     if row["found win-back"] is not None and row["found win-back"] >= WIN_BACK_GOAL:
         return "won"
-    if row["planted x8 win-back"] is None or row["planted x8 win-back"] < WIN_BACK_GOAL:
+    ref = reference(row)
+    if ref is None:
         return "unreachable"
     s = row["scores"]
-    return "search" if s["planted x8"]["calibration loss"] < s["found"]["calibration loss"] else "objective"
+    return "search" if s[ref]["calibration loss"] < s["found"]["calibration loss"] else "objective"
 
 
 def prefers(row: dict) -> dict[str, bool]:
-    """Per statistic: does it rank the planted ×8 strictly better than the found spec?"""
-    s = row["scores"]
-    return {name: s["planted x8"][name] < s["found"][name] for name in STATISTICS}
+    """Per statistic: does it rank the plant's true repair (``reference``) strictly better than the found
+    spec?"""
+    s, ref = row["scores"], reference(row)
+    return {name: s[ref][name] < s["found"][name] for name in STATISTICS}
 
 
 def _plants(folder: Path) -> Path:
@@ -122,6 +140,7 @@ def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> l
             "recorded calibration loss": f["calibration_loss"]["steered"],
             "found win-back": f["steered"]["win_back"]["value"] if f["steered"] else 0.0,
             "planted x8 win-back": r["planted_x8"]["win_back"]["value"],
+            "inverse win-back": r["inverse"]["win_back"]["value"],
             "scores": scores,
             "seconds": round(time.time() - started, 1),
         }
@@ -131,29 +150,34 @@ def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> l
     return rows
 
 
-def _n(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
+def _n(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def table(rows: list[dict], find: str) -> str:
+    for r in rows:
+        r["kind"] = classify(r)
     kinds = {k: sum(r["kind"] == k for r in rows) for k in ("won", "search", "objective", "unreachable")}
     lost = [r for r in rows if r["kind"] in ("search", "objective")]
+    by_ref = {ref: sum(reference(r) == ref for r in lost) for ref in REFERENCES}
     lines = [
-        f"{len(rows)} damaging plants, find `{find}`: won back >= {WIN_BACK_GOAL} {kinds['won']}; lost where "
-        f"the planted channels x8 win back >= {WIN_BACK_GOAL}: {len(lost)} (search {kinds['search']}, "
-        f"objective {kinds['objective']}); the planted x8 below {WIN_BACK_GOAL} too: {kinds['unreachable']}.",
+        f"{len(rows)} damaging plants, find `{find}`: won back >= {WIN_BACK_GOAL} by the find: "
+        f"{kinds['won']}; lost, where a true repair (the planted channels x8: {by_ref['planted x8']}, else "
+        f"the exact inverse: {by_ref['inverse']}) wins back >= {WIN_BACK_GOAL}: {len(lost)}, of which the "
+        f"true repair has the lower calibration loss (search) in {kinds['search']} and the found spec "
+        f"(objective) in {kinds['objective']}; no true repair reaches the goal: {kinds['unreachable']}.",
         "",
-        "Of the lost plants, how many each statistic ranks the planted x8 above the found spec:",
+        "Of the lost plants, how many each statistic ranks the true repair above the found spec:",
         "",
-        "| statistic | planted x8 preferred |",
+        "| statistic | true repair preferred |",
         "|---|---|",
     ]
     lines += [f"| {s} | {sum(prefers(r)[s] for r in lost)} of {len(lost)} |" for s in STATISTICS]
     lines += [
         "",
-        "| plant | folder | planted | damage | found | validation | win-back found / planted x8 | kind | "
-        "calibration loss damaged / found / planted x8 / inverse (recorded found) | cal. wrong found / x8 | "
-        "val. loss found / x8 |",
+        "| plant | folder | planted | damage | found | validation | win-back found / planted x8 / inverse | "
+        "kind | calibration loss damaged / found / planted x8 / inverse (found, recorded) | "
+        "cal. wrong damaged / found / x8 / inverse | val. loss found / x8 / inverse |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -161,30 +185,59 @@ def table(rows: list[dict], find: str) -> str:
         found = "identity"
         if fo is not None:
             found = f"L{fo['layer']} {fo['site']} {len(fo['channels'])} x{fo['scale']:g}"
+        kind = r["kind"] + (f" (vs {reference(r)})" if r["kind"] in ("search", "objective") else "")
         lines.append(
             f"| {p['id']} | {r['folder']} | L{p['layer']} {p['site']} {p['count']} x{p['scale']:g} | "
             f"{r['damage']:.2f} | {found} | {r['validation'] or '–'} | "
-            f"{_n(r['found win-back'])} / {_n(r['planted x8 win-back'])} | {r['kind']} | "
+            + " / ".join(_n(r[f"{c} win-back"], 2) for c in ("found", *REFERENCES))
+            + f" | {kind} | "
             + " / ".join(_n(s[c]["calibration loss"]) for c in CONFIGS)
             + f" ({_n(r['recorded calibration loss'])}) | "
-            f"{s['found']['calibration wrong']:.0f} / {s['planted x8']['calibration wrong']:.0f} | "
-            f"{_n(s['found']['validation loss'])} / {_n(s['planted x8']['validation loss'])} |"
+            + " / ".join(f"{s[c]['calibration wrong']:.0f}" for c in CONFIGS)
+            + " | "
+            + " / ".join(_n(s[c]["validation loss"]) for c in CONFIGS[1:])
+            + " |"
         )
     return "\n".join(lines)
 
 
+def _fill(rows: list[dict], folders: list[Path]) -> None:
+    """Rows written before a field existed: take it from the survey folders' plant records."""
+    records = {f.name: _plants(f) for f in folders}
+    for r in rows:
+        if "inverse win-back" in r:
+            continue
+        if r["folder"] not in records:
+            raise SystemExit(
+                f"--table: row {r['plant']['id']} of {r['folder']} needs that survey folder given"
+            )
+        record = json.loads((records[r["folder"]] / f"{r['plant']['id']}.json").read_text())
+        r["inverse win-back"] = record["inverse"]["win_back"]["value"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folders", nargs="+", type=Path, help="survey folders (settings.json and plants/)")
+    ap.add_argument("folders", nargs="*", type=Path, help="survey folders (settings.json and plants/)")
     ap.add_argument("--find", default="outlier", help="the find option to examine (default: outlier)")
     ap.add_argument("--min-damage", type=float, default=0.10, help="plants damaged at least this much")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON")
+    ap.add_argument(
+        "--table", type=Path, help="print the table of rows an earlier --out wrote; no model is run"
+    )
     a = ap.parse_args(argv)
-    rows = []
     for folder in a.folders:
         if not _plants(folder).is_dir():
             ap.error(f"{folder}: no plants/ folder (not a survey folder)")
+    if a.table:
+        saved = json.loads(a.table.read_text())
+        _fill(saved["rows"], a.folders)
+        print(table(saved["rows"], saved["find"]))
+        return 0
+    if not a.folders:
+        ap.error("give survey folders, or --table FILE")
+    rows = []
+    for folder in a.folders:
         rows += measure_folder(folder, a.find, a.min_damage, a.device)
     if not rows:
         ap.error(f"no plant with damage >= {a.min_damage} that find {a.find!r} ran on")

@@ -17,14 +17,16 @@ ceiling = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ceiling)
 
 
-def _row(found_back, x8_back, found_loss, x8_loss) -> dict:
+def _row(found_back, x8_back, found_loss, x8_loss, inverse_back=None, inverse_loss=0.3) -> dict:
     score = {name: 0.0 for name in ceiling.STATISTICS}
     return {
         "found win-back": found_back,
         "planted x8 win-back": x8_back,
+        "inverse win-back": inverse_back,
         "scores": {
             "found": score | {"calibration loss": found_loss, "validation loss": 0.2},
             "planted x8": score | {"calibration loss": x8_loss, "validation loss": 0.1},
+            "inverse": score | {"calibration loss": inverse_loss, "validation loss": 0.3},
         },
     }
 
@@ -42,6 +44,12 @@ def test_a_lost_plant_is_the_searchs_when_the_true_repair_scores_lower_else_the_
         "calibration median": False,
         "validation loss": True,
     }
+    # the planted x8 short of the goal: the exact inverse is the true repair the plant is judged against
+    short = _row(0.3, 0.5, 0.2, 0.1, inverse_back=0.95, inverse_loss=0.3)
+    assert ceiling.reference(short) == "inverse" and ceiling.classify(short) == "objective"
+    assert ceiling.prefers(short)["calibration loss"] is False
+    assert ceiling.classify(_row(0.3, 0.5, 0.2, 0.1, inverse_back=0.95, inverse_loss=0.05)) == "search"
+    assert ceiling.reference(_row(0.3, 1.0, 0.2, 0.1, inverse_back=0.95)) == "planted x8"
 
 
 def test_it_reproduces_the_surveys_plant_and_the_finds_calibration_loss(tmp_path, capsys):
@@ -68,6 +76,9 @@ def test_it_reproduces_the_surveys_plant_and_the_finds_calibration_loss(tmp_path
     else:
         assert scores["found"] == scores["damaged"]
     assert m["kind"] == ceiling.classify(m)
+    # the table again from the saved rows, without a model
+    assert ceiling.main(["--table", str(tmp_path / "c.json")]) == 0
+    assert capsys.readouterr().out.strip() == printed.strip()
 
     row["channels"] = [c + 1 for c in row["channels"]]  # a record the plant does not reproduce
     record.write_text(json.dumps(row))
