@@ -1,7 +1,7 @@
 """Where the finder loses a plant: in the search, or in what it optimizes (issue 22).
 
     python scripts/survey_ceiling.py FOLDER... [--find outlier] [--min-damage 0.10] [--out FILE.json]
-    python scripts/survey_ceiling.py --table FILE.json [FOLDER...]   (the table again, from --out's rows)
+    python scripts/survey_ceiling.py --table FILE.json [--table ...] [FOLDER...]   (again, from --out files)
 
 FOLDER is a survey folder (`ssmsteer study survey --out`, with its settings.json and plants/). For each
 plant whose damage is at least --min-damage and that --find ran on, the model is loaded fresh, damaged again
@@ -223,16 +223,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON")
     ap.add_argument(
-        "--table", type=Path, help="print the table of rows an earlier --out wrote; no model is run"
+        "--table",
+        type=Path,
+        action="append",
+        help="print the table of the rows an --out file holds (repeat to join several); runs no model",
     )
     a = ap.parse_args(argv)
     for folder in a.folders:
         if not _plants(folder).is_dir():
             ap.error(f"{folder}: no plants/ folder (not a survey folder)")
     if a.table:
-        saved = json.loads(a.table.read_text())
-        _fill(saved["rows"], a.folders)
-        print(table(saved["rows"], saved["find"]))
+        saved = [json.loads(f.read_text()) for f in a.table]
+        finds = {d["find"] for d in saved}
+        if len(finds) > 1:
+            ap.error(f"--table: the files examine different finds {sorted(finds)}; give one find's files")
+        rows = [r for d in saved for r in d["rows"]]
+        _fill(rows, a.folders)
+        print(table(rows, finds.pop()))
         return 0
     if not a.folders:
         ap.error("give survey folders, or --table FILE")
