@@ -97,6 +97,7 @@ def _settings(folder: Path) -> dict:
 def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> list[dict]:
     from lm_eval_ssmsteer.finder.methods import per_document
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
+    from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
     from lm_eval_ssmsteer.spec import SteeringSpec
     from lm_eval_ssmsteer.studies.damping import plant as plant_damage
     from lm_eval_ssmsteer.studies.survey import find_documents
@@ -129,8 +130,9 @@ def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> l
             "inverse": SteeringSpec.single(p["layer"], p["site"], channels, 1 / p["scale"]),
         }
         scores = {}
-        for name, spec in specs.items():
-            scores[name] = _statistics(per_document(model, cal, spec), per_document(model, val, spec))
+        with fast_scan_if_allowed(model):  # Mamba-1 on the CPU: the scan as one op, as find runs it
+            for name, spec in specs.items():
+                scores[name] = _statistics(per_document(model, cal, spec), per_document(model, val, spec))
         row = {
             "folder": folder.name,
             "plant": p,
