@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from lm_eval_ssmsteer.studies.survey import WIN_BACK_GOAL
+from lm_eval_ssmsteer.studies.survey import WIN_BACK_GOAL, plants_folder
 
 CONFIGS = ("damaged", "found", "planted x8", "inverse")
 # per-document statistics a finder could minimize (lower is better for each): `_statistics`
@@ -83,10 +83,6 @@ def prefers(row: dict) -> dict[str, bool]:
     return {name: s[ref][name] < s["found"][name] for name in STATISTICS}
 
 
-def _plants(folder: Path) -> Path:
-    return folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
-
-
 def _settings(folder: Path) -> dict:
     for f in (folder / "settings.json", folder / "survey" / "settings.json"):
         if f.exists():
@@ -103,7 +99,7 @@ def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> l
     from lm_eval_ssmsteer.studies.survey import find_documents
 
     settings = _settings(folder)
-    records = [json.loads(f.read_text()) for f in sorted(_plants(folder).glob("*.json"))]
+    records = [json.loads(f.read_text()) for f in sorted(plants_folder(folder).glob("*.json"))]
     chosen = [r for r in records if r["damage"]["mean"] >= min_damage and find in r["finds"]]
     if not chosen:
         return []
@@ -205,7 +201,7 @@ def table(rows: list[dict], find: str) -> str:
 
 def _fill(rows: list[dict], folders: list[Path]) -> None:
     """Rows written before a field existed: take it from the survey folders' plant records."""
-    records = {f.name: _plants(f) for f in folders}
+    records = {f.name: plants_folder(f) for f in folders}
     for r in rows:
         if "inverse win-back" in r:
             continue
@@ -232,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = ap.parse_args(argv)
     for folder in a.folders:
-        if not _plants(folder).is_dir():
+        if not plants_folder(folder).is_dir():
             ap.error(f"{folder}: no plants/ folder (not a survey folder)")
     if a.table:
         saved = [json.loads(f.read_text()) for f in a.table]

@@ -397,6 +397,12 @@ def table(rows: list[dict], summary: dict, settings: dict, test_docs: int, min_d
     return "\n".join(lines)
 
 
+def plants_folder(folder: Path) -> Path:
+    """Where a survey folder keeps its plant files: ``FOLDER/plants``, or ``FOLDER/survey/plants`` (a GPU
+    run's folder, the survey one level down)."""
+    return folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
+
+
 def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     """Several survey folders (models, task sets) as one: per find option, over their plants of set
     ``which`` (or all) whose damage is at least ``min_damage``, the layer+site rate, the mean share of
@@ -406,7 +412,7 @@ def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
     one, every option side by side."""
     rows: list[tuple[str, dict]] = []
     for folder in folders:
-        plants = folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
+        plants = plants_folder(folder)
         files = sorted(plants.glob("*.json"))
         if not files:
             raise StudyArgumentError(f"--pool: no plant files under {folder} (looked in {plants})")
