@@ -1,7 +1,7 @@
 """Where the finder loses a plant: in the search, or in what it optimizes (issue 22).
 
     python scripts/survey_ceiling.py FOLDER... [--find outlier] [--min-damage 0.10] [--out FILE.json]
-    python scripts/survey_ceiling.py --table FILE.json [--table ...] [FOLDER...]   (again, from --out files)
+    python scripts/survey_ceiling.py --table FILE.json [--table ...]   (again, from --out files)
 
 FOLDER is a survey folder (`ssmsteer study survey --out`, with its settings.json and plants/). For each
 plant whose damage is at least --min-damage and that --find ran on, the model is loaded fresh, damaged again
@@ -21,8 +21,7 @@ too, from its outlier screen). It is then one of two kinds:
 
 Beside the mean answer loss, the same comparison by the other per-document statistics a finder could use
 (documents answered right, the median of the per-document loss, the validation documents' loss), to say
-which of them would have preferred the true repair. Prints a Markdown table. (--table fills a field that
-rows written before it existed lack, the inverse's win-back, from the survey folders given.)
+which of them would have preferred the true repair. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -199,20 +198,6 @@ def table(rows: list[dict], find: str) -> str:
     return "\n".join(lines)
 
 
-def _fill(rows: list[dict], folders: list[Path]) -> None:
-    """Rows written before a field existed: take it from the survey folders' plant records."""
-    records = {f.name: plants_folder(f) for f in folders}
-    for r in rows:
-        if "inverse win-back" in r:
-            continue
-        if r["folder"] not in records:
-            raise SystemExit(
-                f"--table: row {r['plant']['id']} of {r['folder']} needs that survey folder given"
-            )
-        record = json.loads((records[r["folder"]] / f"{r['plant']['id']}.json").read_text())
-        r["inverse win-back"] = record["inverse"]["win_back"]["value"]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", type=Path, help="survey folders (settings.json and plants/)")
@@ -231,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         if not plants_folder(folder).is_dir():
             ap.error(f"{folder}: no plants/ folder (not a survey folder)")
     if a.table:
+        if a.folders:
+            ap.error("--table runs no model: give --out files only, not survey folders")
         saved = [json.loads(f.read_text()) for f in a.table]
         finds = {d["find"] for d in saved}
         if len(finds) > 1:
             ap.error(f"--table: the files examine different finds {sorted(finds)}; give one find's files")
         rows = [r for d in saved for r in d["rows"]]
-        _fill(rows, a.folders)
         print(table(rows, finds.pop()))
         return 0
     if not a.folders:

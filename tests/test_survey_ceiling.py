@@ -79,6 +79,9 @@ def test_it_reproduces_the_surveys_plant_and_the_finds_calibration_loss(tmp_path
     # the table again from the saved rows, without a model
     assert ceiling.main(["--table", str(tmp_path / "c.json")]) == 0
     assert capsys.readouterr().out.strip() == printed.strip()
+    with pytest.raises(SystemExit):  # --table reads saved rows only; a folder beside it is a mistake
+        ceiling.main(["--table", str(tmp_path / "c.json"), str(out)])
+    assert "--table runs no model" in capsys.readouterr().err
 
     row["channels"] = [c + 1 for c in row["channels"]]  # a record the plant does not reproduce
     record.write_text(json.dumps(row))
