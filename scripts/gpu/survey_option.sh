@@ -28,10 +28,11 @@ print("--model", s["model"], "--tasks", *s["tasks"], "--lengths", *map(str, s["l
     read -ra plants <<<"$(python3 -c '
 import json, sys
 from pathlib import Path
-print(*sorted(p.stem for p in Path(sys.argv[1]).glob("*.json") if json.loads(p.read_text())["damaging"]))' \
-        "$copy/plants")"
+from lm_eval_ssmsteer.studies.survey import plants_folder
+records = plants_folder(Path(sys.argv[1])).glob("*.json")
+print(*sorted(p.stem for p in records if json.loads(p.read_text())["damaging"]))' "$copy")"
     if [ ${#plants[@]} -eq 0 ]; then
-        echo "== $name: no damaging plant recorded in $folder/plants, skipped" >&2
+        echo "== $name: no damaging plant recorded in $folder, skipped" >&2
         continue
     fi
     echo "== $name: ${args[*]} --plants ${plants[*]}"
