@@ -236,6 +236,10 @@ def gpt2_dir(tmp_path_factory):
         (["--blocks", "-1"], "--blocks: -1 is too small; allowed: an integer >= 0"),
         (["--method", "probe", "--blocks", "8"], "--blocks 8 with --method probe; allowed with causal and"),
         (
+            ["--validate-choice", "paired"],
+            "--validate-choice paired chooses among validated pairs; allowed with --validate-top 2 or more",
+        ),
+        (
             ["--validation-docs-per-task", "-1"],
             "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",
         ),

@@ -85,3 +85,56 @@ def test_validate_top_scores_several_pairs_on_validation_and_keeps_the_one_that_
     iv = three.spec.interventions[0]
     assert (iv.layers[0], iv.site, iv.scale) == (chosen["layer"], chosen["site"], chosen["scale"])
     assert three.spec.provenance["validation"]["loss_decrease"]["mean"] == chosen["loss_decrease"]
+
+
+def _validated(name: str, losses: list[float]) -> tuple:
+    """A validated row as find builds it: (point, per-document scores, gain over an unsteered loss of 1)."""
+    from types import SimpleNamespace
+
+    from lm_eval_ssmsteer.finder import paired
+
+    scores = SimpleNamespace(mean_loss=torch.tensor(losses))
+    return name, scores, paired.paired_difference(scores.mean_loss, torch.ones(len(losses)))
+
+
+def test_choice_paired_replaces_the_calibrations_choice_only_when_the_documents_call_the_other_better():
+    from lm_eval_ssmsteer.finder.search import _choose_validated
+
+    calibrations = _validated("calibration's", [0.7] * 8)
+    clearly = _validated("clearly better", [0.40, 0.45, 0.42, 0.38, 0.41, 0.44, 0.39, 0.43])
+    # a larger mean gain (loss 0.6875 < 0.7) that the documents cannot tell from the calibration's choice
+    noisy = _validated("noisy", [0.4, 1.0, 0.4, 1.0, 0.4, 1.0, 0.4, 0.9])
+    row, switch = _choose_validated([calibrations, clearly], "paired")
+    assert row[0] == "clearly better" and switch.decision == "better" and switch.mean > 0.25
+    row, switch = _choose_validated([calibrations, noisy], "paired")
+    assert row[0] == "calibration's" and switch.decision == "undecided", switch
+    assert _choose_validated([calibrations, noisy], "gain") == (noisy, None)  # the largest mean gain
+    assert _choose_validated([clearly, calibrations], "paired") == (clearly, None)  # no comparison needed
+
+
+def test_choice_paired_in_find_records_the_comparison_and_writes_what_it_decided(damped_model, monkeypatch):
+    from lm_eval_ssmsteer.finder import search
+
+    # the calibration's choice made the worse of the two pairs, so the better one must win a comparison
+    original = search._validation_pool
+    monkeypatch.setattr(search, "_validation_pool", lambda *a: original(*a)[::-1])
+    calibration = documents(32, seed=1, source="calibration")
+    validation = documents(16, 3, "validation")
+    result = find(
+        damped_model,
+        calibration,
+        method="causal",
+        progress=False,
+        validation=validation,
+        validate_top=3,
+        validate_choice="paired",
+    )
+    checked = result.spec.provenance["validation"]
+    first, top = checked["candidates"][0], max(checked["candidates"], key=lambda c: c["loss_decrease"])
+    assert top is not first and checked["choice"] == "paired", checked["candidates"]
+    kept = top if checked["switch"]["decision"] == "better" else first
+    iv = result.spec.interventions[0]
+    assert (iv.layers[0], iv.site, iv.scale) == (kept["layer"], kept["site"], kept["scale"])
+    assert checked["switch"]["n"] == 16
+    with pytest.raises(search.FinderError, match="validate_choice: 'most'; allowed: gain, paired"):
+        find(damped_model, calibration, progress=False, validation=validation, validate_choice="most")

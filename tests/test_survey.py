@@ -244,6 +244,9 @@ def test_find_options_parse_and_name_themselves():
     option = survey.parse_find("outlier:blocks=8")
     assert (option.blocks, option.name) == (8, "outlier:blocks=8")
     assert survey.parse_find("causal:validate=2:blocks=4").name == "causal:validate=2:blocks=4"
+    option = survey.parse_find("outlier:blocks=8:choice=paired:validate=6")
+    assert (option.choice, option.name) == ("paired", "outlier:validate=6:choice=paired:blocks=8")
+    assert survey.parse_find("outlier:validate=6:choice=gain").name == "outlier:validate=6"
     for bad in (
         "outlier:blocks=0",
         "probe:blocks=8",
@@ -254,9 +257,12 @@ def test_find_options_parse_and_name_themselves():
         "causal:screen=x",
         "nope",
         "causal:order=size",
+        "outlier:validate=6:choice=most",
     ):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
+    with pytest.raises(Exception, match="choice=paired chooses among validated pairs: give validate=N"):
+        survey.parse_find("outlier:choice=paired")
 
 
 def test_only_damaging_runs_no_find_on_a_plant_without_damage_and_says_so(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
-from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS
+from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS, VALIDATE_CHOICES
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -113,6 +113,11 @@ def run(args: argparse.Namespace):
         raise FinderError(
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
+    if args.validate_choice != "gain" and args.validate_top < 2:
+        raise FinderError(
+            f"--validate-choice {args.validate_choice} chooses among validated pairs; allowed with "
+            f"--validate-top 2 or more (got {args.validate_top})"
+        )
     check_output(args.out)
     try:
         path, native = prepare_pretrained(args.model, field="--model")
@@ -162,6 +167,7 @@ def run(args: argparse.Namespace):
         screen=args.screen,
         validation=validation,
         validate_top=args.validate_top,
+        validate_choice=args.validate_choice,
         steep_order=args.steep_order,
         descend=args.descend,
         blocks=args.blocks,
@@ -244,6 +250,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="the best configurations of this many (layer, site) pairs are scored on the validation "
         "documents and the one that lowers their loss most is chosen (default 1: the calibration's best)",
+    )
+    p.add_argument(
+        "--validate-choice",
+        choices=VALIDATE_CHOICES,
+        default="gain",
+        help="with --validate-top N > 1: gain (the validated configuration that lowers the validation loss "
+        "most, default) or paired (that one only when, document by document, it lowers the validation loss "
+        "more than the calibration's best does; else the calibration's best stays)",
     )
     p.add_argument(
         "--steep-order",

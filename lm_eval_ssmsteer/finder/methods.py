@@ -45,6 +45,10 @@ METHODS = ("outlier", "causal", "probe", "attribution", "variance", "dt-bias")
 DEFAULT_METHOD = "outlier"  # since 2026-12-04 (issue 22: docs/finder.md, "Method outlier"); causal before
 # method outlier: how the channels of a pair chosen for its steepest channel are ordered (find)
 STEEP_ORDERS = ("gradient", "size", "ratio")
+# how the validation documents choose among the validated pairs (``find``'s ``validate_choice``): "gain",
+# the one that lowers their loss most; "paired", that one only when, document by document, it lowers their
+# loss more than the calibration's choice does (else the calibration's choice stays)
+VALIDATE_CHOICES = ("gain", "paired")
 SITE_TOP = 8  # a pair's statistic is the mean of its best 8 channels' values (a sum would favour wide sites)
 NULL_DRAWS = 256  # random sign flips of the per-document gradients behind a pair's standardized score
 NULL_SEED = 0

@@ -38,7 +38,14 @@ from tqdm.auto import tqdm
 from lm_eval_ssmsteer.files import atomic_write
 from lm_eval_ssmsteer.finder import magnitude, methods, paired
 from lm_eval_ssmsteer.finder.data import CalibrationData, FinderError
-from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, LossAccuracy, Pair, Ranking
+from lm_eval_ssmsteer.finder.methods import (
+    METHODS,
+    STEEP_ORDERS,
+    VALIDATE_CHOICES,
+    LossAccuracy,
+    Pair,
+    Ranking,
+)
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
 from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SITES
@@ -188,29 +195,35 @@ def find(
     screen: int = 3,
     validation: CalibrationData | None = None,
     validate_top: int = 1,
+    validate_choice: str = "gain",
     steep_order: str = "gradient",
     descend: int = 0,
     blocks: int = 0,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
-    nothing. With ``validation`` (other calibration documents), the best configuration must also lower
-    the loss there, else the identity is returned (the sweep's choice overfits a few documents).
+    nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
+    loss there, else the identity is returned (the sweep's choice overfits a few documents).
     ``validate_top`` N > 1: the best configuration of each of the N (layer, site) pairs that lowered the
     calibration loss most is scored on the validation documents, and the one that lowers the validation
-    loss most is chosen (then judged as above). ``steep_order`` (method ``outlier``): how the channels of
-    a pair chosen for its steepest channel are ordered before the first 1, 2, 4, 8 are screened, one of
-    STEEP_ORDERS: ``gradient`` (most negative first, the default), ``size`` (smallest first, as the
-    magnitude pass reads them) or ``ratio`` (gradient over size, most negative first: a damped channel's
-    gradient shrinks with its activation, the ratio does not). ``descend`` N > 0: after the sweep, N Adam
-    steps on the per-channel log-scales of the sweep's best pair (and, for ``outlier``, of the pair the
-    outlier screen ranks first), with an L1 pull toward 1; the channels a descent amplifies past
-    DESCEND_KEEP are then evaluated at DESCEND_SCALES, and each descended pair's best point is scored on
-    the validation documents beside the sweep's best (``_validation_pool``). It reads the loss away from
-    scale 1, where a saturated damage is flat. ``blocks`` N > 0 (methods ``causal`` and ``outlier``): a
-    block screen (``_block_screen``) beside the others, every distinct pair's channels in N blocks at
-    PROBE_SCALE, which sees a damage the attribution and the channel sizes miss."""
+    loss most is chosen (then judged as above); with ``validate_choice`` "paired" it replaces the
+    calibration's choice only when the paired comparison of the two on the validation documents calls it
+    better (a largest mean gain alone is often noise on a few documents). ``steep_order`` (method
+    ``outlier``): how the channels of a pair chosen for its steepest channel are ordered before the first
+    1, 2, 4, 8 are screened, one of STEEP_ORDERS: ``gradient`` (most negative first, the default),
+    ``size`` (smallest first, as the magnitude pass reads them) or ``ratio`` (gradient over size, most
+    negative first: a damped channel's gradient shrinks with its activation, the ratio does not).
+    ``descend`` N > 0: after the sweep, N Adam steps on the per-channel log-scales of the sweep's best
+    pair (and, for ``outlier``, of the pair the outlier screen ranks first), with an L1 pull toward 1; the
+    channels a descent amplifies past DESCEND_KEEP are then evaluated at DESCEND_SCALES, and each
+    descended pair's best point is scored on the validation documents beside the sweep's best
+    (``_validation_pool``). It reads the loss away from scale 1, where a saturated damage is flat.
+    ``blocks`` N > 0 (methods ``causal`` and ``outlier``): a block screen (``_block_screen``) beside the
+    others, every distinct pair's channels in N blocks at PROBE_SCALE, which sees a damage the attribution
+    and the channel sizes miss."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
+    if validate_choice not in VALIDATE_CHOICES:
+        raise FinderError(f"validate_choice: {validate_choice!r}; allowed: {', '.join(VALIDATE_CHOICES)}")
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
     if isinstance(descend, bool) or not isinstance(descend, int) or descend < 0:
@@ -379,7 +392,7 @@ def find(
                     # per document: how much the configuration lowers its mean answer loss
                     gain = paired.paired_difference(v_steered.mean_loss, v_base.mean_loss)
                     validated.append((point, v_steered, gain))
-            best, v_steered, gain = max(validated[:pairs_pool], key=lambda row: row[2].mean)
+            (best, v_steered, gain), switch = _choose_validated(validated[:pairs_pool], validate_choice)
             # another channel count replaces it only when the validation documents call that count
             # better and it gains more, and never when they reject the best point: choosing among the
             # counts on these documents must not overturn their judgement of the calibration's choice
@@ -395,6 +408,9 @@ def find(
                 "loss_decrease": gain.as_dict(),
                 "decision": gain.decision,
                 "held": gain.decision == paired.BETTER,
+                **({"choice": validate_choice} if validate_choice != "gain" else {}),
+                # paired: the validation gain of the pair that gained most over the calibration's choice
+                **({"switch": switch.as_dict()} if switch is not None else {}),
                 "candidates": [
                     {
                         **{k: point[k] for k in ("layer", "site", "k", "scale")},
@@ -523,6 +539,20 @@ def _best_per_pair(curve: list[dict[str, Any]], base_loss: float, n: int) -> lis
         if point["loss"] < base_loss:
             best.setdefault((point["layer"], point["site"]), point)
     return list(best.values())[: max(1, n)]
+
+
+def _choose_validated(validated: list[tuple], choice: str) -> tuple[tuple, Any]:
+    """The validated row (point, per-document scores, gain over the unsteered) ``find`` keeps, and the
+    paired comparison that decided it (None when none was made). ``validated[0]`` is the calibration's
+    choice. "gain": the row whose mean gain is largest. "paired": that row only when, document by document,
+    it lowers the validation loss more than the calibration's choice does (the comparison's decision is
+    BETTER); else the calibration's choice."""
+    top = max(validated, key=lambda row: row[2].mean)
+    if choice == "gain" or top is validated[0]:
+        return top, None
+    # positive: the replacement's loss is lower than the calibration's choice's on that document
+    switch = paired.paired_difference(top[1].mean_loss, validated[0][1].mean_loss)
+    return (top if switch.decision == paired.BETTER else validated[0]), switch
 
 
 def _validation_pool(curve: list[dict[str, Any]], base_loss: float, n: int) -> list[dict[str, Any]]:

@@ -122,8 +122,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 
 @dataclass(frozen=True)
 class FindOption:
-    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, outlier:order=HOW,
-    METHOD:descend=N, METHOD:blocks=N."""
+    """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
+    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N."""
 
     method: str
     screen: int = 3
@@ -131,24 +131,33 @@ class FindOption:
     order: str = "gradient"
     descend: int = 0
     blocks: int = 0
+    choice: str = "gain"
 
     @property
     def name(self) -> str:
         name = self.method if self.screen == 3 else f"{self.method}:screen={self.screen}"
         name = name if self.validate == 1 else f"{name}:validate={self.validate}"
+        name = name if self.choice == "gain" else f"{name}:choice={self.choice}"
         name = name if self.order == "gradient" else f"{name}:order={self.order}"
         name = name if self.descend == 0 else f"{name}:descend={self.descend}"
         return name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
 
 
 def parse_find(text: str) -> FindOption:
-    """A --finds value METHOD[:screen=N][:validate=N][:order=HOW][:descend=N][:blocks=N] (order: method
-    outlier only; blocks: methods causal and outlier)."""
-    from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS
+    """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
+    (order: method outlier only; blocks: methods causal and outlier; choice: with validate=N, N > 1)."""
+    from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import BLOCK_METHODS
 
     method, *options = text.split(":")
-    values: dict = {"screen": 3, "validate": 1, "order": "gradient", "descend": 0, "blocks": 0}
+    values: dict = {
+        "screen": 3,
+        "validate": 1,
+        "order": "gradient",
+        "descend": 0,
+        "blocks": 0,
+        "choice": "gain",
+    }
     for option in options:
         key, _, value = option.partition("=")
         number = key in ("screen", "validate", "descend") and value.isdigit() and int(value) >= 1
@@ -156,19 +165,31 @@ def parse_find(text: str) -> FindOption:
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
-        if not (number or order):
+        choice = key == "choice" and value in VALIDATE_CHOICES
+        if not (number or order or choice):
             raise argparse.ArgumentTypeError(
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
-                f"(N >= 1), outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, or several "
-                "joined by ':'"
+                f"(N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
+                f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
+    if values["choice"] != "gain" and values["validate"] < 2:
+        raise argparse.ArgumentTypeError(
+            f"--finds: {text!r}; choice={values['choice']} chooses among validated pairs: give validate=N, "
+            "N >= 2, with it"
+        )
     return FindOption(
-        method, values["screen"], values["validate"], values["order"], values["descend"], values["blocks"]
+        method,
+        values["screen"],
+        values["validate"],
+        values["order"],
+        values["descend"],
+        values["blocks"],
+        values["choice"],
     )
 
 
@@ -258,6 +279,7 @@ def measure_plant(
             screen=option.screen,
             validation=data["validation"],
             validate_top=option.validate,
+            validate_choice=option.choice,
             steep_order=option.order,
             descend=option.descend,
             blocks=option.blocks,
@@ -536,7 +558,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help="find options, METHOD[:screen=N][:validate=N][:descend=N], for causal and outlier also "
+        help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N], for causal and "
+        "outlier also "
         ":blocks=N, and for outlier also :order=gradient|size|ratio "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
