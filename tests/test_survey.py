@@ -381,9 +381,19 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
 def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
-            "--finds", "outlier:descend=2"]  # fmt: skip
+            "--finds", "outlier:descend=2", "outlier:validate=3:choice=paired"]  # fmt: skip
     assert main(args) == 0
-    found = json.loads((tmp_path / "plants" / "D01.json").read_text())["finds"]["outlier:descend=2"]
+    finds = json.loads((tmp_path / "plants" / "D01.json").read_text())["finds"]
+    # choice=paired: a comparison is recorded exactly when the validation's best is not the calibration's
+    paired = finds["outlier:validate=3:choice=paired"]
+    first, *rest = paired["candidates"]
+    # the validated pairs: the calibration's choice, then other pairs (the rest are its other channel counts)
+    pairs = [first] + [c for c in rest if (c["layer"], c["site"]) != (first["layer"], first["site"])]
+    top = max(pairs, key=lambda c: c["loss_decrease"])
+    assert top is not first and paired["switch"]["decision"] == "undecided", paired  # the tiny model's case
+    assert (paired["found"]["layer"], paired["found"]["site"]) == (first["layer"], first["site"])
+    assert "switch" not in finds["outlier:descend=2"]
+    found = finds["outlier:descend=2"]
     descended = found["descended"]
     assert descended and all(set(row) == {"channels", "scales"} for row in descended.values())
     # the tiny random model's find validates 5 points (the best and other channel counts, the descent's)

@@ -311,6 +311,8 @@ def measure_plant(
             # what the choice was made among: each validated point's calibration loss and validation gain,
             # and (descend) the channels each descent kept
             "candidates": None if validation is None else validation["candidates"],
+            # choice=paired: the paired comparison of the validation's best with the calibration's choice
+            **({"switch": validation["switch"]} if validation and "switch" in validation else {}),
             "descended": result.scores["raw"].get("descend"),
             "blocks": result.scores["raw"].get("blocks"),
             "steered": scored(result.spec) if iv.scale != 1.0 else None,
