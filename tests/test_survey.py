@@ -53,7 +53,7 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [p for p in plants if p.set != "fresh"]
+    earlier = [p for p in plants if p.set not in ("fresh", "sealed")]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -68,6 +68,26 @@ def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_set
     # on a model with fewer combinations left the set is smaller, never repeated
     small = [p for p in survey.survey_plants(2, REF_WIDTHS) if p.set == "fresh"]
     assert len(small) < len(fresh)
+
+
+def test_the_sealed_set_draws_new_channels_and_leaves_the_earlier_sets_as_they_were():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    sealed = [p for p in plants if p.set == "sealed"]
+    earlier = plants[: len(plants) - len(sealed)]
+    # appended last: every earlier plant and channel seed is the one run before the sealed set existed
+    assert earlier[-1].set == "fresh" and earlier[-1].seed == 309 and sealed[0].seed == 310
+    assert [p.id for p in sealed[:2]] == ["S01", "S02"] and len(sealed) == survey.UNSEEN_PER_SITE * len(SITES)
+    # from the whole grid: on a model whose combinations the earlier sets used up, still a full set, each
+    # plant's channels a new draw
+    small = survey.survey_plants(2, REF_WIDTHS)
+    assert not [p for p in small if p.set == "fresh" and p.site == "B"]  # nothing left for the fresh set
+    assert len([p for p in small if p.set == "sealed" and p.site == "B"]) == 2 * 2 * 3  # the whole grid
+    model, _ = load_model("tiny-random-mamba")
+    first = next(p for p in plants if p.site == "delta" and p.set != "sealed")
+    again = next(p for p in sealed if p.site == "delta")
+    a = plant(model, 0, "delta", 8, 0.5, first.seed)
+    b = plant(model, 0, "delta", 8, 0.5, again.seed)
+    assert a != b, (a, b)
 
 
 @pytest.mark.parametrize("site", SITES)

@@ -7,8 +7,10 @@ where the damage saturates); per site half of them form the DESIGN set (what the
 on) and half the HELD-OUT set (run only to report, never while designing). An UNSEEN set, drawn later
 with UNSEEN_SEED from the combinations the first two left over, replaces the held-out set where that one
 was looked at while designing (docs/finder.md says which); a FRESH set, drawn the same way with
-FRESH_SEED from what the unseen set left, measures changes made after the unseen set was looked at. The
-list does not depend on any finder output, and every plant is reported.
+FRESH_SEED from what the unseen set left, measures changes made after the unseen set was looked at. A
+SEALED set, drawn with SEALED_SEED from the whole grid (the earlier sets used up ref-mamba2's combinations),
+is new by its channels: every plant's channel draw has its own seed. It measures what was designed on the
+fresh and unseen sets. The list does not depend on any finder output, and every plant is reported.
 
 Per plant, on TEST documents of the tasks the model solves (default ssm_passkey, ssm_variable_tracking,
 ssm_ruler_niah_single; the answer is the needle value without its final period, the string lm-eval's
@@ -55,7 +57,14 @@ SURVEY_SEED = 22
 UNSEEN_SEED = 23
 UNSEEN_PER_SITE = 12
 FRESH_SEED = 24
-LATER_SETS = (("unseen", UNSEEN_SEED, UNSEEN_PER_SITE), ("fresh", FRESH_SEED, UNSEEN_PER_SITE))
+# the sealed set: drawn on 2026-12-06, after the choice by a paired comparison was designed on the fresh and
+# unseen sets; from the whole grid (True: only from the combinations the earlier sets left)
+SEALED_SEED = 25
+LATER_SETS = (
+    ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
+    ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
+    ("sealed", SEALED_SEED, UNSEEN_PER_SITE, False),
+)
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
 PLANTS_PER_SITE = 6  # 3 design, 3 held-out
@@ -63,7 +72,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -74,7 +83,7 @@ def _counts(width: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Plant:
-    id: str  # D01... (design), H01... (held-out), U01... (unseen) or F01... (fresh)
+    id: str  # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh) or S01... (sealed)
     set: str
     layer: int
     site: str
@@ -87,7 +96,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left; channel seeds 100, 101, ... in list order. ``layers``: the layer count of a
+    those left, then as many again with SEALED_SEED from the whole grid; channel seeds 100, 101, ... in list
+    order. ``layers``: the layer count of a
     pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
     mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
@@ -105,11 +115,11 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
             rng.sample(grids[site], min(PLANTS_PER_SITE, len(grids[site])))
         ):
             drawn.append((SETS[i % 2], layer, site, count, scale))
-    for which, seed, per_site in LATER_SETS:
+    for which, seed, per_site, only_left in LATER_SETS:
         rng = random.Random(seed)
         for site in sites:
             taken = {(layer, count, scale) for _, layer, s, count, scale in drawn if s == site}
-            left = [combination for combination in grids[site] if combination not in taken]
+            left = [c for c in grids[site] if not (only_left and c in taken)]
             for layer, count, scale in rng.sample(left, min(per_site, len(left))):
                 drawn.append((which, layer, site, count, scale))
     plants, numbers = [], {name: 0 for name in SETS}
