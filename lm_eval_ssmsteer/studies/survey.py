@@ -97,9 +97,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
     those left, then as many again with SEALED_SEED from the whole grid; channel seeds 100, 101, ... in list
-    order. ``layers``: the layer count of a
-    pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
-    mixers cannot reach is left out) and their widths."""
+    order. ``layers``: the layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the
+    sites to plant at (a site a model's mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
@@ -571,8 +570,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
         help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N], for causal and "
-        "outlier also "
-        ":blocks=N, and for outlier also :order=gradient|size|ratio "
+        "outlier also :blocks=N, and for outlier also :order=gradient|size|ratio "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
