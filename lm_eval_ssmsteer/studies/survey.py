@@ -191,15 +191,7 @@ def parse_find(text: str) -> FindOption:
             f"--finds: {text!r}; choice={values['choice']} chooses among validated pairs: give validate=N, "
             "N >= 2, with it"
         )
-    return FindOption(
-        method,
-        values["screen"],
-        values["validate"],
-        values["order"],
-        values["descend"],
-        values["blocks"],
-        values["choice"],
-    )
+    return FindOption(method, **values)
 
 
 def value_pairs(tasks, split: str, docs: int, lengths, seed: int, count_tokens) -> list[tuple[str, str]]:
