@@ -1,4 +1,4 @@
-"""Widening the SSM state (training/widen.py): the same function at step 0, and room to learn."""
+"""Widening the SSM state, and deepening (training/widen.py): the same function at step 0, room to learn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tiny import save_tiny
 from transformers import AutoModelForCausalLM
 
 from lm_eval_ssmsteer.loading import resolve_model_path
-from lm_eval_ssmsteer.training.widen import WidenError, main, widen_state
+from lm_eval_ssmsteer.training.widen import WidenError, deepen_layers, main, widen_state
 
 
 def _logits(folder, ids: torch.Tensor) -> torch.Tensor:
@@ -79,3 +79,51 @@ def test_widen_rejects_bad_input(tmp_path, capsys):
         main([str(tmp_path / "nowhere"), str(tmp_path / "c")])
     assert "needs config.json and model.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_deepened_tiny_model_computes_the_same_and_can_learn(tmp_path, arch):
+    src = save_tiny(tmp_path / "src", arch)
+    layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    record = deepen_layers(src, tmp_path / "deep", after=[0, layers - 1])
+    ids = torch.randint(1, 250, (2, 40), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_logits(src, ids), _logits(tmp_path / "deep", ids))
+    assert record["deepened"]["num_hidden_layers"] == [layers, layers + 2]
+    assert record["deepened"]["new_layers"] == [1, layers + 1]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "deep", dtype=torch.float32).train()
+    assert len(model.backbone.layers) == layers + 2
+    model(ids, labels=ids).loss.backward()
+    for new in (1, layers + 1):
+        out_proj = model.backbone.layers[new].mixer.out_proj.weight
+        assert float(out_proj.detach().abs().max()) == 0.0  # adds nothing at step 0 ...
+        assert float(out_proj.grad.abs().max()) > 0.0  # ... and the loss pulls on it
+        # the rest of the new block is its source layer's copy
+        old = model.backbone.layers[new - 1].mixer.in_proj.weight
+        assert torch.equal(model.backbone.layers[new].mixer.in_proj.weight, old)
+    assert (tmp_path / "deep" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("name,after", [("ref-mamba1", [0, 1, 2, 3, 4, 5]), ("ref-mamba2", [0, 1, 2, 3, 4])])
+def test_deepened_shipped_model_keeps_its_logits(tmp_path, name, after):
+    src = Path(resolve_model_path(name))
+    record = deepen_layers(src, tmp_path / "deep", after)
+    ids = torch.randint(2, 120, (1, 96), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_logits(src, ids), _logits(tmp_path / "deep", ids))
+    assert record["deepened"]["num_hidden_layers"] == [len(after), 2 * len(after)]
+    assert record["init_record"]["arch"] == json.loads((src / "training.json").read_text())["arch"]
+
+
+def test_deepen_rejects_bad_input(tmp_path, capsys):
+    src = save_tiny(tmp_path / "src", "mamba")
+    layers = json.loads((src / "config.json").read_text())["num_hidden_layers"]
+    for after in ([], [layers], [-1], [0, 0]):
+        with pytest.raises(WidenError, match=f"distinct layer indices in 0..{layers - 1}"):
+            deepen_layers(src, tmp_path / "a", after)
+    with pytest.raises(WidenError, match="exists"):
+        deepen_layers(src, src, [0])
+    with pytest.raises(SystemExit):
+        main([str(src), str(tmp_path / "b"), "--deepen", "0,x"])
+    assert "comma-separated layer indices" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main([str(src), str(tmp_path / "c"), "--deepen", "0"]) == 0
+    assert f"{layers} -> {layers + 1} layers" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Widen a trained model's SSM state without changing what it computes (issue 18).
+"""Widen a trained model's SSM state, or deepen it, without changing what it computes (issue 18).
 
 ``widen_state(src, dst, factor)`` writes a copy of a Mamba-1 or Mamba-2 checkpoint whose ``state_size`` is
 ``factor`` times larger. The new state dimensions are written (their B rows are small random values) but
@@ -13,6 +13,12 @@ the sums; training then has the extra state to use, since the loss has a gradien
   the statistics of the old ones (scaled by ``b_scale``); the new C rows of ``in_proj`` and the new C
   channels' conv bias are 0, so the new C is SiLU(0) = 0 at every position, while their conv weights are
   kept random so that the gradient reaches ``in_proj``. ``A_log`` is one value a head and does not change.
+
+``deepen_layers(src, dst, after)`` inserts, right after each layer index in ``after``, a copy of that layer
+whose mixer output projection (``out_proj``, and its bias if any) is zero. A block adds its mixer's output to
+the residual stream, so a new block adds exactly zero and the deepened model's logits equal the original's;
+training then moves the new ``out_proj`` first (its gradient is the only non-zero one of the new block at
+step 0) and the rest of the block after it. Both architectures, Mamba-1 and Mamba-2.
 
 The state-dict names are those of transformers' Mamba and Mamba2 models (4.x and 5.x alike).
 """
@@ -98,18 +104,30 @@ def _widen_mamba2(
             )
 
 
-def widen_state(
-    src: Path | str, dst: Path | str, factor: int = 2, seed: int = 0, b_scale: float = 0.5
-) -> dict:
-    """Write ``src``'s checkpoint to ``dst`` with ``state_size`` × ``factor`` (see the module docstring);
-    return the record that ``dst/training.json`` keeps (the source's record nested under ``init_record``)."""
-    from safetensors.torch import load_file, save_file
+def _write_folder(src: Path, dst: Path, cfg: dict, record: dict, sd: dict) -> None:
+    """Write ``dst`` whole or not at all: ``src``'s other files, the new config, record and weights."""
+    from safetensors.torch import save_file
 
-    src, dst = Path(src), Path(dst)
-    if not isinstance(factor, int) or factor < 2:
-        raise WidenError(f"factor={factor!r}: the state grows by a whole factor of at least 2")
-    if not b_scale > 0:
-        raise WidenError(f"b_scale={b_scale!r}: the new B rows need a positive size")
+    parent = src / "training.json"
+    record["init_record"] = json.loads(parent.read_text()) if parent.is_file() else None
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in {"config.json", "model.safetensors", "training.json"}:
+            shutil.copy(f, tmp / f.name)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+    )
+    tmp.rename(dst)  # the folder appears whole or not at all
+
+
+def _read_source(src: Path, dst: Path) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
     cfg_path, weights = src / "config.json", src / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise WidenError(f"{src}: needs config.json and model.safetensors (one shard)")
@@ -119,7 +137,21 @@ def widen_state(
     kind = cfg.get("model_type")
     if kind not in SUPPORTED:
         raise WidenError(f"{src}: model_type {kind!r}; allowed: {', '.join(SUPPORTED)}")
-    sd = load_file(str(weights))
+    return cfg, load_file(str(weights))
+
+
+def widen_state(
+    src: Path | str, dst: Path | str, factor: int = 2, seed: int = 0, b_scale: float = 0.5
+) -> dict:
+    """Write ``src``'s checkpoint to ``dst`` with ``state_size`` × ``factor`` (see the module docstring);
+    return the record that ``dst/training.json`` keeps (the source's record nested under ``init_record``)."""
+    src, dst = Path(src), Path(dst)
+    if not isinstance(factor, int) or factor < 2:
+        raise WidenError(f"factor={factor!r}: the state grows by a whole factor of at least 2")
+    if not b_scale > 0:
+        raise WidenError(f"b_scale={b_scale!r}: the new B rows need a positive size")
+    cfg, sd = _read_source(src, dst)
+    kind = cfg["model_type"]
     n = int(cfg["state_size"])
     extra = n * (factor - 1)
     g = torch.Generator().manual_seed(seed)
@@ -140,21 +172,51 @@ def widen_state(
         },
         "parameters": sum(t.numel() for t in sd.values() if t.is_floating_point()),
     }
-    parent = src / "training.json"
-    record["init_record"] = json.loads(parent.read_text()) if parent.is_file() else None
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name not in {"config.json", "model.safetensors", "training.json"}:
-            shutil.copy(f, tmp / f.name)
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    save_file(
-        {k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
-    )
-    tmp.rename(dst)  # the folder appears whole or not at all
+    _write_folder(src, dst, cfg, record, sd)
+    return record
+
+
+def deepen_layers(src: Path | str, dst: Path | str, after: list[int]) -> dict:
+    """Write ``src``'s checkpoint to ``dst`` with a copy of layer i inserted right after layer i, for each i
+    in ``after`` (its mixer's ``out_proj`` zero, so the function is unchanged; see the module docstring);
+    return the record that ``dst/training.json`` keeps."""
+    src, dst = Path(src), Path(dst)
+    cfg, sd = _read_source(src, dst)
+    layers = int(cfg["num_hidden_layers"])
+    bad = [i for i in after if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < layers]
+    if not after or bad or len(set(after)) != len(after):
+        raise WidenError(
+            f"after={after!r}: distinct layer indices in 0..{layers - 1}, at least one "
+            f"(the model has {layers} layers)"
+        )
+
+    def block(i: int) -> dict[str, torch.Tensor]:
+        prefix = f"backbone.layers.{i}."
+        return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+    order: list[tuple[int, bool]] = []  # (source layer, is a new copy)
+    for i in range(layers):
+        order.append((i, False))
+        if i in after:
+            order.append((i, True))
+    out = {k: v for k, v in sd.items() if not k.startswith("backbone.layers.")}
+    for new_index, (i, is_copy) in enumerate(order):
+        for name, t in block(i).items():
+            if is_copy:
+                t = torch.zeros_like(t) if name.startswith("mixer.out_proj.") else t.clone()
+            out[f"backbone.layers.{new_index}.{name}"] = t
+    cfg["num_hidden_layers"] = len(order)
+    record = {
+        "deepened": {
+            "from": str(src),
+            "num_hidden_layers": [layers, len(order)],
+            "copied_after": sorted(after),
+            "new_layers": [n for n, (_, c) in enumerate(order) if c],
+            "note": "each new layer copies the one before it with its mixer out_proj zero: same function",
+        },
+        "parameters": sum(t.numel() for t in out.values() if t.is_floating_point()),
+    }
+    _write_folder(src, dst, cfg, record, out)
     return record
 
 
@@ -169,11 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=int, default=2, help="state_size × this (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--b-scale", type=float, default=0.5, help="new B rows' size against the old ones")
+    p.add_argument(
+        "--deepen",
+        metavar="I,J,...",
+        default=None,
+        help="instead of widening the state: insert a copy of each listed layer right after it, its mixer "
+        "out_proj zero (same function), e.g. 0,1,2,3,4,5 doubles a 6-layer model",
+    )
     a = p.parse_args(argv)
     try:
-        record = widen_state(a.src, a.dst, a.factor, a.seed, a.b_scale)
+        if a.deepen is not None:
+            try:
+                after = [int(x) for x in a.deepen.split(",") if x.strip()]
+            except ValueError:
+                raise WidenError(
+                    f"--deepen {a.deepen!r}: comma-separated layer indices, e.g. 0,2,4"
+                ) from None
+            record = deepen_layers(a.src, a.dst, after)
+        else:
+            record = widen_state(a.src, a.dst, a.factor, a.seed, a.b_scale)
     except WidenError as e:
         p.error(str(e))
+    if a.deepen is not None:
+        d = record["deepened"]
+        print(
+            f"{a.dst}: {d['num_hidden_layers'][0]} -> {d['num_hidden_layers'][1]} layers, "
+            f"{record['parameters']:,} parameters"
+        )
+        return 0
     w = record["widened_state"]
     print(
         f"{a.dst}: state_size {w['state_size'][0]} -> {w['state_size'][1]}, "

@@ -34,6 +34,11 @@
 #                                                         # two-key documents without distractor needles
 #                                                         # (the slot a model loses it fills with an unasked
 #                                                         # needle), and MQAR weighted up instead
+#   bash scripts/gpu/train_v2.sh stage13  RUNS OUT BUDGET INIT  # from INIT/ref-mamba1, ref-mamba2 (model folders):
+#                                                         # the two models deepened (training/widen.py
+#                                                         # --deepen: a copy of layers after themselves, out_proj
+#                                                         # zero, same function at step 0), stage9's recipe;
+#                                                         # packs the models in bf16 (the 16 MiB return limit)
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -42,7 +47,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage11|stage12|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage12|stage13|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -198,6 +203,22 @@ stage12)
     new m2-mqar mamba2 --init "$init/ref-mamba2" "${mq[@]}" "${recall[@]}" &
     wait
     ;;
+stage13)
+    init=${5:?INIT folder with ref-mamba1/ and ref-mamba2/}
+    # stages 9-12 moved nothing, twice the state included (stage11); the depth is the lever not tried. Each
+    # deepened model computes what its source does at step 0 (tests/test_widen.py); 1,000 steps (33M tokens)
+    # with the cosine over them, since a deeper model runs slower and the budget must see the decay end
+    grow() { [ -d "$runs/init-$1" ] || python3 -m lm_eval_ssmsteer.training.widen "$init/$2" "$runs/init-$1" --deepen "$3"; }
+    grow m1-d12 ref-mamba1 0,1,2,3,4,5 && grow m1-d9 ref-mamba1 1,3,5 && grow m2-d10 ref-mamba2 0,1,2,3,4 &&
+        grow m2-d8 ref-mamba2 1,2,3 || exit 1
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 1e-3 --steps 1000
+        --decay-start 100 --weights niah_multiquery=4)
+    new m1-d12 mamba --init "$runs/init-m1-d12" "${mq[@]}" phonebook=3 &
+    new m1-d9 mamba --init "$runs/init-m1-d9" "${mq[@]}" phonebook=3 &
+    new m2-d10 mamba2 --init "$runs/init-m2-d10" "${mq[@]}" &
+    new m2-d8 mamba2 --init "$runs/init-m2-d8" "${mq[@]}" &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -225,7 +246,13 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage10 ] && pack="m1-ws8 m1-ws8q24 m2-ws8 m2-ws8q24"
 [ "$mode" = stage11 ] && pack="m1-s32 m1-s32-lr1e3 m2-s128 m2-s128-lr1e3"
 [ "$mode" = stage12 ] && pack="m1-nd m2-nd m1-mqar m2-mqar"
+[ "$mode" = stage13 ] && pack="m1-d12 m1-d9 m2-d10 m2-d8"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
+    if [ "$mode" = stage13 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
+        python3 -c "import sys, torch; from safetensors.torch import load_file, save_file; f = sys.argv[1]; \
+save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()}, f, \
+metadata={'format': 'pt'})" "$runs/$name/model/model.safetensors"
+    fi
     tar -czf "$out/model-$name.tgz" -C "$runs/$name" model
 done
