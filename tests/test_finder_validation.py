@@ -138,3 +138,5 @@ def test_choice_paired_in_find_records_the_comparison_and_writes_what_it_decided
     assert checked["switch"]["n"] == 16
     with pytest.raises(search.FinderError, match="validate_choice: 'most'; allowed: gain, paired"):
         find(damped_model, calibration, progress=False, validation=validation, validate_choice="most")
+    with pytest.raises(search.FinderError, match="'paired' chooses among validated pairs; .* not 1"):
+        find(damped_model, calibration, progress=False, validation=validation, validate_choice="paired")

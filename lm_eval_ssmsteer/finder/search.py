@@ -224,6 +224,11 @@ def find(
     check_request(method, sites)
     if validate_choice not in VALIDATE_CHOICES:
         raise FinderError(f"validate_choice: {validate_choice!r}; allowed: {', '.join(VALIDATE_CHOICES)}")
+    if validate_choice != "gain" and validate_top < 2:
+        raise FinderError(
+            f"validate_choice: {validate_choice!r} chooses among validated pairs; allowed with validate_top "
+            f">= 2, not {validate_top!r}"
+        )
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
     if isinstance(descend, bool) or not isinstance(descend, int) or descend < 0:
