@@ -242,3 +242,64 @@ def test_cli_ranges(tmp_path):
             ["--run", str(tmp_path / "r"), "--device", "cpu", "--arch", "mamba", "--ranges", "copy.size=1:2"]
         )
     assert "ssm_copy has no knob 'size'" in str(e.value)
+
+
+def test_deferred_recall_answers_the_asked_keys_in_order():
+    from lm_eval_ssmsteer.training.auxiliary import deferred_recall
+
+    docs = deferred_recall(50, seed=7, num_pairs=6, num_queries=3)
+    assert docs == deferred_recall(50, seed=7, num_pairs=6, num_queries=3)  # seeded
+    assert docs != deferred_recall(50, seed=8, num_pairs=6, num_queries=3)
+    for [(context, answer)] in docs:
+        pairs_text, question = context.removeprefix("Pairs: ").split(". What are the numbers for ")
+        pairs = dict(p.split(": ") for p in pairs_text.split(", "))
+        assert len(pairs) == 6 and len(set(pairs.values())) == 6  # distinct keys and values
+        asked = question.split("?")[0].split(" and ")
+        assert len(asked) == 3 and context.endswith(f"The numbers for {' and '.join(asked)} are")
+        assert answer == ", ".join(pairs[k] for k in asked) + "."
+    # more queries than pairs: every key once
+    [[(context, answer)]] = deferred_recall(1, seed=1, num_pairs=2, num_queries=4)
+    assert len(answer.split(", ")) == 2
+    for bad in ({"num_pairs": 0, "num_queries": 2}, {"num_pairs": 1001, "num_queries": 2}):
+        with pytest.raises(ValueError, match="num_pairs"):
+            deferred_recall(1, seed=0, **bad)
+
+
+def test_a_training_only_task_joins_the_mix_only_when_named():
+    from lm_eval_ssmsteer.training.monitor import monitor_set
+
+    assert "aux_deferred_recall" not in mix.default_mix(docs_per_epoch=64).tasks
+    spec = mix.default_mix(["ssm_copy"], {"aux_deferred_recall": 2.0}, docs_per_epoch=64)
+    assert spec.tasks == ("ssm_copy", "aux_deferred_recall") and spec.weights["aux_deferred_recall"] == 2.0
+    texts = [t for t in mix.epoch_texts(spec, "full", 0) if t[0] == "aux_deferred_recall"]
+    assert texts
+    # the answer (after "are") is the target, nothing before it
+    [example] = mix.encode(texts[:1])
+    task, text, _ = texts[0]
+    start = text.rindex(" are") + len(" are")
+    targets = [t for t in example.targets if t != -100]
+    assert _decode(targets) == text[start:] and all(t == -100 for t in example.targets[: start - 1])
+    # its knobs can be overridden and are checked; the easy stream draws from the lower halves
+    ranges = {"aux_deferred_recall": {"num_queries": [4, 4]}}
+    four = mix.default_mix(["ssm_copy"], {"aux_deferred_recall": 1.0}, docs_per_epoch=64, ranges=ranges)
+    for _, text, _ in mix.epoch_texts(four, "full", 0):
+        if text.startswith("Pairs:"):
+            n_pairs = text.split(". What")[0].count(": ") - 1
+            assert text.split("?")[0].count(" and ") == min(4, n_pairs) - 1
+    assert mix.aux_ranges("aux_deferred_recall", easy=True)["num_pairs"] == (2, 9)
+    with pytest.raises(ValueError, match="aux_deferred_recall has no knob 'length'"):
+        mix.check_ranges({"aux_deferred_recall": {"length": [1, 2]}})
+    # the monitor skips it (no calibration split)
+    assert list(monitor_set(spec.tasks, 2)) == ["ssm_copy"]
+
+
+def test_cli_keeps_a_training_only_task_name(tmp_path):
+    run = tmp_path / "r"
+    args = ["--run", str(run), "--device", "cpu", "--arch", "mamba", "--hidden", "16", "--layers", "1"]
+    args += ["--steps", "2", "--warmup", "1", "--tokens-per-step", "1024", "--micro-batches", "2"]
+    args += ["--docs-per-epoch", "16", "--eval-every", "0", "--tasks", "ssm_copy"]
+    args += ["--weights", "aux_deferred_recall=2", "--ranges", "aux_deferred_recall.num_queries=2:3"]
+    train_cli(args)
+    info = json.loads((run / "model/training.json").read_text())
+    assert info["config"]["ranges"] == {"aux_deferred_recall": {"num_queries": [2, 3]}}
+    assert "aux_deferred_recall" in json.dumps(info["config"]["weights"])

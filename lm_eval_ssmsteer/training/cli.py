@@ -17,9 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from lm_eval_ssmsteer.training.auxiliary import AUX_RANGES
 from lm_eval_ssmsteer.training.loop import TrainConfig, train
 from lm_eval_ssmsteer.training.mix import TRAIN_MAX_LENGTH, TRAIN_RANGES
 from lm_eval_ssmsteer.training.models import ARCHS
+
+
+def _task_name(task: str) -> str:
+    """A suite task's name with its ``ssm_`` prefix (``copy`` -> ``ssm_copy``); an ``aux_`` task's as is."""
+    return task if task.startswith(("ssm_", "aux_")) else f"ssm_{task}"
 
 
 def _weights(items: list[str]) -> dict[str, float]:
@@ -27,7 +33,7 @@ def _weights(items: list[str]) -> dict[str, float]:
     for item in items:
         task, sep, value = item.partition("=")
         try:
-            out[task if task.startswith("ssm_") else f"ssm_{task}"] = float(value)
+            out[_task_name(task)] = float(value)
         except ValueError:
             sep = ""
         if not sep:
@@ -45,7 +51,7 @@ def _ranges(items: list[str]) -> dict[str, dict[str, list[int]]]:
             raise SystemExit(
                 f"error: --ranges {item!r}: expected TASK.KNOB=LOW:HIGH, e.g. niah_multiquery.num_queries=2:4"
             )
-        task = task if task.startswith("ssm_") else f"ssm_{task}"
+        task = _task_name(task)
         out.setdefault(task, {})[knob] = [int(low), int(high)]
     return out
 
@@ -67,8 +73,14 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-step", type=int, default=65_536, help="padded tokens per optimizer step")
     p.add_argument("--micro-batches", type=int, default=4, help="micro-batches (of mixed lengths) per step")
     p.add_argument("--curriculum-steps", type=int, default=0, help="first steps on the lower half of ranges")
-    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", choices=list(TRAIN_RANGES))
-    p.add_argument("--weights", nargs="+", default=[], metavar="TASK=W", help="mix weights per document")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", choices=[*TRAIN_RANGES, *AUX_RANGES])
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="TASK=W",
+        help="mix weights per document; an aux_ task (training/auxiliary.py) joins the mix when weighted",
+    )
     p.add_argument(
         "--balance", choices=("docs", "tokens"), default="docs", help="weights are shares of docs or tokens"
     )

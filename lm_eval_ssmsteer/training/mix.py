@@ -22,6 +22,7 @@ from functools import cache
 
 from lm_eval_ssmsteer.taskdata import TASKS, generate, prompts
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
+from lm_eval_ssmsteer.training.auxiliary import AUX_RANGES, AUX_WEIGHTS, deferred_recall
 
 TRAIN_MAX_LENGTH = 768
 # knob -> (low, high), drawn uniformly per chunk of documents
@@ -69,15 +70,17 @@ CURRICULUM_SHARE = 0.5  # the easy stream draws knobs from the lower half of eac
 
 
 def check_ranges(ranges: dict | None) -> dict[str, dict[str, tuple[int, int]]]:
-    """Overrides of TRAIN_RANGES, {task: {knob: (low, high)}}, checked: a trainable task, one of its knobs,
-    whole numbers 1 <= low <= high. Lists (as JSON gives them) become tuples."""
+    """Overrides of TRAIN_RANGES (or of a training-only task's AUX_RANGES), {task: {knob: (low, high)}},
+    checked: a trainable task, one of its knobs, whole numbers 1 <= low <= high. Lists (as JSON gives them)
+    become tuples."""
+    known = {**TRAIN_RANGES, **AUX_RANGES}
     out: dict[str, dict[str, tuple[int, int]]] = {}
     for task, knobs in (ranges or {}).items():
-        if task not in TRAIN_RANGES:
-            raise ValueError(f"ranges: task {task!r} is not trainable; allowed: {', '.join(TRAIN_RANGES)}")
+        if task not in known:
+            raise ValueError(f"ranges: task {task!r} is not trainable; allowed: {', '.join(known)}")
         for knob, bounds in knobs.items():
-            if knob not in TRAIN_RANGES[task]:
-                allowed = ", ".join(TRAIN_RANGES[task])
+            if knob not in known[task]:
+                allowed = ", ".join(known[task])
                 raise ValueError(f"ranges: {task} has no knob {knob!r}; its knobs: {allowed}")
             low, high = bounds
             if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
@@ -107,6 +110,14 @@ def train_ranges(
             knobs = {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
         ranges[task] = knobs
     return ranges
+
+
+def aux_ranges(task: str, easy: bool = False, overrides: dict | None = None) -> dict[str, tuple[int, int]]:
+    """A training-only task's knob ranges (AUX_RANGES) with ``overrides`` in place; ``easy``: lower halves."""
+    knobs = {**AUX_RANGES[task], **check_ranges(overrides).get(task, {})}
+    if easy:
+        knobs = {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
+    return knobs
 
 
 @dataclass(frozen=True)
@@ -159,10 +170,17 @@ def _chunk(
     job: tuple[str, int, int, str, int, bool, dict | None],
 ) -> list[tuple[str, str, list[tuple[int, str]]]]:
     task, chunk, seed, stream, max_length, easy, overrides = job
-    ranges = train_ranges(max_length, easy, overrides)
+    aux = task in AUX_RANGES
+    ranges = {task: aux_ranges(task, easy, overrides)} if aux else train_ranges(max_length, easy, overrides)
     rng = random.Random(f"train-mix/{task}/{seed}/{stream}/{chunk}")
     knobs = draw_knobs(task, rng, ranges)
     doc_seed = int.from_bytes(random.Random(f"docs/{task}/{seed}/{stream}/{chunk}").randbytes(6), "big")
+    if aux:
+        return [
+            (task, text, spans)
+            for d in deferred_recall(CHUNK, doc_seed, **knobs)
+            for text, spans in sequences(d)
+        ]
     docs = generate(task, "train", CHUNK, seed=doc_seed, **knobs)
     return [(task, text, spans) for d in docs for text, spans in sequences(prompts(d))]
 
@@ -199,21 +217,24 @@ def default_mix(
     balance: str = "docs",
     ranges: dict | None = None,
 ) -> MixSpec:
-    """The mix of `tasks` (all by default). `weights` override TASK_WEIGHTS; they are shares of documents
-    (`balance="docs"`) or of tokens (`balance="tokens"`: a task of short sequences gets more of them)."""
+    """The mix of `tasks` (every suite task by default). `weights` override TASK_WEIGHTS; they are shares of
+    documents (`balance="docs"`) or of tokens (`balance="tokens"`: a task of short sequences gets more of
+    them). A training-only task (AUX_RANGES) is in the mix only when `tasks` or `weights` names it."""
     if balance not in BALANCES:
         raise ValueError(f"balance={balance!r}: one of {', '.join(BALANCES)}")
     available = train_ranges(max_length, overrides=ranges)
     chosen = tuple(tasks) if tasks else tuple(available)
-    bad = [t for t in chosen if t not in TRAIN_RANGES]
+    chosen += tuple(t for t in (weights or {}) if t in AUX_RANGES and t not in chosen)
+    bad = [t for t in chosen if t not in TRAIN_RANGES and t not in AUX_RANGES]
     if bad:
-        raise ValueError(f"tasks: {', '.join(bad)} not trainable; allowed: {', '.join(TRAIN_RANGES)}")
-    short = [t for t in chosen if t not in available]
+        allowed = ", ".join([*TRAIN_RANGES, *AUX_RANGES])
+        raise ValueError(f"tasks: {', '.join(bad)} not trainable; allowed: {allowed}")
+    short = [t for t in chosen if t not in available and t not in AUX_RANGES]
     if short:
         raise ValueError(
             f"tasks: {', '.join(short)} need prompts longer than max_length={max_length} characters"
         )
-    w = {t: TASK_WEIGHTS[t] for t in chosen}
+    w = {t: {**TASK_WEIGHTS, **AUX_WEIGHTS}[t] for t in chosen}
     for t, v in (weights or {}).items():
         if t not in w:
             raise ValueError(f"weights: task {t!r} is not in the mix; tasks: {', '.join(chosen)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lm_eval_ssmsteer.taskdata import generate, prompts
+from lm_eval_ssmsteer.training.auxiliary import AUX_RANGES
 from lm_eval_ssmsteer.training.mix import Example, collate, encode, sequences
 
 # knobs of the monitored setting where a task's default is out of the training ranges
@@ -16,6 +17,8 @@ MONITOR_KNOBS = {"ssm_mamba_selective_copy": {"length": 256}}
 def monitor_set(tasks: Sequence[str], n: int, seed: int = 0) -> dict[str, list[Example]]:
     out = {}
     for task in tasks:
+        if task in AUX_RANGES:  # a training-only task has no calibration split and is not scored
+            continue
         docs = generate(task, "calibration", n, seed=seed, **MONITOR_KNOBS.get(task, {}))
         texts = [(task, text, spans) for d in docs for text, spans in sequences(prompts(d))]
         out[task] = encode(texts)

@@ -39,6 +39,10 @@
 #                                                         # --deepen: a copy of layers after themselves, out_proj
 #                                                         # zero, same function at step 0), stage9's recipe;
 #                                                         # packs the models in bf16 (the 16 MiB return limit)
+#   bash scripts/gpu/train_v2.sh stage14  RUNS OUT BUDGET INIT  # from INIT/ref-mamba1, ref-mamba2: stage9's recipe
+#                                                         # with the training-only task aux_deferred_recall
+#                                                         # (training/auxiliary.py: several keys asked at once,
+#                                                         # answered in order, in short documents) x3 and x8
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -47,7 +51,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage12|stage13|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage13|stage14|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -219,6 +223,19 @@ stage13)
     new m2-d8 mamba2 --init "$runs/init-m2-d8" "${mq[@]}" &
     wait
     ;;
+stage14)
+    init=${5:?INIT folder with ref-mamba1/ and ref-mamba2/}
+    # stages 9-13 moved nothing; the lost slot is the second of two keys asked together. aux_deferred_recall
+    # asks exactly that in 60-250 characters (a niah multiquery document takes 500-768), so a step holds
+    # several times more such answers
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --steps 1800
+        --decay-start 100 --weights niah_multiquery=4)
+    new m1-aux3 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 aux_deferred_recall=3 &
+    new m1-aux8 mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 aux_deferred_recall=8 &
+    new m2-aux3 mamba2 --init "$init/ref-mamba2" "${mq[@]}" aux_deferred_recall=3 &
+    new m2-aux8 mamba2 --init "$init/ref-mamba2" "${mq[@]}" aux_deferred_recall=8 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -247,6 +264,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage11 ] && pack="m1-s32 m1-s32-lr1e3 m2-s128 m2-s128-lr1e3"
 [ "$mode" = stage12 ] && pack="m1-nd m2-nd m1-mqar m2-mqar"
 [ "$mode" = stage13 ] && pack="m1-d12 m1-d9 m2-d10 m2-d8"
+[ "$mode" = stage14 ] && pack="m1-aux3 m1-aux8 m2-aux3 m2-aux8"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     if [ "$mode" = stage13 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
