@@ -20,21 +20,19 @@ spec.loader.exec_module(slots)
 
 
 class _Oracle(torch.nn.Module):
-    """Predicts each document's targets (found by its ids); ``wrong_second`` spoils slot 2's first digit."""
+    """Predicts each document's targets (found by its ids); ``swap`` writes slot 1's first digit in slot 2."""
 
-    def __init__(self, examples, wrong_second: bool = False):
+    def __init__(self, examples, swap: bool = False):
         super().__init__()
         self.by_ids = {e.ids: e for e in examples}
-        self.wrong_second = wrong_second
+        self.swap = swap
 
     def forward(self, ids):
         e = self.by_ids[tuple(ids[0].tolist())]
         logits = torch.zeros(1, len(e.ids), 128)
         positions = [i for i, t in enumerate(e.targets) if t != -100]
         for k, i in enumerate(positions):
-            token = e.targets[i]
-            if self.wrong_second and k == 6:
-                token = (token + 1) % 128
+            token = e.targets[positions[1]] if self.swap and k == 6 else e.targets[i]
             logits[0, i, token] = 1.0
         return type("Out", (), {"logits": logits})()
 
@@ -48,6 +46,13 @@ def test_slot_positions_and_scores():
         positions = [i for i, t in enumerate(e.targets) if t != -100]
         v1, v2 = answer.strip(" .\n").split(", ")
         assert text[positions[1] + 1] == v1[0] and text[positions[6] + 1] == v2[0]
-    assert slots.slot_scores(_Oracle(examples), 5, 8, 3) == {"exact": 1.0, "slot 1": 1.0, "slot 2": 1.0}
-    spoiled = slots.slot_scores(_Oracle(examples, wrong_second=True), 5, 8, 3)
-    assert spoiled == {"exact": 0.0, "slot 1": 1.0, "slot 2": 0.0}
+    perfect = slots.slot_scores(_Oracle(examples), 5, 8, 3)
+    assert perfect == {"exact": 1.0, "slot 1": 1.0, "slot 2": 1.0, "slot 1 other": 0.0, "slot 2 other": 0.0}
+    swapped = slots.slot_scores(_Oracle(examples, swap=True), 5, 8, 3)
+    firsts = [
+        [e.targets[i] for i in [i for i, t in enumerate(e.targets) if t != -100][1:7:5]] for e in examples
+    ]
+    same = sum(a == b for a, b in firsts) / len(firsts)  # slot 2 is right only where the digits agree
+    assert same < 1.0
+    assert (swapped["slot 1"], swapped["slot 2"], swapped["exact"]) == (1.0, same, same)
+    assert (swapped["slot 1 other"], swapped["slot 2 other"]) == (0.0, 1.0)

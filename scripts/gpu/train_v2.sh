@@ -43,6 +43,10 @@
 #                                                         # with the training-only task aux_deferred_recall
 #                                                         # (training/auxiliary.py: several keys asked at once,
 #                                                         # answered in order, in short documents) x3 and x8
+#   bash scripts/gpu/train_v2.sh stage15  RUNS OUT BUDGET   # new models of the reference shapes on
+#                                                         # aux_deferred_recall alone: can they learn both
+#                                                         # slots from scratch, or only the one the trained
+#                                                         # models keep?
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -51,7 +55,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage13|stage14|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage14|stage15|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -236,6 +240,17 @@ stage14)
     new m2-aux8 mamba2 --init "$init/ref-mamba2" "${mq[@]}" aux_deferred_recall=8 &
     wait
     ;;
+stage15)
+    # stage14's models learned the short task with the same slot asymmetry as their niah multiquery; whether
+    # that is the architecture's at this size or inherited from the trained weights, new models say
+    aux=(--tasks aux_deferred_recall --balance tokens --tokens-per-step 16384 --micro-batches 1 --warmup 200
+        --eval-docs 0)
+    new m1-auxnew mamba "${aux[@]}" --lr 2e-3 --steps 3000 --decay-start 1500 &
+    new m1-auxnew-lr1e3 mamba "${aux[@]}" --lr 1e-3 --steps 3000 --decay-start 1500 &
+    new m2-auxnew mamba2 "${aux[@]}" --lr 2e-3 --steps 1800 --decay-start 900 &
+    new m2-auxnew-lr3e3 mamba2 "${aux[@]}" --lr 3e-3 --steps 1800 --decay-start 900 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -265,6 +280,7 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage12 ] && pack="m1-nd m2-nd m1-mqar m2-mqar"
 [ "$mode" = stage13 ] && pack="m1-d12 m1-d9 m2-d10 m2-d8"
 [ "$mode" = stage14 ] && pack="m1-aux3 m1-aux8 m2-aux3 m2-aux8"
+[ "$mode" = stage15 ] && pack="m1-auxnew m1-auxnew-lr1e3 m2-auxnew m2-auxnew-lr3e3"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
     if [ "$mode" = stage13 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
