@@ -106,18 +106,19 @@ def train_ranges(
             # a long-context task trains up to max_length, or less where an override asks for less
             high = min(high, max_length) if "length" in changed.get(task, {}) else max_length
             knobs = {**knobs, "length": (low, high)}
-        if easy:
-            knobs = {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
-        ranges[task] = knobs
+        ranges[task] = _lower_share(knobs) if easy else knobs
     return ranges
+
+
+def _lower_share(knobs: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """The easy stream's ranges: the lower CURRICULUM_SHARE of each."""
+    return {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
 
 
 def aux_ranges(task: str, easy: bool = False, overrides: dict | None = None) -> dict[str, tuple[int, int]]:
     """A training-only task's knob ranges (AUX_RANGES) with ``overrides`` in place; ``easy``: lower halves."""
     knobs = {**AUX_RANGES[task], **check_ranges(overrides).get(task, {})}
-    if easy:
-        knobs = {k: (lo, lo + math.ceil((hi - lo) * CURRICULUM_SHARE)) for k, (lo, hi) in knobs.items()}
-    return knobs
+    return _lower_share(knobs) if easy else knobs
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,10 @@ def _chunk(
     knobs = draw_knobs(task, rng, ranges)
     doc_seed = int.from_bytes(random.Random(f"docs/{task}/{seed}/{stream}/{chunk}").randbytes(6), "big")
     if aux:
-        return [
-            (task, text, spans)
-            for d in deferred_recall(CHUNK, doc_seed, **knobs)
-            for text, spans in sequences(d)
-        ]
-    docs = generate(task, "train", CHUNK, seed=doc_seed, **knobs)
-    return [(task, text, spans) for d in docs for text, spans in sequences(prompts(d))]
+        docs = deferred_recall(CHUNK, doc_seed, **knobs)
+    else:
+        docs = [prompts(d) for d in generate(task, "train", CHUNK, seed=doc_seed, **knobs)]
+    return [(task, text, spans) for d in docs for text, spans in sequences(d)]
 
 
 @dataclass(frozen=True)
@@ -234,7 +232,8 @@ def default_mix(
         raise ValueError(
             f"tasks: {', '.join(short)} need prompts longer than max_length={max_length} characters"
         )
-    w = {t: {**TASK_WEIGHTS, **AUX_WEIGHTS}[t] for t in chosen}
+    defaults = {**TASK_WEIGHTS, **AUX_WEIGHTS}
+    w = {t: defaults[t] for t in chosen}
     for t, v in (weights or {}).items():
         if t not in w:
             raise ValueError(f"weights: task {t!r} is not in the mix; tasks: {', '.join(chosen)}")
