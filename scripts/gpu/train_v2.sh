@@ -47,6 +47,9 @@
 #                                                         # aux_deferred_recall alone: can they learn both
 #                                                         # slots from scratch, or only the one the trained
 #                                                         # models keep?
+#   bash scripts/gpu/train_v2.sh stage16  RUNS OUT BUDGET   # stage15 with wider models, and with more tokens
+#   bash scripts/gpu/train_v2.sh stage17  RUNS OUT BUDGET INIT  # stage14 with longer short-task documents
+#                                                         # (8-40 pairs); stage15 at lower peak rates
 #   bash scripts/gpu/train_v2.sh continue RUNS OUT BUDGET [RUN...]  # the named runs (default: the best
 #                                                                   # Mamba-1 and Mamba-2 run) go on
 #   bash scripts/gpu/train_v2.sh decay    RUNS OUT BUDGET [RUN...]  # ... and decay their learning rate
@@ -55,7 +58,7 @@
 # architecture (scripts/pick_runs.py). Logs, states and the chosen models are packed under OUT.
 # Needs mamba-ssm (docs/gpu.md) and the checkout on PYTHONPATH.
 set -uo pipefail
-mode=${1:?usage: train_v2.sh ablate|...|stage14|stage15|continue|decay RUNS OUT BUDGET}
+mode=${1:?usage: train_v2.sh ablate|...|stage15|stage16|stage17|continue|decay RUNS OUT BUDGET}
 runs=${2:?RUNS}
 out=${3:?OUT}
 budget=${4:?BUDGET}
@@ -251,6 +254,34 @@ stage15)
     new m2-auxnew-lr3e3 mamba2 "${aux[@]}" --lr 3e-3 --steps 1800 --decay-start 900 &
     wait
     ;;
+stage16)
+    # stage15's new models learned an asked key's value but not the order in 29-49M tokens; whether width or
+    # more tokens is the lever, before a wider model goes through the whole curriculum: Mamba-1 at twice the
+    # width and Mamba-2 at 1.5 times (384: its heads must stay a multiple of 8) at stage15's token counts, and
+    # the reference shapes with 5/3 the tokens
+    aux=(--tasks aux_deferred_recall --balance tokens --tokens-per-step 16384 --micro-batches 1 --warmup 200
+        --eval-docs 0)
+    new m1-auxwide mamba "${aux[@]}" --hidden 448 --lr 1e-3 --steps 3000 --decay-start 1500 &
+    new m2-auxwide mamba2 "${aux[@]}" --hidden 384 --lr 2e-3 --steps 1800 --decay-start 900 &
+    new m1-auxlong mamba "${aux[@]}" --lr 1e-3 --steps 5000 --decay-start 2500 &
+    new m2-auxlong mamba2 "${aux[@]}" --lr 3e-3 --steps 3000 --decay-start 1500 &
+    wait
+    ;;
+stage17)
+    init=${5:?INIT folder with ref-mamba1/ and ref-mamba2/}
+    # stage14's fine-tunes learned the short task (60-250 characters) and nothing of it reached niah
+    # multiquery (500-768): the same with 8-40 pairs a document (up to ~480 characters), a bridge in length;
+    # beside them, stage15/16's loss fell only once the rate decayed: new models at a lower peak rate
+    mq=(--balance tokens --tokens-per-step 32768 --micro-batches 2 --warmup 100 --lr 5e-4 --decay-start 100
+        --ranges aux_deferred_recall.num_pairs=8:40 --weights niah_multiquery=4 aux_deferred_recall=8)
+    aux=(--tasks aux_deferred_recall --balance tokens --tokens-per-step 16384 --micro-batches 1 --warmup 200
+        --eval-docs 0)
+    new m1-bridge mamba --init "$init/ref-mamba1" "${mq[@]}" phonebook=3 --steps 1800 &
+    new m2-bridge mamba2 --init "$init/ref-mamba2" "${mq[@]}" --steps 1400 &
+    new m1-auxlr5e4 mamba "${aux[@]}" --lr 5e-4 --steps 3000 --decay-start 1500 &
+    new m2-auxlr1e3 mamba2 "${aux[@]}" --lr 1e-3 --steps 1800 --decay-start 900 &
+    wait
+    ;;
 continue | decay)
     extra=()
     [ "$mode" = decay ] && extra=(--decay-in-budget)
@@ -281,9 +312,11 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage13 ] && pack="m1-d12 m1-d9 m2-d10 m2-d8"
 [ "$mode" = stage14 ] && pack="m1-aux3 m1-aux8 m2-aux3 m2-aux8"
 [ "$mode" = stage15 ] && pack="m1-auxnew m1-auxnew-lr1e3 m2-auxnew m2-auxnew-lr3e3"
+[ "$mode" = stage16 ] && pack="m1-auxwide m2-auxwide m1-auxlong m2-auxlong"
+[ "$mode" = stage17 ] && pack="m1-bridge m2-bridge m1-auxlr5e4 m2-auxlr1e3"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
-    if [ "$mode" = stage13 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
+    if [ "$mode" = stage13 ] || [ "$mode" = stage16 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
         python3 -c "import sys, torch; from safetensors.torch import load_file, save_file; f = sys.argv[1]; \
 save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()}, f, \
 metadata={'format': 'pt'})" "$runs/$name/model/model.safetensors"
