@@ -303,3 +303,6 @@ def test_cli_keeps_a_training_only_task_name(tmp_path):
     info = json.loads((run / "model/training.json").read_text())
     assert info["config"]["ranges"] == {"aux_deferred_recall": {"num_queries": [2, 3]}}
     assert "aux_deferred_recall" in json.dumps(info["config"]["weights"])
+    # the ranges it trained on are recorded beside the suite's: the override and the other knob's default
+    assert info["train_ranges"]["aux_deferred_recall"] == {"num_pairs": [2, 16], "num_queries": [2, 3]}
+    assert "ssm_copy" in info["train_ranges"]
