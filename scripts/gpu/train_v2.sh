@@ -316,7 +316,8 @@ pack=$(python3 scripts/pick_runs.py "$runs")
 [ "$mode" = stage17 ] && pack="m1-bridge m2-bridge m1-auxlr5e4 m2-auxlr1e3"
 [ "$mode" = continue ] || [ "$mode" = decay ] && [ $# -gt 4 ] && pack="${*:5}"
 for name in $pack; do
-    if [ "$mode" = stage13 ] || [ "$mode" = stage16 ]; then  # 4.1-4.4M parameters: fp32 weights pass the 16 MiB a returned file may take
+    # stage13's 4.1-4.4M and stage16's 4.9-7.9M parameters: fp32 weights pass the 16 MiB a returned file may take
+    if [ "$mode" = stage13 ] || [ "$mode" = stage16 ]; then
         python3 -c "import sys, torch; from safetensors.torch import load_file, save_file; f = sys.argv[1]; \
 save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()}, f, \
 metadata={'format': 'pt'})" "$runs/$name/model/model.safetensors"
