@@ -30,7 +30,6 @@ from pathlib import Path
 from lm_eval_ssmsteer.files import atomic_write_text
 from lm_eval_ssmsteer.taskdata import tokenizer as project_tokenizer
 from lm_eval_ssmsteer.training import mix as mixing
-from lm_eval_ssmsteer.training.auxiliary import AUX_RANGES
 from lm_eval_ssmsteer.training.models import ARCHS, model_class, model_config
 from lm_eval_ssmsteer.training.monitor import measure, monitor_set, summary
 
@@ -184,17 +183,6 @@ def _log(run: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def recorded_ranges(config: dict) -> dict[str, dict[str, tuple[int, int]]]:
-    """The knob ranges a run's training.json records: every suite task's (TRAIN_RANGES, as before), and
-    those of the training-only tasks in the run's mix (AUX_RANGES), overrides in place."""
-    overrides = config.get("ranges")
-    ranges = mixing.train_ranges(config["max_length"], overrides=overrides)
-    for task in config.get("tasks") or ():
-        if task in AUX_RANGES:
-            ranges[task] = mixing.aux_ranges(task, overrides=overrides)
-    return ranges
-
-
 def export(run: Path, model, state: dict) -> Path:
     """The shippable model folder `run/model`: float32 weights, tokenizer, training.json."""
     folder = run / "model"
@@ -207,7 +195,9 @@ def export(run: Path, model, state: dict) -> Path:
         "parameters": state["parameters"],
         "train_split": "train",
         "config": state["config"],
-        "train_ranges": recorded_ranges(state["config"]),
+        "train_ranges": mixing.mix_ranges(
+            state["config"]["max_length"], state["config"].get("tasks"), state["config"].get("ranges")
+        ),
         "steps_done": state["step"],
         "tokens_seen": state["tokens_seen"],
         "monitor_calibration": state.get("monitor"),

@@ -121,6 +121,16 @@ def aux_ranges(task: str, easy: bool = False, overrides: dict | None = None) -> 
     return _lower_share(knobs) if easy else knobs
 
 
+def mix_ranges(
+    max_length: int = TRAIN_MAX_LENGTH, tasks: Sequence[str] | None = None, overrides: dict | None = None
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """What a run's training.json records: every suite task's ranges (``train_ranges``), and those of the
+    training-only tasks among ``tasks`` (``aux_ranges``), ``overrides`` in place."""
+    ranges = train_ranges(max_length, overrides=overrides)
+    ranges.update({t: aux_ranges(t, overrides=overrides) for t in tasks or () if t in AUX_RANGES})
+    return ranges
+
+
 @dataclass(frozen=True)
 class Example:
     """One training sequence: token ids, the target of each position (-100: none), and its task."""
