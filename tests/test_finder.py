@@ -206,6 +206,10 @@ def test_find_command_passes_the_steep_order_and_refuses_an_unknown_one(
     with pytest.raises(SystemExit):
         main([*args, "--blocks", "8"])
     assert seen["blocks"] == 8
+    assert seen["max_scale"] == 8
+    with pytest.raises(SystemExit):
+        main([*args, "--max-scale", "50"])
+    assert seen["max_scale"] == 50
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +239,8 @@ def gpt2_dir(tmp_path_factory):
         (["--descend", "-1"], "--descend: -1 is too small; allowed: an integer >= 0"),
         (["--blocks", "-1"], "--blocks: -1 is too small; allowed: an integer >= 0"),
         (["--method", "probe", "--blocks", "8"], "--blocks 8 with --method probe; allowed with causal and"),
+        (["--max-scale", "7"], "--max-scale: 7; allowed: a whole number from 8 to 100"),
+        (["--max-scale", "101"], "--max-scale: 101; allowed: a whole number from 8 to 100"),
         (
             ["--validate-choice", "paired"],
             "--validate-choice paired chooses among validated pairs; allowed with --validate-top 2 or more",

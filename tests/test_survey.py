@@ -267,6 +267,10 @@ def test_find_options_parse_and_name_themselves():
     option = survey.parse_find("outlier:blocks=8:choice=paired:validate=6")
     assert (option.choice, option.name) == ("paired", "outlier:validate=6:choice=paired:blocks=8")
     assert survey.parse_find("outlier:validate=6:choice=gain").name == "outlier:validate=6"
+    option = survey.parse_find("outlier:max_scale=50:blocks=8:choice=paired:validate=6")
+    assert option.max_scale == 50
+    assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50"
+    assert survey.parse_find("causal:max_scale=8").name == "causal"
     for bad in (
         "outlier:blocks=0",
         "probe:blocks=8",
@@ -278,6 +282,9 @@ def test_find_options_parse_and_name_themselves():
         "nope",
         "causal:order=size",
         "outlier:validate=6:choice=most",
+        "outlier:max_scale=7",
+        "outlier:max_scale=101",
+        "outlier:max_scale=x",
     ):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace):
     )
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
+        MAX_SCALE_LIMIT,
+        PROBE_SCALE,
         check_output,
         check_request,
         find,
@@ -112,6 +114,11 @@ def run(args: argparse.Namespace):
     if args.blocks and args.method not in BLOCK_METHODS:
         raise FinderError(
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
+        )
+    if not PROBE_SCALE <= args.max_scale <= MAX_SCALE_LIMIT:
+        raise FinderError(
+            f"--max-scale: {args.max_scale}; allowed: a whole number from {PROBE_SCALE:g} to "
+            f"{MAX_SCALE_LIMIT}"
         )
     if args.validate_choice != "gain" and args.validate_top < 2:
         raise FinderError(
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace):
         steep_order=args.steep_order,
         descend=args.descend,
         blocks=args.blocks,
+        max_scale=args.max_scale,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -283,6 +291,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="causal and outlier: also screen every pair's channels in N seeded random blocks at x8, then "
         "refine the two best pairs' gaining blocks (default 0: off; docs/finder.md, 'Block screen')",
+    )
+    p.add_argument(
+        "--max-scale",
+        type=int,
+        default=8,
+        metavar="S",
+        help="the sweep's largest amplifying scale: past 8 it also tries x13, x20, x32, x50, x80 up to S, "
+        "and S (a damping by p is undone at 1/p); a whole number from 8 to 100 (default 8; docs/finder.md, "
+        "'Scales past x8')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -62,6 +62,10 @@ OTHER_SCALES = {
     "damp": tuple(s for s in DAMP_SCALES if s != REFERENCE_SCALE["damp"]),
 }
 PROBE_SCALE = 8.0  # probes scale far from 1, where a saturated damage shows
+# max_scale (an option): the sweep's amplifying scales go on past x8 along this ladder, up to max_scale; a
+# damping by p is undone only at 1/p (x50 for x0.02), which x8 does not reach
+WIDE_SCALES = (13.0, 20.0, 32.0, 50.0, 80.0)
+MAX_SCALE_LIMIT = 100
 PROBE_K = (4, 16)  # channels per probe, in attribution order (``_probe_counts`` for narrow sites)
 PROBE_CANDIDATES = 3  # pairs given a coordinate search: the best 3 by probe and the best 3 by attribution
 PROBE_ROUNDS = 3
@@ -154,6 +158,17 @@ def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -
         )
 
 
+def wide_scales(max_scale: int) -> tuple[float, ...]:
+    """The amplifying scales past PROBE_SCALE that a sweep with ``max_scale`` also tries: the WIDE_SCALES
+    up to it, and itself (none at the default 8)."""
+    if isinstance(max_scale, bool) or not isinstance(max_scale, int):
+        raise FinderError(f"max_scale: {max_scale!r}; allowed: a whole number from 8 to {MAX_SCALE_LIMIT}")
+    if not PROBE_SCALE <= max_scale <= MAX_SCALE_LIMIT:
+        raise FinderError(f"max_scale: {max_scale}; allowed: a whole number from 8 to {MAX_SCALE_LIMIT}")
+    ladder = [s for s in WIDE_SCALES if s < max_scale]
+    return tuple(ladder + [float(max_scale)]) if max_scale > PROBE_SCALE else ()
+
+
 def check_output(out: Path) -> None:
     """The spec and its companion files can be written (tried with a probe file, removed at once)."""
     if out.is_dir():
@@ -199,6 +214,7 @@ def find(
     steep_order: str = "gradient",
     descend: int = 0,
     blocks: int = 0,
+    max_scale: int = 8,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -219,7 +235,8 @@ def find(
     (``_validation_pool``). It reads the loss away from scale 1, where a saturated damage is flat.
     ``blocks`` N > 0 (methods ``causal`` and ``outlier``): a block screen (``_block_screen``) beside the
     others, every distinct pair's channels in N blocks at PROBE_SCALE, which sees a damage the attribution
-    and the channel sizes miss."""
+    and the channel sizes miss. ``max_scale`` S > 8: the sweep also tries the best channel count at the
+    WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     if validate_choice not in VALIDATE_CHOICES:
@@ -237,6 +254,7 @@ def find(
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
     if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
+    wide = wide_scales(max_scale)
     arch = describe_model(model)
     if method == "variance":
         sites = [s for s in sites if s in OUTPUT_SITES]
@@ -249,7 +267,7 @@ def find(
         with bars.phase("unsteered", len(batches), "batch"):
             base = methods.evaluate(model, batches, advance=bars.advance)
         rankings, raw = _score(model, batches, arch, method, sites, bars)
-        sweep = _Sweep(model, batches, arch, rankings, bars.advance)
+        sweep = _Sweep(model, batches, arch, rankings, bars.advance, wide)
         screened: list[dict[str, Any]] = []
         reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes or raw gradient
         outliers: dict[Pair, magnitude.Outliers] = {}
@@ -491,6 +509,7 @@ def find(
         **({"steep_order": steep_order} if steep_order != "gradient" else {}),
         **({"descend": descend} if descend else {}),
         **({"blocks": blocks} if blocks else {}),
+        **({"max_scale": max_scale} if wide else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -532,6 +551,7 @@ def find(
         "steep_order": steep_order,
         "descend": descend,
         "blocks": blocks,
+        "max_scale": max_scale,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -966,8 +986,18 @@ class _Sweep:
     keeps every point in the order evaluated. ``advance`` follows every configuration asked for, also
     one evaluated before (it takes no time then)."""
 
-    def __init__(self, model, batches, arch: ArchInfo, rankings: dict[Pair, Ranking], advance) -> None:
+    def __init__(
+        self,
+        model,
+        batches,
+        arch: ArchInfo,
+        rankings: dict[Pair, Ranking],
+        advance,
+        wide: tuple[float, ...] = (),
+    ) -> None:
         self.model, self.batches, self.arch, self.rankings = model, batches, arch, rankings
+        # the sweep's other scales: amplifying ones past x8 too, where max_scale asks for them
+        self.other = {**OTHER_SCALES, "amplify": OTHER_SCALES["amplify"] + wide}
         self.advance = advance
         self.curve: list[dict[str, Any]] = []
         self._seen: dict[tuple, dict[str, Any]] = {}
@@ -1025,13 +1055,13 @@ class _Sweep:
         }
         swept: list[dict[str, Any]] = []
         with bars.phase(
-            "sweep", sum(len(ks) + len(OTHER_SCALES[d]) for (_, d), ks in counts.items()), "config"
+            "sweep", sum(len(ks) + len(self.other[d]) for (_, d), ks in counts.items()), "config"
         ):
             for (pair, direction), ks in counts.items():
                 at_reference = [self.run(pair, direction, k, REFERENCE_SCALE[direction]) for k in ks]
                 swept += at_reference
                 best_k = min(at_reference, key=lambda point: point["loss"])["k"]
-                swept += [self.run(pair, direction, best_k, s) for s in OTHER_SCALES[direction]]
+                swept += [self.run(pair, direction, best_k, s) for s in self.other[direction]]
         # the best point's k was chosen at the reference scale: choose it again at the point's own scale
         best = min(swept, key=lambda point: point["loss"])
         if best["scale"] != REFERENCE_SCALE[best["direction"]]:

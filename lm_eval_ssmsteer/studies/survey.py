@@ -132,7 +132,7 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 @dataclass(frozen=True)
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
-    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N."""
+    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S."""
 
     method: str
     screen: int = 3
@@ -141,6 +141,7 @@ class FindOption:
     descend: int = 0
     blocks: int = 0
     choice: str = "gain"
+    max_scale: int = 8
 
     @property
     def name(self) -> str:
@@ -149,14 +150,16 @@ class FindOption:
         name = name if self.choice == "gain" else f"{name}:choice={self.choice}"
         name = name if self.order == "gradient" else f"{name}:order={self.order}"
         name = name if self.descend == 0 else f"{name}:descend={self.descend}"
-        return name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
+        name = name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
+        return name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
 
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    (order: method outlier only; blocks: methods causal and outlier; choice: with validate=N, N > 1)."""
+    [:max_scale=S] (order: method outlier only; blocks: methods causal and outlier; choice: with
+    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
-    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS
+    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT
 
     method, *options = text.split(":")
     values: dict = {
@@ -166,6 +169,7 @@ def parse_find(text: str) -> FindOption:
         "descend": 0,
         "blocks": 0,
         "choice": "gain",
+        "max_scale": 8,
     }
     for option in options:
         key, _, value = option.partition("=")
@@ -173,13 +177,15 @@ def parse_find(text: str) -> FindOption:
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
+        number = number or (key == "max_scale" and value.isdigit() and 8 <= int(value) <= MAX_SCALE_LIMIT)
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
         if not (number or order or choice):
             raise argparse.ArgumentTypeError(
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
                 f"(N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
-                f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, or several joined by ':'"
+                f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
+                f"(8 <= S <= {MAX_SCALE_LIMIT}), or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
@@ -284,6 +290,7 @@ def measure_plant(
             steep_order=option.order,
             descend=option.descend,
             blocks=option.blocks,
+            max_scale=option.max_scale,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -561,8 +568,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N], for causal and "
-        "outlier also :blocks=N, and for outlier also :order=gradient|size|ratio "
+        help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S], "
+        "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
