@@ -19,31 +19,21 @@ import sys
 import time
 from pathlib import Path
 
-from lm_eval_ssmsteer.studies.survey import plants_folder
+from lm_eval_ssmsteer.studies import StudyArgumentError
+from lm_eval_ssmsteer.studies.survey import plants_folder, rebuild_survey
 
 
 def measure(folder: Path, find: str, plants: list[str], scales: list[float], device: str) -> list[dict]:
     from lm_eval_ssmsteer.finder.methods import per_document
     from lm_eval_ssmsteer.finder.paired import win_back
-    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
     from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
     from lm_eval_ssmsteer.spec import SteeringSpec
-    from lm_eval_ssmsteer.studies.damping import plant as plant_damage
     from lm_eval_ssmsteer.studies.plant import test_scores_per_document
-    from lm_eval_ssmsteer.studies.survey import find_documents
 
-    settings = json.loads((folder / "settings.json").read_text())
-    path = resolve_model_path(settings["model"])
-    a = argparse.Namespace(**settings, device=device)
-    model, tokenizer = load_model(path, device=device)
-    data, _ = find_documents(tokenizer, a)
-    cal, val = (
-        [(ids.to(device), labels.to(device)) for ids, labels in data[k].batches()]
-        for k in ("calibration", "validation")
-    )
-    test = data["test"]
-    with fast_scan_if_allowed(model):  # Mamba-1 on the CPU: the scan as one op, as find runs it
-        intact = test_scores_per_document(model, test)
+    survey = rebuild_survey(folder, device)
+    cal, val, test = survey.calibration, survey.validation, survey.test
+    with fast_scan_if_allowed(survey.model):  # Mamba-1 on the CPU: the scan as one op, as find runs it
+        intact = test_scores_per_document(survey.model, test)
     rows = []
     for plant_id in plants:
         record_file = plants_folder(folder) / f"{plant_id}.json"
@@ -57,10 +47,10 @@ def measure(folder: Path, find: str, plants: list[str], scales: list[float], dev
         p, found = record["plant"], record["finds"][find]
         if not found["written"]:
             raise SystemExit(f"{folder} {plant_id}: {find} wrote the identity; nothing to scale")
-        model, _ = load_model(path, device=device)
-        channels = plant_damage(model, p["layer"], p["site"], p["count"], p["scale"], p["seed"])
-        if channels != record["channels"]:
-            raise SystemExit(f"{folder} {plant_id}: planted channels differ from the record")
+        try:
+            model = survey.replant(record)
+        except StudyArgumentError as e:
+            raise SystemExit(f"{folder} {e}") from None
         spec_of = found["found"]
         started = time.time()
         with fast_scan_if_allowed(model):
@@ -118,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON")
     a = ap.parse_args(argv)
-    if not (a.folder / "settings.json").exists():
-        ap.error(f"{a.folder}: no settings.json (not a survey folder)")
     if any(s <= 0 for s in a.scales):
         ap.error(f"--scales {a.scales}: allowed: positive numbers")
-    rows = measure(a.folder, a.find, a.plants, a.scales, a.device)
+    try:
+        rows = measure(a.folder, a.find, a.plants, a.scales, a.device)
+    except StudyArgumentError as e:  # no settings.json
+        ap.error(str(e))
     if a.out:
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))

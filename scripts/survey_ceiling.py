@@ -33,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from lm_eval_ssmsteer.studies.survey import WIN_BACK_GOAL, plants_folder
+from lm_eval_ssmsteer.studies import StudyArgumentError
+from lm_eval_ssmsteer.studies.survey import WIN_BACK_GOAL, folder_settings, plants_folder, rebuild_survey
 
 CONFIGS = ("damaged", "found", "planted x8", "inverse")
 # per-document statistics a finder could minimize (lower is better for each): `_statistics`
@@ -82,39 +83,23 @@ def prefers(row: dict) -> dict[str, bool]:
     return {name: s[ref][name] < s["found"][name] for name in STATISTICS}
 
 
-def _settings(folder: Path) -> dict:
-    for f in (folder / "settings.json", folder / "survey" / "settings.json"):
-        if f.exists():
-            return json.loads(f.read_text())
-    raise SystemExit(f"{folder}: no settings.json (not a survey folder)")
-
-
 def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> list[dict]:
     from lm_eval_ssmsteer.finder.methods import per_document
-    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
     from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
     from lm_eval_ssmsteer.spec import SteeringSpec
-    from lm_eval_ssmsteer.studies.damping import plant as plant_damage
-    from lm_eval_ssmsteer.studies.survey import find_documents
 
-    settings = _settings(folder)
+    folder_settings(folder)  # not a survey folder: stop before reading plants
     records = [json.loads(f.read_text()) for f in sorted(plants_folder(folder).glob("*.json"))]
     chosen = [r for r in records if r["damage"]["mean"] >= min_damage and find in r["finds"]]
     if not chosen:
         return []
-    path = resolve_model_path(settings["model"])
-    a = argparse.Namespace(**settings, device=device)
-    _, tokenizer = load_model(path, device=device)
-    data, _ = find_documents(tokenizer, a)
-    cal, val = data["calibration"].batches(), data["validation"].batches()
+    survey = rebuild_survey(folder, device)
+    cal, val = survey.calibration, survey.validation
     rows = []
     for r in chosen:
         started = time.time()
         p, f = r["plant"], r["finds"][find]
-        model, _ = load_model(path, device=device)
-        channels = plant_damage(model, p["layer"], p["site"], p["count"], p["scale"], p["seed"])
-        if channels != r["channels"]:
-            raise SystemExit(f"{folder.name} {p['id']}: planted channels differ from the record")
+        model, channels = survey.replant(r), r["channels"]
         fo = f["found"]
         specs = {
             "damaged": None,
@@ -229,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give survey folders, or --table FILE")
     rows = []
     for folder in a.folders:
-        rows += measure_folder(folder, a.find, a.min_damage, a.device)
+        try:
+            rows += measure_folder(folder, a.find, a.min_damage, a.device)
+        except StudyArgumentError as e:  # no settings.json; a plant that draws other channels
+            raise SystemExit(f"{folder.name} {e}") from None
     if not rows:
         ap.error(f"no plant with damage >= {a.min_damage} that find {a.find!r} ran on")
     if a.out:

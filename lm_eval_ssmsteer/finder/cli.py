@@ -85,8 +85,7 @@ def run(args: argparse.Namespace):
     )
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
-        MAX_SCALE_LIMIT,
-        PROBE_SCALE,
+        check_max_scale,
         check_output,
         check_request,
         find,
@@ -115,11 +114,7 @@ def run(args: argparse.Namespace):
         raise FinderError(
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
-    if not PROBE_SCALE <= args.max_scale <= MAX_SCALE_LIMIT:
-        raise FinderError(
-            f"--max-scale: {args.max_scale}; allowed: a whole number from {PROBE_SCALE:g} to "
-            f"{MAX_SCALE_LIMIT}"
-        )
+    check_max_scale(args.max_scale, "--max-scale")  # before the model loads
     if args.validate_choice != "gain" and args.validate_top < 2:
         raise FinderError(
             f"--validate-choice {args.validate_choice} chooses among validated pairs; allowed with "

@@ -158,13 +158,24 @@ def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -
         )
 
 
+def check_max_scale(max_scale: object, field: str = "max_scale") -> int:
+    """``max_scale`` when it is allowed (a whole number from PROBE_SCALE to MAX_SCALE_LIMIT); a FinderError
+    naming ``field``, the value and the range otherwise. The one place that range is checked."""
+    if (
+        isinstance(max_scale, bool)
+        or not isinstance(max_scale, int)
+        or not PROBE_SCALE <= max_scale <= MAX_SCALE_LIMIT
+    ):
+        raise FinderError(
+            f"{field}: {max_scale!r}; allowed: a whole number from {PROBE_SCALE:g} to {MAX_SCALE_LIMIT}"
+        )
+    return max_scale
+
+
 def wide_scales(max_scale: int) -> tuple[float, ...]:
     """The amplifying scales past PROBE_SCALE that a sweep with ``max_scale`` also tries: the WIDE_SCALES
     up to it, and itself (none at the default 8)."""
-    if isinstance(max_scale, bool) or not isinstance(max_scale, int):
-        raise FinderError(f"max_scale: {max_scale!r}; allowed: a whole number from 8 to {MAX_SCALE_LIMIT}")
-    if not PROBE_SCALE <= max_scale <= MAX_SCALE_LIMIT:
-        raise FinderError(f"max_scale: {max_scale}; allowed: a whole number from 8 to {MAX_SCALE_LIMIT}")
+    check_max_scale(max_scale)
     ladder = [s for s in WIDE_SCALES if s < max_scale]
     return tuple(ladder + [float(max_scale)]) if max_scale > PROBE_SCALE else ()
 

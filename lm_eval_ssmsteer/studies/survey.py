@@ -154,6 +154,16 @@ class FindOption:
         return name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
 
 
+def _max_scale_allowed(value: int) -> bool:
+    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale
+
+    try:
+        check_max_scale(value)
+    except FinderError:
+        return False
+    return True
+
+
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
     [:max_scale=S] (order: method outlier only; blocks: methods causal and outlier; choice: with
@@ -177,7 +187,7 @@ def parse_find(text: str) -> FindOption:
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
-        number = number or (key == "max_scale" and value.isdigit() and 8 <= int(value) <= MAX_SCALE_LIMIT)
+        number = number or (key == "max_scale" and value.isdigit() and _max_scale_allowed(int(value)))
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
         if not (number or order or choice):
@@ -433,6 +443,58 @@ def plants_folder(folder: Path) -> Path:
     """Where a survey folder keeps its plant files: ``FOLDER/plants``, or ``FOLDER/survey/plants`` (a GPU
     run's folder, the survey one level down)."""
     return folder / "plants" if (folder / "plants").is_dir() else folder / "survey" / "plants"
+
+
+def folder_settings(folder: Path) -> dict:
+    """A survey folder's ``settings.json``: ``FOLDER/settings.json``, or ``FOLDER/survey/settings.json``
+    (a GPU run's folder). Raises StudyArgumentError when there is neither."""
+    for f in (folder / "settings.json", folder / "survey" / "settings.json"):
+        if f.exists():
+            return json.loads(f.read_text())
+    raise StudyArgumentError(f"{folder}: no settings.json (not a survey folder)")
+
+
+@dataclass
+class RebuiltSurvey:
+    """What a survey folder's finds saw, rebuilt from its settings: the intact model, its tokenizer, and
+    the find's calibration and validation batches and the encoded TEST documents, on ``device``."""
+
+    settings: dict
+    path: str
+    device: str
+    model: object
+    tokenizer: object
+    calibration: list
+    validation: list
+    test: list
+
+    def replant(self, record: dict) -> object:
+        """A fresh copy of the model damaged as a plant record says; raises StudyArgumentError when the
+        channels the plant draws differ from the record's (another model, or another draw)."""
+        from lm_eval_ssmsteer.loading import load_model
+        from lm_eval_ssmsteer.studies.damping import plant
+
+        p = record["plant"]
+        model, _ = load_model(self.path, device=self.device)
+        if plant(model, p["layer"], p["site"], p["count"], p["scale"], p["seed"]) != record["channels"]:
+            raise StudyArgumentError(f"{p['id']}: planted channels differ from the record")
+        return model
+
+
+def rebuild_survey(folder: Path, device: str) -> RebuiltSurvey:
+    """Load a survey folder's model and rebuild its find documents (``find_documents``) from its
+    settings, as ``study survey`` made them, so that a plant can be damaged again and scored."""
+    from lm_eval_ssmsteer.loading import load_model, resolve_model_path
+
+    settings = folder_settings(folder)
+    path = resolve_model_path(settings["model"])
+    model, tokenizer = load_model(path, device=device)
+    data, _ = find_documents(tokenizer, argparse.Namespace(**{**settings, "device": device}))
+    cal, val = (
+        [(ids.to(device), labels.to(device)) for ids, labels in data[k].batches()]
+        for k in ("calibration", "validation")
+    )
+    return RebuiltSurvey(settings, path, device, model, tokenizer, cal, val, data["test"])
 
 
 def pooled_table(folders: list[Path], which: str, min_damage: float) -> str:
