@@ -53,8 +53,56 @@ def test_max_scale_undoes_a_strong_damping_that_x8_cannot():
     at_best_k = [p["scale"] for p in past if p["k"] == past[0]["k"]]
     assert at_best_k == [13.0, 20.0, 32.0, 50.0]
     assert {p["scale"] for p in past if p["k"] != past[0]["k"]} == {50.0}
+    # the best point of the search, whatever its stage, has its own channel set tried on the whole ladder
+    first = min(default.scores["sweep"], key=lambda p: p["loss"])
+    tried = {p["scale"] for p in wide.scores["sweep"] if p["channels"] == first["channels"]}
+    assert tried >= set(finder_search.wide_scales(50))
     assert (default.scores["max_scale"], wide.scores["max_scale"]) == (8, 50)
     assert "max_scale" not in default.spec.to_dict()["provenance"]
     assert wide.spec.to_dict()["provenance"]["max_scale"] == 50
     with pytest.raises(FinderError, match="max_scale: 7"):
         find(model, calibration, max_scale=7, progress=False)
+
+
+class _RecordingSweep:
+    """A stand-in for the search's sweep: a fixed curve, and the configurations asked for."""
+
+    def __init__(self, curve):
+        self.curve = curve
+        self.asked = []
+
+    def run_channels(self, pair, direction, channels, scale, stage):
+        self.asked.append((pair, direction, tuple(channels), scale, stage))
+
+
+def _point(layer, site, channels, scale, loss, stage, direction="amplify"):
+    return {
+        "layer": layer,
+        "site": site,
+        "channels": channels,
+        "k": len(channels),
+        "scale": scale,
+        "loss": loss,
+        "stage": stage,
+        "direction": direction,
+    }
+
+
+def test_the_ladder_takes_each_top_pairs_best_set_from_any_stage():
+    curve = [
+        _point(1, "B", [0, 1, 2, 3], 3.0, 0.90, "sweep"),
+        _point(1, "B", [5, 9, 11], 8.0, 0.40, "blocks"),  # pair (1, B)'s best: the block screen's union
+        _point(2, "delta", [7], 8.0, 0.50, "outliers"),
+        _point(0, "C", [4], 0.0, 0.45, "sweep", direction="damp"),  # a damping point: no ladder
+        _point(3, "x", [1, 2], 5.0, 0.10, "descend"),  # descents keep their own scales
+        _point(2, "gate", [3], 8.0, 0.60, "screen"),  # the fourth pair: beyond n = 3
+        _point(1, "D", [3], 8.0, 2.00, "screen"),  # no gain over the unsteered loss (1.0)
+    ]
+    sweep = _RecordingSweep(curve)
+    finder_search._ladder(sweep, 1.0, 3, (13.0, 50.0), finder_search._Progress(False))
+    assert sweep.asked == [
+        ((1, "B"), "amplify", (5, 9, 11), 13.0, "ladder"),
+        ((1, "B"), "amplify", (5, 9, 11), 50.0, "ladder"),
+        ((2, "delta"), "amplify", (7,), 13.0, "ladder"),
+        ((2, "delta"), "amplify", (7,), 50.0, "ladder"),
+    ]

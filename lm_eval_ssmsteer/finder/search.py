@@ -247,7 +247,9 @@ def find(
     ``blocks`` N > 0 (methods ``causal`` and ``outlier``): a block screen (``_block_screen``) beside the
     others, every distinct pair's channels in N blocks at PROBE_SCALE, which sees a damage the attribution
     and the channel sizes miss. ``max_scale`` S > 8: the sweep also tries the best channel count at the
-    WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone."""
+    WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone; then the best
+    amplifying point of each pair the validation may choose from, whatever stage wrote it, is tried at
+    those scales too, with its own channels (``_ladder``)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     if validate_choice not in VALIDATE_CHOICES:
@@ -403,6 +405,8 @@ def find(
                     for scale in DESCEND_SCALES if channels else ():
                         with sweep.quiet():
                             sweep.run_channels(pair, "amplify", channels, scale, "descend")
+        if wide:
+            _ladder(sweep, base.loss, max(1, validate_top), wide, bars)
         curve = sweep.curve
         best = min(curve, key=lambda point: point["loss"])
         improved = best["loss"] < base.loss
@@ -575,6 +579,26 @@ def _best_per_pair(curve: list[dict[str, Any]], base_loss: float, n: int) -> lis
         if point["loss"] < base_loss:
             best.setdefault((point["layer"], point["site"]), point)
     return list(best.values())[: max(1, n)]
+
+
+def _ladder(sweep: _Sweep, base_loss: float, n: int, wide: tuple[float, ...], bars: _Progress) -> None:
+    """max_scale's ladder for every stage: the best amplifying point of each of the ``n`` best pairs
+    (those the validation documents may choose from), with its own channel set, at each scale of ``wide``
+    (stage ``ladder``). The sweep's ladder reaches only a ranking's best count; a set the block screen or
+    the outlier refinement wrote at x8 would otherwise never be tried past it."""
+    tops = [
+        point
+        for point in _best_per_pair(
+            [point for point in sweep.curve if point["stage"] != "descend"], base_loss, n
+        )
+        if point["direction"] == "amplify"
+    ]
+    with bars.phase("ladder", len(tops) * len(wide), "config"):
+        for point in tops:
+            for scale in wide:
+                sweep.run_channels(
+                    (point["layer"], point["site"]), "amplify", point["channels"], scale, "ladder"
+                )
 
 
 def _choose_validated(validated: list[tuple], choice: str) -> tuple[tuple, Any]:
