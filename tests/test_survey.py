@@ -53,7 +53,7 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [p for p in plants if p.set not in ("fresh", "sealed")]
+    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld")]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -73,9 +73,11 @@ def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_set
 def test_the_sealed_set_draws_new_channels_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
     sealed = [p for p in plants if p.set == "sealed"]
-    earlier = plants[: len(plants) - len(sealed)]
-    # appended last: every earlier plant and channel seed is the one run before the sealed set existed
+    earlier = plants[: plants.index(sealed[0])]
+    # appended after the fresh set: every earlier plant and channel seed is the one run before the sealed set
+    # existed
     assert earlier[-1].set == "fresh" and earlier[-1].seed == 309 and sealed[0].seed == 310
+    assert plants[len(earlier) : len(earlier) + len(sealed)] == sealed
     assert [p.id for p in sealed[:2]] == ["S01", "S02"] and len(sealed) == survey.UNSEEN_PER_SITE * len(SITES)
     # from the whole grid: on a model whose combinations the earlier sets used up, still a full set, each
     # plant's channels a new draw
@@ -426,3 +428,16 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
     # the tiny random model's find validates 5 points (the best and other channel counts, the descent's)
     assert found["validation"] == "better" and len(found["candidates"]) > 1
     assert {"layer", "site", "k", "scale", "calibration_loss", "decision"} <= set(found["candidates"][0])
+
+
+def test_the_withheld_set_comes_last_and_leaves_every_earlier_plant_as_it_was():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    withheld = [p for p in plants if p.set == "withheld"]
+    earlier = plants[: len(plants) - len(withheld)]
+    # appended last: the sealed set (run before the withheld set existed) keeps its plants and seeds
+    assert earlier[-1].set == "sealed" and earlier[-1].id == "S84" and earlier[-1].seed == 393
+    assert withheld[0].seed == 394 and [p.id for p in withheld[:2]] == ["W01", "W02"]
+    assert len(withheld) == survey.UNSEEN_PER_SITE * len(SITES)
+    sealed = {(p.layer, p.site, p.count, p.scale) for p in earlier if p.set == "sealed"}
+    drawn = [(p.layer, p.site, p.count, p.scale) for p in withheld]
+    assert drawn != sorted(sealed) and len(set(drawn)) == len(drawn)  # its own draw, no repeats

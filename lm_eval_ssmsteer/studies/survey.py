@@ -10,7 +10,9 @@ was looked at while designing (docs/finder.md says which); a FRESH set, drawn th
 FRESH_SEED from what the unseen set left, measures changes made after the unseen set was looked at. A
 SEALED set, drawn with SEALED_SEED from the whole grid (the earlier sets used up ref-mamba2's combinations),
 is new by its channels: every plant's channel draw has its own seed. It measures what was designed on the
-fresh and unseen sets. The list does not depend on any finder output, and every plant is reported.
+fresh and unseen sets. A WITHHELD set, drawn the same way with WITHHELD_SEED, measures what was designed
+with the sealed set in view (``--max-scale``). The list does not depend on any finder output, and every
+plant is reported.
 
 Per plant, on TEST documents of the tasks the model solves (default ssm_passkey, ssm_variable_tracking,
 ssm_ruler_niah_single; the answer is the needle value without its final period, the string lm-eval's
@@ -60,10 +62,14 @@ FRESH_SEED = 24
 # the sealed set: drawn on 2026-12-06, after the choice by a paired comparison was designed on the fresh and
 # unseen sets; from the whole grid (True: only from the combinations the earlier sets left)
 SEALED_SEED = 25
+# the withheld set: drawn on 2026-12-06 (fifth session), after --max-scale's ladder was built with the sealed
+# set's ceiling in view, to measure it and a default with it; from the whole grid, like the sealed set
+WITHHELD_SEED = 26
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
     ("sealed", SEALED_SEED, UNSEEN_PER_SITE, False),
+    ("withheld", WITHHELD_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -72,7 +78,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -83,7 +89,8 @@ def _counts(width: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Plant:
-    id: str  # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh) or S01... (sealed)
+    # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld)
+    id: str
     set: str
     layer: int
     site: str
@@ -96,7 +103,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED from the whole grid; channel seeds 100, 101, ... in list
+    those left, then as many again with SEALED_SEED and then WITHHELD_SEED from the whole grid; channel
+    seeds 100, 101, ... in list
     order. ``layers``: the layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the
     sites to plant at (a site a model's mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
