@@ -104,9 +104,9 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
     those left, then as many again with SEALED_SEED and then WITHHELD_SEED from the whole grid; channel
-    seeds 100, 101, ... in list
-    order. ``layers``: the layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the
-    sites to plant at (a site a model's mixers cannot reach is left out) and their widths."""
+    seeds 100, 101, ... in list order. ``layers``: the layer count of a pure model, or a hybrid's Mamba
+    layer indices; ``widths``: the sites to plant at (a site a model's mixers cannot reach is left out) and
+    their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
