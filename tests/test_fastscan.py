@@ -1,11 +1,16 @@
-"""The CPU fast scan is transformers' Mamba-1 recurrence, in values and gradients."""
+"""The CPU fast scans are transformers' Mamba-1 recurrence and Mamba-2 chunked scan, in values and
+gradients."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 from transformers.models.mamba import modeling_mamba
 
-from lm_eval_ssmsteer.mamba.fastscan import selective_scan, use_fast_scan
+from lm_eval_ssmsteer.mamba.fastscan import chunk_scan, fast_scan_refusal_for, selective_scan, use_fast_scan
+from tests.steering_checks import greedy
 from tests.tiny import make_model
 
 
@@ -43,3 +48,116 @@ def test_use_fast_scan_gives_same_model_loss_and_restores():
         fast = model(ids, labels=ids).loss
     assert modeling_mamba.mamba_selective_scan is original
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def _chunk_inputs(length: int, b: int = 2, h: int = 4, p: int = 3, groups: int = 2, n: int = 5):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, length, h, p, generator=g)
+    dt = torch.randn(b, length, h, generator=g)
+    A = -torch.rand(h, generator=g) - 0.1
+    B, C = (torch.randn(b, length, groups, n, generator=g) for _ in range(2))
+    D, bias = torch.randn(h, generator=g), torch.randn(h, generator=g)
+    initial = torch.randn(b, h, p, n, generator=g)
+    return x, dt, A, B, C, D, bias, initial
+
+
+@pytest.mark.parametrize(
+    ("length", "with_initial", "dt_limit"),
+    [
+        (37, True, (0.0, float("inf"))),  # four chunks and a part of one, from a given state
+        (32, False, (0.0, float("inf"))),  # whole chunks, from zero
+        (5, True, (0.3, 0.9)),  # one part-chunk, Δ clamped
+    ],
+)
+def test_chunk_scan_matches_transformers_values_final_state_and_grads(length, with_initial, dt_limit):
+    from transformers.models.mamba2 import modeling_mamba2
+
+    args = [t.clone().requires_grad_(True) for t in _chunk_inputs(length)]
+    x, dt, A, B, C, D, bias, initial = args
+    kw = {
+        "chunk_size": 8,
+        "D": D,
+        "dt_bias": bias,
+        "initial_states": initial if with_initial else None,
+        "dt_softplus": True,
+        "dt_limit": dt_limit,
+        "return_final_states": True,
+    }
+    y, last = chunk_scan(x, dt, A, B, C, **kw)
+    ry, rlast = modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, **kw)
+    assert y.shape == ry.shape == x.shape and y.dtype == ry.dtype
+    torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, rlast, rtol=1e-5, atol=1e-5)
+    wy, wlast = torch.randn_like(y), torch.randn_like(last)
+    grads = torch.autograd.grad((y * wy).sum() + (last * wlast).sum(), args, allow_unused=True)
+    ref = torch.autograd.grad((ry * wy).sum() + (rlast * wlast).sum(), args, allow_unused=True)
+    for name, got, want in zip(["x", "dt", "A", "B", "C", "D", "bias", "initial"], grads, ref, strict=True):
+        if not with_initial and name == "initial":
+            assert got is None and want is None
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5, msg=f"gradient of {name}")
+    # without return_final_states, y alone, the same
+    torch.testing.assert_close(chunk_scan(x, dt, A, B, C, **{**kw, "return_final_states": False}), y)
+
+
+def test_chunk_scan_gates_by_z_as_the_kernel_does():
+    x, dt, A, B, C, D, bias, _ = _chunk_inputs(11)
+    z = torch.randn_like(x)
+    ungated = chunk_scan(x, dt, A, B, C, chunk_size=4, D=D, dt_bias=bias, dt_softplus=True)
+    gated = chunk_scan(x, dt, A, B, C, chunk_size=4, D=D, dt_bias=bias, dt_softplus=True, z=z)
+    torch.testing.assert_close(gated, ungated * torch.nn.functional.silu(z))
+
+
+MAMBA2_FAMILY = ("mamba2", "bamba", "granitemoehybrid", "falcon_h1", "nemotron_h", "zamba2")
+
+
+@pytest.mark.parametrize("arch", MAMBA2_FAMILY)
+@torch.no_grad()
+def test_use_fast_scan_runs_mamba2_family_models_like_transformers_and_restores(arch):
+    """Unsteered and steered at every Mamba layer's Δ (the steering wrapper then wraps the fast scan),
+    the full forward and cached greedy decoding (a prefill that returns its final states, then
+    transformers' own one-token steps) give transformers' logits; the names are put back."""
+    import importlib
+
+    from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
+    from lm_eval_ssmsteer.spec import SteeringSpec
+    from lm_eval_ssmsteer.steering import steer
+
+    model = make_model(arch, seed=1)
+    module = importlib.import_module(ARCHITECTURES[arch].modeling_module)
+    original = module.mamba2_chunk_scan
+    ids = torch.randint(3, 200, (2, 21), generator=torch.Generator().manual_seed(0))
+    spec = SteeringSpec.single(layer="all", site="delta", scale=1.7)
+    for context in (None, spec):
+        with steer(model, context) if context is not None else contextlib.nullcontext():
+            slow = model(ids).logits
+            slow_next = greedy(model, ids[:, :-3], n=4)[1]
+            with use_fast_scan():
+                assert module.mamba2_chunk_scan is chunk_scan
+                fast = model(ids).logits
+                fast_next = greedy(model, ids[:, :-3], n=4)[1]
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast_next, slow_next, rtol=1e-5, atol=1e-5)
+    assert module.mamba2_chunk_scan is original
+    assert not torch.allclose(model(ids).logits, slow)  # the steered run did change the logits
+
+
+@torch.no_grad()
+def test_fast_chunk_scan_at_ref_mamba2s_real_shape():
+    """The shipped ref-mamba2 (16 heads of 32, state 64, chunks of 64): 2 x 200 tokens, over three chunks
+    and a part of one, give transformers' logits."""
+    from lm_eval_ssmsteer.loading import load_model
+
+    model, _ = load_model("ref-mamba2", device="cpu")
+    ids = torch.randint(3, model.config.vocab_size, (2, 200), generator=torch.Generator().manual_seed(0))
+    slow = model(ids, use_cache=False).logits
+    with use_fast_scan():
+        fast = model(ids, use_cache=False).logits
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_scan_refusals():
+    assert fast_scan_refusal_for("mamba2", "cpu") is None
+    assert fast_scan_refusal_for("bamba", "cpu") is None
+    assert "on cuda it would replace the kernels" in fast_scan_refusal_for("mamba2", "cuda")
+    assert "this model is gpt2" in fast_scan_refusal_for("gpt2", "cpu")

@@ -1,14 +1,21 @@
-"""A faster torch selective scan for Mamba-1 without the mamba-ssm kernels (CPU training and evaluation).
+"""Faster torch scans for Mamba-1 and Mamba-2 without the mamba-ssm kernels (CPU training and evaluation).
 
-transformers' torch fallback runs the recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t as a Python loop
-whose every step is an autograd node: training a 2M-parameter model on a 2-core CPU ran at about 32
+Mamba-1: transformers' torch fallback runs the recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t as a Python
+loop whose every step is an autograd node: training a 2M-parameter model on a 2-core CPU ran at about 32
 tokens/s, 1,300 with this module. Here the scan is one autograd Function with a hand-written backward
 (a reverse loop over positions with no graph) that works one position at a time on cache-sized
 (batch, channels, state) tensors.
 Same mathematics as `transformers.models.mamba.modeling_mamba.mamba_selective_scan`'s recurrent path;
 tests/test_fastscan.py compares values and gradients.
 
-`use_fast_scan()` swaps it into every Mamba-1-family modeling module for a `with` block;
+Mamba-2: `chunk_scan` computes what transformers' torch `mamba2_chunk_scan` computes (the chunked state
+space duality form) with matrix products over the chunk positions and a loop over chunks for the states
+between them. transformers up to 5.24 forms the same contractions as broadcast products summed afterwards,
+which made ref-mamba2's CPU forward 12 times slower on 5.17 than on 5.25 (docs/results/cpu_forward.md).
+tests/test_fastscan.py compares values, final states and gradients with transformers' function, and whole
+models of every Mamba-2-family architecture.
+
+`use_fast_scan()` swaps both into every modeling module of their family for a `with` block;
 `fast_scan_refusal(model)` is the one rule for where that may happen.
 """
 
@@ -115,9 +122,102 @@ def selective_scan(
     return y
 
 
+def _segment_sums(a: torch.Tensor) -> torch.Tensor:
+    """(..., q) -> (..., q, q): entry [i, j] is a_{j+1} + ... + a_i for j <= i, -inf above the diagonal.
+
+    Summed from the masked increments rather than as a difference of two running sums, so that a long
+    chunk's large cumulative decay does not cancel away the precision of a short segment."""
+    q = a.shape[-1]
+    strictly_below = torch.ones(q, q, dtype=torch.bool, device=a.device).tril(-1)
+    increments = a[..., :, None].expand(*a.shape, q).masked_fill(~strictly_below, 0.0)  # [k, j]: a_k, k > j
+    sums = increments.cumsum(dim=-2)
+    on_or_below = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
+    return sums.masked_fill(~on_or_below, -torch.inf)
+
+
+def chunk_scan(
+    hidden_states: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    return_final_states: bool = False,
+    z: torch.Tensor | None = None,
+    **_: object,
+):
+    """Drop-in for transformers' `mamba2_chunk_scan`: x (b, l, h, p), Δ (b, l, h), A (h,), B and C
+    (b, l, g, n) -> y (b, l, h, p) in fp32, and with `return_final_states` the state after the last
+    position (b, h, p, n). y_t = Σ_{s<=t} C_t·B_s exp(Σ_{s<k<=t} Δ_k A) Δ_s x_s (+ D x_t), from
+    `initial_states` if given.
+    `z` (which transformers' mixers pass as None) gates y by SiLU(z), as mamba-ssm's kernel does."""
+    batch, length, heads, head_dim = hidden_states.shape
+    groups, state_size = B.shape[2], B.shape[3]
+    per_group = heads // groups  # heads h = (g, r): head h reads group h // per_group, as in transformers
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]).float()
+    x = hidden_states.float()
+    a = A.float() * dt  # (b, l, h): the log decay of each position
+    q = chunk_size
+    pad = -length % q
+    chunks = (length + pad) // q
+
+    def in_chunks(t: torch.Tensor) -> torch.Tensor:  # (b, l, ...) -> (b, c, q, ...), zeros after the end
+        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+        return t.reshape(batch, chunks, q, *t.shape[2:])
+
+    xdt = in_chunks(x * dt[..., None]).reshape(batch, chunks, q, groups, per_group, head_dim)
+    Bc, Cc = in_chunks(B.float()), in_chunks(C.float())  # (b, c, q, g, n)
+    ac = in_chunks(a).permute(0, 1, 3, 2).reshape(batch, chunks, groups, per_group, q)
+    running = ac.cumsum(dim=-1)  # log decay from the chunk's start to each position, inclusive
+
+    # within a chunk: y_i = Σ_{j<=i} (C_i·B_j) exp(a_{j+1} + ... + a_i) Δ_j x_j; C_i·B_j once per group
+    scores = torch.einsum("bcign,bcjgn->bcgij", Cc, Bc)
+    weights = scores[:, :, :, None] * torch.exp(_segment_sums(ac))  # (b, c, g, r, i, j)
+    y = torch.einsum("bcgrij,bcjgrp->bcigrp", weights, xdt)
+
+    # each chunk's contribution to the state at its end, then the states at the chunk starts in order
+    to_end = torch.exp(running[..., -1:] - running)  # (b, c, g, r, q)
+    added = torch.einsum("bcjgn,bcjgrp->bcgrpn", Bc, xdt * to_end.permute(0, 1, 4, 2, 3)[..., None])
+    chunk_decay = torch.exp(running[..., -1])  # (b, c, g, r)
+    state_shape = (batch, groups, per_group, head_dim, state_size)
+    state = (
+        initial_states.to(dtype=torch.float32, device=x.device).reshape(state_shape)
+        if initial_states is not None
+        else x.new_zeros(state_shape)
+    )
+    starts = []
+    for c in range(chunks):
+        starts.append(state)
+        state = state * chunk_decay[:, c, :, :, None, None] + added[:, c]
+    start_states = torch.stack(starts, dim=1)  # (b, c, g, r, p, n)
+    # from the chunk's start state: y_i += exp(a_1 + ... + a_i) C_i · state
+    from_start = torch.einsum("bcign,bcgrpn->bcigrp", Cc, start_states)
+    y = y + from_start * torch.exp(running).permute(0, 1, 4, 2, 3)[..., None]
+
+    y = y.reshape(batch, chunks * q, heads, head_dim)[:, :length]
+    state = state.reshape(batch, heads, head_dim, state_size)
+    if D is not None:
+        y = y + x * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    if return_final_states:
+        return y, state
+    return y
+
+
 def fast_scan_refusal(model: torch.nn.Module) -> str | None:
-    """The one rule for where the fast scan may run: a Mamba-1-family model on the CPU, where the
-    scan is transformers' torch reference. None when it may; else why not, in a sentence."""
+    """The one rule for where the fast scans may run: a Mamba-family model (transformers' Mamba, Mamba2 and
+    FalconMamba, Stable-Mamba, the hybrids' Mamba layers) on the CPU, where the scan is transformers' torch
+    reference. None when it may; else why not, in a sentence."""
     from lm_eval_ssmsteer.mamba.arch import describe_model
 
     return fast_scan_refusal_for(describe_model(model).architecture, next(model.parameters()).device.type)
@@ -127,21 +227,26 @@ def fast_scan_refusal_for(model_type: str, device: str) -> str | None:
     """``fast_scan_refusal`` for a model not built yet: its model type and device ("cpu", "cuda", ...)."""
     from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
 
-    if ARCHITECTURES[model_type].family != "mamba1":
-        allowed = ", ".join(mt for mt, a in ARCHITECTURES.items() if a.family == "mamba1")
-        return f"the fast scan applies to model types {allowed}; this model is {model_type}"
+    if model_type not in ARCHITECTURES:
+        return f"the fast scans apply to model types {', '.join(ARCHITECTURES)}; this model is {model_type}"
     if not device.startswith("cpu"):
         return f"the fast scan is for the CPU torch path; on {device} it would replace the kernels"
     return None
 
 
+# what each mixer family's modeling modules get inside use_fast_scan(): {module-level name: replacement}
+_FAST = {"mamba1": {"mamba_selective_scan": selective_scan}, "mamba2": {"mamba2_chunk_scan": chunk_scan}}
+
+
 @contextmanager
 def use_fast_scan() -> Iterator[None]:
-    """Within the block, every Mamba-1-family modeling module (transformers' Mamba and FalconMamba,
-    Stable-Mamba, any registered one) runs ``selective_scan`` instead of ``mamba_selective_scan``.
+    """Within the block, every Mamba-family modeling module runs the fast scan of its mixer family:
+    ``selective_scan`` instead of ``mamba_selective_scan`` (transformers' Mamba and FalconMamba,
+    Stable-Mamba, Jamba, any registered Mamba-1 module), ``chunk_scan`` instead of ``mamba2_chunk_scan``
+    (Mamba2 and the Mamba-2 hybrids). Decoding one token at a time keeps transformers' step functions.
 
-    Only for the torch path: where mamba-ssm is installed, ``mamba_selective_scan`` is its CUDA kernel,
-    which this would replace; ``fast_scan_refusal`` says where it may run.
+    Only for the torch path: where mamba-ssm is installed, the replaced names are its CUDA kernels;
+    ``fast_scan_refusal`` says where it may run.
     """
     import importlib
     from contextlib import ExitStack
@@ -151,9 +256,8 @@ def use_fast_scan() -> Iterator[None]:
 
     with ExitStack() as stack:
         for arch in ARCHITECTURES.values():
-            if arch.family == "mamba1":
-                module = vars(importlib.import_module(arch.modeling_module))
-                stack.enter_context(swapped(module, {"mamba_selective_scan": selective_scan}))
+            module = vars(importlib.import_module(arch.modeling_module))
+            stack.enter_context(swapped(module, _FAST[arch.family]))
         yield
 
 

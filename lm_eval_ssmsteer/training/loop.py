@@ -127,7 +127,8 @@ def kernel_path(stack: ExitStack, arch: str, device: str) -> str:
     from lm_eval_ssmsteer.mamba.fastscan import fast_scan_refusal_for, use_fast_scan
 
     if fast_scan_refusal_for(arch, device) is None:
-        # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan (values and grads equal)
+        # without the kernels, Mamba-1's torch loop is ~10x slower than the fast scan, and Mamba-2's chunked
+        # scan 2-14x (benchmarks/cpu_forward.py); values and grads equal
         stack.enter_context(use_fast_scan())
         return "project fast scan (torch)"
     if device.startswith("cuda") and not has_causal_conv1d():
