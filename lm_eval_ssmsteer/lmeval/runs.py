@@ -33,7 +33,7 @@ def evaluate(
 ) -> dict:
     """lm-eval's output for ``pretrained`` in float32 through ``backend`` (``mamba-steered``, or the stock
     ``hf``), steered by the spec file ``spec`` if one is given;
-    a Mamba-1-family model on the CPU runs the fast scan (the same values as transformers' scan). The task
+    a Mamba-family model on the CPU runs the fast scans (the same values as transformers' scans). The task
     knobs (``num_samples``, ``max_seq_lengths``, counts) travel in ``metadata`` together with the model
     arguments, as lm-eval's CLI passes them, so the tasks count lengths in the model's tokenizer."""
     from lm_eval import simple_evaluate
