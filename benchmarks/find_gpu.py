@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from _kernels import kernel_versions
 
-from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS
+from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, VALIDATE_CHOICES
 
 VOCAB = 50280
 LOO_SITE_ORDER = ("mixer_out", "residual", "delta", "B", "C", "ssm_out", "gate")
@@ -77,12 +77,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--blocks", type=int, default=0, help="find's --blocks N (block screen; default 0, off, as find's)"
     )
+    parser.add_argument(
+        "--validate-top", type=int, default=1, help="find's --validate-top N (default 1, as find's)"
+    )
+    parser.add_argument(
+        "--validate-choice",
+        default="gain",
+        choices=VALIDATE_CHOICES,
+        help="find's --validate-choice (default gain, as find's)",
+    )
+    parser.add_argument(
+        "--max-scale", type=int, default=8, help="find's --max-scale S (default 8, as find's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for the loop")
     args = parser.parse_args(argv)
     if args.length <= args.answer_tokens:
         parser.error(f"--length {args.length} must exceed --answer-tokens {args.answer_tokens}")
+    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale
+
+    try:
+        check_max_scale(args.max_scale, "--max-scale")
+    except FinderError as err:
+        parser.error(str(err))
+    if args.validate_top < 1:
+        parser.error(f"--validate-top {args.validate_top}; allowed: an integer >= 1")
+    if args.validate_choice != "gain" and args.validate_top < 2:
+        parser.error(f"--validate-choice {args.validate_choice} needs --validate-top 2 or more")
     return args
 
 
@@ -284,9 +306,14 @@ def hms(seconds: float) -> str:
 
 
 def find_label(doc: dict) -> str:
-    """find's method, with the block screen when it ran (``--blocks N``) and the pairs it screened."""
+    """find's method, with its options where they are not find's defaults, and the block screen's pairs
+    screened when it ran (``--blocks N``)."""
     f = doc["find"]
     label = doc["args"]["method"]
+    if f.get("validate_top", 1) > 1:
+        label += f", --validate-top {f['validate_top']} --validate-choice {f['validate_choice']}"
+    if f.get("max_scale", 8) != 8:
+        label += f", --max-scale {f['max_scale']}"
     if f.get("blocks"):
         label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
     return label
@@ -370,7 +397,17 @@ def main(argv: list[str] | None = None) -> dict:
     counter = PassCounter(model)
     sync(device)
     t = time.perf_counter()
-    result = find(model, data, method=args.method, blocks=args.blocks, progress=False, validation=validation)
+    result = find(
+        model,
+        data,
+        method=args.method,
+        blocks=args.blocks,
+        validate_top=args.validate_top,
+        validate_choice=args.validate_choice,
+        max_scale=args.max_scale,
+        progress=False,
+        validation=validation,
+    )
     sync(device)
     find_seconds = time.perf_counter() - t
     counter.remove()
@@ -426,6 +463,9 @@ def main(argv: list[str] | None = None) -> dict:
             "sites": sites,
             "method": args.method,
             "blocks": args.blocks,
+            "validate_top": args.validate_top,
+            "validate_choice": args.validate_choice,
+            "max_scale": args.max_scale,
             "block_pairs_screened": len(scores.get("raw", {}).get("blocks", {}).get("best_loss", {})),
             "batches_first_layer": counter.first,
             "batches_last_layer": counter.last,

@@ -109,3 +109,30 @@ def test_find_gpu_benchmark_passes_blocks_to_find(monkeypatch, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["find"]["block_pairs_screened"] == 0
     assert "find (outlier, all sites)" in bench.table(doc)
+
+
+def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monkeypatch, tmp_path):
+    bench = load_script(monkeypatch)
+    from lm_eval_ssmsteer.finder import search
+
+    seen = {}
+    real = search.find
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        seen["result"] = real(*args, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(search, "find", spy)
+    out = tmp_path / "find_gpu.json"
+    options = ["--validate-top", "3", "--validate-choice", "paired", "--max-scale", "20"]
+    bench.main([*TINY, "--method", "outlier", *options, "--out", str(out)])
+    assert (seen["validate_top"], seen["validate_choice"], seen["max_scale"]) == (3, "paired", 20)
+    doc = json.loads(out.read_text())
+    assert (doc["find"]["validate_top"], doc["find"]["max_scale"]) == (3, 20)
+    label = "find (outlier, --validate-top 3 --validate-choice paired, --max-scale 20, all sites)"
+    assert label in bench.table(doc)
+    assert seen["result"].scores["max_scale"] == 20
+    for bad in (["--max-scale", "7"], ["--validate-choice", "paired"], ["--validate-top", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args([*TINY, *bad])
