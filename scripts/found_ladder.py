@@ -23,6 +23,21 @@ from lm_eval_ssmsteer.studies import StudyArgumentError
 from lm_eval_ssmsteer.studies.survey import plants_folder, rebuild_survey
 
 
+def read_plant(folder: Path, plant_id: str, find: str) -> dict:
+    """The plant's record, which must hold a ``find`` that wrote a spec; else SystemExit saying why."""
+    record_file = plants_folder(folder) / f"{plant_id}.json"
+    if not record_file.exists():
+        raise SystemExit(f"{folder}: no plant {plant_id!r} ({record_file})")
+    record = json.loads(record_file.read_text())
+    if find not in record["finds"]:
+        raise SystemExit(
+            f"{folder} {plant_id}: find {find!r} was not run; recorded: {', '.join(record['finds'])}"
+        )
+    if not record["finds"][find]["written"]:
+        raise SystemExit(f"{folder} {plant_id}: {find} wrote the identity; nothing to scale")
+    return record
+
+
 def measure(folder: Path, find: str, plants: list[str], scales: list[float], device: str) -> list[dict]:
     from lm_eval_ssmsteer.finder.methods import per_document
     from lm_eval_ssmsteer.finder.paired import win_back
@@ -30,23 +45,14 @@ def measure(folder: Path, find: str, plants: list[str], scales: list[float], dev
     from lm_eval_ssmsteer.spec import SteeringSpec
     from lm_eval_ssmsteer.studies.plant import test_scores_per_document
 
+    records = {plant_id: read_plant(folder, plant_id, find) for plant_id in plants}  # before the model loads
     survey = rebuild_survey(folder, device)
     cal, val, test = survey.calibration, survey.validation, survey.test
-    with fast_scan_if_allowed(survey.model):  # Mamba-1 on the CPU: the scan as one op, as find runs it
+    with fast_scan_if_allowed(survey.model):  # the CPU's fast scan, as find runs it
         intact = test_scores_per_document(survey.model, test)
     rows = []
-    for plant_id in plants:
-        record_file = plants_folder(folder) / f"{plant_id}.json"
-        if not record_file.exists():
-            raise SystemExit(f"{folder}: no plant {plant_id!r} ({record_file})")
-        record = json.loads(record_file.read_text())
-        if find not in record["finds"]:
-            raise SystemExit(
-                f"{folder} {plant_id}: find {find!r} was not run; recorded: {', '.join(record['finds'])}"
-            )
+    for plant_id, record in records.items():
         p, found = record["plant"], record["finds"][find]
-        if not found["written"]:
-            raise SystemExit(f"{folder} {plant_id}: {find} wrote the identity; nothing to scale")
         try:
             model = survey.replant(record)
         except StudyArgumentError as e:

@@ -88,12 +88,12 @@ def measure_folder(folder: Path, find: str, min_damage: float, device: str) -> l
     from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
     from lm_eval_ssmsteer.spec import SteeringSpec
 
-    folder_settings(folder)  # not a survey folder: stop before reading plants
+    settings = folder_settings(folder)  # not a survey folder: stop before reading plants
     records = [json.loads(f.read_text()) for f in sorted(plants_folder(folder).glob("*.json"))]
     chosen = [r for r in records if r["damage"]["mean"] >= min_damage and find in r["finds"]]
     if not chosen:
         return []
-    survey = rebuild_survey(folder, device)
+    survey = rebuild_survey(folder, device, settings)
     cal, val = survey.calibration, survey.validation
     rows = []
     for r in chosen:

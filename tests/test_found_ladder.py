@@ -18,7 +18,9 @@ ladder = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ladder)
 
 
-def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same_channels(tmp_path, capsys):
+def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same_channels(
+    tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "survey"
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(out), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
@@ -43,7 +45,9 @@ def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same
     assert at_written["win-back"] == found["steered"]["win_back"]["value"]
     assert at_two["calibration loss"] != at_written["calibration loss"]  # the scale reached the model
     assert "| D01 |" in printed and f"x{written:g} (written)" in printed
+    # bad names stop before the model loads, even after a good one
+    monkeypatch.setattr(ladder, "rebuild_survey", lambda *a: pytest.fail("the model loaded"))
     with pytest.raises(SystemExit, match="find 'causal' was not run; recorded: outlier"):
         ladder.main([str(out), "--find", "causal", "--plants", "D01"])
     with pytest.raises(SystemExit, match="no plant 'D99'"):
-        ladder.main([str(out), "--find", "outlier", "--plants", "D99"])
+        ladder.main([str(out), "--find", "outlier", "--plants", "D01", "D99"])

@@ -489,12 +489,13 @@ class RebuiltSurvey:
         return model
 
 
-def rebuild_survey(folder: Path, device: str) -> RebuiltSurvey:
+def rebuild_survey(folder: Path, device: str, settings: dict | None = None) -> RebuiltSurvey:
     """Load a survey folder's model and rebuild its find documents (``find_documents``) from its
-    settings, as ``study survey`` made them, so that a plant can be damaged again and scored."""
+    settings (``settings``, where the caller has read them already), as ``study survey`` made them, so
+    that a plant can be damaged again and scored."""
     from lm_eval_ssmsteer.loading import load_model, resolve_model_path
 
-    settings = folder_settings(folder)
+    settings = folder_settings(folder) if settings is None else settings
     path = resolve_model_path(settings["model"])
     model, tokenizer = load_model(path, device=device)
     data, _ = find_documents(tokenizer, argparse.Namespace(**{**settings, "device": device}))
