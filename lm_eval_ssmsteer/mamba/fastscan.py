@@ -11,7 +11,7 @@ tests/test_fastscan.py compares values and gradients.
 Mamba-2: `chunk_scan` computes what transformers' torch `mamba2_chunk_scan` computes (the chunked state
 space duality form) with matrix products over the chunk positions and a loop over chunks for the states
 between them. transformers up to 5.24 forms the same contractions as broadcast products summed afterwards,
-which made ref-mamba2's CPU forward 12 times slower on 5.17 than on 5.25 (docs/results/cpu_forward.md).
+which made ref-mamba2's CPU forward 11 times slower on 5.17 than on 5.25 (docs/results/cpu_forward.md).
 tests/test_fastscan.py compares values, final states and gradients with transformers' function, and whole
 models of every Mamba-2-family architecture.
 
@@ -234,8 +234,8 @@ def fast_scan_refusal_for(model_type: str, device: str) -> str | None:
     return None
 
 
-# what each mixer family's modeling modules get inside use_fast_scan(): {module-level name: replacement}
-_FAST = {"mamba1": {"mamba_selective_scan": selective_scan}, "mamba2": {"mamba2_chunk_scan": chunk_scan}}
+# each mixer family's fast scan, in place of its modules' prefill scan (named in compat.SCAN_FUNCTIONS)
+_FAST_SCANS = {"mamba1": selective_scan, "mamba2": chunk_scan}
 
 
 @contextmanager
@@ -252,12 +252,14 @@ def use_fast_scan() -> Iterator[None]:
     from contextlib import ExitStack
 
     from lm_eval_ssmsteer.mamba.arch import ARCHITECTURES
+    from lm_eval_ssmsteer.mamba.compat import SCAN_FUNCTIONS
     from lm_eval_ssmsteer.mamba.patch import swapped
 
     with ExitStack() as stack:
         for arch in ARCHITECTURES.values():
             module = vars(importlib.import_module(arch.modeling_module))
-            stack.enter_context(swapped(module, _FAST[arch.family]))
+            prefill = SCAN_FUNCTIONS[arch.family][0]
+            stack.enter_context(swapped(module, {prefill: _FAST_SCANS[arch.family]}))
         yield
 
 
