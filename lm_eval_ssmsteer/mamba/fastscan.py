@@ -234,8 +234,9 @@ def fast_scan_refusal_for(model_type: str, device: str) -> str | None:
     return None
 
 
-# each mixer family's fast scan, in place of its modules' prefill scan (named in compat.SCAN_FUNCTIONS)
-_FAST_SCANS = {"mamba1": selective_scan, "mamba2": chunk_scan}
+# the name of each mixer family's fast scan in this module, read when a block starts (a test may wrap it); it
+# takes the place of the family's prefill scan, named in compat.SCAN_FUNCTIONS
+_FAST_SCANS = {"mamba1": "selective_scan", "mamba2": "chunk_scan"}
 
 
 @contextmanager
@@ -259,7 +260,7 @@ def use_fast_scan() -> Iterator[None]:
         for arch in ARCHITECTURES.values():
             module = vars(importlib.import_module(arch.modeling_module))
             prefill = SCAN_FUNCTIONS[arch.family][0]
-            stack.enter_context(swapped(module, {prefill: _FAST_SCANS[arch.family]}))
+            stack.enter_context(swapped(module, {prefill: globals()[_FAST_SCANS[arch.family]]}))
         yield
 
 
