@@ -95,16 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.length <= args.answer_tokens:
         parser.error(f"--length {args.length} must exceed --answer-tokens {args.answer_tokens}")
-    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale
-
-    try:
-        check_max_scale(args.max_scale, "--max-scale")
-    except FinderError as err:
-        parser.error(str(err))
     if args.validate_top < 1:
         parser.error(f"--validate-top {args.validate_top}; allowed: an integer >= 1")
-    if args.validate_choice != "gain" and args.validate_top < 2:
-        parser.error(f"--validate-choice {args.validate_choice} needs --validate-top 2 or more")
+    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale, check_validate_choice
+
+    try:  # find's own checks, before the model is built
+        check_max_scale(args.max_scale, "--max-scale")
+        check_validate_choice(args.validate_top, args.validate_choice, flags=True)
+    except FinderError as err:
+        parser.error(str(err))
     return args
 
 

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace):
         check_max_scale,
         check_output,
         check_request,
+        check_validate_choice,
         find,
         write_outputs,
     )
@@ -115,11 +116,7 @@ def run(args: argparse.Namespace):
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
     check_max_scale(args.max_scale, "--max-scale")  # before the model loads
-    if args.validate_choice != "gain" and args.validate_top < 2:
-        raise FinderError(
-            f"--validate-choice {args.validate_choice} chooses among validated pairs; allowed with "
-            f"--validate-top 2 or more (got {args.validate_top})"
-        )
+    check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     check_output(args.out)
     try:
         path, native = prepare_pretrained(args.model, field="--model")

@@ -158,6 +158,23 @@ def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -
         )
 
 
+def check_validate_choice(validate_top: int, validate_choice: str, flags: bool = False) -> None:
+    """A FinderError unless ``validate_choice`` is one of VALIDATE_CHOICES and, where it is not "gain",
+    ``validate_top`` is 2 or more (the choice is among validated pairs). Named as ``find``'s arguments, or
+    with ``flags`` as the command line's. The one place this rule is checked."""
+    top_field, named = (
+        ("--validate-top", f"--validate-choice {validate_choice}")
+        if flags
+        else ("validate_top", f"validate_choice: {validate_choice!r}")
+    )
+    if validate_choice not in VALIDATE_CHOICES:
+        raise FinderError(f"{named}; allowed: {', '.join(VALIDATE_CHOICES)}")
+    if validate_choice != "gain" and validate_top < 2:
+        raise FinderError(
+            f"{named} chooses among validated pairs; allowed with {top_field} 2 or more, not {validate_top!r}"
+        )
+
+
 def check_max_scale(max_scale: object, field: str = "max_scale") -> int:
     """``max_scale`` when it is allowed (a whole number from PROBE_SCALE to MAX_SCALE_LIMIT); a FinderError
     naming ``field``, the value and the range otherwise. The one place that range is checked."""
@@ -252,13 +269,7 @@ def find(
     those scales too, with its own channels (``_ladder``)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
-    if validate_choice not in VALIDATE_CHOICES:
-        raise FinderError(f"validate_choice: {validate_choice!r}; allowed: {', '.join(VALIDATE_CHOICES)}")
-    if validate_choice != "gain" and validate_top < 2:
-        raise FinderError(
-            f"validate_choice: {validate_choice!r} chooses among validated pairs; allowed with validate_top "
-            f">= 2, not {validate_top!r}"
-        )
+    check_validate_choice(validate_top, validate_choice)
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")
     if isinstance(descend, bool) or not isinstance(descend, int) or descend < 0:
