@@ -141,8 +141,39 @@ def test_bad_inputs_fail_before_the_model_loads(args, message, tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def indexes(monkeypatch) -> list[bool]:
+    """Each lm-eval task manager built from here on, as whether it indexed lm-eval's own tasks."""
+    import lm_eval.tasks
+
+    built: list[bool] = []
+
+    class Recorded(lm_eval.tasks.TaskManager):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("include_defaults", True))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Recorded)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("tasks", "include_path"),
+    [(["ssmsteer_quick", "ssm_passkey"], None), (["tiny_mc"], str(ROOT / "tests" / "data" / "tiny_tasks"))],
+    ids=["ours", "include_path"],
+)
+def test_the_projects_and_included_tasks_need_no_index_of_lm_evals_own(tasks, include_path, indexes):
+    from lm_eval_ssmsteer.lmeval.evaluate import EvalSettings, task_manager
+
+    settings = EvalSettings(model_args={"pretrained": "ref-mamba1"}, tasks=tasks, include_path=include_path)
+    manager = task_manager(settings)
+    assert indexes == [False]  # one manager, without lm-eval's 14,000 YAML files
+    assert all(manager.match_tasks([task]) == [task] for task in tasks)
+    assert manager.metadata["pretrained"] == "ref-mamba1"  # the model arguments are the task metadata
+
+
 def test_an_unknown_task_fails_before_the_model_loads_and_leaves_no_sweep_behind(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, indexes
 ):
     from lm_eval_ssmsteer.lmeval import evaluate
 
@@ -152,6 +183,7 @@ def test_an_unknown_task_fails_before_the_model_loads_and_leaves_no_sweep_behind
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ssmsteer sweep: error: --tasks: no such task: 'ssmq_cpy' (did you mean 'ssmq_copy'?)" in err
+    assert indexes == [False, True]  # not among ours, so lm-eval's own tasks were searched too
     assert not (tmp_path / "out").exists()  # a corrected rerun starts afresh, not "another sweep's folder"
 
 
@@ -250,22 +282,26 @@ def test_sweep_of_6_specs_loads_the_model_once_writes_6_results_folders_and_resu
 
     # the resumed cell scores every document as a separate lm-eval run of its spec does
     import lm_eval
+    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, sanitize_list
 
     results = json.loads(next((out / "cells" / half_done.name).rglob("results_*.json")).read_text())
     assert results["config"]["model_args"]["steer"] == str(out / "specs" / f"{half_done.name}.json")
+    model_args = {
+        "pretrained": "ref-mamba1",
+        "fast_scan": True,
+        "steer": str(out / "specs" / f"{half_done.name}.json"),
+    }
     separate = lm_eval.simple_evaluate(
         model="mamba-steered",
-        model_args={
-            "pretrained": "ref-mamba1",
-            "fast_scan": True,
-            "steer": str(out / "specs" / f"{half_done.name}.json"),
-        },
+        model_args=model_args,
         tasks=["ssmsteer_quick"],
         device="cpu",
         batch_size=8,
         limit=2,
         log_samples=True,
+        # as simple_evaluate makes it (the model arguments are the task metadata), less lm-eval's own tasks
+        task_manager=TaskManager(include_defaults=False, metadata=model_args),
     )
     resumed = samples_of(out / "cells" / half_done.name)
     for task, lines in separate["samples"].items():
