@@ -2,15 +2,17 @@
 ref-mamba1: its partial multiple-choice scores are what a paired test needs; today's ref-mamba1 scores
 1.00 on this task).
 
-Three runs of the first 40 documents of ssm_mqar_mc (multiple-choice recall: four queries a document, its
+Two runs of the first 40 documents of ssm_mqar_mc (multiple-choice recall: four queries a document, its
 score the fraction answered right), with samples logged: the model as it is (steered by the identity, Δ ×
-1.0 at layer 0, which is bitwise the unsteered model) twice, and with a small regression planted, Δ × 0.5
-at layer 0. The planted spec moves 21 of the 40 documents, nearly all by one query of four: 16 down and 5
+1.0 at layer 0, which is bitwise the unsteered model), and with a small regression planted, Δ × 0.5 at
+layer 0. The planted spec moves 21 of the 40 documents, nearly all by one query of four: 16 down and 5
 up, −0.094 in all (measured 2026-12-02, also by `ssmsteer sweep ... --tasks ssm_mqar_mc --limit 40
 --layers 0 --sites delta --scales 0.5`). The baseline is frozen from the first run (with its per-document
-scores). The identical rerun must stay "unchanged"; the planted regression must be REGRESSED by the paired
-test (the exact sign test, p = 0.027: the scores are not 0/1, so not McNemar's) and is missed by the
-stderr rule (a drop of 0.094 within its tolerance of 1.96·√(se² + se²) ≈ 0.115: inconclusive, exit 0).
+scores). That run, read back as the current one, must stay "unchanged" (that a rerun equals a frozen
+baseline, scripts/ci_regress.sh checks in CI on the committed one); the planted regression must be
+REGRESSED by the paired test (the exact sign test, p = 0.027: the scores are not 0/1, so not McNemar's) and
+is missed by the stderr rule (a drop of 0.094 within its tolerance of 1.96·√(se² + se²) ≈ 0.115:
+inconclusive, exit 0).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def runs(tmp_path_factory):
     first = evaluate(IDENTITY, root / "first", TASK, DOCUMENTS, write_samples=True, model=MODEL)
     return {
         "baseline": write_baseline([first], root / "baseline.json"),
-        "rerun": evaluate(IDENTITY, root / "rerun", TASK, DOCUMENTS, write_samples=True, model=MODEL),
+        "first": first,
         "planted": evaluate(PLANTED, root / "planted", TASK, DOCUMENTS, write_samples=True, model=MODEL),
     }
 
@@ -51,9 +53,9 @@ def regress(capsys, *args: str) -> tuple[int, str]:
     return status, capsys.readouterr().out
 
 
-def test_an_identical_rerun_stays_unchanged(runs, capsys):
+def test_the_baselines_own_run_stays_unchanged(runs, capsys):
     status, out = regress(
-        capsys, "--baseline", str(runs["baseline"]), "--current", str(runs["rerun"]), "--all"
+        capsys, "--baseline", str(runs["baseline"]), "--current", str(runs["first"]), "--all"
     )
     assert status == 0
     unchanged = r"\| \+0\.0000 \| — \| sign p=1\.0000, 0↑ 0↓, 95% CI \[\+0\.0000, \+0\.0000\] \| unchanged \|"
