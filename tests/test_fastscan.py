@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers.models.mamba import modeling_mamba
 
+from lm_eval_ssmsteer.mamba import fastscan
 from lm_eval_ssmsteer.mamba.fastscan import chunk_scan, fast_scan_refusal_for, selective_scan, use_fast_scan
 from tests.steering_checks import greedy
 from tests.tiny import make_model
@@ -23,19 +24,53 @@ def _inputs(seed: int = 0, b: int = 2, d: int = 6, n: int = 4, length: int = 9):
     return u, dt, A, B, C, D, z, bias
 
 
-def test_selective_scan_matches_transformers_values_state_and_grads():
-    args = [t.clone().requires_grad_(True) for t in _inputs()]
+@pytest.mark.parametrize("path", ["blocked", "loop"])  # training's two forms (BLOCKED_TRAINING_UP_TO)
+@pytest.mark.parametrize("length", [1, 9, 37])  # one position; part of a block; two blocks and a part
+def test_selective_scan_matches_transformers_values_state_and_grads(length, path, monkeypatch):
+    monkeypatch.setattr(fastscan, "BLOCKED_TRAINING_UP_TO", 10**9 if path == "blocked" else 0)
+    args = [t.clone().requires_grad_(True) for t in _inputs(length=length)]
     u, dt, A, B, C, D, z, bias = args
     kw = {"D": D, "z": z, "delta_bias": bias, "delta_softplus": True, "return_last_state": True}
     y, last = selective_scan(u, dt, A, B, C, **kw)
     ry, rlast = modeling_mamba.mamba_selective_scan(u, dt, A, B, C, **kw)
     torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, rlast, rtol=1e-5, atol=1e-5)
-    w = torch.randn_like(y)
-    grads = torch.autograd.grad((y * w).sum(), args)
-    ref = torch.autograd.grad((ry * w).sum(), args)
+    w, w_last = torch.randn_like(y), torch.randn_like(last)  # the loss reads the outputs and the last state
+    grads = torch.autograd.grad((y * w).sum() + (last * w_last).sum(), args)
+    ref = torch.autograd.grad((ry * w).sum() + (rlast * w_last).sum(), args)
     for name, got, want in zip(["u", "dt", "A", "B", "C", "D", "z", "bias"], grads, ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_training_takes_the_blocked_scan_up_to_its_size_and_the_loop_above(monkeypatch):
+    """The two training forms are chosen by batch rows x channels; a spy on the blocked backward says which
+    one ran (both give transformers' gradients: the test above)."""
+    ran = []
+    blocked_backward = fastscan._blocked_backward
+    monkeypatch.setattr(fastscan, "_blocked_backward", lambda *a: ran.append(True) or blocked_backward(*a))
+    for b, d, blocked in ((2, 1024, True), (3, 1024, False)):  # 2,048 rows x channels, then 3,072
+        u, dt, A, B, C, *_ = (t.requires_grad_(True) for t in _inputs(b=b, d=d, length=5))
+        ran.clear()
+        selective_scan(u, dt, A, B, C).sum().backward()
+        assert ran == ([True] if blocked else []), (b, d)
+
+
+@pytest.mark.parametrize("length", [1, 32, 37])  # one position; one whole block (32 here); a block and a part
+def test_selective_scan_without_a_graph_matches_transformers_values_and_state(length):
+    """Evaluation takes the blocked scan keeping no states; it must be transformers' recurrence, and
+    the training loop's outputs."""
+    u, dt, A, B, C, D, z, bias = _inputs(seed=1, b=3, d=40, n=16, length=length)
+    kw = {"D": D, "z": z, "delta_bias": bias, "delta_softplus": True, "return_last_state": True}
+    with torch.no_grad():
+        y, last = selective_scan(u, dt, A, B, C, **kw)
+        ry, rlast = modeling_mamba.mamba_selective_scan(u, dt, A, B, C, **kw)
+    torch.testing.assert_close(y, ry, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, rlast, rtol=1e-5, atol=1e-5)
+    assert last.shape == (3, 40, 16) and last.is_contiguous()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastscan, "BLOCKED_TRAINING_UP_TO", 0)  # with a graph: the loop
+        looped = selective_scan(u.requires_grad_(True), dt, A, B, C, **kw)[0]
+    torch.testing.assert_close(looped.detach(), y, rtol=1e-5, atol=1e-5)
 
 
 def test_use_fast_scan_gives_same_model_loss_and_restores():

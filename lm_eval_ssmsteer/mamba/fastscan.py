@@ -3,8 +3,11 @@
 Mamba-1: transformers' torch fallback runs the recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t as a Python
 loop whose every step is an autograd node: training a 2M-parameter model on a 2-core CPU ran at about 32
 tokens/s, 1,300 with this module. Here the scan is one autograd Function with a hand-written backward
-(a reverse loop over positions with no graph) that works one position at a time on cache-sized
-(batch, channels, state) tensors.
+(the adjoint recurrence, with no graph). Its blocked form (`_blocked_scan`, `_blocked_backward`) lays the
+state out (batch, state, channels), so a position is one fused multiply-add over contiguous channels, and
+forms the exponentials, inputs and outputs of a block of positions at once: evaluation 1.4 to 2.3 times
+faster on one core than a loop of one position at a time on (batch, channels, state) tensors
+(`benchmarks/cpu_scan.py`). Training keeps that loop where it is the faster (BLOCKED_TRAINING_UP_TO).
 Same mathematics as `transformers.models.mamba.modeling_mamba.mamba_selective_scan`'s recurrent path;
 tests/test_fastscan.py compares values and gradients.
 
@@ -21,26 +24,115 @@ models of every Mamba-2-family architecture.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+LOG2_E = math.log2(math.e)
+BLOCK_ELEMENTS = 2**18  # a block's decays (1 MiB of float32): they and the states stay in a core's cache
+
+
+def _block_length(b: int, n: int, d: int) -> int:
+    """How many positions the Mamba-1 scan forms in one operation each: a power of two from 4 to 32 whose
+    (b, T, n, d) block fits BLOCK_ELEMENTS (measured: 8 at ref-mamba1's width and batch 4, 4 at batch 8)."""
+    fits = max(1, BLOCK_ELEMENTS // (b * n * d))
+    return min(32, max(4, 1 << (fits.bit_length() - 1)))
+
+
+def _decays(dt: torch.Tensor, rates: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """exp(Δ_t A) for positions start..end-1, (b, T, n, d); ``rates`` is A log2(e), (n, d): 2^x is twice as
+    fast as e^x on the CPU."""
+    return torch.exp2(dt[:, start:end, None, :] * rates)
+
+
+# training takes the blocked scan and backward up to this many batch rows x channels, the loop above it: at
+# ref-mamba1's width (448) the blocked pair is faster for one sequence and as fast for 4 (and faster inside
+# find's gradient passes), slower for 32; at the 130m width (1,536) slower even for one
+# (benchmarks/cpu_scan.py; docs/results/cpu_forward.md)
+BLOCKED_TRAINING_UP_TO = 2048
+
+
+def _blocked_scan(u, dt, A, B, C, keep: bool):
+    """y_t = C_t · h_t, h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t with the state laid out (b, n, d): each
+    position is one fused multiply-add over d contiguous channels, written over that position's input in
+    place; the decays and inputs of a block of positions (`_block_length`) are formed in one operation
+    each (which torch spreads over its threads), and the block's outputs are one batched matrix product.
+    Returns y (b, l, d), the last state (b, d, n) and, with ``keep``, every state (b, l, n, d) for the
+    backward pass."""
+    b, length, d = u.shape
+    block = _block_length(b, A.shape[1], d)
+    rates = (A * LOG2_E).t().contiguous()
+    du = dt * u
+    y = u.new_empty(b, length, d)
+    h = u.new_zeros(b, A.shape[1], d)
+    kept = u.new_empty(b, length, A.shape[1], d) if keep else None
+    for start in range(0, length, block):
+        end = min(length, start + block)
+        inputs = (B[:, start:end, :, None], du[:, start:end, None, :])
+        states = torch.mul(*inputs, out=kept[:, start:end]) if kept is not None else torch.mul(*inputs)
+        for state, decay in zip(states.unbind(1), _decays(dt, rates, start, end).unbind(1), strict=True):
+            h = state.addcmul_(decay, h)
+        y[:, start:end] = torch.matmul(C[:, start:end, None, :], states).squeeze(2)
+    return y, h.transpose(1, 2).contiguous(), kept
+
+
+def _blocked_backward(u, dt, A, B, C, states, grad_y, grad_last):
+    """The gradients of `_blocked_scan` from its kept states (b, l, n, d): the adjoint recurrence
+    g_t = C_t y'_t + exp(Δ_{t+1} A) g_{t+1}, one fused multiply-add a position, by blocks as the forward
+    runs; each block's gradients of u, Δ, A, B and C from its g's as batched products."""
+    b, length, d = u.shape
+    block = _block_length(b, A.shape[1], d)
+    rates, decay_rates = (A * LOG2_E).t().contiguous(), A.t().contiguous()
+    du = dt * u
+    grad_du, grad_dt = torch.empty_like(u), torch.zeros_like(dt)
+    grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+    grad_rates = torch.zeros_like(decay_rates)
+    # dL/dh at the position after the current one (the last state's own gradient at the end)
+    g = u.new_zeros(b, A.shape[1], d) if grad_last is None else grad_last.transpose(1, 2).contiguous()
+    for start in reversed(range(0, length, block)):
+        end = min(length, start + block)
+        decays = _decays(dt, rates, start, min(length, end + 1))  # one more: it carries g back
+        gy = grad_y[:, start:end]
+        grads = C[:, start:end, :, None] * gy[:, :, None, :]  # (b, T, n, d): C_t y'_t, then dL/dh_t
+        for i in reversed(range(end - start)):
+            last = start + i + 1 == length  # the last state: its gradient has no decay to pass through
+            g = grads[:, i].add_(g) if last else grads[:, i].addcmul_(decays[:, i + 1], g)
+        grad_C[:, start:end] = torch.matmul(states[:, start:end], gy[..., None]).squeeze(-1)
+        grad_du[:, start:end] = torch.matmul(B[:, start:end, None, :], grads).squeeze(2)
+        grad_B[:, start:end] = torch.matmul(grads, du[:, start:end, :, None]).squeeze(-1)
+        first = max(start, 1)  # dL/d(Δ_t A) = g_t h_{t-1} exp(Δ_t A), from t = 1
+        if first < end:
+            steps = slice(first - start, end - start)
+            through = grads[:, steps] * states[:, first - 1 : end - 1] * decays[:, steps]
+            grad_dt[:, first:end] = (through * decay_rates).sum(2)
+            grad_rates += (through * dt[:, first:end, None, :]).sum((0, 1))
+    grad_dt.addcmul_(grad_du, u)
+    return grad_du * dt, grad_dt, grad_rates.t(), grad_B, grad_C
+
 
 class _SelectiveScanCore(torch.autograd.Function):
-    """y_t = C_t · h_t, h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t, one position at a time on cache-sized tensors.
-
-    u, Δ (b, l, d); A (d, n); B, C (b, l, n) -> y (b, l, d) and the last state (b, d, n). The states are
-    stored for the backward pass; exp(Δ_t A) is recomputed there.
+    """y_t = C_t · h_t, h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t: u, Δ (b, l, d); A (d, n); B, C (b, l, n) ->
+    y (b, l, d) and the last state (b, d, n). Without a gradient wanted, `_blocked_scan` keeping nothing.
+    With one, up to BLOCKED_TRAINING_UP_TO batch rows x channels `_blocked_scan` keeps its states for
+    `_blocked_backward`; above it, a loop of one position at a time on cache-sized (b, d, n) tensors keeps
+    them, and the backward is its reverse loop (exp(Δ_t A) recomputed there).
     """
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C):
         b, length, d = u.shape
+        wanted = any(ctx.needs_input_grad)
+        ctx.blocked = not wanted or b * d <= BLOCKED_TRAINING_UP_TO
+        if ctx.blocked:
+            y, last, states = _blocked_scan(u, dt, A, B, C, keep=wanted)
+            if wanted:
+                ctx.save_for_backward(u, dt, A, B, C, states)
+            return y, last
         n = A.shape[1]
-        keep = any(ctx.needs_input_grad)  # inference keeps only the running state
-        states = u.new_empty(b, length, d, n) if keep else None
+        states = u.new_empty(b, length, d, n)
         du = dt * u
         y = u.new_empty(b, length, d)
         h = u.new_zeros(b, d, n)
@@ -48,15 +140,15 @@ class _SelectiveScanCore(torch.autograd.Function):
             if t:
                 h = torch.exp(dt[:, t, :, None] * A).mul_(h)
             h.addcmul_(du[:, t, :, None], B[:, t, None, :])
-            if keep:
-                states[:, t] = h
+            states[:, t] = h
             torch.sum(h * C[:, t, None, :], dim=-1, out=y[:, t])
-        if keep:
-            ctx.save_for_backward(u, dt, A, B, C, states)
+        ctx.save_for_backward(u, dt, A, B, C, states)
         return y, h
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
+        if ctx.blocked:
+            return _blocked_backward(*ctx.saved_tensors, grad_y, grad_last)
         u, dt, A, B, C, states = ctx.saved_tensors
         b, length, d = u.shape
         du = dt * u
