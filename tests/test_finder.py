@@ -93,6 +93,25 @@ def test_evaluating_from_a_cached_layer_input_equals_the_whole_forward(arch):
     assert from_layer.accuracy == whole.accuracy
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_layer_input_run_on_from_an_earlier_one_equals_the_one_from_the_tokens(arch):
+    """The finder caches each layer's input once, the later ones run on from the nearest cached earlier
+    layer: the same tensors, bit for bit, as from the tokens, and the same steered loss from them."""
+    model = make_model(arch, seed=4)
+    batches = CalibrationData.from_ids(_docs(8), "random ids").batches(tokens_per_batch=64)
+    first = LayerInputs(model, batches, 0)  # the tiny models have three layers
+    for layer in (1, 2):
+        stepped = LayerInputs(model, batches, layer, below=first)
+        fresh = LayerInputs(model, batches, layer)
+        assert stepped.layer == layer and len(stepped.hidden) == len(fresh.hidden) == len(batches)
+        for got, want in zip(stepped.hidden, fresh.hidden, strict=True):
+            assert torch.equal(got, want)
+    spec = SteeringSpec.single(2, "residual" if arch == "mamba2" else "delta", [0, 3], 2.5)
+    assert evaluate(model, batches, spec, start=stepped) == evaluate(model, batches, spec, start=fresh)
+    with pytest.raises(ValueError, match="below: the input of layer 2; allowed: a layer before 1"):
+        LayerInputs(model, batches, 1, below=stepped)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES + HYBRIDS)
 def test_per_document_loss_from_the_answer_positions_equals_the_full_logits(arch):
     """The finder projects the vocabulary only where an answer token is predicted; each document's loss and
@@ -311,7 +330,16 @@ def rejected_run():
 
 def test_find_shows_one_bar_per_phase_with_its_total_fixed_when_the_phase_starts(rejected_run):
     _, data, validation, _, bars = rejected_run
-    phases = ["unsteered", "attribution", "screen", "verify", "sweep", "re-choose k", "validation"]
+    phases = [
+        "unsteered",
+        "attribution",
+        "layer inputs",
+        "screen",
+        "verify",
+        "sweep",
+        "re-choose k",
+        "validation",
+    ]
     assert [bar.desc for bar in bars] == [f"find: {phase}" for phase in phases]
     for bar in bars:  # one update per item (batch or configuration), so tqdm shows rate and ETA
         assert bar.total == bar.first_total == bar.n == bar.updates > 0, bar.desc

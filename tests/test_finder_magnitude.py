@@ -125,8 +125,9 @@ def test_outlier_finds_and_undoes_a_saturating_plant_that_causal_misses():
         assert outlier.scale > 8  # past the sweep's largest scale: x8 undoes only 0.16 of a x0.02 plant
         assert win_back(found["outlier"]) >= 0.95 > 0.5 > win_back(found["causal"])
     bars = {bar.desc: bar for bar in _RecordedBar.made}
-    assert list(bars)[:5] == [
-        f"find: {p}" for p in ("unsteered", "attribution", "channel size", "screen", "outlier screen")
+    assert list(bars)[:6] == [
+        f"find: {p}"
+        for p in ("unsteered", "attribution", "channel size", "layer inputs", "screen", "outlier screen")
     ]
     assert bars["find: channel size"].total == len(calibration.batches())
     for bar in bars.values():  # each total fixed when its phase starts, one update per item

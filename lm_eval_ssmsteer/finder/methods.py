@@ -87,11 +87,22 @@ class _Captured(Exception):
 
 class LayerInputs:
     """The input of one block for every batch, computed once. A steered evaluation at that layer or
-    later leaves the layers before it unchanged, so it runs only from there (``evaluate(..., start=)``)."""
+    later leaves the layers before it unchanged, so it runs only from there (``evaluate(..., start=)``).
+    ``below``: the cached input of an earlier layer of the same batches, run from there through the blocks
+    between, as the evaluations from a cached input run them (``_logits``), instead of from the tokens."""
 
-    def __init__(self, model, batches: Batches, layer: int):
+    def __init__(self, model, batches: Batches, layer: int, below: LayerInputs | None = None):
         self.layer = layer
         self.hidden: list[torch.Tensor] = []
+        if below is not None:
+            if not below.layer < layer:
+                raise ValueError(f"below: the input of layer {below.layer}; allowed: a layer before {layer}")
+            with torch.no_grad():
+                for hidden in below.hidden:
+                    for block in model.base_model.layers[below.layer : layer]:
+                        hidden = block(hidden)
+                    self.hidden.append(hidden)
+            return
 
         def capture(module, args, kwargs):
             self.hidden.append(args[0] if args else kwargs["hidden_states"])

@@ -317,6 +317,11 @@ def find(
                 p: "amplify" if p in orders else rankings[p].direction or "amplify" for p in shortlist + steep
             }
             total = sum(len(_screen_counts(arch, p)) * len(scales(d)) for p, d in directions.items())
+            layers = sorted({pair[0] for pair in directions})
+            with bars.phase("layer inputs", len(layers), "layer"):
+                for layer in layers:  # lowest first, each from the one before: the blocks between run once
+                    sweep.start(layer)
+                    bars.advance(f"layer {layer}")
             with bars.phase("screen", total, "config"):
                 for pair in shortlist + steep:
                     direction = directions[pair]
@@ -1023,7 +1028,11 @@ class _Starts:
         if self.arch.mamba_layers is not None:
             return None
         if layer not in self._cached:
-            self._cached[layer] = methods.LayerInputs(self.model, self.batches, layer)
+            # from the nearest cached layer before it, if any: the blocks between run once, not again
+            below = max((k for k in self._cached if k < layer), default=None)
+            self._cached[layer] = methods.LayerInputs(
+                self.model, self.batches, layer, None if below is None else self._cached[below]
+            )
         return self._cached[layer]
 
 
