@@ -85,6 +85,14 @@ class _Captured(Exception):
     pass
 
 
+def _through_blocks(model, hidden: torch.Tensor, first: int, end: int) -> torch.Tensor:
+    """``hidden``, the input of block ``first``, run through blocks first..end-1 of a pure Mamba-family
+    model as its own forward runs them (no cache, no mask): the input of block ``end``."""
+    for block in model.base_model.layers[first:end]:
+        hidden = block(hidden)
+    return hidden
+
+
 class LayerInputs:
     """The input of one block for every batch, computed once. A steered evaluation at that layer or
     later leaves the layers before it unchanged, so it runs only from there (``evaluate(..., start=)``).
@@ -98,10 +106,7 @@ class LayerInputs:
             if not below.layer < layer:
                 raise ValueError(f"below: the input of layer {below.layer}; allowed: a layer before {layer}")
             with torch.no_grad():
-                for hidden in below.hidden:
-                    for block in model.base_model.layers[below.layer : layer]:
-                        hidden = block(hidden)
-                    self.hidden.append(hidden)
+                self.hidden = [_through_blocks(model, hidden, below.layer, layer) for hidden in below.hidden]
             return
 
         def capture(module, args, kwargs):
@@ -127,9 +132,7 @@ def _logits(
     if start is None:
         return model(ids, use_cache=False, logits_to_keep=keep).logits
     inputs, batch = start
-    hidden = inputs.hidden[batch]
-    for block in model.base_model.layers[inputs.layer :]:
-        hidden = block(hidden)
+    hidden = _through_blocks(model, inputs.hidden[batch], inputs.layer, len(model.base_model.layers))
     hidden = model.base_model.norm_f(hidden[:, keep])
     return model.lm_head(hidden.to(model.lm_head.weight.dtype))
 
