@@ -73,6 +73,36 @@ def test_selective_scan_without_a_graph_matches_transformers_values_and_state(le
     torch.testing.assert_close(looped.detach(), y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("gated", [True, False])  # D and z given, or neither
+def test_selective_scan_options_without_and_with_a_graph(bias, softplus, gated):
+    """Every combination of Δ's bias and softplus, D and z, without a graph (Δ prepared in place on (b, l, d)
+    rows) and with one wanted through the bias alone, against transformers; y comes back as a (b, d, l) view
+    of contiguous rows, so transformers' transpose before out_proj needs no copy."""
+    u, dt, A, B, C, D, z, delta_bias = _inputs(seed=2, b=2, d=12, n=4, length=11)
+    kw = {
+        "D": D if gated else None,
+        "z": z if gated else None,
+        "delta_bias": delta_bias if bias else None,
+        "delta_softplus": softplus,
+    }
+    want = modeling_mamba.mamba_selective_scan(u, dt, A, B, C, **kw)
+    with torch.no_grad():
+        y = selective_scan(u, dt, A, B, C, **kw)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert y.shape == u.shape and y.transpose(1, 2).is_contiguous()
+    if bias:
+        leaf = delta_bias.clone().requires_grad_(True)
+        graphed = selective_scan(u, dt, A, B, C, **(kw | {"delta_bias": leaf}))
+        torch.testing.assert_close(graphed.detach(), want, rtol=1e-5, atol=1e-5)
+        reference = modeling_mamba.mamba_selective_scan(u, dt, A, B, C, **(kw | {"delta_bias": leaf}))
+        weights = torch.randn_like(want)
+        (got,) = torch.autograd.grad((graphed * weights).sum(), leaf)
+        (expected,) = torch.autograd.grad((reference * weights).sum(), leaf)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_use_fast_scan_gives_same_model_loss_and_restores():
     model = make_model("mamba")
     ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))

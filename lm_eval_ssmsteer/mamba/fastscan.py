@@ -65,13 +65,12 @@ def _blocked_scan(u, dt, A, B, C, keep: bool):
     b, length, d = u.shape
     block = _block_length(b, A.shape[1], d)
     rates = (A * LOG2_E).t().contiguous()
-    du = dt * u
     y = u.new_empty(b, length, d)
     h = u.new_zeros(b, A.shape[1], d)
     kept = u.new_empty(b, length, A.shape[1], d) if keep else None
     for start in range(0, length, block):
         end = min(length, start + block)
-        inputs = (B[:, start:end, :, None], du[:, start:end, None, :])
+        inputs = (B[:, start:end, :, None], (dt[:, start:end] * u[:, start:end])[:, :, None, :])
         states = torch.mul(*inputs, out=kept[:, start:end]) if kept is not None else torch.mul(*inputs)
         for state, decay in zip(states.unbind(1), _decays(dt, rates, start, end).unbind(1), strict=True):
             h = state.addcmul_(decay, h)
@@ -188,30 +187,42 @@ def selective_scan(
     return_last_state: bool = False,
     **_: object,
 ):
-    """Drop-in for transformers' `mamba_selective_scan` (kernel layout: u, Δ, z (b, d, l); B, C (b, n, l))."""
+    """Drop-in for transformers' `mamba_selective_scan` (kernel layout: u, Δ, z (b, d, l); B, C (b, n, l)).
+    Every elementwise step runs on (b, l, d) rows, contiguous: Δ's bias added as it is transposed, its
+    softplus, D and the gate after the scan; y is returned as a (b, d, l) view of those rows, so the
+    transpose transformers applies before `out_proj` is contiguous again (no copy there)."""
     input_dtype = hidden_states.dtype
-    u = hidden_states.float()
-    dt = dt.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()[..., None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    u = hidden_states.float().transpose(1, 2).contiguous()
     y, last = _SelectiveScanCore.apply(
-        u.transpose(1, 2).contiguous(),
-        dt.transpose(1, 2).contiguous(),
+        u,
+        _time_steps(dt.float(), delta_bias, delta_softplus),
         A.float().contiguous(),
         B.float().transpose(1, 2).contiguous(),
         C.float().transpose(1, 2).contiguous(),
     )
-    y = y.transpose(1, 2)
     if D is not None:
-        y = y + u * D.float()[None, :, None]
+        y = torch.addcmul(y, u, D.float())
     if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(input_dtype)
+        y = y * F.silu(z.float().transpose(1, 2))
+    y = y.to(input_dtype).transpose(1, 2)
     if return_last_state:
         return y, last
     return y
+
+
+def _time_steps(dt: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
+    """softplus(Δ + bias) as contiguous (b, l, d) rows from Δ (b, d, l); without a gradient wanted, the
+    transpose and the bias are one pass over Δ, the softplus another."""
+    rows = dt.transpose(1, 2)
+    if torch.is_grad_enabled() and (dt.requires_grad or (bias is not None and bias.requires_grad)):
+        rows = (rows + bias.float() if bias is not None else rows).contiguous()
+        return F.softplus(rows) if softplus else rows
+    out = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
+    if bias is not None:
+        torch.add(rows, bias.float(), out=out)
+    else:
+        out.copy_(rows)
+    return F.softplus(out) if softplus else out
 
 
 def _segment_sums(a: torch.Tensor) -> torch.Tensor:
