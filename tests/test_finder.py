@@ -112,6 +112,41 @@ def test_a_layer_input_run_on_from_an_earlier_one_equals_the_one_from_the_tokens
         LayerInputs(model, batches, 1, below=stepped)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_layers_scan_is_replayed_for_sites_after_it_and_run_for_sites_before_it(arch):
+    """Steering a cached layer input's own layer after its scan (ssm_out, gate, mixer_out, residual), the
+    finder computes that scan's unsteered output once per batch and replays it: the same per-document
+    losses, bit for bit, as from a fresh cache, and only the recorded output is used (altered, the loss
+    moves). Steering Δ, B or C there changes the scan's inputs: nothing is recorded or replayed."""
+    model = make_model(arch, seed=4)
+    batches = CalibrationData.from_ids(_docs(8), "random ids").batches(tokens_per_batch=64)
+    whole_forward = None
+    for site in SITES:
+        spec = SteeringSpec.single(1, site, [0, 3], 2.5)
+        start = LayerInputs(model, batches, 1)
+        first = per_document(model, batches, spec, start)
+        again = per_document(model, batches, spec, start)
+        fresh = per_document(model, batches, spec, LayerInputs(model, batches, 1))
+        assert torch.equal(first.loss, again.loss) and torch.equal(first.loss, fresh.loss), site
+        whole_forward = per_document(model, batches, spec)
+        torch.testing.assert_close(first.loss, whole_forward.loss, rtol=1e-5, atol=1e-6)
+        if site in ("delta", "B", "C"):
+            assert start.scans == {}, site
+            continue
+        assert sorted(start.scans) == [(i, 0) for i in range(len(batches))], site
+        for key, value in start.scans.items():  # a replayed output altered moves the loss: it is what runs
+            y = value[0] if isinstance(value, tuple) else value
+            start.scans[key] = (y * 0.5, *value[1:]) if isinstance(value, tuple) else y * 0.5
+        assert not torch.equal(per_document(model, batches, spec, start).loss, first.loss), site
+        # another site of the same layer, before the scan, runs the scan itself
+        before = SteeringSpec.single(1, "delta", [0, 3], 2.5)
+        assert torch.equal(
+            per_document(model, batches, before, start).loss,
+            per_document(model, batches, before, LayerInputs(model, batches, 1)).loss,
+        ), site
+    assert whole_forward is not None
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES + HYBRIDS)
 def test_per_document_loss_from_the_answer_positions_equals_the_full_logits(arch):
     """The finder projects the vocabulary only where an answer token is predicted; each document's loss and

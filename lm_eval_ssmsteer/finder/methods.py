@@ -30,14 +30,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lm_eval_ssmsteer.mamba.arch import ArchInfo, block_hidden, mamba_mixers
-from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES
+from lm_eval_ssmsteer.mamba.arch import ArchInfo, block_hidden, describe_model, mamba_mixers
+from lm_eval_ssmsteer.mamba.compat import scan_functions
+from lm_eval_ssmsteer.mamba.patch import swap_during_calls
+from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SCAN_B, SCAN_C, SCAN_DELTA, site_row
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
 
@@ -102,6 +106,8 @@ class LayerInputs:
     def __init__(self, model, batches: Batches, layer: int, below: LayerInputs | None = None):
         self.layer = layer
         self.hidden: list[torch.Tensor] = []
+        # (batch, call) -> what the layer's scan function returned unsteered, recorded by `_scan_replay`
+        self.scans: dict[tuple[int, int], Any] = {}
         if below is not None:
             if not below.layer < layer:
                 raise ValueError(f"below: the input of layer {below.layer}; allowed: a layer before {layer}")
@@ -120,6 +126,60 @@ class LayerInputs:
                     with contextlib.suppress(_Captured):
                         model(ids, use_cache=False)
         finally:
+            handle.remove()
+
+
+# the sites whose steering changes what a mixer's scan is given; steering anywhere else in a layer leaves
+# that layer's scan computing what it computes unsteered
+_SCAN_INPUTS = (SCAN_DELTA, SCAN_B, SCAN_C)
+
+
+def _replayable(model, spec: SteeringSpec | None, start: LayerInputs | None) -> bool:
+    """Whether every intervention of ``spec`` is at ``start``'s layer at a site after its scan: then that
+    scan's inputs are the unsteered ones, and its output can be recorded once and replayed."""
+    if start is None or spec is None or not spec.interventions:
+        return False
+    arch = describe_model(model)
+    return all(
+        iv.layers == (start.layer,)
+        and site_row(iv.site, arch.family, arch.architecture).reach not in _SCAN_INPUTS
+        for iv in spec.interventions
+    )
+
+
+class _Replay:
+    """Which batch runs now (set by the caller before each)."""
+
+    batch = 0
+
+
+@contextlib.contextmanager
+def _scan_replay(model, start: LayerInputs) -> Iterator[_Replay]:
+    """While open, the scan function of ``start``'s layer returns, for each batch, what it returned the
+    first time (``start.scans``), computing it only then: the scan's inputs must be the unsteered ones
+    (``_replayable``). Enter it before ``steer``: the steering's own scan wrappers then wrap it, so their
+    output scaling applies to the replayed output, which itself is never steered (swap_during_calls: the
+    later-installed swap is the outer one)."""
+    replay = _Replay()
+    mixer = mamba_mixers(model)[start.layer]
+    module_dict, (scan_name, _, _) = scan_functions(mixer, describe_model(model).family)
+
+    def replacements(current: dict[str, Any]) -> dict[str, Any]:
+        scan, calls = current[scan_name], itertools.count()  # calls: a mixer forward may call it twice
+
+        def replayed(*args: Any, **kwargs: Any) -> Any:
+            key = (replay.batch, next(calls))
+            if key not in start.scans:
+                start.scans[key] = scan(*args, **kwargs)
+            return start.scans[key]
+
+        return {scan_name: replayed}
+
+    handles = swap_during_calls(mixer, module_dict, replacements)
+    try:
+        yield replay
+    finally:
+        for handle in reversed(handles):
             handle.remove()
 
 
@@ -174,10 +234,15 @@ def per_document(
     advance: Advance = _nothing,
 ) -> PerDocument:
     """Each document's answer loss, answer tokens and correctness on ``batches``; ``start``: run from that
-    cached layer input (spec steers there or later); ``advance`` after each batch."""
+    cached layer input (spec steers there or later; where it steers only after that layer's scan, the
+    scan's unsteered output is computed once per batch and replayed: ``_scan_replay``); ``advance`` after
+    each batch."""
     losses, tokens, rights = [], [], []
-    with torch.no_grad(), steer(model, spec):
+    replaying = _scan_replay(model, start) if _replayable(model, spec, start) else contextlib.nullcontext()
+    with torch.no_grad(), replaying as replay, steer(model, spec):
         for i, (ids, labels) in enumerate(batches):
+            if replay is not None:
+                replay.batch = i
             loss, right = _answer_loss(model, ids, labels, None if start is None else (start, i))
             losses.append(loss.double().cpu())
             tokens.append((labels[:, 1:] != -100).sum(1).cpu())
