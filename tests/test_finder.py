@@ -147,6 +147,20 @@ def test_a_layers_scan_is_replayed_for_sites_after_it_and_run_for_sites_before_i
     assert whole_forward is not None
 
 
+def test_the_finders_layer_inputs_keep_replay_records_for_the_layer_asked_for_last():
+    """Memory: the scan outputs recorded for replay stay only on the layer the search asked for last."""
+    model = make_model("mamba", seed=4)
+    batches = CalibrationData.from_ids(_docs(8), "random ids").batches(tokens_per_batch=64)
+    starts = finder_search._Starts(model, batches, describe_model(model))
+    one = starts(1)
+    per_document(model, batches, SteeringSpec.single(1, "ssm_out", [0, 3], 2.5), one)
+    assert len(one.scans) == len(batches)
+    assert starts(1) is one and len(one.scans) == len(batches)  # the same layer again: kept
+    two = starts(2)
+    per_document(model, batches, SteeringSpec.single(2, "gate", [1], 0.5), two)
+    assert one.scans == {} and len(two.scans) == len(batches)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES + HYBRIDS)
 def test_per_document_loss_from_the_answer_positions_equals_the_full_logits(arch):
     """The finder projects the vocabulary only where an answer token is predicted; each document's loss and

@@ -1018,7 +1018,9 @@ def _screen_counts(arch: ArchInfo, pair: Pair) -> list[int]:
 class _Starts:
     """``starts(layer)``: the cached input of ``layer`` on ``batches``, computed once, to evaluate from
     there; None for a hybrid, whose layers need the masks and position embeddings only a whole forward
-    builds."""
+    builds. The scan outputs an evaluation records for replay (``LayerInputs.scans``, the size of the
+    scan's input, twice a layer input's at Mamba's expansion) are kept for the layer asked for last only:
+    the search evaluates one pair's configurations together, so memory stays one layer's records."""
 
     def __init__(self, model, batches, arch: ArchInfo) -> None:
         self.model, self.batches, self.arch = model, batches, arch
@@ -1033,6 +1035,9 @@ class _Starts:
             self._cached[layer] = methods.LayerInputs(
                 self.model, self.batches, layer, None if below is None else self._cached[below]
             )
+        for other, inputs in self._cached.items():
+            if other != layer:
+                inputs.scans.clear()
         return self._cached[layer]
 
 
