@@ -26,13 +26,17 @@ OPTIONAL_SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only`` (a subcommand's name), that subcommand alone, importing only its
+    module: the others' modules (scipy's statistics among them) cost a second or two of start-up each run."""
     parser = argparse.ArgumentParser(
         prog="ssmsteer",
         description="Find and steer activation bottlenecks of Mamba-family models; evaluate with lm-eval.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in {**SUBCOMMANDS, **OPTIONAL_SUBCOMMANDS}.items():
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from lm_eval_ssmsteer.lmeval.cli_eval import run_lm_eval
 
         return run_lm_eval(argv[1:])
-    parser = build_parser()
+    named = argv[0] if argv and argv[0] in {**SUBCOMMANDS, **OPTIONAL_SUBCOMMANDS} else None
+    parser = build_parser(named)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

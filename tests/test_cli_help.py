@@ -9,6 +9,7 @@ import ast
 import hashlib
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +66,24 @@ def test_every_subcommand_is_listed():
         SUBCOMMANDS
     )
     assert {f"study {name}" for name in STUDIES} <= set(SUBCOMMANDS)
+
+
+def test_a_named_subcommand_imports_its_own_module_only():
+    """`ssmsteer find ...` builds the find parser alone: the other subcommands' modules (the report's pull
+    in scipy's statistics, a second or two) are not imported; without a known subcommand, all are listed."""
+    assert {path for path, _ in _subcommands(build_parser("find"))} == {("find",)}
+    assert {("eval",), ("find",), ("report",), ("study",)} <= {
+        path for path, _ in _subcommands(build_parser())
+    }
+    code = (
+        "import sys\n"
+        "from lm_eval_ssmsteer.cli import main\n"
+        "try:\n    main(['find', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('lm_eval_ssmsteer.report', 'scipy.stats'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "usage: ssmsteer find" in done.stdout
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
