@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, block_hidden, describe_model, mamba_mixers
 from lm_eval_ssmsteer.mamba.compat import scan_functions
 from lm_eval_ssmsteer.mamba.patch import swap_during_calls
-from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SCAN_B, SCAN_C, SCAN_DELTA, site_row
+from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SCAN_INPUT_REACHES, site_row
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering import steer, steer_factors
 
@@ -129,11 +129,6 @@ class LayerInputs:
             handle.remove()
 
 
-# the sites whose steering changes what a mixer's scan is given; steering anywhere else in a layer leaves
-# that layer's scan computing what it computes unsteered
-_SCAN_INPUTS = (SCAN_DELTA, SCAN_B, SCAN_C)
-
-
 def _replayable(model, spec: SteeringSpec | None, start: LayerInputs | None) -> bool:
     """Whether every intervention of ``spec`` is at ``start``'s layer at a site after its scan: then that
     scan's inputs are the unsteered ones, and its output can be recorded once and replayed."""
@@ -142,7 +137,7 @@ def _replayable(model, spec: SteeringSpec | None, start: LayerInputs | None) -> 
     arch = describe_model(model)
     return all(
         iv.layers == (start.layer,)
-        and site_row(iv.site, arch.family, arch.architecture).reach not in _SCAN_INPUTS
+        and site_row(iv.site, arch.family, arch.architecture).reach not in SCAN_INPUT_REACHES
         for iv in spec.interventions
     )
 

@@ -55,6 +55,9 @@ REACHES = (
 )
 # sites read as module outputs: the finder's activation-variance method can record them
 OUTPUT_REACHES = (MIXER_OUTPUT, BLOCK_OUTPUT)
+# the scan's inputs, in this order: steering one of them changes what the scan computes; steering any other
+# reach of a layer leaves that layer's scan computing what it computes unsteered
+SCAN_INPUT_REACHES = (SCAN_DELTA, SCAN_B, SCAN_C)
 
 
 @dataclass(frozen=True)

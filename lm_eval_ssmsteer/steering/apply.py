@@ -181,7 +181,7 @@ class _Steerer:
         self.handles.extend(swap_during_calls(mixer, module_dict, replacements))
 
     def _mamba1_wrappers(self, scan_fn, step_fn, scans):
-        delta, b_site, c_site = (scans.get(r, []) for r in (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C))
+        delta, b_site, c_site = (scans.get(r, []) for r in S.SCAN_INPUT_REACHES)
         gated = scans.get(S.SCAN_GATED_OUTPUT, [])
 
         def scale_inputs(dt, B, C, kwargs, bias_key, softplus_key, to_layout):
@@ -215,7 +215,7 @@ class _Steerer:
         return scan, step
 
     def _mamba2_wrappers(self, scan_fn, step_fn, scans):
-        delta, b_site, c_site = (scans.get(r, []) for r in (S.SCAN_DELTA, S.SCAN_B, S.SCAN_C))
+        delta, b_site, c_site = (scans.get(r, []) for r in S.SCAN_INPUT_REACHES)
         output = scans.get(S.SCAN_OUTPUT, [])
         groups, d_state = self.plan.arch.n_groups, self.plan.arch.d_state
         heads = self.plan.arch.n_heads
