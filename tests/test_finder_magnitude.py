@@ -371,3 +371,56 @@ def test_block_screen_scores_every_block_of_every_pair_and_refines_the_best_two(
         find(model, calibration, blocks=-1, progress=False)
     with pytest.raises(Exception, match="allowed with methods causal and outlier"):
         find(model, calibration, method="attribution", blocks=8, progress=False)
+
+
+def test_narrow_counts_are_the_powers_of_two_up_to_a_quarter_and_the_widest_gap():
+    sizes = torch.ones(16)
+    sizes[[2, 7, 11]] = 0.01  # three tiny channels, then a step: 3 joins 1, 2, 4
+    assert finder_search._narrow_counts(sizes.log()) == [1, 2, 3, 4]
+    sizes[[0, 5, 9]] = 0.01  # six: the step lies past a quarter of the site, the gaps before it are 0
+    assert finder_search._narrow_counts(sizes.log()) == [1, 2, 4]
+    assert finder_search._narrow_counts(torch.zeros(3)) == [1]  # a quarter of 3 is below 1: one channel
+    assert finder_search._narrow_counts(torch.arange(64.0)) == [1, 2, 4, 8, 16]
+
+
+def test_narrow_screen_restores_the_smallest_channels_of_a_narrow_site_that_are_not_outliers():
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    test = documents(64, seed=2, source="test").batches()
+    sites = ["delta", "B", "C"]
+    arch = describe_model(model)
+    with use_fast_scan():
+        intact = evaluate(model, test)
+        channels = plant(model, 1, "C", 2, 0.05, seed=4)  # 2 of C's 8 state channels x0.05
+        damaged = evaluate(model, test)
+        sizes = channel_size(model, channel_rms(model, calibration.batches(), [(1, "C")], arch.site_width))
+        # the two are the pair's smallest channels but no low outliers: 8 channels, a wide natural spread
+        assert sorted(low_outliers(sizes[(1, "C")]).order[:2]) == channels
+        assert low_outliers(sizes[(1, "C")]).channels == []
+        default = find(model, calibration, sites=sites, progress=False)
+        narrow = find(model, calibration, sites=sites, narrow=16, progress=False)
+        win_back = {
+            name: (damaged.loss - evaluate(model, test, r.spec).loss) / (damaged.loss - intact.loss)
+            for name, r in (("default", default), ("narrow", narrow))
+        }
+    assert "narrow" not in default.scores["raw"]
+    raw = narrow.scores["raw"]["narrow"]
+    # every pair at most 16 wide: B and C of each layer (Δ is wider), both, although they steer alike
+    narrow_pairs = [(layer, site) for layer in arch.steerable_layers for site in ("B", "C")]
+    assert raw["width"] == 16 and set(raw["best"]) == {f"{p[0]}/{p[1]}" for p in narrow_pairs}
+    rows = {(r["layer"], r["site"]): r for r in narrow.scores["screened"] if r["source"] == "narrow"}
+    assert set(rows) == set(narrow_pairs)
+    row = rows[(1, "C")]
+    assert sorted(row["channels"]) == channels and row["scale"] > 8  # restored to the median: about x1/0.05
+    point = ("narrow screen", 1, "C", channels, row["scale"])
+    assert point in [
+        (p["stage"], p["layer"], p["site"], p["channels"], p["scale"]) for p in narrow.scores["sweep"]
+    ]
+    found = narrow.spec.interventions[0]
+    assert (found.layers[0], found.site, sorted(found.channels)) == (1, "C", channels) and found.scale > 8
+    # measured: the default writes the same channels at x8 and wins back 0.60; the narrow screen's x15.4 0.94
+    assert win_back["narrow"] >= 0.9 > win_back["default"] + 0.2, win_back
+    with pytest.raises(Exception, match="narrow: -1"):
+        find(model, calibration, narrow=-1, progress=False)
+    with pytest.raises(Exception, match="allowed with method outlier only"):
+        find(model, calibration, method="causal", narrow=16, progress=False)

@@ -53,7 +53,7 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld")]
+    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept")]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -430,14 +430,24 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
     assert {"layer", "site", "k", "scale", "calibration_loss", "decision"} <= set(found["candidates"][0])
 
 
-def test_the_withheld_set_comes_last_and_leaves_every_earlier_plant_as_it_was():
+@pytest.mark.parametrize(
+    ("name", "before", "last", "first_seed"),
+    [("withheld", "sealed", "S84", 394), ("kept", "withheld", "W84", 478)],
+)
+def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plant_as_it_was(
+    name, before, last, first_seed
+):
     plants = survey.survey_plants(6, REF_WIDTHS)
-    withheld = [p for p in plants if p.set == "withheld"]
-    earlier = plants[: len(plants) - len(withheld)]
-    # appended last: the sealed set (run before the withheld set existed) keeps its plants and seeds
-    assert earlier[-1].set == "sealed" and earlier[-1].id == "S84" and earlier[-1].seed == 393
-    assert withheld[0].seed == 394 and [p.id for p in withheld[:2]] == ["W01", "W02"]
-    assert len(withheld) == survey.UNSEEN_PER_SITE * len(SITES)
-    sealed = {(p.layer, p.site, p.count, p.scale) for p in earlier if p.set == "sealed"}
-    drawn = [(p.layer, p.site, p.count, p.scale) for p in withheld]
-    assert drawn != sorted(sealed) and len(set(drawn)) == len(drawn)  # its own draw, no repeats
+    drawn_set = [p for p in plants if p.set == name]
+    earlier = plants[: plants.index(drawn_set[0])]
+    # appended after the set before it, which was run before this one existed and keeps its plants and seeds
+    assert plants[len(earlier) : len(earlier) + len(drawn_set)] == drawn_set
+    assert earlier[-1].set == before and earlier[-1].id == last and earlier[-1].seed == first_seed - 1
+    assert drawn_set[0].seed == first_seed and [p.id for p in drawn_set[:2]] == [
+        f"{name[0].upper()}01",
+        f"{name[0].upper()}02",
+    ]
+    assert len(drawn_set) == survey.UNSEEN_PER_SITE * len(SITES)
+    previous = {(p.layer, p.site, p.count, p.scale) for p in earlier if p.set == before}
+    drawn = [(p.layer, p.site, p.count, p.scale) for p in drawn_set]
+    assert drawn != sorted(previous) and len(set(drawn)) == len(drawn)  # its own draw, no repeats

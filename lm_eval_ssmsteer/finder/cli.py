@@ -86,6 +86,7 @@ def run(args: argparse.Namespace):
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
         check_max_scale,
+        check_narrow,
         check_output,
         check_request,
         check_validate_choice,
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace):
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
     check_max_scale(args.max_scale, "--max-scale")  # before the model loads
+    check_narrow(args.narrow, args.method, "--narrow")
     check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     check_output(args.out)
     try:
@@ -171,6 +173,7 @@ def run(args: argparse.Namespace):
         descend=args.descend,
         blocks=args.blocks,
         max_scale=args.max_scale,
+        narrow=args.narrow,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -292,6 +295,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the sweep's largest amplifying scale: past 8 it also tries x13, x20, x32, x50, x80 up to S, "
         "and S (a damping by p is undone at 1/p); a whole number from 8 to 100 (default 8; docs/finder.md, "
         "'Scales past x8')",
+    )
+    p.add_argument(
+        "--narrow",
+        type=int,
+        default=0,
+        metavar="W",
+        help="outlier: also screen every pair of a site at most W channels wide with its smallest 1, 2, 4, "
+        "... channels (up to a quarter of the site) restored to its median channel (default 0: off; "
+        "docs/finder.md, 'Narrow screen')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

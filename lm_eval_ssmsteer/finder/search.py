@@ -87,6 +87,7 @@ OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from 
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
 VALIDATE_COUNTS = 4
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
+NARROW_COUNTS = (1, 2, 4, 8, 16)  # option narrow: a narrow pair's smallest k channels, k up to a quarter
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -243,6 +244,7 @@ def find(
     descend: int = 0,
     blocks: int = 0,
     max_scale: int = 8,
+    narrow: int = 0,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -266,7 +268,9 @@ def find(
     and the channel sizes miss. ``max_scale`` S > 8: the sweep also tries the best channel count at the
     WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone; then the best
     amplifying point of each pair the validation may choose from, whatever stage wrote it, is tried at
-    those scales too, with its own channels (``_ladder``)."""
+    those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``): a narrow
+    screen (``_narrow_screen``) beside the others, each distinct pair of a site at most W channels wide
+    with its smallest channels restored to the median channel, whether or not they are outliers."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)
@@ -278,6 +282,7 @@ def find(
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
     if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
+    check_narrow(narrow, method)
     wide = wide_scales(max_scale)
     arch = describe_model(model)
     if method == "variance":
@@ -354,6 +359,9 @@ def find(
                     if o.channels
                 }
                 screened += _outlier_screen(model, batches, arch, outliers, sweep, bars, max_channels)
+                if narrow:
+                    rows, raw["narrow"] = _narrow_screen(arch, rankings, sizes, sweep, bars, narrow)
+                    screened += rows
             if blocks:
                 rows, raw["blocks"] = _block_screen(
                     model, batches, arch, rankings, sweep, bars, blocks, base.loss, max_channels
@@ -363,7 +371,7 @@ def find(
             plan = [((row["layer"], row["site"]), (row["direction"],)) for row in ranked]
             for row in ranked:
                 pair = (row["layer"], row["site"])
-                if row["source"] == "outliers":  # sweep the pair's channels smallest first
+                if row["source"] in ("outliers", "narrow"):  # sweep the pair's channels smallest first
                     first = row.get("channels") or outliers[pair].channels[:max_channels]
                     rest = outliers[pair].order
                 elif row["source"] == "gradient":  # steepest gradient first
@@ -780,12 +788,7 @@ def _outlier_screen(
     if not chosen:
         return rows
     scales = {  # x8, and the restoring scale where it differs
-        pair: list(
-            dict.fromkeys(
-                (PROBE_SCALE, round(min(max(outliers[pair].restore, RESTORE_LIMIT[0]), RESTORE_LIMIT[1]), 1))
-            )
-        )
-        for pair in chosen
+        pair: list(dict.fromkeys((PROBE_SCALE, _clipped_restore(outliers[pair].restore)))) for pair in chosen
     }
     best_points = {}
     with bars.phase("outlier screen", sum(len(v) for v in scales.values()), "config"):
@@ -815,6 +818,83 @@ def _outlier_screen(
             | ({"channels": best["order"]} if "order" in best else {})
         )
     return rows
+
+
+def check_narrow(narrow: object, method: str, field: str = "narrow") -> int:
+    """``narrow`` when it is allowed (a whole number of channels, 0 for off; any other only with method
+    outlier, whose channel sizes it reads); a FinderError naming ``field``, the value and what is allowed."""
+    if isinstance(narrow, bool) or not isinstance(narrow, int) or narrow < 0:
+        raise FinderError(f"{field}: {narrow!r}; allowed: a whole number of channels, 0 (off) or more")
+    if narrow and method != "outlier":
+        raise FinderError(f"{field}: {narrow} with method {method!r}; allowed with method outlier only")
+    return narrow
+
+
+def _narrow_counts(log_size: torch.Tensor) -> list[int]:
+    """How many of a pair's smallest channels the narrow screen restores: each NARROW_COUNTS up to a
+    quarter of the site (at least 1), and the count just below the widest gap between consecutive sizes
+    there (where a damped set ends, when it ends in a step)."""
+    ordered = log_size.sort().values
+    limit = max(1, ordered.numel() // 4)
+    counts = {k for k in NARROW_COUNTS if k <= limit}
+    if ordered.numel() > limit:
+        counts.add(int((ordered[1 : limit + 1] - ordered[:limit]).argmax()) + 1)
+    return sorted(counts)
+
+
+def _clipped_restore(restore: float) -> float:
+    """A restoring scale as the screens try it: within RESTORE_LIMIT, to one decimal."""
+    return round(min(max(restore, RESTORE_LIMIT[0]), RESTORE_LIMIT[1]), 1)
+
+
+def _narrow_screen(
+    arch: ArchInfo,
+    rankings: dict[Pair, Ranking],
+    sizes: dict[Pair, torch.Tensor],
+    sweep: _Sweep,
+    bars: _Progress,
+    width: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Option ``narrow``: every pair of a site at most ``width`` channels wide has its smallest k channels
+    (``_narrow_counts``) amplified by the scale that restores them, by geometric mean, to the pair's median
+    channel (clipped to RESTORE_LIMIT). In a narrow site a damped set can be the smallest channels yet not
+    low outliers: a few channels give the median absolute deviation little to stand on, and a site's
+    natural spread is wide (issue 22's survey: the damped heads of Mamba-2's Δ, Mamba-1's B and C). Pairs
+    are told apart by their sizes, not their attribution: Mamba-1's B and C steer alike (y sums C_n h_n,
+    h_n linear in B_n), but a damage shows in the sizes of the one it sits in; a pair whose plan equals
+    one of its layer's before it is skipped. One screened row per pair (source ``narrow``, its best
+    point's channels smallest first) and the raw record of each pair's best point."""
+    plans: dict[Pair, list[tuple[list[int], float]]] = {}
+    for pair in sorted(p for p in rankings if arch.site_width(p[1]) <= width):
+        log_size = sizes[pair].double().clamp(min=1e-30).log()
+        order = log_size.argsort().tolist()
+        median = float(log_size.median())
+        plan = [
+            (order[:k], _clipped_restore(math.exp(median - float(log_size[order[:k]].mean()))))
+            for k in _narrow_counts(log_size)
+        ]
+        if not any(q[0] == pair[0] and plans[q] == plan for q in plans):
+            plans[pair] = plan
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {"width": width, "best": {}}
+    with bars.phase("narrow screen", sum(len(v) for v in plans.values()), "config"):
+        for pair, plan in plans.items():
+            points = [
+                (channels, sweep.run_channels(pair, "amplify", channels, scale, "narrow screen"))
+                for channels, scale in plan
+            ]
+            channels, best = min(points, key=lambda item: item[1]["loss"])
+            raw["best"][f"{pair[0]}/{pair[1]}"] = {
+                "k": best["k"],
+                "scale": best["scale"],
+                "loss": best["loss"],
+            }
+            rows.append(
+                {"layer": pair[0], "site": pair[1], "score": rankings[pair].score, "direction": "amplify"}
+                | {"loss": best["loss"], "k": best["k"], "scale": best["scale"], "source": "narrow"}
+                | {"channels": channels}
+            )
+    return rows, raw
 
 
 def _blocks(width: int, n: int) -> list[list[int]]:

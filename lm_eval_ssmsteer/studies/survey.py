@@ -65,11 +65,15 @@ SEALED_SEED = 25
 # the withheld set: drawn on 2026-12-06 (fifth session), after --max-scale's ladder was built with the sealed
 # set's ceiling in view, to measure it and a default with it; from the whole grid, like the sealed set
 WITHHELD_SEED = 26
+# the kept set: drawn on 2026-12-07, after the narrow screen (find --narrow) was built from where the earlier
+# sets' damaging plants lie among their sites' channel sizes; from the whole grid
+KEPT_SEED = 27
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
     ("sealed", SEALED_SEED, UNSEEN_PER_SITE, False),
     ("withheld", WITHHELD_SEED, UNSEEN_PER_SITE, False),
+    ("kept", KEPT_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -78,7 +82,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -89,7 +93,8 @@ def _counts(width: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Plant:
-    # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld)
+    # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
+    # K01... (kept)
     id: str
     set: str
     layer: int
@@ -103,7 +108,7 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED and then WITHHELD_SEED from the whole grid; channel
+    those left, then as many again with SEALED_SEED, WITHHELD_SEED and KEPT_SEED from the whole grid; channel
     seeds 100, 101, ... in list order. ``layers``: the layer count of a pure model, or a hybrid's Mamba
     layer indices; ``widths``: the sites to plant at (a site a model's mixers cannot reach is left out) and
     their widths."""
@@ -140,7 +145,7 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 @dataclass(frozen=True)
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
-    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S."""
+    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W."""
 
     method: str
     screen: int = 3
@@ -150,6 +155,7 @@ class FindOption:
     blocks: int = 0
     choice: str = "gain"
     max_scale: int = 8
+    narrow: int = 0
 
     @property
     def name(self) -> str:
@@ -159,7 +165,8 @@ class FindOption:
         name = name if self.order == "gradient" else f"{name}:order={self.order}"
         name = name if self.descend == 0 else f"{name}:descend={self.descend}"
         name = name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
-        return name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
+        name = name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
+        return name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
 
 
 def _max_scale_allowed(value: int) -> bool:
@@ -174,8 +181,8 @@ def _max_scale_allowed(value: int) -> bool:
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    [:max_scale=S] (order: method outlier only; blocks: methods causal and outlier; choice: with
-    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
+    [:max_scale=S][:narrow=W] (order and narrow: method outlier only; blocks: methods causal and outlier;
+    choice: with validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT
 
@@ -188,6 +195,7 @@ def parse_find(text: str) -> FindOption:
         "blocks": 0,
         "choice": "gain",
         "max_scale": 8,
+        "narrow": 0,
     }
     for option in options:
         key, _, value = option.partition("=")
@@ -196,6 +204,7 @@ def parse_find(text: str) -> FindOption:
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
         number = number or (key == "max_scale" and value.isdigit() and _max_scale_allowed(int(value)))
+        number = number or (key == "narrow" and value.isdigit() and int(value) >= 1 and method == "outlier")
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
         if not (number or order or choice):
@@ -203,7 +212,7 @@ def parse_find(text: str) -> FindOption:
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
                 f"(N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
-                f"(8 <= S <= {MAX_SCALE_LIMIT}), or several joined by ':'"
+                f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 1), or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
@@ -309,6 +318,7 @@ def measure_plant(
             descend=option.descend,
             blocks=option.blocks,
             max_scale=option.max_scale,
+            narrow=option.narrow,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -341,6 +351,7 @@ def measure_plant(
             **({"switch": validation["switch"]} if validation and "switch" in validation else {}),
             "descended": result.scores["raw"].get("descend"),
             "blocks": result.scores["raw"].get("blocks"),
+            **({"narrow": result.scores["raw"]["narrow"]} if "narrow" in result.scores["raw"] else {}),
             "steered": scored(result.spec) if iv.scale != 1.0 else None,
             "random": control,
         }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Add one find option to surveys already run (docs/finder.md, "Plant survey"): for every survey folder given
+# Add find options to surveys already run (docs/finder.md, "Plant survey"): for every survey folder given
 # (one holding settings.json and plants/), a copy under WORK is resumed with that folder's own settings and
-# --only-damaging --finds FIND, so only FIND runs, on the plants recorded as damaging, named with --plants (the
-# damage and the references are measured again, on the same TEST documents); each copy is packed as OUT/<name>.tgz, with
-# <name> the folder's path below docs/results/finder/ with / as -.
+# --only-damaging --finds FIND, so only FIND runs (FIND may name several, space-separated, as one argument),
+# on the plants recorded as damaging, named with --plants (the damage and the references are measured again,
+# on the same TEST documents); each copy is packed as OUT/<name>.tgz, with <name> the folder's path below
+# docs/results/finder/ with / as -.
 #
 #   SURVEY_SET=fresh bash scripts/gpu/survey_option.sh FIND WORK OUT FOLDER [FOLDER ...]
 #
@@ -13,6 +14,7 @@ find_option=${1:?usage: survey_option.sh FIND WORK OUT FOLDER...}
 work=${2:?WORK}
 out=${3:?OUT}
 shift 3
+read -ra finds <<<"$find_option"
 mkdir -p "$work" "$out"
 for folder in "$@"; do
     name=$(echo "${folder#docs/results/finder/}" | tr / -)
@@ -37,7 +39,7 @@ print(*sorted(p.stem for p in records if json.loads(p.read_text())["damaging"]))
     fi
     echo "== $name: ${args[*]} --plants ${plants[*]}"
     python3 -m lm_eval_ssmsteer study survey --out "$copy" --set "${SURVEY_SET:?SURVEY_SET}" --device cuda \
-        "${args[@]}" --plants "${plants[@]}" --only-damaging --finds "$find_option" 2>&1 |
+        "${args[@]}" --plants "${plants[@]}" --only-damaging --finds "${finds[@]}" 2>&1 |
         grep -v "Loading weights" | tail -40
     tar -czf "$out/$name.tgz" -C "$work" "$name"
 done
