@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--blocks", type=int, default=0, help="find's --blocks N (block screen; default 0, off, as find's)"
     )
     parser.add_argument(
+        "--narrow", type=int, default=0, help="find's --narrow W (narrow screen; default 0, off, as find's)"
+    )
+    parser.add_argument(
         "--validate-top", type=int, default=1, help="find's --validate-top N (default 1, as find's)"
     )
     parser.add_argument(
@@ -306,7 +309,7 @@ def hms(seconds: float) -> str:
 
 def find_label(doc: dict) -> str:
     """find's method, with its options where they are not find's defaults, and the block screen's pairs
-    screened when it ran (``--blocks N``)."""
+    screened when it ran (``--blocks N``), and the narrow screen's pairs (``--narrow W``)."""
     f = doc["find"]
     label = doc["args"]["method"]
     if f.get("validate_top", 1) > 1:
@@ -315,6 +318,8 @@ def find_label(doc: dict) -> str:
         label += f", --max-scale {f['max_scale']}"
     if f.get("blocks"):
         label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
+    if f.get("narrow"):
+        label += f", --narrow {f['narrow']}: {f['narrow_pairs_screened']} pairs screened"
     return label
 
 
@@ -401,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
         data,
         method=args.method,
         blocks=args.blocks,
+        narrow=args.narrow,
         validate_top=args.validate_top,
         validate_choice=args.validate_choice,
         max_scale=args.max_scale,
@@ -462,10 +468,12 @@ def main(argv: list[str] | None = None) -> dict:
             "sites": sites,
             "method": args.method,
             "blocks": args.blocks,
+            "narrow": args.narrow,
             "validate_top": args.validate_top,
             "validate_choice": args.validate_choice,
             "max_scale": args.max_scale,
             "block_pairs_screened": len(scores.get("raw", {}).get("blocks", {}).get("best_loss", {})),
+            "narrow_pairs_screened": len(scores.get("raw", {}).get("narrow", {}).get("best", {})),
             "batches_first_layer": counter.first,
             "batches_last_layer": counter.last,
             "passes_equivalent": counter.last / len(batches),
