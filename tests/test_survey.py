@@ -273,7 +273,12 @@ def test_find_options_parse_and_name_themselves():
     assert option.max_scale == 50
     assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50"
     assert survey.parse_find("causal:max_scale=8").name == "causal"
+    option = survey.parse_find("outlier:narrow=64:choice=paired:validate=6")
+    assert (option.narrow, option.name) == (64, "outlier:validate=6:choice=paired:narrow=64")
     for bad in (
+        "outlier:narrow=0",
+        "causal:narrow=64",
+        "outlier:narrow=x",
         "outlier:blocks=0",
         "probe:blocks=8",
         "causal:validate=0",

@@ -269,8 +269,8 @@ def find(
     WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone; then the best
     amplifying point of each pair the validation may choose from, whatever stage wrote it, is tried at
     those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``): a narrow
-    screen (``_narrow_screen``) beside the others, each distinct pair of a site at most W channels wide
-    with its smallest channels restored to the median channel, whether or not they are outliers."""
+    screen (``_narrow_screen``) beside the others, each pair of a site at most W channels wide with its
+    smallest channels restored to the median channel, whether or not they are outliers."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)

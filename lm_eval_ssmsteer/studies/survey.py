@@ -179,6 +179,16 @@ def _max_scale_allowed(value: int) -> bool:
     return True
 
 
+def _narrow_allowed(value: int, method: str) -> bool:
+    from lm_eval_ssmsteer.finder.search import FinderError, check_narrow
+
+    try:
+        check_narrow(value, method)
+    except FinderError:
+        return False
+    return value >= 1
+
+
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
     [:max_scale=S][:narrow=W] (order and narrow: method outlier only; blocks: methods causal and outlier;
@@ -204,7 +214,7 @@ def parse_find(text: str) -> FindOption:
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
         number = number or (key == "max_scale" and value.isdigit() and _max_scale_allowed(int(value)))
-        number = number or (key == "narrow" and value.isdigit() and int(value) >= 1 and method == "outlier")
+        number = number or (key == "narrow" and value.isdigit() and _narrow_allowed(int(value), method))
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
         if not (number or order or choice):
