@@ -136,10 +136,20 @@ class Outliers:
         return -self.z[0] if self.z else 0.0
 
 
+def log_size(rms: torch.Tensor) -> torch.Tensor:
+    """Each channel's log size (fp64; a silent channel as 1e-30), the scale the outlier statistics read."""
+    return rms.double().clamp(min=1e-30).log()
+
+
+def restoring_scale(log_rms: torch.Tensor, channels: list[int]) -> float:
+    """The scale that brings ``channels``, by geometric mean, to the pair's median channel (1.0 for none)."""
+    return float((log_rms.median() - log_rms[channels].mean()).exp()) if channels else 1.0
+
+
 def low_outliers(rms: torch.Tensor, threshold: float = OUTLIER_Z) -> Outliers:
     """Robust z-scores of log RMS against the pair's median and median absolute deviation; channels below
     -``threshold``. A site of identical channels (spread 0) has no outliers."""
-    log_rms = rms.double().clamp(min=1e-30).log()
+    log_rms = log_size(rms)
     median = log_rms.median()
     spread = float((log_rms - median).abs().median()) * MAD_TO_SD
     if spread <= 0.0:
@@ -147,5 +157,5 @@ def low_outliers(rms: torch.Tensor, threshold: float = OUTLIER_Z) -> Outliers:
     z = (log_rms - median) / spread
     order = z.argsort().tolist()
     low = [c for c in order if z[c] < -threshold]
-    restore = float((median - log_rms[low].mean()).exp()) if low else 1.0
+    restore = restoring_scale(log_rms, low)
     return Outliers(low, [float(z[c]) for c in low], order, restore)

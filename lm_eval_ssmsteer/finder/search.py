@@ -866,11 +866,10 @@ def _narrow_screen(
     point's channels smallest first) and the raw record of each pair's best point."""
     plans: dict[Pair, list[tuple[list[int], float]]] = {}
     for pair in sorted(p for p in rankings if arch.site_width(p[1]) <= width):
-        log_size = sizes[pair].double().clamp(min=1e-30).log()
+        log_size = magnitude.log_size(sizes[pair])
         order = log_size.argsort().tolist()
-        median = float(log_size.median())
         plan = [
-            (order[:k], _clipped_restore(math.exp(median - float(log_size[order[:k]].mean()))))
+            (order[:k], _clipped_restore(magnitude.restoring_scale(log_size, order[:k])))
             for k in _narrow_counts(log_size)
         ]
         if not any(q[0] == pair[0] and plans[q] == plan for q in plans):
