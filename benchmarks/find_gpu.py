@@ -43,6 +43,15 @@ import torch
 from _kernels import kernel_versions
 
 from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, VALIDATE_CHOICES
+from lm_eval_ssmsteer.finder.search import (
+    NARROW_FLOOR,
+    FinderError,
+    check_max_scale,
+    check_narrow,
+    check_narrow_floor,
+    check_validate_choice,
+    default_narrow,
+)
 
 VOCAB = 50280
 LOO_SITE_ORDER = ("mixer_out", "residual", "delta", "B", "C", "ssm_out", "gate")
@@ -78,7 +87,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--blocks", type=int, default=0, help="find's --blocks N (block screen; default 0, off, as find's)"
     )
     parser.add_argument(
-        "--narrow", type=int, default=0, help="find's --narrow W (narrow screen; default 0, off, as find's)"
+        "--narrow",
+        type=int,
+        default=None,
+        help="find's --narrow W (narrow screen; default: find's, 64 for outlier; 0: off)",
+    )
+    parser.add_argument(
+        "--narrow-floor",
+        type=float,
+        default=NARROW_FLOOR,
+        help=f"find's --narrow-floor R (default {NARROW_FLOOR:g})",
     )
     parser.add_argument(
         "--validate-top", type=int, default=1, help="find's --validate-top N (default 1, as find's)"
@@ -100,9 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--length {args.length} must exceed --answer-tokens {args.answer_tokens}")
     if args.validate_top < 1:
         parser.error(f"--validate-top {args.validate_top}; allowed: an integer >= 1")
-    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale, check_validate_choice
-
     try:  # find's own checks, before the model is built
+        args.narrow = default_narrow(args.method) if args.narrow is None else args.narrow
+        check_narrow(args.narrow, args.method, "--narrow")
+        check_narrow_floor(args.narrow_floor, "--narrow-floor")
         check_max_scale(args.max_scale, "--max-scale")
         check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     except FinderError as err:
@@ -309,18 +328,35 @@ def hms(seconds: float) -> str:
 
 def find_label(doc: dict) -> str:
     """find's method, with its options where they are not find's defaults, and the block screen's pairs
-    screened when it ran (``--blocks N``), and the narrow screen's pairs (``--narrow W``)."""
+    screened when it ran (``--blocks N``)."""
     f = doc["find"]
-    label = doc["args"]["method"]
+    method = doc["args"]["method"]
+    label = method
     if f.get("validate_top", 1) > 1:
         label += f", --validate-top {f['validate_top']} --validate-choice {f['validate_choice']}"
     if f.get("max_scale", 8) != 8:
         label += f", --max-scale {f['max_scale']}"
     if f.get("blocks"):
         label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
-    if f.get("narrow"):
-        label += f", --narrow {f['narrow']}: {f['narrow_pairs_screened']} pairs screened"
+    narrow, floor = f.get("narrow", 0), f.get("narrow_floor", 0)  # a record from before the floor had none
+    if narrow != default_narrow(method):
+        label += f", --narrow {narrow}"
+    if narrow and floor != NARROW_FLOOR:
+        label += f", --narrow-floor {floor:g}"
     return label
+
+
+def narrow_row(doc: dict) -> tuple[str, str] | None:
+    """The narrow screen's table row where it ran: the pairs it evaluated, of the narrow sites' pairs."""
+    f = doc["find"]
+    if not f.get("narrow"):
+        return None
+    of = f" of {f['narrow_pairs']}" if "narrow_pairs" in f else ""
+    floor = f" with a restoring scale >= {f['narrow_floor']:g}" if f.get("narrow_floor") else ""
+    return (
+        f"find: narrow screen (sites <= {f['narrow']} channels)",
+        f"{f['narrow_pairs_screened']}{of} pairs screened{floor}",
+    )
 
 
 def table(doc: dict) -> str:
@@ -340,6 +376,7 @@ def table(doc: dict) -> str:
             f"{f['batches_last_layer']} / {f['batches_first_layer']}",
         ),
         ("find: sweep points / verified channels", f"{f['sweep_points']} / {f['verified_channels']}"),
+        *([narrow_row(doc)] if narrow_row(doc) else []),
         ("find: chosen", f"layer {f['chosen'].get('layer')} {f['chosen'].get('site')}"),
         ("leave-one-out: budget", f"{loo['budget_seconds']:.1f} s (ran {loo['seconds']:.1f} s)"),
         (
@@ -407,6 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
         method=args.method,
         blocks=args.blocks,
         narrow=args.narrow,
+        narrow_floor=args.narrow_floor,
         validate_top=args.validate_top,
         validate_choice=args.validate_choice,
         max_scale=args.max_scale,
@@ -469,11 +507,13 @@ def main(argv: list[str] | None = None) -> dict:
             "method": args.method,
             "blocks": args.blocks,
             "narrow": args.narrow,
+            "narrow_floor": args.narrow_floor if args.narrow else None,
             "validate_top": args.validate_top,
             "validate_choice": args.validate_choice,
             "max_scale": args.max_scale,
             "block_pairs_screened": len(scores.get("raw", {}).get("blocks", {}).get("best_loss", {})),
             "narrow_pairs_screened": len(scores.get("raw", {}).get("narrow", {}).get("best", {})),
+            "narrow_pairs": scores.get("raw", {}).get("narrow", {}).get("pairs", 0),
             "batches_first_layer": counter.first,
             "batches_last_layer": counter.last,
             "passes_equivalent": counter.last / len(batches),

@@ -133,6 +133,26 @@ def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monk
     label = "find (outlier, --validate-top 3 --validate-choice paired, --max-scale 20, all sites)"
     assert label in bench.table(doc)
     assert seen["result"].scores["max_scale"] == 20
-    for bad in (["--max-scale", "7"], ["--validate-choice", "paired"], ["--validate-top", "0"]):
+    # the narrow screen is find's default for outlier (width 64, floor 4); the table says what it screened
+    assert (seen["narrow"], seen["narrow_floor"]) == (64, 4.0)
+    assert seen["result"].scores["raw"]["narrow"]["pairs"] == 14  # 2 layers x 7 sites, none over 64 wide
+    row = f"| find: narrow screen (sites <= 64 channels) | {doc['find']['narrow_pairs_screened']} of 14 pairs"
+    assert row in bench.table(doc)
+    bench.main([*TINY, "--method", "outlier", "--narrow", "0", "--out", str(out)])
+    assert seen["narrow"] == 0 and "narrow" not in seen["result"].scores["raw"]
+    doc = json.loads(out.read_text())
+    assert "find (outlier, --narrow 0, all sites)" in bench.table(doc) and "narrow screen" not in bench.table(
+        doc
+    )
+    bench.main([*TINY, "--method", "outlier", "--narrow-floor", "0", "--out", str(out)])
+    assert seen["narrow_floor"] == 0 and seen["result"].scores["raw"]["narrow"]["floor"] == 0
+    assert "find (outlier, --narrow-floor 0, all sites)" in bench.table(json.loads(out.read_text()))
+    for bad in (
+        ["--max-scale", "7"],
+        ["--validate-choice", "paired"],
+        ["--validate-top", "0"],
+        ["--narrow-floor", "-1"],
+        ["--method", "causal", "--narrow", "64"],
+    ):
         with pytest.raises(SystemExit):
             bench.parse_args([*TINY, *bad])

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from lm_eval_ssmsteer.finder import find
 from lm_eval_ssmsteer.finder import search as finder_search
-from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_outliers
+from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_outliers, restoring_scale
+from lm_eval_ssmsteer.finder.magnitude import log_size as log_size_of
 from lm_eval_ssmsteer.finder.methods import evaluate
 from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
 from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
@@ -393,33 +394,55 @@ def test_narrow_screen_restores_the_smallest_channels_of_a_narrow_site_that_are_
         intact = evaluate(model, test)
         channels = plant(model, 1, "C", 2, 0.05, seed=4)  # 2 of C's 8 state channels x0.05
         damaged = evaluate(model, test)
-        sizes = channel_size(model, channel_rms(model, calibration.batches(), [(1, "C")], arch.site_width))
+        pairs = [(layer, site) for layer in arch.steerable_layers for site in sites]
+        sizes = channel_size(model, channel_rms(model, calibration.batches(), pairs, arch.site_width))
         # the two are the pair's smallest channels but no low outliers: 8 channels, a wide natural spread
         assert sorted(low_outliers(sizes[(1, "C")]).order[:2]) == channels
         assert low_outliers(sizes[(1, "C")]).channels == []
-        default = find(model, calibration, sites=sites, progress=False)
-        narrow = find(model, calibration, sites=sites, narrow=16, progress=False)
+        off = find(model, calibration, sites=sites, narrow=0, progress=False)  # the default before
+        default = find(model, calibration, sites=sites, progress=False)  # width 64, floor 4
         win_back = {
             name: (damaged.loss - evaluate(model, test, r.spec).loss) / (damaged.loss - intact.loss)
-            for name, r in (("default", default), ("narrow", narrow))
+            for name, r in (("off", off), ("default", default))
         }
-    assert "narrow" not in default.scores["raw"]
-    raw = narrow.scores["raw"]["narrow"]
-    # every pair at most 16 wide: B and C of each layer (Δ is wider), both, although they steer alike
-    narrow_pairs = [(layer, site) for layer in arch.steerable_layers for site in ("B", "C")]
-    assert raw["width"] == 16 and set(raw["best"]) == {f"{p[0]}/{p[1]}" for p in narrow_pairs}
-    rows = {(r["layer"], r["site"]): r for r in narrow.scores["screened"] if r["source"] == "narrow"}
-    assert set(rows) == set(narrow_pairs)
+    assert "narrow" not in off.scores["raw"]
+    raw = default.scores["raw"]["narrow"]
+    assert (raw["width"], raw["floor"], default.scores["narrow"], default.scores["narrow_floor"]) == (
+        64,
+        4,
+        64,
+        4,
+    )
+    # every pair at most 64 wide (delta, B and C of each layer) is planned, B and C although they steer alike;
+    # a pair is screened only where restoring some of its smallest channels takes x4 or more
+    narrow_pairs = [p for p in pairs if arch.site_width(p[1]) <= 64]
+    assert raw["pairs"] == len(narrow_pairs) == len(pairs)
+
+    def deepest(pair):  # the largest restoring scale among the counts the screen plans for the pair
+        log_size = log_size_of(sizes[pair])
+        order = log_size.argsort().tolist()
+        return max(restoring_scale(log_size, order[:k]) for k in finder_search._narrow_counts(log_size))
+
+    screened = {p for p in narrow_pairs if deepest(p) >= 4}
+    assert (1, "C") in screened and set(raw["best"]) == {f"{p[0]}/{p[1]}" for p in screened}
+    assert len(screened) < len(narrow_pairs)  # the floor leaves some pairs out: that is what it saves
+    rows = {(r["layer"], r["site"]): r for r in default.scores["screened"] if r["source"] == "narrow"}
+    assert set(rows) == screened
     row = rows[(1, "C")]
     assert sorted(row["channels"]) == channels and row["scale"] > 8  # restored to the median: about x1/0.05
     point = ("narrow screen", 1, "C", channels, row["scale"])
     assert point in [
-        (p["stage"], p["layer"], p["site"], p["channels"], p["scale"]) for p in narrow.scores["sweep"]
+        (p["stage"], p["layer"], p["site"], p["channels"], p["scale"]) for p in default.scores["sweep"]
     ]
-    found = narrow.spec.interventions[0]
+    assert all(p["scale"] >= 4 for p in default.scores["sweep"] if p["stage"] == "narrow screen")
+    found = default.spec.interventions[0]
     assert (found.layers[0], found.site, sorted(found.channels)) == (1, "C", channels) and found.scale > 8
-    # measured: the default writes the same channels at x8 and wins back 0.60; the narrow screen's x15.4 0.94
-    assert win_back["narrow"] >= 0.9 > win_back["default"] + 0.2, win_back
+    # measured: without the screen find writes the same channels at x8 and wins back 0.60; with it x15.4, 0.94
+    assert win_back["default"] >= 0.9 > win_back["off"] + 0.2, win_back
+    provenance = default.spec.provenance
+    assert provenance["narrow"] == {"width": 64, "floor": 4.0} and "narrow" not in off.spec.provenance
+    with pytest.raises(Exception, match="narrow_floor: -1"):
+        find(model, calibration, narrow_floor=-1, progress=False)
     with pytest.raises(Exception, match="narrow: -1"):
         find(model, calibration, narrow=-1, progress=False)
     with pytest.raises(Exception, match="allowed with method outlier only"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
 from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS, VALIDATE_CHOICES
+from lm_eval_ssmsteer.finder.search import NARROW_FLOOR, NARROW_WIDTH
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -87,9 +88,11 @@ def run(args: argparse.Namespace):
         BLOCK_METHODS,
         check_max_scale,
         check_narrow,
+        check_narrow_floor,
         check_output,
         check_request,
         check_validate_choice,
+        default_narrow,
         find,
         write_outputs,
     )
@@ -117,7 +120,10 @@ def run(args: argparse.Namespace):
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
     check_max_scale(args.max_scale, "--max-scale")  # before the model loads
+    if args.narrow is None:
+        args.narrow = default_narrow(args.method)
     check_narrow(args.narrow, args.method, "--narrow")
+    check_narrow_floor(args.narrow_floor, "--narrow-floor")
     check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     check_output(args.out)
     try:
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace):
         blocks=args.blocks,
         max_scale=args.max_scale,
         narrow=args.narrow,
+        narrow_floor=args.narrow_floor,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -299,11 +306,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--narrow",
         type=int,
-        default=0,
+        default=None,
         metavar="W",
         help="outlier: also screen every pair of a site at most W channels wide with its smallest 1, 2, 4, "
-        "... channels (up to a quarter of the site) restored to its median channel (default 0: off; "
-        "docs/finder.md, 'Narrow screen')",
+        f"... channels (up to a quarter of the site) restored to its median channel (default {NARROW_WIDTH} "
+        "for outlier; 0: off; docs/finder.md, 'Narrow screen')",
+    )
+    p.add_argument(
+        "--narrow-floor",
+        type=float,
+        default=NARROW_FLOOR,
+        metavar="R",
+        help="the narrow screen tries a count of channels only where restoring them to the median channel "
+        f"takes a scale of at least R (default {NARROW_FLOOR:g}; 0: every count)",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

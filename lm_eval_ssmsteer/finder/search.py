@@ -87,7 +87,12 @@ OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from 
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
 VALIDATE_COUNTS = 4
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
-NARROW_COUNTS = (1, 2, 4, 8, 16)  # option narrow: a narrow pair's smallest k channels, k up to a quarter
+NARROW_COUNTS = (1, 2, 4, 8, 16)  # the narrow screen: a narrow pair's smallest k channels, k up to a quarter
+NARROW_WIDTH = 64  # method outlier's narrow screen by default: the sites at most this many channels wide
+# the narrow screen tries a pair's smallest k channels only if restoring them to the median channel takes
+# at least this scale: channels less than this far below the median are not damped enough to restore, and
+# in an undamaged narrow site (ref-mamba1's B and C: at most x2.9) nothing is left to evaluate
+NARROW_FLOOR = 4.0
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -244,7 +249,8 @@ def find(
     descend: int = 0,
     blocks: int = 0,
     max_scale: int = 8,
-    narrow: int = 0,
+    narrow: int | None = None,
+    narrow_floor: float = NARROW_FLOOR,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -268,9 +274,10 @@ def find(
     and the channel sizes miss. ``max_scale`` S > 8: the sweep also tries the best channel count at the
     WIDE_SCALES up to S, and at S (``wide_scales``), so a strong damping can be undone; then the best
     amplifying point of each pair the validation may choose from, whatever stage wrote it, is tried at
-    those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``): a narrow
-    screen (``_narrow_screen``) beside the others, each pair of a site at most W channels wide with its
-    smallest channels restored to the median channel, whether or not they are outliers."""
+    those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``; None: the
+    method's default, ``default_narrow``): a narrow screen (``_narrow_screen``) beside the others, each
+    pair of a site at most W channels wide with its smallest channels restored to the median channel,
+    whether or not they are outliers, where that takes a scale of at least ``narrow_floor``."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)
@@ -282,7 +289,8 @@ def find(
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
     if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
-    check_narrow(narrow, method)
+    narrow = check_narrow(default_narrow(method) if narrow is None else narrow, method)
+    check_narrow_floor(narrow_floor)
     wide = wide_scales(max_scale)
     arch = describe_model(model)
     if method == "variance":
@@ -360,7 +368,9 @@ def find(
                 }
                 screened += _outlier_screen(model, batches, arch, outliers, sweep, bars, max_channels)
                 if narrow:
-                    rows, raw["narrow"] = _narrow_screen(arch, rankings, sizes, sweep, bars, narrow)
+                    rows, raw["narrow"] = _narrow_screen(
+                        arch, rankings, sizes, sweep, bars, narrow, narrow_floor
+                    )
                     screened += rows
             if blocks:
                 rows, raw["blocks"] = _block_screen(
@@ -549,6 +559,7 @@ def find(
         **({"descend": descend} if descend else {}),
         **({"blocks": blocks} if blocks else {}),
         **({"max_scale": max_scale} if wide else {}),
+        **({"narrow": {"width": narrow, "floor": narrow_floor}} if narrow else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -591,6 +602,8 @@ def find(
         "descend": descend,
         "blocks": blocks,
         "max_scale": max_scale,
+        "narrow": narrow,
+        "narrow_floor": narrow_floor if narrow else None,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -820,6 +833,21 @@ def _outlier_screen(
     return rows
 
 
+def default_narrow(method: str) -> int:
+    """The narrow screen's width when none is asked for: NARROW_WIDTH for method outlier (whose channel
+    sizes it reads), 0 (off) for the others."""
+    return NARROW_WIDTH if method == "outlier" else 0
+
+
+def check_narrow_floor(floor: object, field: str = "narrow_floor") -> float:
+    """``floor`` when it is a finite number >= 0 (0: every count is tried, whatever its restoring scale);
+    a FinderError naming ``field``, the value and what is allowed."""
+    ok = isinstance(floor, (int, float)) and not isinstance(floor, bool) and math.isfinite(floor)
+    if not ok or floor < 0:
+        raise FinderError(f"{field}: {floor!r}; allowed: a number >= 0 (the smallest restoring scale tried)")
+    return float(floor)
+
+
 def check_narrow(narrow: object, method: str, field: str = "narrow") -> int:
     """``narrow`` when it is allowed (a whole number of channels, 0 for off; any other only with method
     outlier, whose channel sizes it reads); a FinderError naming ``field``, the value and what is allowed."""
@@ -854,28 +882,32 @@ def _narrow_screen(
     sweep: _Sweep,
     bars: _Progress,
     width: int,
+    floor: float = NARROW_FLOOR,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Option ``narrow``: every pair of a site at most ``width`` channels wide has its smallest k channels
+    """The narrow screen: every pair of a site at most ``width`` channels wide has its smallest k channels
     (``_narrow_counts``) amplified by the scale that restores them, by geometric mean, to the pair's median
-    channel (clipped to RESTORE_LIMIT). In a narrow site a damped set can be the smallest channels yet not
-    low outliers: a few channels give the median absolute deviation little to stand on, and a site's
-    natural spread is wide (issue 22's survey: the damped heads of Mamba-2's Δ, Mamba-1's B and C). Pairs
+    channel (clipped to RESTORE_LIMIT), for each k where that scale is at least ``floor``. In a narrow
+    site a damped set can be the smallest channels yet not low outliers: a few channels give the median
+    absolute deviation little to stand on, and a site's natural spread is wide (issue 22's survey: the
+    damped heads of Mamba-2's Δ, Mamba-1's B and C). Pairs
     are told apart by their sizes, not their attribution: Mamba-1's B and C steer alike (y sums C_n h_n,
     h_n linear in B_n), but a damage shows in the sizes of the one it sits in; a pair whose plan equals
-    one of its layer's before it is skipped. One screened row per pair (source ``narrow``, its best
-    point's channels smallest first) and the raw record of each pair's best point."""
+    one of its layer's before it is skipped, and so is a pair with no count left. One screened row per
+    pair (source ``narrow``, its best point's channels smallest first) and the raw record of each pair's
+    best point."""
     plans: dict[Pair, list[tuple[list[int], float]]] = {}
-    for pair in sorted(p for p in rankings if arch.site_width(p[1]) <= width):
+    narrow_pairs = sorted(p for p in rankings if arch.site_width(p[1]) <= width)
+    for pair in narrow_pairs:
         log_size = magnitude.log_size(sizes[pair])
         order = log_size.argsort().tolist()
-        plan = [
-            (order[:k], _clipped_restore(magnitude.restoring_scale(log_size, order[:k])))
-            for k in _narrow_counts(log_size)
+        restores = [
+            (order[:k], magnitude.restoring_scale(log_size, order[:k])) for k in _narrow_counts(log_size)
         ]
-        if not any(q[0] == pair[0] and plans[q] == plan for q in plans):
+        plan = [(channels, _clipped_restore(restore)) for channels, restore in restores if restore >= floor]
+        if plan and not any(q[0] == pair[0] and plans[q] == plan for q in plans):
             plans[pair] = plan
     rows: list[dict[str, Any]] = []
-    raw: dict[str, Any] = {"width": width, "best": {}}
+    raw: dict[str, Any] = {"width": width, "floor": floor, "pairs": len(narrow_pairs), "best": {}}
     with bars.phase("narrow screen", sum(len(v) for v in plans.values()), "config"):
         for pair, plan in plans.items():
             points = [

@@ -68,12 +68,17 @@ WITHHELD_SEED = 26
 # the kept set: drawn on 2026-12-07, after the narrow screen (find --narrow) was built from where the earlier
 # sets' damaging plants lie among their sites' channel sizes; from the whole grid
 KEPT_SEED = 27
+# the reserve set: drawn on 2026-12-07 (second session), after the narrow screen's floor (find
+# --narrow-floor) was chosen and the screen made method outlier's default with it, from the restoring scales
+# of the earlier sets' damaging plants; from the whole grid
+RESERVE_SEED = 28
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
     ("sealed", SEALED_SEED, UNSEEN_PER_SITE, False),
     ("withheld", WITHHELD_SEED, UNSEEN_PER_SITE, False),
     ("kept", KEPT_SEED, UNSEEN_PER_SITE, False),
+    ("reserve", RESERVE_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -82,7 +87,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -94,7 +99,7 @@ def _counts(width: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Plant:
     # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
-    # K01... (kept)
+    # K01... (kept), R01... (reserve)
     id: str
     set: str
     layer: int
@@ -108,10 +113,10 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED, WITHHELD_SEED and KEPT_SEED from the whole grid; channel
-    seeds 100, 101, ... in list order. ``layers``: the layer count of a pure model, or a hybrid's Mamba
-    layer indices; ``widths``: the sites to plant at (a site a model's mixers cannot reach is left out) and
-    their widths."""
+    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED and RESERVE_SEED from the whole
+    grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of a pure model, or a
+    hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's mixers cannot reach
+    is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
@@ -145,7 +150,11 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 @dataclass(frozen=True)
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
-    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W."""
+    outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W,
+    outlier:narrow_floor=R. The fields' defaults are the options off, and ``name`` writes every field that
+    is not, so a name means the same find whatever find's defaults are: ``parse_find`` gives method
+    outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off (narrow=0); a
+    plant file's ``outlier`` from before that default ran without it."""
 
     method: str
     screen: int = 3
@@ -156,6 +165,7 @@ class FindOption:
     choice: str = "gain"
     max_scale: int = 8
     narrow: int = 0
+    narrow_floor: float = 0.0
 
     @property
     def name(self) -> str:
@@ -166,7 +176,8 @@ class FindOption:
         name = name if self.descend == 0 else f"{name}:descend={self.descend}"
         name = name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
         name = name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
-        return name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
+        name = name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
+        return name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
 
 
 def _max_scale_allowed(value: int) -> bool:
@@ -186,15 +197,26 @@ def _narrow_allowed(value: int, method: str) -> bool:
         check_narrow(value, method)
     except FinderError:
         return False
-    return value >= 1
+    return True
+
+
+def _narrow_floor(value: str, method: str) -> float | None:
+    """``value`` as a narrow_floor (method outlier only), or None where it is not one."""
+    from lm_eval_ssmsteer.finder.search import FinderError, check_narrow_floor
+
+    try:
+        return check_narrow_floor(float(value)) if method == "outlier" else None
+    except (ValueError, FinderError):
+        return None
 
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    [:max_scale=S][:narrow=W] (order and narrow: method outlier only; blocks: methods causal and outlier;
-    choice: with validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
+    [:max_scale=S][:narrow=W][:narrow_floor=R] (order, narrow and narrow_floor: method outlier only, whose
+    narrow screen is on unless narrow=0; blocks: methods causal and outlier; choice: with validate=N, N > 1;
+    S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
-    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT
+    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT, NARROW_FLOOR, default_narrow
 
     method, *options = text.split(":")
     values: dict = {
@@ -205,7 +227,8 @@ def parse_find(text: str) -> FindOption:
         "blocks": 0,
         "choice": "gain",
         "max_scale": 8,
-        "narrow": 0,
+        "narrow": default_narrow(method),
+        "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
     }
     for option in options:
         key, _, value = option.partition("=")
@@ -217,12 +240,17 @@ def parse_find(text: str) -> FindOption:
         number = number or (key == "narrow" and value.isdigit() and _narrow_allowed(int(value), method))
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
+        floor = _narrow_floor(value, method) if key == "narrow_floor" else None
+        if floor is not None:
+            values[key] = floor
+            continue
         if not (number or order or choice):
             raise argparse.ArgumentTypeError(
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
                 f"(N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
-                f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 1), or several joined by ':'"
+                f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 0; 0: off), "
+                "outlier:narrow_floor=R (R >= 0), or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
@@ -234,6 +262,12 @@ def parse_find(text: str) -> FindOption:
             f"--finds: {text!r}; choice={values['choice']} chooses among validated pairs: give validate=N, "
             "N >= 2, with it"
         )
+    if values["narrow"] == 0:
+        if any(option.startswith("narrow_floor=") for option in options):
+            raise argparse.ArgumentTypeError(
+                f"--finds: {text!r}; narrow_floor is the narrow screen's: give it without narrow=0"
+            )
+        values["narrow_floor"] = 0.0
     return FindOption(method, **values)
 
 
@@ -329,6 +363,7 @@ def measure_plant(
             blocks=option.blocks,
             max_scale=option.max_scale,
             narrow=option.narrow,
+            narrow_floor=option.narrow_floor,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -661,7 +696,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
         help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S], "
-        "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio "
+        "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
+        ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
