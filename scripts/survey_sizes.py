@@ -2,7 +2,12 @@
 screen"): the sizes the outlier screen reads (``finder.magnitude``), on the plant's own calibration documents,
 rebuilt from the folder's settings. One JSON line a plant: the planted pair's rank among all pairs by outlier
 score, its low outliers, how many planted channels are among them and among the pair's smallest as many as
-were planted, and the last planted channel's position in the pair's size order (smallest first).
+were planted, and the last planted channel's position in the pair's size order (smallest first). With
+``--narrow W`` (default 64; 0: off) also the narrow screen's plan (docs/finder.md, "The narrow screen's
+floor"): for the planted pair, if at most W wide, each count k it tries with the scale that restores the k
+smallest channels to the median channel (unclipped) and how many of them are planted; the largest such
+scale of any other pair at most W wide; and how many (pair, count) points the plans hold in all and at
+each ``--floors`` scale (before the screen skips a pair whose plan equals one of its layer's).
 
     python scripts/survey_sizes.py docs/results/finder/survey-withheld-gpu/m2-needles [FOLDER ...]
 """
@@ -21,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="survey folders (settings.json and plants/)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--min-damage", type=float, default=0.1, help="plants costing at least this (0.1)")
+    parser.add_argument("--narrow", type=int, default=64, help="the narrow screen's width (64; 0: no plan)")
+    parser.add_argument(
+        "--floors", type=float, nargs="+", default=[4.0], help="restoring scales to count plan points at (4)"
+    )
     args = parser.parse_args(argv)
 
     from lm_eval_ssmsteer.finder import magnitude
@@ -42,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             pairs = [(layer, site) for layer in mamba_mixers(model) for site in SITES]
             with fast_scan_if_allowed(model):
                 rms = magnitude.channel_rms(model, survey.calibration, pairs, arch.site_width)
-            outliers = {p: magnitude.low_outliers(v) for p, v in magnitude.channel_size(model, rms).items()}
+            sizes = magnitude.channel_size(model, rms)
+            outliers = {p: magnitude.low_outliers(v) for p, v in sizes.items()}
             plant = record["plant"]
             pair = (plant["layer"], plant["site"])
             planted = set(record["channels"])
@@ -63,10 +73,39 @@ def main(argv: list[str] | None = None) -> int:
                 "planted_among_smallest": len(planted & set(found.order[: len(planted)])),
                 "last_planted_position": max(found.order.index(c) for c in planted),
                 "score": round(found.score, 2),
-                "seconds": round(time.time() - started, 1),
             }
+            if args.narrow:
+                row |= narrow_plans(sizes, pair, planted, args.narrow, args.floors)
+            row["seconds"] = round(time.time() - started, 1)
             print(json.dumps(row), flush=True)
     return 0
+
+
+def narrow_plans(sizes: dict, pair: tuple[int, str], planted: set[int], width: int, floors) -> dict:
+    """The narrow screen's plan fields of one plant (the module docstring), from its pairs' channel sizes."""
+    from lm_eval_ssmsteer.finder import magnitude
+    from lm_eval_ssmsteer.finder.search import _narrow_counts
+
+    plans = {}
+    for q, size in sizes.items():
+        if len(size) > width:
+            continue
+        log_size = magnitude.log_size(size)
+        order = log_size.argsort().tolist()
+        plans[q] = [
+            (k, magnitude.restoring_scale(log_size, order[:k]), order[:k]) for k in _narrow_counts(log_size)
+        ]
+    points = [restore for plan in plans.values() for _, restore, _ in plan]
+    others = [restore for q, plan in plans.items() if q != pair for _, restore, _ in plan]
+    return {
+        "narrow_plan": [
+            [k, round(restore, 2), len(planted & set(channels))]
+            for k, restore, channels in plans.get(pair, [])
+        ],
+        "narrow_other_max": round(max(others), 2) if others else None,
+        "narrow_points": len(points),
+        "narrow_points_at": {f"{f:g}": sum(r >= f for r in points) for f in floors},
+    }
 
 
 if __name__ == "__main__":

@@ -41,3 +41,14 @@ def test_a_mixer_out_plant_is_its_sites_smallest_channels_and_low_outliers(tmp_p
     assert plant["site"] == "mixer_out" and plant["scale"] <= 0.05 and got["count"] < got["width"]
     assert got["planted_among_smallest"] == got["planted_in_outliers"] == got["outliers"] == plant["count"]
     assert got["last_planted_position"] == plant["count"] - 1 and got["pair_rank"] == 1
+    # the narrow screen's plan (the tiny model's sites are all at most 64 wide): each count it tries up to
+    # the planted ones is all planted channels, restored from far below the median
+    width = got["width"]
+    assert got["narrow_plan"] and all(1 <= k <= max(1, width // 4) for k, _, _ in got["narrow_plan"])
+    for k, restore, planted in got["narrow_plan"]:
+        assert planted == min(k, plant["count"])
+        assert restore > 4 if k <= plant["count"] else restore > 1
+    assert got["narrow_points_at"]["4"] <= got["narrow_points"]
+    assert got["narrow_points"] >= len(got["narrow_plan"]) and got["narrow_other_max"] is not None
+    assert sizes.main([str(out), "--narrow", "0", "--floors", "2", "8"]) == 0
+    assert "narrow_plan" not in json.loads(capsys.readouterr().out)
