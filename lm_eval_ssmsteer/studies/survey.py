@@ -68,7 +68,7 @@ WITHHELD_SEED = 26
 # the kept set: drawn on 2026-12-07, after the narrow screen (find --narrow) was built from where the earlier
 # sets' damaging plants lie among their sites' channel sizes; from the whole grid
 KEPT_SEED = 27
-# the reserve set: drawn on 2026-12-07 (second session), after the narrow screen's floor (find
+# the reserve set: drawn on 2026-12-07 (fifth session), after the narrow screen's floor (find
 # --narrow-floor) was chosen and the screen made method outlier's default with it, from the restoring scales
 # of the earlier sets' damaging plants; from the whole grid
 RESERVE_SEED = 28
