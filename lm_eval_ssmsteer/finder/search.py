@@ -90,8 +90,9 @@ RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clip
 NARROW_COUNTS = (1, 2, 4, 8, 16)  # the narrow screen: a narrow pair's smallest k channels, k up to a quarter
 NARROW_WIDTH = 64  # method outlier's narrow screen by default: the sites at most this many channels wide
 # the narrow screen tries a pair's smallest k channels only if restoring them to the median channel takes
-# at least this scale: channels less than this far below the median are not damped enough to restore, and
-# in an undamaged narrow site (ref-mamba1's B and C: at most x2.9) nothing is left to evaluate
+# at least this scale: channels less than this far below the median are not damped enough to restore, and in
+# an undamaged narrow site (ref-mamba1's B and C: at most x3.5 on the survey's documents) nothing is left
+# to evaluate
 NARROW_FLOOR = 4.0
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
