@@ -309,6 +309,10 @@ def gpt2_dir(tmp_path_factory):
         (["--method", "probe", "--blocks", "8"], "--blocks 8 with --method probe; allowed with causal and"),
         (["--max-scale", "7"], "--max-scale: 7; allowed: a whole number from 8 to 100"),
         (["--max-scale", "101"], "--max-scale: 101; allowed: a whole number from 8 to 100"),
+        (["--narrow", "-1"], "--narrow: -1; allowed: a whole number of channels, 0 (off) or more"),
+        (["--method", "causal", "--narrow", "16"], "--narrow: 16 with method 'causal'; allowed with method"),
+        (["--narrow-floor", "-1"], "--narrow-floor: -1.0; allowed: a number >= 0"),
+        (["--narrow-floor", "nan"], "--narrow-floor: nan; allowed: a number >= 0"),
         (
             ["--validate-choice", "paired"],
             "--validate-choice paired chooses among validated pairs; allowed with --validate-top 2 or more",

@@ -890,12 +890,12 @@ def _narrow_screen(
     channel (clipped to RESTORE_LIMIT), for each k where that scale is at least ``floor``. In a narrow
     site a damped set can be the smallest channels yet not low outliers: a few channels give the median
     absolute deviation little to stand on, and a site's natural spread is wide (issue 22's survey: the
-    damped heads of Mamba-2's Δ, Mamba-1's B and C). Pairs
-    are told apart by their sizes, not their attribution: Mamba-1's B and C steer alike (y sums C_n h_n,
-    h_n linear in B_n), but a damage shows in the sizes of the one it sits in; a pair whose plan equals
-    one of its layer's before it is skipped, and so is a pair with no count left. One screened row per
-    pair (source ``narrow``, its best point's channels smallest first) and the raw record of each pair's
-    best point."""
+    damped heads of Mamba-2's Δ, Mamba-1's B and C). Pairs are told apart by their sizes, not their
+    attribution: Mamba-1's B and C steer alike (y sums C_n h_n, h_n linear in B_n), but a damage shows in
+    the sizes of the one it sits in; a pair whose plan equals one of its layer's before it is skipped, and
+    so is a pair with no count left. One screened row per pair (source ``narrow``, its best point's
+    channels smallest first) and the raw record: the width, the floor, the pairs at most that wide, and
+    each screened pair's best point."""
     plans: dict[Pair, list[tuple[list[int], float]]] = {}
     narrow_pairs = sorted(p for p in rankings if arch.site_width(p[1]) <= width)
     for pair in narrow_pairs:
