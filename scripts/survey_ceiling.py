@@ -186,7 +186,12 @@ def table(rows: list[dict], find: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folders", nargs="*", type=Path, help="survey folders (settings.json and plants/)")
-    ap.add_argument("--find", default="outlier", help="the find option to examine (default: outlier)")
+    ap.add_argument(
+        "--find",
+        default="outlier",
+        help="the find option to examine, as the plant files name it (default: outlier, find's default "
+        "before its narrow screen; today's default is outlier:narrow=64:narrow_floor=4)",
+    )
     ap.add_argument("--min-damage", type=float, default=0.10, help="plants damaged at least this much")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="also write the rows as JSON")

@@ -83,24 +83,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def narrow_plans(sizes: dict, pair: tuple[int, str], planted: set[int], width: int, floors) -> dict:
     """The narrow screen's plan fields of one plant (the module docstring), from its pairs' channel sizes."""
-    from lm_eval_ssmsteer.finder import magnitude
-    from lm_eval_ssmsteer.finder.search import _narrow_counts
+    from lm_eval_ssmsteer.finder.search import narrow_plan
 
-    plans = {}
-    for q, size in sizes.items():
-        if len(size) > width:
-            continue
-        log_size = magnitude.log_size(size)
-        order = log_size.argsort().tolist()
-        plans[q] = [
-            (k, magnitude.restoring_scale(log_size, order[:k]), order[:k]) for k in _narrow_counts(log_size)
-        ]
-    points = [restore for plan in plans.values() for _, restore, _ in plan]
-    others = [restore for q, plan in plans.items() if q != pair for _, restore, _ in plan]
+    plans = {q: narrow_plan(size) for q, size in sizes.items() if len(size) <= width}
+    points = [restore for plan in plans.values() for _, restore in plan]
+    others = [restore for q, plan in plans.items() if q != pair for _, restore in plan]
     return {
         "narrow_plan": [
-            [k, round(restore, 2), len(planted & set(channels))]
-            for k, restore, channels in plans.get(pair, [])
+            [len(channels), round(restore, 2), len(planted & set(channels))]
+            for channels, restore in plans.get(pair, [])
         ],
         "narrow_other_max": round(max(others), 2) if others else None,
         "narrow_points": len(points),

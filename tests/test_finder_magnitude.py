@@ -13,8 +13,7 @@ from tqdm.auto import tqdm
 
 from lm_eval_ssmsteer.finder import find
 from lm_eval_ssmsteer.finder import search as finder_search
-from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_outliers, restoring_scale
-from lm_eval_ssmsteer.finder.magnitude import log_size as log_size_of
+from lm_eval_ssmsteer.finder.magnitude import channel_rms, channel_size, low_outliers
 from lm_eval_ssmsteer.finder.methods import evaluate
 from lm_eval_ssmsteer.mamba.arch import describe_model, mamba_mixers
 from lm_eval_ssmsteer.mamba.fastscan import use_fast_scan
@@ -377,11 +376,11 @@ def test_block_screen_scores_every_block_of_every_pair_and_refines_the_best_two(
 def test_narrow_counts_are_the_powers_of_two_up_to_a_quarter_and_the_widest_gap():
     sizes = torch.ones(16)
     sizes[[2, 7, 11]] = 0.01  # three tiny channels, then a step: 3 joins 1, 2, 4
-    assert finder_search._narrow_counts(sizes.log()) == [1, 2, 3, 4]
+    assert finder_search.narrow_counts(sizes.log()) == [1, 2, 3, 4]
     sizes[[0, 5, 9]] = 0.01  # six: the step lies past a quarter of the site, the gaps before it are 0
-    assert finder_search._narrow_counts(sizes.log()) == [1, 2, 4]
-    assert finder_search._narrow_counts(torch.zeros(3)) == [1]  # a quarter of 3 is below 1: one channel
-    assert finder_search._narrow_counts(torch.arange(64.0)) == [1, 2, 4, 8, 16]
+    assert finder_search.narrow_counts(sizes.log()) == [1, 2, 4]
+    assert finder_search.narrow_counts(torch.zeros(3)) == [1]  # a quarter of 3 is below 1: one channel
+    assert finder_search.narrow_counts(torch.arange(64.0)) == [1, 2, 4, 8, 16]
 
 
 def test_narrow_screen_restores_the_smallest_channels_of_a_narrow_site_that_are_not_outliers():
@@ -419,9 +418,7 @@ def test_narrow_screen_restores_the_smallest_channels_of_a_narrow_site_that_are_
     assert raw["pairs"] == len(narrow_pairs) == len(pairs)
 
     def deepest(pair):  # the largest restoring scale among the counts the screen plans for the pair
-        log_size = log_size_of(sizes[pair])
-        order = log_size.argsort().tolist()
-        return max(restoring_scale(log_size, order[:k]) for k in finder_search._narrow_counts(log_size))
+        return max(restore for _, restore in finder_search.narrow_plan(sizes[pair]))
 
     screened = {p for p in narrow_pairs if deepest(p) >= 4}
     assert (1, "C") in screened and set(raw["best"]) == {f"{p[0]}/{p[1]}" for p in screened}

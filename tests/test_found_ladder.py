@@ -25,14 +25,15 @@ def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(out), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
             "--finds", "outlier"]  # fmt: skip
+    name = "outlier:narrow=64:narrow_floor=4"  # the default find, named by every option that is on
     assert main(args) == 0
     capsys.readouterr()
     record = json.loads((out / "plants" / "D01.json").read_text())
-    found = record["finds"]["outlier"]
+    found = record["finds"][name]
     assert found["written"], "the tiny random model's outlier find writes a spec (a fixed seed)"
     written = found["found"]["scale"]
     rows_file = tmp_path / "ladder.json"
-    assert ladder.main([str(out), "--find", "outlier", "--plants", "D01", "--scales", str(written), "2",
+    assert ladder.main([str(out), "--find", name, "--plants", "D01", "--scales", str(written), "2",
                         "--out", str(rows_file)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     rows = json.loads(rows_file.read_text())
@@ -47,7 +48,7 @@ def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same
     assert "| D01 |" in printed and f"x{written:g} (written)" in printed
     # bad names stop before the model loads, even after a good one
     monkeypatch.setattr(ladder, "rebuild_survey", lambda *a: pytest.fail("the model loaded"))
-    with pytest.raises(SystemExit, match="find 'causal' was not run; recorded: outlier"):
+    with pytest.raises(SystemExit, match=f"find 'causal' was not run; recorded: {name}"):
         ladder.main([str(out), "--find", "causal", "--plants", "D01"])
     with pytest.raises(SystemExit, match="no plant 'D99'"):
-        ladder.main([str(out), "--find", "outlier", "--plants", "D01", "D99"])
+        ladder.main([str(out), "--find", name, "--plants", "D01", "D99"])

@@ -859,7 +859,7 @@ def check_narrow(narrow: object, method: str, field: str = "narrow") -> int:
     return narrow
 
 
-def _narrow_counts(log_size: torch.Tensor) -> list[int]:
+def narrow_counts(log_size: torch.Tensor) -> list[int]:
     """How many of a pair's smallest channels the narrow screen restores: each NARROW_COUNTS up to a
     quarter of the site (at least 1), and the count just below the widest gap between consecutive sizes
     there (where a damped set ends, when it ends in a step)."""
@@ -869,6 +869,15 @@ def _narrow_counts(log_size: torch.Tensor) -> list[int]:
     if ordered.numel() > limit:
         counts.add(int((ordered[1 : limit + 1] - ordered[:limit]).argmax()) + 1)
     return sorted(counts)
+
+
+def narrow_plan(size: torch.Tensor) -> list[tuple[list[int], float]]:
+    """A narrow pair's plan from its channel sizes (``finder.magnitude``): for each count the narrow screen
+    tries (``narrow_counts``), that many of its smallest channels and the scale that restores them, by
+    geometric mean, to the median channel, unclipped."""
+    log_size = magnitude.log_size(size)
+    order = log_size.argsort().tolist()
+    return [(order[:k], magnitude.restoring_scale(log_size, order[:k])) for k in narrow_counts(log_size)]
 
 
 def _clipped_restore(restore: float) -> float:
@@ -886,7 +895,7 @@ def _narrow_screen(
     floor: float = NARROW_FLOOR,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The narrow screen: every pair of a site at most ``width`` channels wide has its smallest k channels
-    (``_narrow_counts``) amplified by the scale that restores them, by geometric mean, to the pair's median
+    (``narrow_plan``) amplified by the scale that restores them, by geometric mean, to the pair's median
     channel (clipped to RESTORE_LIMIT), for each k where that scale is at least ``floor``. In a narrow
     site a damped set can be the smallest channels yet not low outliers: a few channels give the median
     absolute deviation little to stand on, and a site's natural spread is wide (issue 22's survey: the
@@ -899,11 +908,7 @@ def _narrow_screen(
     plans: dict[Pair, list[tuple[list[int], float]]] = {}
     narrow_pairs = sorted(p for p in rankings if arch.site_width(p[1]) <= width)
     for pair in narrow_pairs:
-        log_size = magnitude.log_size(sizes[pair])
-        order = log_size.argsort().tolist()
-        restores = [
-            (order[:k], magnitude.restoring_scale(log_size, order[:k])) for k in _narrow_counts(log_size)
-        ]
+        restores = narrow_plan(sizes[pair])
         plan = [(channels, _clipped_restore(restore)) for channels, restore in restores if restore >= floor]
         if plan and not any(q[0] == pair[0] and plans[q] == plan for q in plans):
             plans[pair] = plan
