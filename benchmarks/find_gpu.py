@@ -376,7 +376,7 @@ def table(doc: dict) -> str:
             f"{f['batches_last_layer']} / {f['batches_first_layer']}",
         ),
         ("find: sweep points / verified channels", f"{f['sweep_points']} / {f['verified_channels']}"),
-        *([narrow_row(doc)] if narrow_row(doc) else []),
+        *filter(None, [narrow_row(doc)]),
         ("find: chosen", f"layer {f['chosen'].get('layer')} {f['chosen'].get('site')}"),
         ("leave-one-out: budget", f"{loo['budget_seconds']:.1f} s (ran {loo['seconds']:.1f} s)"),
         (

@@ -180,33 +180,21 @@ class FindOption:
         return name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
 
 
-def _max_scale_allowed(value: int) -> bool:
-    from lm_eval_ssmsteer.finder.search import FinderError, check_max_scale
+def _passes(check: str, *args) -> bool:
+    """Whether find's own check (``finder.search.<check>``, where its rule lives) accepts ``args``."""
+    from lm_eval_ssmsteer.finder import search
 
     try:
-        check_max_scale(value)
-    except FinderError:
+        getattr(search, check)(*args)
+    except (ValueError, search.FinderError):
         return False
     return True
 
 
-def _narrow_allowed(value: int, method: str) -> bool:
-    from lm_eval_ssmsteer.finder.search import FinderError, check_narrow
-
+def _as_float(text: str) -> float | None:
     try:
-        check_narrow(value, method)
-    except FinderError:
-        return False
-    return True
-
-
-def _narrow_floor(value: str, method: str) -> float | None:
-    """``value`` as a narrow_floor (method outlier only), or None where it is not one."""
-    from lm_eval_ssmsteer.finder.search import FinderError, check_narrow_floor
-
-    try:
-        return check_narrow_floor(float(value)) if method == "outlier" else None
-    except (ValueError, FinderError):
+        return float(text)
+    except ValueError:
         return None
 
 
@@ -236,13 +224,13 @@ def parse_find(text: str) -> FindOption:
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
-        number = number or (key == "max_scale" and value.isdigit() and _max_scale_allowed(int(value)))
-        number = number or (key == "narrow" and value.isdigit() and _narrow_allowed(int(value), method))
+        number = number or (key == "max_scale" and value.isdigit() and _passes("check_max_scale", int(value)))
+        narrow = key == "narrow" and value.isdigit()
+        number = number or (narrow and _passes("check_narrow", int(value), method))
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
-        floor = _narrow_floor(value, method) if key == "narrow_floor" else None
-        if floor is not None:
-            values[key] = floor
+        if key == "narrow_floor" and method == "outlier" and _passes("check_narrow_floor", _as_float(value)):
+            values[key] = float(value)
             continue
         if not (number or order or choice):
             raise argparse.ArgumentTypeError(
