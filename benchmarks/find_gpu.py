@@ -46,6 +46,7 @@ from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, VALIDATE_CH
 from lm_eval_ssmsteer.finder.search import (
     NARROW_FLOOR,
     FinderError,
+    check_grow,
     check_max_scale,
     check_narrow,
     check_narrow_floor,
@@ -110,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-scale", type=int, default=8, help="find's --max-scale S (default 8, as find's)"
     )
+    parser.add_argument(
+        "--grow", type=int, default=0, help="find's --grow ROUNDS (default 0, off, as find's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for the loop")
@@ -123,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_narrow(args.narrow, args.method, "--narrow")
         check_narrow_floor(args.narrow_floor, "--narrow-floor")
         check_max_scale(args.max_scale, "--max-scale")
+        check_grow(args.grow, "--grow")
         check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     except FinderError as err:
         parser.error(str(err))
@@ -336,6 +341,8 @@ def find_label(doc: dict) -> str:
         label += f", --validate-top {f['validate_top']} --validate-choice {f['validate_choice']}"
     if f.get("max_scale", 8) != 8:
         label += f", --max-scale {f['max_scale']}"
+    if f.get("grow"):
+        label += f", --grow {f['grow']}"
     if f.get("blocks"):
         label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
     narrow, floor = f.get("narrow", 0), f.get("narrow_floor", 0)  # a record from before the floor had none
@@ -448,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
         validate_top=args.validate_top,
         validate_choice=args.validate_choice,
         max_scale=args.max_scale,
+        grow=args.grow,
         progress=False,
         validation=validation,
     )
@@ -511,6 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
             "validate_top": args.validate_top,
             "validate_choice": args.validate_choice,
             "max_scale": args.max_scale,
+            "grow": args.grow,
+            "grown": scores.get("raw", {}).get("grow"),
             "block_pairs_screened": len(scores.get("raw", {}).get("blocks", {}).get("best_loss", {})),
             "narrow_pairs_screened": len(scores.get("raw", {}).get("narrow", {}).get("best", {})),
             "narrow_pairs": scores.get("raw", {}).get("narrow", {}).get("pairs", 0),

@@ -147,7 +147,13 @@ def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monk
     bench.main([*TINY, "--method", "outlier", "--narrow-floor", "0", "--out", str(out)])
     assert seen["narrow_floor"] == 0 and seen["result"].scores["raw"]["narrow"]["floor"] == 0
     assert "find (outlier, --narrow-floor 0, all sites)" in bench.table(json.loads(out.read_text()))
+    bench.main([*TINY, "--method", "outlier", "--grow", "2", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert seen["grow"] == 2 and doc["find"]["grow"] == 2
+    assert doc["find"]["grown"] == seen["result"].scores["raw"]["grow"]
+    assert "find (outlier, --grow 2, all sites)" in bench.table(doc)
     for bad in (
+        ["--grow", "-1"],
         ["--max-scale", "7"],
         ["--validate-choice", "paired"],
         ["--validate-top", "0"],

@@ -306,6 +306,7 @@ def gpt2_dir(tmp_path_factory):
         (["--validate-top", "0"], "--validate-top: 0 is too small; allowed: an integer >= 1"),
         (["--descend", "-1"], "--descend: -1 is too small; allowed: an integer >= 0"),
         (["--blocks", "-1"], "--blocks: -1 is too small; allowed: an integer >= 0"),
+        (["--grow", "-1"], "--grow: -1 is too small; allowed: an integer >= 0"),
         (["--method", "probe", "--blocks", "8"], "--blocks 8 with --method probe; allowed with causal and"),
         (["--max-scale", "7"], "--max-scale: 7; allowed: a whole number from 8 to 100"),
         (["--max-scale", "101"], "--max-scale: 101; allowed: a whole number from 8 to 100"),

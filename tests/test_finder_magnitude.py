@@ -444,3 +444,71 @@ def test_narrow_screen_restores_the_smallest_channels_of_a_narrow_site_that_are_
         find(model, calibration, narrow=-1, progress=False)
     with pytest.raises(Exception, match="allowed with method outlier only"):
         find(model, calibration, method="causal", narrow=16, progress=False)
+
+
+def test_grow_adds_the_damped_channels_the_gradient_at_the_repaired_point_asks_for():
+    # a x0.1 plant of 8 mixer_out channels, and a point that has undone one of them (what the sweep finds on
+    # ref-mamba1's wide-site plants: docs/finder.md, "Grow"): the gradient there, over the channel sizes,
+    # names the other seven, and nothing else
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    pair = (0, "mixer_out")
+    with use_fast_scan():
+        intact = evaluate(model, calibration.batches()).loss
+        channels = plant(model, *pair, 8, 0.1, seed=8)
+        batches = list(calibration.batches())
+        arch = describe_model(model)
+        sweep = finder_search._Sweep(model, batches, arch, {}, lambda *a: None)
+        start = sweep.run_channels(pair, "amplify", channels[:1], 10.0, "sweep")
+        sweep.run_channels(pair, "damp", channels[1:3], 0.0, "sweep")  # no point to grow from: damping
+        grown = finder_search._grow(
+            model, batches, arch, sweep, 3, 32, finder_search._Progress(False), sizes={}
+        )
+    assert grown["from"] == channels[:1] and grown["scale"] == 10.0
+    assert sorted(grown["channels"]) == channels, (grown, channels)
+    assert grown["loss"]["end"] < 1.05 * intact < 0.5 * start["loss"]
+    assert 1 <= grown["rounds"] <= 3
+    grew = [point for point in sweep.curve if point["stage"] == "grow"]
+    assert grew and all(set(point["channels"]) > set(channels[:1]) for point in grew)
+    assert min(point["loss"] for point in grew) == grown["loss"]["end"]
+    assert all(point["scale"] == 10.0 for point in grew)
+    # the rounds stop when no addition lowers the loss: the last one grew nothing
+    assert len(grew) <= grown["rounds"] * len(finder_search.GROW_COUNTS)
+
+
+def test_grow_ranks_the_outside_channels_by_gradient_over_size_not_by_gradient():
+    # the raw gradient of a damped channel shrinks with it: ranked by it, the same start grows by nothing
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    pair = (0, "mixer_out")
+    with use_fast_scan():
+        channels = plant(model, *pair, 8, 0.1, seed=8)
+        batches = list(calibration.batches())
+        arch = describe_model(model)
+        ones = {pair: torch.ones(arch.site_width("mixer_out"))}  # every channel the same size
+        sweep = finder_search._Sweep(model, batches, arch, {}, lambda *a: None)
+        start = sweep.run_channels(pair, "amplify", channels[:1], 10.0, "sweep")
+        grown = finder_search._grow(model, batches, arch, sweep, 3, 32, finder_search._Progress(False), ones)
+    assert grown["loss"]["end"] > 0.5 * start["loss"], grown
+    assert len(set(grown["channels"]) & set(channels)) < len(channels)
+
+
+def test_find_records_grow_and_checks_it():
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    with use_fast_scan():
+        plant(model, 0, "mixer_out", 8, 0.1, seed=8)
+        result = find(model, calibration, grow=2, progress=False)
+        plain = find(model, calibration, progress=False)
+    scores = result.scores
+    assert scores["grow"] == 2 and result.spec.to_dict()["provenance"]["grow"] == 2
+    raw = scores["raw"]["grow"]
+    best = min((p for p in plain.scores["sweep"] if p["scale"] > 1), key=lambda p: p["loss"])
+    assert (raw["layer"], raw["site"], raw["from"]) == (best["layer"], best["site"], best["channels"])
+    assert raw["loss"]["end"] <= raw["loss"]["start"] == best["loss"]
+    assert result.best.loss <= min(raw["loss"]["end"], plain.best.loss)
+    assert plain.scores["grow"] == 0 and "grow" not in plain.scores["raw"]
+    assert "grow" not in plain.spec.to_dict()["provenance"]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(Exception, match=f"grow: {bad!r}"):
+            find(model, calibration, grow=bad, progress=False)

@@ -284,6 +284,9 @@ def test_find_options_parse_and_name_themselves():
     assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50" + on
     assert survey.parse_find("causal:max_scale=8").name == "causal"
     assert survey.parse_find("causal:narrow=0").name == "causal"
+    option = survey.parse_find("outlier:grow=3")
+    assert (option.grow, option.name) == (3, "outlier" + on + ":grow=3")
+    assert survey.parse_find("causal:grow=2:validate=2").name == "causal:validate=2:grow=2"
     option = survey.parse_find("outlier:narrow=64:choice=paired:validate=6:narrow_floor=0")
     assert (option.narrow, option.name) == (64, "outlier:validate=6:choice=paired:narrow=64")
     for bad in (
@@ -300,6 +303,9 @@ def test_find_options_parse_and_name_themselves():
         "causal:validate=0",
         "outlier:descend=0",
         "outlier:descend=x",
+        "outlier:grow=0",
+        "outlier:grow=-1",
+        "outlier:grow=x",
         "causal:depth=2",
         "causal:screen=x",
         "nope",

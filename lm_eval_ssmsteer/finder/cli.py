@@ -110,6 +110,7 @@ def run(args: argparse.Namespace):
         ("--verify", args.verify, 0),
         ("--descend", args.descend, 0),
         ("--blocks", args.blocks, 0),
+        ("--grow", args.grow, 0),
         ("--validation-docs-per-task", args.validation_docs_per_task, 0),
         ("--max-channels", args.max_channels, 1),
     ):
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace):
         max_scale=args.max_scale,
         narrow=args.narrow,
         narrow_floor=args.narrow_floor,
+        grow=args.grow,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -319,6 +321,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="R",
         help="the narrow screen tries a count of channels only where restoring them to the median channel "
         f"takes a scale of at least R (default {NARROW_FLOOR:g}; 0: every count)",
+    )
+    p.add_argument(
+        "--grow",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="after the sweep, up to this many rounds from its best point: a gradient there, then the 1, 2, "
+        "4, 8 outside channels it asks up most added at the point's scale, the best kept while it lowers "
+        "the loss (default 0: off; docs/finder.md, 'Grow')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

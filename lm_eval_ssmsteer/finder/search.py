@@ -94,6 +94,10 @@ NARROW_WIDTH = 64  # method outlier's narrow screen by default: the sites at mos
 # an undamaged narrow site (ref-mamba1's B and C: at most x3.5 on the survey's documents) nothing is left
 # to evaluate
 NARROW_FLOOR = 4.0
+# grow (an option): from the sweep's best amplifying point, rounds of a gradient at that point and the
+# outside channels it asks up most added at the point's scale, GROW_COUNTS of them, each evaluated; a damage
+# spread over many channels of a wide site whose largest part is carried by one or two (the sweep's point)
+GROW_COUNTS = (1, 2, 4, 8)
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -252,6 +256,7 @@ def find(
     max_scale: int = 8,
     narrow: int | None = None,
     narrow_floor: float = NARROW_FLOOR,
+    grow: int = 0,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -278,7 +283,10 @@ def find(
     those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``; None: the
     method's default, ``default_narrow``): a narrow screen (``_narrow_screen``) beside the others, each
     pair of a site at most W channels wide with its smallest channels restored to the median channel,
-    whether or not they are outliers, where that takes a scale of at least ``narrow_floor``."""
+    whether or not they are outliers, where that takes a scale of at least ``narrow_floor``. ``grow`` N > 0:
+    after the sweep (and the descent), up to N rounds from its best amplifying point (``_grow``): a gradient
+    at that point, then the 1, 2, 4, 8 outside channels it asks up most added at the point's scale; the best
+    addition is kept while it lowers the loss."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)
@@ -290,6 +298,7 @@ def find(
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
     if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
+    check_grow(grow)
     narrow = check_narrow(default_narrow(method) if narrow is None else narrow, method)
     check_narrow_floor(narrow_floor)
     wide = wide_scales(max_scale)
@@ -309,6 +318,7 @@ def find(
         screened: list[dict[str, Any]] = []
         reordered: set[Pair] = set()  # pairs whose channel order now comes from their sizes or raw gradient
         outliers: dict[Pair, magnitude.Outliers] = {}
+        sizes: dict[Pair, torch.Tensor] = {}  # channel sizes, where a method measures them
         if method in ("causal", "outlier"):
             shortlist = _distinct_best(rankings, max(screen, candidates))
             # outlier also screens the pairs with the steepest single channel, at x8 as well: a damage
@@ -440,6 +450,8 @@ def find(
                     for scale in DESCEND_SCALES if channels else ():
                         with sweep.quiet():
                             sweep.run_channels(pair, "amplify", channels, scale, "descend")
+        if grow:
+            raw["grow"] = _grow(model, batches, arch, sweep, grow, max_channels, bars, sizes)
         if wide:
             _ladder(sweep, base.loss, max(1, validate_top), wide, bars)
         curve = sweep.curve
@@ -561,6 +573,7 @@ def find(
         **({"blocks": blocks} if blocks else {}),
         **({"max_scale": max_scale} if wide else {}),
         **({"narrow": {"width": narrow, "floor": narrow_floor}} if narrow else {}),
+        **({"grow": grow} if grow else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -605,6 +618,7 @@ def find(
         "max_scale": max_scale,
         "narrow": narrow,
         "narrow_floor": narrow_floor if narrow else None,
+        "grow": grow,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -1052,6 +1066,76 @@ def _coordinate(
         current = {"channels": move, "loss": point["loss"]}
         order = move
     return {**current, "order": order}
+
+
+def check_grow(grow: object, field: str = "grow") -> int:
+    """``grow``'s rule: a whole number of rounds, 0 (off) or more."""
+    if isinstance(grow, bool) or not isinstance(grow, int) or grow < 0:
+        raise FinderError(f"{field}: {grow!r}; allowed: a whole number of rounds, 0 (off) or more")
+    return grow
+
+
+def _grow(
+    model,
+    batches,
+    arch: ArchInfo,
+    sweep: _Sweep,
+    rounds: int,
+    max_channels: int,
+    bars: _Progress,
+    sizes: dict[Pair, torch.Tensor],
+) -> dict[str, Any] | None:
+    """Up to ``rounds`` rounds from the sweep's best amplifying point (its channels at its scale): one
+    gradient at the current point, then the GROW_COUNTS outside channels that ask up most added at the same
+    scale, each evaluated; the best addition is kept if it lowers the loss, else the rounds stop. Outside
+    channels are ranked by their gradient over their size (most negative first; only those whose gradient is
+    below zero): a damped channel's gradient shrinks with its activation, the ratio does not. Where a damage
+    is spread over many channels but the sweep found the one or two that carry most of it, the gradient at
+    the repaired point names the others (docs/finder.md, 'Grow'). ``sizes``: channel sizes already measured
+    (method outlier's); the pair's are measured here if missing. Every point evaluated joins the sweep's
+    curve (stage ``grow``). Returns what it did, for the raw scores (None: no amplifying point)."""
+    amplifying = [point for point in sweep.curve if point["scale"] > 1]
+    if not amplifying:
+        return None
+    start = min(amplifying, key=lambda point: point["loss"])
+    pair, scale = (start["layer"], start["site"]), start["scale"]
+    width = arch.site_width(pair[1])
+    size = sizes[pair] if pair in sizes else _sizes(model, batches, arch, [pair], bars)[pair]
+    current = {"channels": list(start["channels"]), "loss": start["loss"]}
+    taken = 0  # rounds with a gradient
+    with bars.phase("grow", rounds, "round"):
+        while taken < rounds and len(current["channels"]) < min(width, max_channels):
+            taken += 1
+            factor = torch.ones(width)
+            factor[current["channels"]] = scale
+            grad = methods.gradient_at(model, batches, pair, factor, sweep.start(pair[0]))
+            inside = set(current["channels"])
+            ratio = grad / size.float().clamp(min=1e-30)
+            wanted = [c for c in ratio.argsort().tolist() if c not in inside and grad[c] < 0]
+            room = max_channels - len(inside)
+            counts = [k for k in GROW_COUNTS if k <= min(room, len(wanted))]
+            with sweep.quiet():  # the bar counts rounds here, not configurations
+                points = [
+                    sweep.run_channels(pair, "amplify", current["channels"] + wanted[:k], scale, "grow")
+                    for k in counts
+                ]
+            bars.advance(f"layer {pair[0]} {pair[1]}")
+            better = [point for point in points if point["loss"] < current["loss"]]
+            if not better:
+                break
+            point = min(better, key=lambda point: point["loss"])
+            current = {"channels": point["channels"], "loss": point["loss"]}
+        for _ in range(rounds - taken):
+            bars.advance(f"layer {pair[0]} {pair[1]}: stopped")
+    return {
+        "layer": pair[0],
+        "site": pair[1],
+        "scale": scale,
+        "from": list(start["channels"]),
+        "channels": current["channels"],
+        "loss": {"start": start["loss"], "end": current["loss"]},
+        "rounds": taken,
+    }
 
 
 def _distinct_best(rankings: dict[Pair, Ranking], n: int) -> list[Pair]:

@@ -151,10 +151,10 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
     outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W,
-    outlier:narrow_floor=R. The fields' defaults are the options off, and ``name`` writes every field that
-    is not, so a name means the same find whatever find's defaults are: ``parse_find`` gives method
-    outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off (narrow=0); a
-    plant file's ``outlier`` from before that default ran without it."""
+    outlier:narrow_floor=R, METHOD:grow=N. The fields' defaults are the options off, and ``name`` writes
+    every field that is not, so a name means the same find whatever find's defaults are: ``parse_find``
+    gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off
+    (narrow=0); a plant file's ``outlier`` from before that default ran without it."""
 
     method: str
     screen: int = 3
@@ -166,6 +166,7 @@ class FindOption:
     max_scale: int = 8
     narrow: int = 0
     narrow_floor: float = 0.0
+    grow: int = 0
 
     @property
     def name(self) -> str:
@@ -177,7 +178,8 @@ class FindOption:
         name = name if self.blocks == 0 else f"{name}:blocks={self.blocks}"
         name = name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
         name = name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
-        return name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
+        name = name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
+        return name if self.grow == 0 else f"{name}:grow={self.grow}"
 
 
 def _passes(check: str, *args) -> bool:
@@ -200,9 +202,9 @@ def _as_float(text: str) -> float | None:
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    [:max_scale=S][:narrow=W][:narrow_floor=R] (order, narrow and narrow_floor: method outlier only, whose
-    narrow screen is on unless narrow=0; blocks: methods causal and outlier; choice: with validate=N, N > 1;
-    S from 8 to MAX_SCALE_LIMIT)."""
+    [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N] (order, narrow and narrow_floor: method outlier
+    only, whose narrow screen is on unless narrow=0; blocks: methods causal and outlier; choice: with
+    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT, NARROW_FLOOR, default_narrow
 
@@ -217,10 +219,11 @@ def parse_find(text: str) -> FindOption:
         "max_scale": 8,
         "narrow": default_narrow(method),
         "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
+        "grow": 0,
     }
     for option in options:
         key, _, value = option.partition("=")
-        number = key in ("screen", "validate", "descend") and value.isdigit() and int(value) >= 1
+        number = key in ("screen", "validate", "descend", "grow") and value.isdigit() and int(value) >= 1
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
@@ -234,8 +237,8 @@ def parse_find(text: str) -> FindOption:
             continue
         if not (number or order or choice):
             raise argparse.ArgumentTypeError(
-                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N "
-                f"(N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
+                f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N, "
+                f"METHOD:grow=N (N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
                 f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 0; 0: off), "
                 "outlier:narrow_floor=R (R >= 0), or several joined by ':'"
@@ -352,6 +355,7 @@ def measure_plant(
             max_scale=option.max_scale,
             narrow=option.narrow,
             narrow_floor=option.narrow_floor,
+            grow=option.grow,
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -385,6 +389,7 @@ def measure_plant(
             "descended": result.scores["raw"].get("descend"),
             "blocks": result.scores["raw"].get("blocks"),
             **({"narrow": result.scores["raw"]["narrow"]} if "narrow" in result.scores["raw"] else {}),
+            **({"grow": result.scores["raw"]["grow"]} if "grow" in result.scores["raw"] else {}),
             "steered": scored(result.spec) if iv.scale != 1.0 else None,
             "random": control,
         }
@@ -683,7 +688,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
-        help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S], "
+        help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S]"
+        "[:grow=N], "
         "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
         ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",
