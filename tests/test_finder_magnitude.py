@@ -493,6 +493,18 @@ def test_grow_ranks_the_outside_channels_by_gradient_over_size_not_by_gradient()
     assert len(set(grown["channels"]) & set(channels)) < len(channels)
 
 
+def test_grown_is_the_end_point_only_where_grow_added_channels():
+    def point(stage, channels, scale=8.0, layer=1, site="ssm_out"):
+        return {"stage": stage, "layer": layer, "site": site, "channels": channels, "scale": scale}
+
+    curve = [point("sweep", [3]), point("grow", [3, 5]), point("grow", [1, 3, 5])]
+    curve.append(point("grow", [1, 3, 5], 3.0))  # the same channels at another scale
+    record = {"layer": 1, "site": "ssm_out", "scale": 8.0, "from": [3], "channels": [5, 3, 1]}
+    assert finder_search._grown(curve, record) == [curve[2]]
+    assert finder_search._grown(curve, {**record, "channels": [3]}) == []  # grew nothing
+    assert finder_search._grown(curve, None) == []  # grow off, or no amplifying point
+
+
 def test_find_records_grow_and_checks_it():
     model = trained_model()
     calibration = documents(32, seed=1, source="calibration")
@@ -509,6 +521,20 @@ def test_find_records_grow_and_checks_it():
     assert result.best.loss <= min(raw["loss"]["end"], plain.best.loss)
     assert plain.scores["grow"] == 0 and "grow" not in plain.scores["raw"]
     assert "grow" not in plain.spec.to_dict()["provenance"]
+    # with validation documents: grow's end point is one more candidate there, its steps are none
+    with use_fast_scan():
+        validation = documents(32, seed=3, source="validation")
+        checked = find(model, calibration, grow=2, validation=validation, progress=False)
+        unchecked = find(model, calibration, validation=validation, progress=False)
+    grown = checked.scores["raw"]["grow"]
+    assert len(grown["channels"]) > len(grown["from"])  # it grew: the end point is a candidate
+
+    def candidates(result) -> list[tuple]:
+        rows = result.scores["validation"]["candidates"]
+        return [(c["layer"], c["site"], c["k"], c["scale"]) for c in rows]
+
+    end = (grown["layer"], grown["site"], len(grown["channels"]), grown["scale"])
+    assert candidates(checked) == [*candidates(unchecked), end]
     for bad in (-1, 1.5, True):
         with pytest.raises(Exception, match=f"grow: {bad!r}"):
             find(model, calibration, grow=bad, progress=False)

@@ -286,7 +286,9 @@ def find(
     whether or not they are outliers, where that takes a scale of at least ``narrow_floor``. ``grow`` N > 0:
     after the sweep (and the descent), up to N rounds from its best amplifying point (``_grow``): a gradient
     at that point, then the 1, 2, 4, 8 outside channels it asks up most added at the point's scale; the best
-    addition is kept while it lowers the loss."""
+    addition is kept while it lowers the loss. With ``validation``, grow's end point is one more point the
+    validation documents may choose (as another channel count is: only where they call it better and it
+    gains more than the choice), and its steps are not candidates."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)
@@ -460,10 +462,14 @@ def find(
         checked = None
         if validation is not None and improved:
             held_out = [(ids.to(device), labels.to(device)) for ids, labels in validation.batches()]
-            pool = _validation_pool(curve, base.loss, validate_top)
+            # grow's steps are not candidates (each is its start plus a few channels, at counts that would
+            # crowd the other counts out); its end point is one, among the other counts
+            ungrown = [point for point in curve if point["stage"] != "grow"]
+            pool = _validation_pool(ungrown, base.loss, validate_top)
             pairs_pool = len(pool)
             if method == "outlier":  # the channel count too is chosen on the validation documents
-                pool += _other_counts(curve, pool[0], base.loss, VALIDATE_COUNTS)
+                pool += _other_counts(ungrown, pool[0], base.loss, VALIDATE_COUNTS)
+            pool += _grown(curve, raw.get("grow"))
             starts = _Starts(model, held_out, arch)
             with bars.phase("validation", (1 + len(pool)) * len(held_out), "batch"):
                 v_base = methods.per_document(model, held_out, advance=bars.advance)
@@ -677,6 +683,22 @@ def _validation_pool(curve: list[dict[str, Any]], base_loss: float, n: int) -> l
     pool = _best_per_pair([point for point in curve if point["stage"] != "descend"], base_loss, n)
     descended = [point for point in curve if point["stage"] == "descend"]
     return pool + _best_per_pair(descended, base_loss, DESCEND_PAIRS)
+
+
+def _grown(curve: list[dict[str, Any]], grown: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Grow's end point (``_grow``'s record), as one more point the validation documents may choose, where
+    grow added channels; none where it did not run or added nothing."""
+    if not grown or grown["channels"] == grown["from"]:
+        return []
+    pair, channels = (grown["layer"], grown["site"]), sorted(grown["channels"])
+    return [
+        point
+        for point in curve
+        if point["stage"] == "grow"
+        and (point["layer"], point["site"]) == pair
+        and point["channels"] == channels
+        and point["scale"] == grown["scale"]
+    ][:1]
 
 
 def _other_counts(
