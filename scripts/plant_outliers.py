@@ -22,7 +22,9 @@ the channels it amplifies past x1.5 (planted or not) and the loss on the calibra
 TEST documents (``--test-docs`` a task and length) with those channels at each of find's descent scales,
 beside the loss unplanted, planted and with the planted channels undone. With ``--block-screen N`` it
 runs find's block screen (``search._block_screen``, the ``--blocks N`` option) over every distinct pair
-and prints where the planted pair ranks by its best block, and what the refinement kept.
+and prints where the planted pair ranks by its best block, and what the refinement kept. With ``--single N``
+it amplifies each of the planted pair's N largest channels alone at x8 and prints how many lower the
+calibration loss, how many of those are planted, and the loss with the best few of them together.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from lm_eval_ssmsteer.mamba.sites import SITES, same_site
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.studies import survey
 from lm_eval_ssmsteer.studies.damping import plant as plant_damage
+
+PROBE = 8.0  # the single-channel probe's scale (--single)
 
 
 def main() -> int:
@@ -65,12 +69,21 @@ def main() -> int:
     p.add_argument(
         "--block-screen", type=int, default=0, metavar="N", help="run find's block screen, N blocks a pair"
     )
+    p.add_argument(
+        "--single",
+        type=int,
+        default=0,
+        metavar="N",
+        help="probe the planted pair's N largest channels alone at x8",
+    )
     p.add_argument("--test-docs", type=int, default=2, help="TEST documents a task and length (default 2)")
     a = p.parse_args()
     if a.block_screen < 0:
         p.error(f"--block-screen {a.block_screen}: allowed: N >= 1 blocks a pair (0: off)")
     if a.descend < 0 or a.test_docs < 1:
         p.error(f"--descend {a.descend}, --test-docs {a.test_docs}: allowed: STEPS >= 0, documents >= 1")
+    if a.single < 0:
+        p.error(f"--single {a.single}: allowed: N >= 1 channels (0: off)")
     if a.groups < 0:
         p.error(f"--groups {a.groups}: a block holds at least 1 channel (0: no group screening)")
     if a.group_layers and not a.groups:
@@ -137,6 +150,8 @@ def main() -> int:
         _descend(model, data, arch, pl, sorted(planted), a, path)
     if a.block_screen:
         _block_screen(model, batches, arch, pairs, pl, planted, a.block_screen)
+    if a.single:
+        _single(model, batches, pl, planted, sizes[(pl.layer, pl.site)], a.single)
     return 0
 
 
@@ -178,6 +193,35 @@ def _loss(model, batches, spec: SteeringSpec | None) -> float:
     """The calibration loss under ``spec`` (None: unsteered), computed as ``find`` computes it."""
     with fast_scan_if_allowed(model):
         return methods.evaluate(model, batches, spec).loss
+
+
+def _single(model, batches, pl, planted: set[int], size: torch.Tensor, n: int) -> None:
+    """The single-channel probe (``--single N``): each of the planted pair's N largest channels alone at x8,
+    from the layer's cached input; which ones lower the calibration loss, and whether the best of them,
+    together, repair what the planted channels at x8 repair."""
+    start = methods.LayerInputs(model, batches, pl.layer)
+
+    def loss(channels: list[int] | set[int]) -> float:
+        spec = SteeringSpec.single(pl.layer, pl.site, sorted(channels), PROBE) if channels else None
+        with fast_scan_if_allowed(model):
+            return methods.evaluate(model, batches, spec, start).loss
+
+    base = loss([])
+    largest = torch.argsort(size, descending=True)[:n].tolist()
+    gains = {c: base - loss([c]) for c in largest}
+    order = sorted(gains, key=gains.__getitem__, reverse=True)
+    gaining = [c for c in order if gains[c] > 0]
+    print(
+        f"calibration loss planted {base:.4f}, planted channels x{PROBE:g} {loss(planted):.4f}; "
+        f"planted among the {n} largest channels: {len(set(largest) & planted)}"
+    )
+    hits = len(set(gaining) & planted)
+    print(f"alone at x{PROBE:g}, {len(gaining)} of them lower the loss, {hits} planted")
+    print("| the best k by their gain alone, together | planted among them | loss |")
+    print("|---|---|---|")
+    for k in (1, 2, 4, 8, 16):
+        if k <= len(order):
+            print(f"| {k} | {len(set(order[:k]) & planted)} | {loss(order[:k]):.4f} |")
 
 
 def _lift(model, batches, pl, planted: list[int], size: torch.Tensor) -> None:
