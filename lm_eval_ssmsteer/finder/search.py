@@ -95,8 +95,8 @@ NARROW_WIDTH = 64  # method outlier's narrow screen by default: the sites at mos
 # to evaluate
 NARROW_FLOOR = 4.0
 # grow (an option): from the sweep's best amplifying point, rounds of a gradient at that point and the
-# outside channels it asks up most added at the point's scale, GROW_COUNTS of them, each evaluated; a damage
-# spread over many channels of a wide site whose largest part is carried by one or two (the sweep's point)
+# outside channels it asks up most added at the point's scale, GROW_COUNTS of them, each evaluated: for a
+# damage spread over many channels of a wide site whose largest part one or two carry (the sweep's point)
 GROW_COUNTS = (1, 2, 4, 8)
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
