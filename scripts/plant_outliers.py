@@ -189,10 +189,11 @@ def _block_screen(model, batches, arch, pairs, pl, planted: set[int], n: int) ->
         )
 
 
-def _loss(model, batches, spec: SteeringSpec | None) -> float:
-    """The calibration loss under ``spec`` (None: unsteered), computed as ``find`` computes it."""
+def _loss(model, batches, spec: SteeringSpec | None, start: methods.LayerInputs | None = None) -> float:
+    """The calibration loss under ``spec`` (None: unsteered), computed as ``find`` computes it; ``start``:
+    from that cached layer input (``spec`` steers there or later)."""
     with fast_scan_if_allowed(model):
-        return methods.evaluate(model, batches, spec).loss
+        return methods.evaluate(model, batches, spec, start).loss
 
 
 def _single(model, batches, pl, planted: set[int], size: torch.Tensor, n: int) -> None:
@@ -203,8 +204,7 @@ def _single(model, batches, pl, planted: set[int], size: torch.Tensor, n: int) -
 
     def loss(channels: list[int] | set[int]) -> float:
         spec = SteeringSpec.single(pl.layer, pl.site, sorted(channels), PROBE) if channels else None
-        with fast_scan_if_allowed(model):
-            return methods.evaluate(model, batches, spec, start).loss
+        return _loss(model, batches, spec, start)
 
     base = loss([])
     largest = torch.argsort(size, descending=True)[:n].tolist()
