@@ -51,6 +51,7 @@ from lm_eval_ssmsteer.finder.search import (
     check_narrow,
     check_narrow_floor,
     check_validate_choice,
+    default_grow,
     default_narrow,
 )
 
@@ -112,7 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-scale", type=int, default=8, help="find's --max-scale S (default 8, as find's)"
     )
     parser.add_argument(
-        "--grow", type=int, default=0, help="find's --grow ROUNDS (default 0, off, as find's)"
+        "--grow",
+        type=int,
+        default=None,
+        help="find's --grow ROUNDS (default: find's, 3 for outlier and 0 for the other methods)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON file for all numbers")
@@ -124,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--validate-top {args.validate_top}; allowed: an integer >= 1")
     try:  # find's own checks, before the model is built
         args.narrow = default_narrow(args.method) if args.narrow is None else args.narrow
+        args.grow = default_grow(args.method) if args.grow is None else args.grow
         check_narrow(args.narrow, args.method, "--narrow")
         check_narrow_floor(args.narrow_floor, "--narrow-floor")
         check_max_scale(args.max_scale, "--max-scale")
@@ -341,8 +346,9 @@ def find_label(doc: dict) -> str:
         label += f", --validate-top {f['validate_top']} --validate-choice {f['validate_choice']}"
     if f.get("max_scale", 8) != 8:
         label += f", --max-scale {f['max_scale']}"
-    if f.get("grow"):
-        label += f", --grow {f['grow']}"
+    grow = f.get("grow", 0)  # a record from before grow had none, and did not grow
+    if grow != default_grow(method):
+        label += f", --grow {grow}"
     if f.get("blocks"):
         label += f", --blocks {f['blocks']}: {f['block_pairs_screened']} pairs screened"
     narrow, floor = f.get("narrow", 0), f.get("narrow_floor", 0)  # a record from before the floor had none

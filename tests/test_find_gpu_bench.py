@@ -128,6 +128,7 @@ def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monk
     options = ["--validate-top", "3", "--validate-choice", "paired", "--max-scale", "20"]
     bench.main([*TINY, "--method", "outlier", *options, "--out", str(out)])
     assert (seen["validate_top"], seen["validate_choice"], seen["max_scale"]) == (3, "paired", 20)
+    assert seen["grow"] == 3 and seen["result"].scores["raw"]["grow"]  # find's default for outlier
     doc = json.loads(out.read_text())
     assert (doc["find"]["validate_top"], doc["find"]["max_scale"]) == (3, 20)
     label = "find (outlier, --validate-top 3 --validate-choice paired, --max-scale 20, all sites)"
@@ -152,6 +153,13 @@ def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monk
     assert seen["grow"] == 2 and doc["find"]["grow"] == 2
     assert doc["find"]["grown"] == seen["result"].scores["raw"]["grow"]
     assert "find (outlier, --grow 2, all sites)" in bench.table(doc)
+    # outlier grows 3 rounds by default; --grow 0 turns it off, and the label says so
+    bench.main([*TINY, "--method", "outlier", "--grow", "0", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert seen["grow"] == 0 and "grow" not in seen["result"].scores["raw"]
+    assert "find (outlier, --grow 0, all sites)" in bench.table(doc)
+    doc["find"].pop("grow")  # a record from before grow: it did not grow
+    assert "find (outlier, --grow 0, all sites)" in bench.table(doc)
     for bad in (
         ["--grow", "-1"],
         ["--max-scale", "7"],

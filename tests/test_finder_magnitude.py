@@ -511,7 +511,7 @@ def test_find_records_grow_and_checks_it():
     with use_fast_scan():
         plant(model, 0, "mixer_out", 8, 0.1, seed=8)
         result = find(model, calibration, grow=2, progress=False)
-        plain = find(model, calibration, progress=False)
+        plain = find(model, calibration, grow=0, progress=False)
     scores = result.scores
     assert scores["grow"] == 2 and result.spec.to_dict()["provenance"]["grow"] == 2
     raw = scores["raw"]["grow"]
@@ -525,7 +525,7 @@ def test_find_records_grow_and_checks_it():
     with use_fast_scan():
         validation = documents(32, seed=3, source="validation")
         checked = find(model, calibration, grow=2, validation=validation, progress=False)
-        unchecked = find(model, calibration, validation=validation, progress=False)
+        unchecked = find(model, calibration, validation=validation, grow=0, progress=False)
     grown = checked.scores["raw"]["grow"]
     assert len(grown["channels"]) > len(grown["from"])  # it grew: the end point is a candidate
 
@@ -538,3 +538,5 @@ def test_find_records_grow_and_checks_it():
     for bad in (-1, 1.5, True):
         with pytest.raises(Exception, match=f"grow: {bad!r}"):
             find(model, calibration, grow=bad, progress=False)
+    # method outlier grows 3 rounds unless told otherwise, the other methods not at all
+    assert (finder_search.default_grow("outlier"), finder_search.default_grow("causal")) == (3, 0)

@@ -53,7 +53,7 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept", "reserve")]
+    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept", "reserve", "extra")]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -258,36 +258,43 @@ def test_find_options_parse_and_name_themselves():
     assert option.name == "probe:screen=5:validate=3"
     assert survey.parse_find("causal").name == "causal"
     assert survey.parse_find("causal:validate=2").name == "causal:validate=2"
-    # method outlier runs find's narrow screen unless narrow=0; the name writes every option that is on, so
-    # a plant file's "outlier" (recorded before the screen was outlier's default) keeps its meaning
+    # method outlier runs find's narrow screen unless narrow=0, and grows 3 rounds unless grow=0; the name
+    # writes every option that is on, so a plant file's "outlier" (recorded before the screen was outlier's
+    # default) and "outlier:narrow=64:narrow_floor=4" (before grow was) keep their meaning
     on = ":narrow=64:narrow_floor=4"
-    option = survey.parse_find("outlier:validate=2:order=ratio:narrow=0")
+    grown = ":grow=3"
+    option = survey.parse_find("outlier:validate=2:order=ratio:narrow=0:grow=0")
     assert (option.validate, option.order, option.name) == (2, "ratio", "outlier:validate=2:order=ratio")
-    assert survey.parse_find("outlier:order=gradient:narrow=0").name == "outlier"
+    assert survey.parse_find("outlier:order=gradient:narrow=0:grow=0").name == "outlier"
+    assert survey.parse_find("outlier:narrow=0").name == "outlier" + grown
     option = survey.parse_find("outlier")
-    assert (option.narrow, option.narrow_floor, option.name) == (64, 4.0, "outlier" + on)
-    assert survey.parse_find("outlier:narrow=64:narrow_floor=4").name == "outlier" + on
-    assert survey.parse_find("outlier:narrow_floor=0").name == "outlier:narrow=64"  # before the floor
+    assert (option.narrow, option.narrow_floor, option.grow) == (64, 4.0, 3)
+    assert option.name == "outlier" + on + grown
+    assert survey.parse_find("outlier:grow=0").name == "outlier" + on
+    assert survey.parse_find("outlier:narrow=64:narrow_floor=4:grow=3").name == "outlier" + on + grown
+    assert survey.parse_find("outlier:narrow_floor=0:grow=0").name == "outlier:narrow=64"  # before the floor
     assert (
-        survey.parse_find("outlier:narrow=16:narrow_floor=2.5").name == "outlier:narrow=16:narrow_floor=2.5"
+        survey.parse_find("outlier:narrow=16:narrow_floor=2.5:grow=0").name
+        == "outlier:narrow=16:narrow_floor=2.5"
     )
     option = survey.parse_find("outlier:descend=30")
-    assert (option.descend, option.name) == (30, "outlier:descend=30" + on)
-    option = survey.parse_find("outlier:blocks=8:narrow=0")
+    assert (option.descend, option.name) == (30, "outlier:descend=30" + on + grown)
+    option = survey.parse_find("outlier:blocks=8:narrow=0:grow=0")
     assert (option.blocks, option.name) == (8, "outlier:blocks=8")
     assert survey.parse_find("causal:validate=2:blocks=4").name == "causal:validate=2:blocks=4"
-    option = survey.parse_find("outlier:blocks=8:choice=paired:validate=6:narrow=0")
+    option = survey.parse_find("outlier:blocks=8:choice=paired:validate=6:narrow=0:grow=0")
     assert (option.choice, option.name) == ("paired", "outlier:validate=6:choice=paired:blocks=8")
-    assert survey.parse_find("outlier:validate=6:choice=gain:narrow=0").name == "outlier:validate=6"
+    assert survey.parse_find("outlier:validate=6:choice=gain:narrow=0:grow=0").name == "outlier:validate=6"
     option = survey.parse_find("outlier:max_scale=50:blocks=8:choice=paired:validate=6")
     assert option.max_scale == 50
-    assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50" + on
+    assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50" + on + grown
     assert survey.parse_find("causal:max_scale=8").name == "causal"
     assert survey.parse_find("causal:narrow=0").name == "causal"
-    option = survey.parse_find("outlier:grow=3")
-    assert (option.grow, option.name) == (3, "outlier" + on + ":grow=3")
+    option = survey.parse_find("outlier:grow=2")
+    assert (option.grow, option.name) == (2, "outlier" + on + ":grow=2")
     assert survey.parse_find("causal:grow=2:validate=2").name == "causal:validate=2:grow=2"
-    option = survey.parse_find("outlier:narrow=64:choice=paired:validate=6:narrow_floor=0")
+    assert survey.parse_find("causal:grow=0").name == "causal"  # the other methods do not grow by default
+    option = survey.parse_find("outlier:narrow=64:choice=paired:validate=6:narrow_floor=0:grow=0")
     assert (option.narrow, option.name) == (64, "outlier:validate=6:choice=paired:narrow=64")
     for bad in (
         "outlier:narrow=-1",
@@ -303,7 +310,6 @@ def test_find_options_parse_and_name_themselves():
         "causal:validate=0",
         "outlier:descend=0",
         "outlier:descend=x",
-        "outlier:grow=0",
         "outlier:grow=-1",
         "outlier:grow=x",
         "causal:depth=2",
@@ -437,7 +443,8 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
 def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
-            "--finds", "outlier:descend=2:narrow=0", "outlier:validate=3:choice=paired:narrow=0"]  # fmt: skip
+            "--finds", "outlier:descend=2:narrow=0:grow=0",
+            "outlier:validate=3:choice=paired:narrow=0:grow=0"]  # fmt: skip
     assert main(args) == 0
     finds = json.loads((tmp_path / "plants" / "D01.json").read_text())["finds"]
     # choice=paired: a comparison is recorded exactly when the validation's best is not the calibration's
@@ -459,7 +466,12 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "before", "last", "first_seed"),
-    [("withheld", "sealed", "S84", 394), ("kept", "withheld", "W84", 478), ("reserve", "kept", "K84", 562)],
+    [
+        ("withheld", "sealed", "S84", 394),
+        ("kept", "withheld", "W84", 478),
+        ("reserve", "kept", "K84", 562),
+        ("extra", "reserve", "R84", 646),
+    ],
 )
 def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plant_as_it_was(
     name, before, last, first_seed

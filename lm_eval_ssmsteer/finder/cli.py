@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
 from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS, VALIDATE_CHOICES
-from lm_eval_ssmsteer.finder.search import NARROW_FLOOR, NARROW_WIDTH
+from lm_eval_ssmsteer.finder.search import GROW_ROUNDS, NARROW_FLOOR, NARROW_WIDTH
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace):
         check_output,
         check_request,
         check_validate_choice,
+        default_grow,
         default_narrow,
         find,
         write_outputs,
@@ -123,6 +124,8 @@ def run(args: argparse.Namespace):
     check_max_scale(args.max_scale, "--max-scale")  # before the model loads
     if args.narrow is None:
         args.narrow = default_narrow(args.method)
+    if args.grow is None:
+        args.grow = default_grow(args.method)
     check_narrow(args.narrow, args.method, "--narrow")
     check_narrow_floor(args.narrow_floor, "--narrow-floor")
     check_validate_choice(args.validate_top, args.validate_choice, flags=True)
@@ -325,11 +328,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grow",
         type=int,
-        default=0,
+        default=None,
         metavar="ROUNDS",
         help="after the sweep, up to this many rounds from its best point: a gradient there, then the 1, 2, "
         "4, 8 outside channels it asks up most added at the point's scale, the best kept while it lowers "
-        "the loss (default 0: off; docs/finder.md, 'Grow')",
+        f"the loss (default {GROW_ROUNDS} for outlier, 0 for the others; 0: off; docs/finder.md, 'Grow')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

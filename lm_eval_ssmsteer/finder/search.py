@@ -94,10 +94,13 @@ NARROW_WIDTH = 64  # method outlier's narrow screen by default: the sites at mos
 # an undamaged narrow site (ref-mamba1's B and C: at most x3.5 on the survey's documents) nothing is left
 # to evaluate
 NARROW_FLOOR = 4.0
-# grow (an option): from the sweep's best amplifying point, rounds of a gradient at that point and the
-# outside channels it asks up most added at the point's scale, GROW_COUNTS of them, each evaluated: for a
-# damage spread over many channels of a wide site whose largest part one or two carry (the sweep's point)
+# grow: from the sweep's best amplifying point, rounds of a gradient at that point and the outside channels
+# it asks up most added at the point's scale, GROW_COUNTS of them, each evaluated: for a damage spread over
+# many channels of a wide site whose largest part one or two carry (the sweep's point)
 GROW_COUNTS = (1, 2, 4, 8)
+# method outlier grows this many rounds by default (docs/finder.md, "Grow": chosen by the extra survey set,
+# drawn after grow was built, on the rule fixed before it ran)
+GROW_ROUNDS = 3
 NO_GAIN = "no calibration gain"
 REJECTED_BY_VALIDATION = "rejected by validation"
 
@@ -256,7 +259,7 @@ def find(
     max_scale: int = 8,
     narrow: int | None = None,
     narrow_floor: float = NARROW_FLOOR,
-    grow: int = 0,
+    grow: int | None = None,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -283,12 +286,13 @@ def find(
     those scales too, with its own channels (``_ladder``). ``narrow`` W > 0 (method ``outlier``; None: the
     method's default, ``default_narrow``): a narrow screen (``_narrow_screen``) beside the others, each
     pair of a site at most W channels wide with its smallest channels restored to the median channel,
-    whether or not they are outliers, where that takes a scale of at least ``narrow_floor``. ``grow`` N > 0:
-    after the sweep (and the descent), up to N rounds from its best amplifying point (``_grow``): a gradient
-    at that point, then the 1, 2, 4, 8 outside channels it asks up most added at the point's scale; the best
-    addition is kept while it lowers the loss. With ``validation``, grow's end point is one more point the
-    validation documents may choose (as another channel count is: only where they call it better and it
-    gains more than the choice), and its steps are not candidates."""
+    whether or not they are outliers, where that takes a scale of at least ``narrow_floor``. ``grow`` N > 0
+    (None: the method's default, ``default_grow``): after the sweep (and the descent), up to N rounds from
+    its best amplifying point (``_grow``): a gradient at that point, then the 1, 2, 4, 8 outside channels it
+    asks up most added at the point's scale; the best addition is kept while it lowers the loss. With
+    ``validation``, grow's end point is one more point the validation documents may choose (as another
+    channel count is: only where they call it better and it gains more than the choice), and its steps are
+    not candidates."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     check_validate_choice(validate_top, validate_choice)
@@ -300,7 +304,7 @@ def find(
         raise FinderError(f"blocks: {blocks!r}; allowed: a whole number of blocks a pair, 0 (off) or more")
     if blocks and method not in BLOCK_METHODS:
         raise FinderError(f"blocks: {blocks} with method {method!r}; allowed with methods causal and outlier")
-    check_grow(grow)
+    grow = check_grow(default_grow(method) if grow is None else grow)
     narrow = check_narrow(default_narrow(method) if narrow is None else narrow, method)
     check_narrow_floor(narrow_floor)
     wide = wide_scales(max_scale)
@@ -1088,6 +1092,12 @@ def _coordinate(
         current = {"channels": move, "loss": point["loss"]}
         order = move
     return {**current, "order": order}
+
+
+def default_grow(method: str) -> int:
+    """Grow's rounds when none are asked for: GROW_ROUNDS for method outlier (the one it was surveyed
+    with), 0 (off) for the others."""
+    return GROW_ROUNDS if method == "outlier" else 0
 
 
 def check_grow(grow: object, field: str = "grow") -> int:

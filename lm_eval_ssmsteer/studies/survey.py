@@ -72,6 +72,10 @@ KEPT_SEED = 27
 # --narrow-floor) was chosen and the screen made method outlier's default with it, from the restoring scales
 # of the earlier sets' damaging plants; from the whole grid
 RESERVE_SEED = 28
+# the extra set: drawn on 2026-12-07 (seventh session), after find --grow was built and surveyed on the six
+# sets before it, to decide whether --grow 3 becomes the default (it does if here it wins back more plants
+# than the default and loses none the default wins back); from the whole grid
+EXTRA_SEED = 29
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
@@ -79,6 +83,7 @@ LATER_SETS = (
     ("withheld", WITHHELD_SEED, UNSEEN_PER_SITE, False),
     ("kept", KEPT_SEED, UNSEEN_PER_SITE, False),
     ("reserve", RESERVE_SEED, UNSEEN_PER_SITE, False),
+    ("extra", EXTRA_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -87,7 +92,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve", "extra")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -99,7 +104,7 @@ def _counts(width: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Plant:
     # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
-    # K01... (kept), R01... (reserve)
+    # K01... (kept), R01... (reserve), E01... (extra)
     id: str
     set: str
     layer: int
@@ -113,10 +118,10 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED and RESERVE_SEED from the whole
-    grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of a pure model, or a
-    hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's mixers cannot reach
-    is left out) and their widths."""
+    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED and EXTRA_SEED
+    from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of
+    a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
+    mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
@@ -154,7 +159,8 @@ class FindOption:
     outlier:narrow_floor=R, METHOD:grow=N. The fields' defaults are the options off, and ``name`` writes
     every field that is not, so a name means the same find whatever find's defaults are: ``parse_find``
     gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off
-    (narrow=0); a plant file's ``outlier`` from before that default ran without it."""
+    (narrow=0), and find's grow (grow=3) unless grow=0; a plant file's ``outlier`` from before those
+    defaults ran without either, its ``outlier:narrow=64:narrow_floor=4`` without grow."""
 
     method: str
     screen: int = 3
@@ -203,10 +209,16 @@ def _as_float(text: str) -> float | None:
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
     [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N] (order, narrow and narrow_floor: method outlier
-    only, whose narrow screen is on unless narrow=0; blocks: methods causal and outlier; choice: with
-    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
+    only, whose narrow screen is on unless narrow=0 and which grows 3 rounds unless grow=0; blocks: methods
+    causal and outlier; choice: with validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
-    from lm_eval_ssmsteer.finder.search import BLOCK_METHODS, MAX_SCALE_LIMIT, NARROW_FLOOR, default_narrow
+    from lm_eval_ssmsteer.finder.search import (
+        BLOCK_METHODS,
+        MAX_SCALE_LIMIT,
+        NARROW_FLOOR,
+        default_grow,
+        default_narrow,
+    )
 
     method, *options = text.split(":")
     values: dict = {
@@ -219,11 +231,12 @@ def parse_find(text: str) -> FindOption:
         "max_scale": 8,
         "narrow": default_narrow(method),
         "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
-        "grow": 0,
+        "grow": default_grow(method),
     }
     for option in options:
         key, _, value = option.partition("=")
         number = key in ("screen", "validate", "descend", "grow") and value.isdigit() and int(value) >= 1
+        number = number or (key == "grow" and value == "0")
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
         )
@@ -238,7 +251,7 @@ def parse_find(text: str) -> FindOption:
         if not (number or order or choice):
             raise argparse.ArgumentTypeError(
                 f"--finds: {text!r}; allowed: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:descend=N, "
-                f"METHOD:grow=N (N >= 1), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
+                f"METHOD:grow=N (N >= 0; 0: off), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
                 f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 0; 0: off), "
                 "outlier:narrow_floor=R (R >= 0), or several joined by ':'"
@@ -689,7 +702,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
         help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S]"
-        "[:grow=N], "
+        "[:grow=N] (0: off; outlier grows 3 rounds unless grow=0), "
         "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
         ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",

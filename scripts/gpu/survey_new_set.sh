@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Survey a whole plant set on the three model x task folders of the GPU surveys (docs/finder.md, "Plant
+# survey"): ref-mamba1 and ref-mamba2 on the needle tasks (40 TEST documents a task and length), ref-mamba2 on
+# copying (80), lengths 512 and 2048, 4 calibration documents a task and length. Every plant's damage is
+# measured; the finds run on the damaging ones. Each folder's 84 plants are split into PARTS processes, all
+# at once on one GPU; part P of folder F is surveyed into OUT/parts/F-P/ (its plant files written as they
+# finish, so a part cut short keeps what it did), its output in OUT/logs/F-P.log. Merge the parts' plants/
+# into one folder per F afterwards (the settings are the same).
+#
+#   bash scripts/gpu/survey_new_set.sh SET "FIND [FIND ...]" OUT [PARTS]
+#
+# Needs the mamba-ssm kernels (docs/gpu.md) and the checkout on PYTHONPATH, as survey_option.sh does.
+set -uo pipefail
+set_name=${1:?usage: survey_new_set.sh SET FINDS OUT [PARTS]}
+read -ra finds <<<"${2:?FINDS}"
+out=${3:?OUT}
+parts=${4:-4}
+prefix=$(echo "${set_name:0:1}" | tr '[:lower:]' '[:upper:]')
+count=$(python3 -c "
+from lm_eval_ssmsteer.mamba.sites import SITES
+from lm_eval_ssmsteer.studies.survey import UNSEEN_PER_SITE
+print(UNSEEN_PER_SITE * len(SITES))") || exit 1
+needles=(--tasks ssm_passkey ssm_variable_tracking ssm_ruler_niah_single --test-docs 40)
+copying=(--tasks ssm_copy ssm_kv_retrieval ssm_induction --test-docs 80)
+mkdir -p "$out/logs"
+started=$SECONDS
+for folder in m1-needles m2-needles m2-copying; do
+    case $folder in
+        m1-*) model=ref-mamba1 ;;
+        *) model=ref-mamba2 ;;
+    esac
+    case $folder in
+        *needles) tasks=("${needles[@]}") ;;
+        *) tasks=("${copying[@]}") ;;
+    esac
+    for ((part = 0; part < parts; part++)); do
+        ids=()
+        for ((i = part * count / parts + 1; i <= (part + 1) * count / parts; i++)); do
+            ids+=("$(printf '%s%02d' "$prefix" "$i")")
+        done
+        python3 -m lm_eval_ssmsteer study survey --out "$out/parts/$folder-$part" --set "$set_name" \
+            --device cuda --model "$model" "${tasks[@]}" --lengths 512 2048 --docs-per-task 4 \
+            --plants "${ids[@]}" --only-damaging --finds "${finds[@]}" 2>&1 |
+            grep --line-buffered -v "Loading weights" >"$out/logs/$folder-$part.log" &
+    done
+done
+wait
+echo "set $set_name, finds ${finds[*]}: 3 folders in $parts parts each, $((SECONDS - started)) s"
