@@ -53,7 +53,9 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept", "reserve", "extra")]
+    earlier = [
+        p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept", "reserve", "extra", "next")
+    ]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -471,6 +473,7 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
         ("kept", "withheld", "W84", 478),
         ("reserve", "kept", "K84", 562),
         ("extra", "reserve", "R84", 646),
+        ("next", "extra", "E84", 730),
     ],
 )
 def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plant_as_it_was(

@@ -76,6 +76,11 @@ RESERVE_SEED = 28
 # sets before it, to decide whether --grow 3 becomes the default (it does if here it wins back more plants
 # than the default and loses none the default wins back); from the whole grid
 EXTRA_SEED = 29
+# the next set: drawn on 2026-12-07 (seventh session), after the extra set made --grow 3 the default, to
+# decide whether the paired choice among 6 validated pairs (--validate-top 6 --validate-choice paired)
+# joins it (it does if here outlier:validate=6:choice=paired wins back more plants than the default and
+# loses none the default wins back); from the whole grid
+NEXT_SEED = 30
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
@@ -84,6 +89,7 @@ LATER_SETS = (
     ("kept", KEPT_SEED, UNSEEN_PER_SITE, False),
     ("reserve", RESERVE_SEED, UNSEEN_PER_SITE, False),
     ("extra", EXTRA_SEED, UNSEEN_PER_SITE, False),
+    ("next", NEXT_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -92,7 +98,7 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve", "extra")
+SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve", "extra", "next")
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -104,7 +110,8 @@ def _counts(width: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Plant:
     # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
-    # K01... (kept), R01... (reserve), E01... (extra)
+    # K01... (kept), R01... (reserve), E01... (extra),
+    # N01... (next)
     id: str
     set: str
     layer: int
@@ -118,8 +125,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED and EXTRA_SEED
-    from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of
+    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED, EXTRA_SEED and
+    NEXT_SEED from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of
     a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
     mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
