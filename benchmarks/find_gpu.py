@@ -53,6 +53,7 @@ from lm_eval_ssmsteer.finder.search import (
     check_validate_choice,
     default_grow,
     default_narrow,
+    default_validation,
 )
 
 VOCAB = 50280
@@ -101,13 +102,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"find's --narrow-floor R (default {NARROW_FLOOR:g})",
     )
     parser.add_argument(
-        "--validate-top", type=int, default=1, help="find's --validate-top N (default 1, as find's)"
+        "--validate-top",
+        type=int,
+        default=None,
+        help="find's --validate-top N (default: find's, 6 for outlier and 1 for the other methods)",
     )
     parser.add_argument(
         "--validate-choice",
-        default="gain",
+        default=None,
         choices=VALIDATE_CHOICES,
-        help="find's --validate-choice (default gain, as find's)",
+        help="find's --validate-choice (default: find's, paired for outlier with N > 1, else gain)",
     )
     parser.add_argument(
         "--max-scale", type=int, default=8, help="find's --max-scale S (default 8, as find's)"
@@ -124,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.length <= args.answer_tokens:
         parser.error(f"--length {args.length} must exceed --answer-tokens {args.answer_tokens}")
+    args.validate_top, args.validate_choice = default_validation(
+        args.method, args.validate_top, args.validate_choice
+    )
     if args.validate_top < 1:
         parser.error(f"--validate-top {args.validate_top}; allowed: an integer >= 1")
     try:  # find's own checks, before the model is built
@@ -342,8 +349,9 @@ def find_label(doc: dict) -> str:
     f = doc["find"]
     method = doc["args"]["method"]
     label = method
-    if f.get("validate_top", 1) > 1:
-        label += f", --validate-top {f['validate_top']} --validate-choice {f['validate_choice']}"
+    top, choice = f.get("validate_top", 1), f.get("validate_choice", "gain")  # older records: 1, gain
+    if (top, choice) != default_validation(method):
+        label += f", --validate-top {top}" + (f" --validate-choice {choice}" if top > 1 else "")
     if f.get("max_scale", 8) != 8:
         label += f", --max-scale {f['max_scale']}"
     grow = f.get("grow", 0)  # a record from before grow had none, and did not grow

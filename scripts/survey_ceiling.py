@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "--find",
         default="outlier",
         help="the find option to examine, as the plant files name it (default: outlier, find's default "
-        "before its narrow screen; today's default is outlier:narrow=64:narrow_floor=4)",
+        "before its narrow screen; today's default is "
+        "outlier:validate=6:choice=paired:narrow=64:narrow_floor=4:grow=3)",
     )
     ap.add_argument("--min-damage", type=float, default=0.10, help="plants damaged at least this much")
     ap.add_argument("--device", default="cpu")

@@ -160,10 +160,15 @@ def test_find_gpu_benchmark_passes_the_validation_and_scale_options_to_find(monk
     assert "find (outlier, --grow 0, all sites)" in bench.table(doc)
     doc["find"].pop("grow")  # a record from before grow: it did not grow
     assert "find (outlier, --grow 0, all sites)" in bench.table(doc)
+    # outlier validates 6 pairs with the paired choice by default; a record that validated one says so
+    assert (seen["validate_top"], seen["validate_choice"]) == (6, "paired")
+    doc["find"]["validate_top"], doc["find"]["validate_choice"] = 1, "gain"
+    assert "find (outlier, --validate-top 1, --grow 0, all sites)" in bench.table(doc)
     for bad in (
         ["--grow", "-1"],
         ["--max-scale", "7"],
-        ["--validate-choice", "paired"],
+        ["--validate-top", "1", "--validate-choice", "paired"],
+        ["--method", "causal", "--validate-choice", "paired"],  # causal validates 1 pair by default
         ["--validate-top", "0"],
         ["--narrow-floor", "-1"],
         ["--method", "causal", "--narrow", "64"],

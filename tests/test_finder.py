@@ -315,7 +315,7 @@ def gpt2_dir(tmp_path_factory):
         (["--narrow-floor", "-1"], "--narrow-floor: -1.0; allowed: a number >= 0"),
         (["--narrow-floor", "nan"], "--narrow-floor: nan; allowed: a number >= 0"),
         (
-            ["--validate-choice", "paired"],
+            ["--validate-top", "1", "--validate-choice", "paired"],
             "--validate-choice paired chooses among validated pairs; allowed with --validate-top 2 or more",
         ),
         (

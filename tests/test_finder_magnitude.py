@@ -247,7 +247,10 @@ def test_outlier_validates_other_channel_counts_of_the_best_pair():
     with use_fast_scan():
         channels = plant(model, 0, "mixer_out", 4, 0.02, seed=8)
         result = find(
-            model, documents(16, seed=1, source="calibration"), validation=documents(8, 3, "validation")
+            model,
+            documents(16, seed=1, source="calibration"),
+            validation=documents(8, 3, "validation"),
+            validate_top=1,  # one pair: its other channel counts are what is validated
         )
     candidates = result.scores["validation"]["candidates"]
     best = min(result.scores["sweep"], key=lambda point: point["loss"])

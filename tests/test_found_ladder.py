@@ -25,7 +25,8 @@ def test_the_written_scale_reproduces_the_survey_and_other_scales_scale_the_same
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(out), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
             "--finds", "outlier"]  # fmt: skip
-    name = "outlier:narrow=64:narrow_floor=4"  # the default find, named by every option that is on
+    # the default find, named by every option that is on
+    name = "outlier:validate=6:choice=paired:narrow=64:narrow_floor=4:grow=3"
     assert main(args) == 0
     capsys.readouterr()
     record = json.loads((out / "plants" / "D01.json").read_text())

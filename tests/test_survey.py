@@ -260,28 +260,44 @@ def test_find_options_parse_and_name_themselves():
     assert option.name == "probe:screen=5:validate=3"
     assert survey.parse_find("causal").name == "causal"
     assert survey.parse_find("causal:validate=2").name == "causal:validate=2"
-    # method outlier runs find's narrow screen unless narrow=0, and grows 3 rounds unless grow=0; the name
-    # writes every option that is on, so a plant file's "outlier" (recorded before the screen was outlier's
-    # default) and "outlier:narrow=64:narrow_floor=4" (before grow was) keep their meaning
+    # method outlier runs find's narrow screen unless narrow=0, grows 3 rounds unless grow=0, and chooses
+    # among 6 validated pairs by the paired comparison unless validate=1; the name writes every option that
+    # is on, so a plant file's "outlier" (recorded before the screen was outlier's default),
+    # "outlier:narrow=64:narrow_floor=4" (before grow was) and "outlier:narrow=64:narrow_floor=4:grow=3"
+    # (before the paired choice was) keep their meaning
     on = ":narrow=64:narrow_floor=4"
     grown = ":grow=3"
-    option = survey.parse_find("outlier:validate=2:order=ratio:narrow=0:grow=0")
+    paired = ":validate=6:choice=paired"
+    off = ":narrow=0:grow=0:validate=1"  # every default of outlier's off
+    option = survey.parse_find("outlier:validate=2:order=ratio:narrow=0:grow=0:choice=gain")
     assert (option.validate, option.order, option.name) == (2, "ratio", "outlier:validate=2:order=ratio")
-    assert survey.parse_find("outlier:order=gradient:narrow=0:grow=0").name == "outlier"
-    assert survey.parse_find("outlier:narrow=0").name == "outlier" + grown
+    assert survey.parse_find("outlier:order=gradient" + off).name == "outlier"
+    assert survey.parse_find("outlier:narrow=0:validate=1").name == "outlier" + grown
     option = survey.parse_find("outlier")
-    assert (option.narrow, option.narrow_floor, option.grow) == (64, 4.0, 3)
-    assert option.name == "outlier" + on + grown
-    assert survey.parse_find("outlier:grow=0").name == "outlier" + on
-    assert survey.parse_find("outlier:narrow=64:narrow_floor=4:grow=3").name == "outlier" + on + grown
-    assert survey.parse_find("outlier:narrow_floor=0:grow=0").name == "outlier:narrow=64"  # before the floor
+    assert (option.narrow, option.narrow_floor, option.grow, option.validate, option.choice) == (
+        64,
+        4.0,
+        3,
+        6,
+        "paired",
+    )
+    assert option.name == "outlier" + paired + on + grown
+    assert survey.parse_find("outlier:grow=0:validate=1").name == "outlier" + on
+    assert survey.parse_find("outlier:validate=1").name == "outlier" + on + grown
     assert (
-        survey.parse_find("outlier:narrow=16:narrow_floor=2.5:grow=0").name
+        survey.parse_find("outlier:narrow=64:narrow_floor=4:grow=3:validate=1").name == "outlier" + on + grown
+    )
+    # a count without a choice gets outlier's paired choice where it is 2 or more
+    assert survey.parse_find("outlier:validate=3:narrow=0:grow=0").name == "outlier:validate=3:choice=paired"
+    assert survey.parse_find("outlier:choice=gain:narrow=0:grow=0").name == "outlier:validate=6"
+    assert survey.parse_find("outlier:narrow_floor=0:grow=0:validate=1").name == "outlier:narrow=64"
+    assert (
+        survey.parse_find("outlier:narrow=16:narrow_floor=2.5:grow=0:validate=1").name
         == "outlier:narrow=16:narrow_floor=2.5"
     )
     option = survey.parse_find("outlier:descend=30")
-    assert (option.descend, option.name) == (30, "outlier:descend=30" + on + grown)
-    option = survey.parse_find("outlier:blocks=8:narrow=0:grow=0")
+    assert (option.descend, option.name) == (30, "outlier" + paired + ":descend=30" + on + grown)
+    option = survey.parse_find("outlier:blocks=8" + off)
     assert (option.blocks, option.name) == (8, "outlier:blocks=8")
     assert survey.parse_find("causal:validate=2:blocks=4").name == "causal:validate=2:blocks=4"
     option = survey.parse_find("outlier:blocks=8:choice=paired:validate=6:narrow=0:grow=0")
@@ -292,7 +308,7 @@ def test_find_options_parse_and_name_themselves():
     assert option.name == "outlier:validate=6:choice=paired:blocks=8:max_scale=50" + on + grown
     assert survey.parse_find("causal:max_scale=8").name == "causal"
     assert survey.parse_find("causal:narrow=0").name == "causal"
-    option = survey.parse_find("outlier:grow=2")
+    option = survey.parse_find("outlier:grow=2:validate=1")
     assert (option.grow, option.name) == (2, "outlier" + on + ":grow=2")
     assert survey.parse_find("causal:grow=2:validate=2").name == "causal:validate=2:grow=2"
     assert survey.parse_find("causal:grow=0").name == "causal"  # the other methods do not grow by default
@@ -326,7 +342,9 @@ def test_find_options_parse_and_name_themselves():
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
     with pytest.raises(Exception, match="choice=paired chooses among validated pairs: give validate=N"):
-        survey.parse_find("outlier:choice=paired")
+        survey.parse_find("outlier:choice=paired:validate=1")
+    with pytest.raises(Exception, match="choice=paired chooses among validated pairs: give validate=N"):
+        survey.parse_find("causal:choice=paired")  # causal validates 1 pair by default
 
 
 def test_only_damaging_runs_no_find_on_a_plant_without_damage_and_says_so(tmp_path, monkeypatch):
@@ -445,7 +463,7 @@ def test_pooled_table_counts_the_damaging_plants_of_the_set_over_every_folder(tm
 def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01",
             "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
-            "--finds", "outlier:descend=2:narrow=0:grow=0",
+            "--finds", "outlier:descend=2:narrow=0:grow=0:validate=1",
             "outlier:validate=3:choice=paired:narrow=0:grow=0"]  # fmt: skip
     assert main(args) == 0
     finds = json.loads((tmp_path / "plants" / "D01.json").read_text())["finds"]

@@ -61,7 +61,8 @@ def test_it_reproduces_the_surveys_plant_and_the_finds_calibration_loss(tmp_path
     capsys.readouterr()
     record = out / "plants" / "D01.json"
     row = json.loads(record.read_text())
-    default = "outlier:narrow=64:narrow_floor=4"  # a survey names a find by every option that is on
+    # a survey names a find by every option that is on
+    default = "outlier:validate=6:choice=paired:narrow=64:narrow_floor=4:grow=3"
     assert default in row["finds"], "the default find ran"
     row["damage"]["mean"] = 0.5  # the tiny random model is not damaged; the ceiling needs a damaging plant
     record.write_text(json.dumps(row))

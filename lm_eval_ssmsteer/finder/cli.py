@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
 from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS, VALIDATE_CHOICES
-from lm_eval_ssmsteer.finder.search import GROW_ROUNDS, NARROW_FLOOR, NARROW_WIDTH
+from lm_eval_ssmsteer.finder.search import GROW_ROUNDS, NARROW_FLOOR, NARROW_WIDTH, VALIDATE_PAIRS
 from lm_eval_ssmsteer.mamba.sites import SITES
 
 
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace):
         check_validate_choice,
         default_grow,
         default_narrow,
+        default_validation,
         find,
         write_outputs,
     )
@@ -128,6 +129,9 @@ def run(args: argparse.Namespace):
         args.grow = default_grow(args.method)
     check_narrow(args.narrow, args.method, "--narrow")
     check_narrow_floor(args.narrow_floor, "--narrow-floor")
+    args.validate_top, args.validate_choice = default_validation(
+        args.method, args.validate_top, args.validate_choice
+    )
     check_validate_choice(args.validate_top, args.validate_choice, flags=True)
     check_output(args.out)
     try:
@@ -262,17 +266,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--validate-top",
         type=int,
-        default=1,
+        default=None,
         help="the best configurations of this many (layer, site) pairs are scored on the validation "
-        "documents and the one that lowers their loss most is chosen (default 1: the calibration's best)",
+        f"documents and one of them is chosen (--validate-choice; default {VALIDATE_PAIRS} for outlier, 1 "
+        "for the others: the calibration's best; docs/finder.md, 'The next set')",
     )
     p.add_argument(
         "--validate-choice",
         choices=VALIDATE_CHOICES,
-        default="gain",
+        default=None,
         help="with --validate-top N > 1: gain (the validated configuration that lowers the validation loss "
-        "most, default) or paired (that one only when, document by document, it lowers the validation loss "
-        "more than the calibration's best does; else the calibration's best stays)",
+        "most) or paired (that one only when, document by document, it lowers the validation loss more "
+        "than the calibration's best does; else the calibration's best stays); default paired for outlier, "
+        "gain for the others",
     )
     p.add_argument(
         "--steep-order",

@@ -172,6 +172,25 @@ def check_request(method: str, sites: list[str], arch: ArchInfo | None = None) -
         )
 
 
+# method outlier validates this many pairs and chooses among them by the paired comparison by default
+# (docs/finder.md, "The next set": chosen by a survey set drawn after it, on the rule fixed before it ran)
+VALIDATE_PAIRS = 6
+
+
+def default_validation(
+    method: str, validate_top: int | None = None, validate_choice: str | None = None
+) -> tuple[int, str]:
+    """(validate_top, validate_choice) where either is None: for method outlier VALIDATE_PAIRS pairs and
+    the paired choice, for the others 1 pair (the calibration's best); a count given without a choice gets
+    the paired choice for outlier where it is 2 or more, "gain" otherwise."""
+    if validate_top is None:
+        validate_top = VALIDATE_PAIRS if method == "outlier" else 1
+    if validate_choice is None:
+        paired = method == "outlier" and not isinstance(validate_top, bool) and validate_top >= 2
+        validate_choice = "paired" if paired else "gain"
+    return validate_top, validate_choice
+
+
 def check_validate_choice(validate_top: int, validate_choice: str, flags: bool = False) -> None:
     """A FinderError unless ``validate_choice`` is one of VALIDATE_CHOICES and, where it is not "gain",
     ``validate_top`` is 2 or more (the choice is among validated pairs). Named as ``find``'s arguments, or
@@ -251,8 +270,8 @@ def find(
     progress: bool = True,
     screen: int = 3,
     validation: CalibrationData | None = None,
-    validate_top: int = 1,
-    validate_choice: str = "gain",
+    validate_top: int | None = None,
+    validate_choice: str | None = None,
     steep_order: str = "gradient",
     descend: int = 0,
     blocks: int = 0,
@@ -268,7 +287,8 @@ def find(
     calibration loss most is scored on the validation documents, and the one that lowers the validation
     loss most is chosen (then judged as above); with ``validate_choice`` "paired" it replaces the
     calibration's choice only when the paired comparison of the two on the validation documents calls it
-    better (a largest mean gain alone is often noise on a few documents). ``steep_order`` (method
+    better (a largest mean gain alone is often noise on a few documents). Either None: the method's
+    default (``default_validation``: 6 pairs and the paired choice for outlier). ``steep_order`` (method
     ``outlier``): how the channels of a pair chosen for its steepest channel are ordered before the first
     1, 2, 4, 8 are screened, one of STEEP_ORDERS: ``gradient`` (most negative first, the default),
     ``size`` (smallest first, as the magnitude pass reads them) or ``ratio`` (gradient over size, most
@@ -295,6 +315,7 @@ def find(
     not candidates."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
+    validate_top, validate_choice = default_validation(method, validate_top, validate_choice)
     check_validate_choice(validate_top, validate_choice)
     if steep_order not in STEEP_ORDERS:
         raise FinderError(f"steep_order: {steep_order!r}; allowed: {', '.join(STEEP_ORDERS)}")

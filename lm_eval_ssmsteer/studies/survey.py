@@ -166,8 +166,10 @@ class FindOption:
     outlier:narrow_floor=R, METHOD:grow=N. The fields' defaults are the options off, and ``name`` writes
     every field that is not, so a name means the same find whatever find's defaults are: ``parse_find``
     gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off
-    (narrow=0), and find's grow (grow=3) unless grow=0; a plant file's ``outlier`` from before those
-    defaults ran without either, its ``outlier:narrow=64:narrow_floor=4`` without grow."""
+    (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6 validated pairs
+    (validate=6:choice=paired) unless validate=1; a plant file's ``outlier`` from before those defaults ran
+    without any, its ``outlier:narrow=64:narrow_floor=4`` without grow and the paired choice, its
+    ``outlier:narrow=64:narrow_floor=4:grow=3`` without the paired choice."""
 
     method: str
     screen: int = 3
@@ -216,8 +218,9 @@ def _as_float(text: str) -> float | None:
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
     [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N] (order, narrow and narrow_floor: method outlier
-    only, whose narrow screen is on unless narrow=0 and which grows 3 rounds unless grow=0; blocks: methods
-    causal and outlier; choice: with validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
+    only, whose narrow screen is on unless narrow=0, which grows 3 rounds unless grow=0 and which validates
+    6 pairs with choice=paired unless validate=1; blocks: methods causal and outlier; choice: with
+    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
@@ -225,16 +228,17 @@ def parse_find(text: str) -> FindOption:
         NARROW_FLOOR,
         default_grow,
         default_narrow,
+        default_validation,
     )
 
     method, *options = text.split(":")
     values: dict = {
         "screen": 3,
-        "validate": 1,
+        "validate": None,
         "order": "gradient",
         "descend": 0,
         "blocks": 0,
-        "choice": "gain",
+        "choice": None,
         "max_scale": 8,
         "narrow": default_narrow(method),
         "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
@@ -268,6 +272,7 @@ def parse_find(text: str) -> FindOption:
         raise argparse.ArgumentTypeError(
             f"--finds: {method!r} is not a method; allowed: {', '.join(METHODS)}"
         )
+    values["validate"], values["choice"] = default_validation(method, values["validate"], values["choice"])
     if values["choice"] != "gain" and values["validate"] < 2:
         raise argparse.ArgumentTypeError(
             f"--finds: {text!r}; choice={values['choice']} chooses among validated pairs: give validate=N, "
@@ -709,7 +714,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
         help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S]"
-        "[:grow=N] (0: off; outlier grows 3 rounds unless grow=0), "
+        "[:grow=N] (0: off; outlier grows 3 rounds unless grow=0, and validates 6 pairs with "
+        "choice=paired unless validate=1), "
         "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
         ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",
