@@ -16,10 +16,16 @@ read -ra finds <<<"${2:?FINDS}"
 out=${3:?OUT}
 parts=${4:-4}
 prefix=$(echo "${set_name:0:1}" | tr '[:lower:]' '[:upper:]')
+# the set's plant count: the later sets drawn from the whole grid have 84 plants on every model; another
+# set stops here, named
 count=$(python3 -c "
+import sys
 from lm_eval_ssmsteer.mamba.sites import SITES
-from lm_eval_ssmsteer.studies.survey import UNSEEN_PER_SITE
-print(UNSEEN_PER_SITE * len(SITES))") || exit 1
+from lm_eval_ssmsteer.studies.survey import LATER_SETS, UNSEEN_PER_SITE
+names = [name for name, _, _, only_left in LATER_SETS if not only_left]
+if sys.argv[1] not in names:
+    sys.exit(f'survey_new_set.sh: SET {sys.argv[1]!r}; allowed: {\", \".join(names)}')
+print(UNSEEN_PER_SITE * len(SITES))" "$set_name") || exit 2
 needles=(--tasks ssm_passkey ssm_variable_tracking ssm_ruler_niah_single --test-docs 40)
 copying=(--tasks ssm_copy ssm_kv_retrieval ssm_induction --test-docs 80)
 mkdir -p "$out/logs"
