@@ -64,6 +64,27 @@ def test_max_scale_undoes_a_strong_damping_that_x8_cannot():
         find(model, calibration, max_scale=7, progress=False)
 
 
+def test_without_validation_documents_the_ladder_climbs_the_best_pair_alone():
+    model = trained_model()
+    calibration = documents(32, seed=1, source="calibration")
+    with use_fast_scan():
+        plant(model, 0, "mixer_out", 4, 0.02, seed=8)
+        # method outlier validates 6 pairs by default: with no validation documents none can be chosen but
+        # the calibration's best, so only its pair goes up the ladder
+        alone = find(model, calibration, max_scale=50, progress=False)
+        checked = find(
+            model, calibration, max_scale=50, validation=documents(16, 3, "validation"), progress=False
+        )
+
+    def laddered(result) -> set[tuple]:  # the pairs the ladder evaluated (it skips points already tried)
+        return {(p["layer"], p["site"]) for p in result.scores["sweep"] if p["stage"] == "ladder"}
+
+    best = min(alone.scores["sweep"], key=lambda p: p["loss"])
+    assert laddered(alone) <= {(best["layer"], best["site"])}
+    # with them, the pairs they may choose from
+    assert len(laddered(checked) - {(best["layer"], best["site"])}) >= 2
+
+
 class _RecordingSweep:
     """A stand-in for the search's sweep: a fixed curve, and the configurations asked for."""
 

@@ -186,8 +186,7 @@ def default_validation(
     if validate_top is None:
         validate_top = VALIDATE_PAIRS if method == "outlier" else 1
     if validate_choice is None:
-        paired = method == "outlier" and not isinstance(validate_top, bool) and validate_top >= 2
-        validate_choice = "paired" if paired else "gain"
+        validate_choice = "paired" if method == "outlier" and validate_top >= 2 else "gain"
     return validate_top, validate_choice
 
 
@@ -479,8 +478,8 @@ def find(
                             sweep.run_channels(pair, "amplify", channels, scale, "descend")
         if grow:
             raw["grow"] = _grow(model, batches, arch, sweep, grow, max_channels, bars, sizes)
-        if wide:
-            _ladder(sweep, base.loss, max(1, validate_top), wide, bars)
+        if wide:  # the pairs the validation may choose from; without validation documents, the best alone
+            _ladder(sweep, base.loss, max(1, validate_top) if validation is not None else 1, wide, bars)
         curve = sweep.curve
         best = min(curve, key=lambda point: point["loss"])
         improved = best["loss"] < base.loss
