@@ -53,9 +53,7 @@ def test_the_unseen_set_repeats_no_combination_of_the_first_list_and_leaves_that
 
 def test_the_fresh_set_repeats_no_earlier_combination_and_leaves_the_earlier_sets_as_they_were():
     plants = survey.survey_plants(6, REF_WIDTHS)
-    earlier = [
-        p for p in plants if p.set not in ("fresh", "sealed", "withheld", "kept", "reserve", "extra", "next")
-    ]
+    earlier = [p for p in plants if p.set in ("design", "held-out", "unseen")]
     fresh = [p for p in plants if p.set == "fresh"]
     # appended after the unseen set, whose plants and channel seeds were run before the fresh set existed
     assert plants[: len(earlier)] == earlier and earlier[-1].set == "unseen"
@@ -219,7 +217,7 @@ def test_a_second_run_resumes_per_plant_and_per_find_option(tmp_path, capsys, mo
         return _row(plant.id, plant.set, 0.3, {}) | {"finds": {f.name: _find(True, 1, 1, 0) for f in finds}}
 
     monkeypatch.setattr(survey, "measure_plant", fake_measure)
-    monkeypatch.setattr(survey, "find_documents", lambda tokenizer, a: ({"test": []}, _NoDocs()))
+    monkeypatch.setattr(survey, "find_documents", lambda tokenizer, a, vdocs=(): ({"test": []}, _NoDocs()))
     monkeypatch.setattr("lm_eval_ssmsteer.studies.plant.test_scores_per_document", lambda *a, **k: None)
     args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(tmp_path), "--plants", "D01"]
     assert main([*args, "--finds", "causal"]) == 0
@@ -314,6 +312,11 @@ def test_find_options_parse_and_name_themselves():
     assert survey.parse_find("causal:grow=0").name == "causal"  # the other methods do not grow by default
     option = survey.parse_find("outlier:narrow=64:choice=paired:validate=6:narrow_floor=0:grow=0")
     assert (option.narrow, option.name) == (64, "outlier:validate=6:choice=paired:narrow=64")
+    # vdocs: the validation documents a task and length; unset, the name (so every older record) is as it was
+    option = survey.parse_find("outlier:vdocs=12")
+    assert (option.vdocs, option.name) == (12, "outlier" + paired + on + grown + ":vdocs=12")
+    assert survey.parse_find("causal:vdocs=3:validate=2").name == "causal:validate=2:vdocs=3"
+    assert survey.parse_find("outlier").vdocs == 0
     for bad in (
         "outlier:narrow=-1",
         "outlier:narrow=0:narrow_floor=4",
@@ -338,6 +341,8 @@ def test_find_options_parse_and_name_themselves():
         "outlier:max_scale=7",
         "outlier:max_scale=101",
         "outlier:max_scale=x",
+        "outlier:vdocs=0",
+        "outlier:vdocs=x",
     ):
         with pytest.raises(Exception, match="--finds"):
             survey.parse_find(bad)
@@ -492,6 +497,7 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
         ("reserve", "kept", "K84", 562),
         ("extra", "reserve", "R84", 646),
         ("next", "extra", "E84", 730),
+        ("trial", "next", "N84", 814),
     ],
 )
 def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plant_as_it_was(
@@ -511,3 +517,38 @@ def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plan
     previous = {(p.layer, p.site, p.count, p.scale) for p in earlier if p.set == before}
     drawn = [(p.layer, p.site, p.count, p.scale) for p in drawn_set]
     assert drawn != sorted(previous) and len(set(drawn)) == len(drawn)  # its own draw, no repeats
+
+
+def test_vdocs_validates_on_more_documents_drawn_as_the_folders_are(monkeypatch):
+    import argparse
+
+    from lm_eval_ssmsteer.loading import resolve_model_path
+    from lm_eval_ssmsteer.studies.plant import test_scores_per_document
+
+    path = resolve_model_path("tiny-random-mamba")
+    model, tokenizer = load_model(path)
+    a = argparse.Namespace(
+        tasks=["ssm_passkey"], lengths=[256], test_docs=8, docs_per_task=8, device="cpu", model="tiny",
+        min_damage=-1.0, only_damaging=False,
+    )  # fmt: skip
+    data, _ = survey.find_documents(tokenizer, a, [16, 16])
+    assert list(data["validation_by"]) == [16]  # one set a count, however many finds ask for it
+    few, more = data["validation"], data["validation_by"][16]
+    # the same draw, longer: every document of the folder's validation is in it, none of the calibration's
+    assert len(more.examples) == 2 * len(few.examples) and set(few.examples) <= set(more.examples)
+    assert not set(more.examples) & set(data["calibration"].examples)
+    assert survey.find_documents(tokenizer, a)[0]["validation_by"] == {}
+
+    seen = []
+
+    def fake_find(model, calibration, validation=None, **kwargs):
+        seen.append(len(validation.examples))
+        raise RuntimeError("seen")
+
+    monkeypatch.setattr("lm_eval_ssmsteer.finder.find", fake_find)
+    intact = test_scores_per_document(model, data["test"])
+    plant_d01 = survey.survey_plants(2, {"B": 16})[0]
+    for text, count in (("causal:vdocs=16", 16), ("causal", 8)):
+        with pytest.raises(RuntimeError, match="seen"):
+            survey.measure_plant(plant_d01, path, a, data, intact, [survey.parse_find(text)])
+        assert seen[-1] == count

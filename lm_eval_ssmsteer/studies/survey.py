@@ -46,7 +46,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,6 +81,12 @@ EXTRA_SEED = 29
 # joins it (it does if here outlier:validate=6:choice=paired wins back more plants than the default and
 # loses none the default wins back); from the whole grid
 NEXT_SEED = 30
+# the trial set: drawn on 2026-12-07 (eighth session), after the survey's vdocs option (more validation
+# documents) was built and tried on two plants of the earlier sets (CPU, docs/finder.md, "More validation
+# documents"), to decide whether method outlier validates on 3 times as many documents by default (it does
+# if here outlier:vdocs=12 wins back more plants than the default and loses none the default wins back);
+# from the whole grid
+TRIAL_SEED = 31
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
@@ -90,6 +96,7 @@ LATER_SETS = (
     ("reserve", RESERVE_SEED, UNSEEN_PER_SITE, False),
     ("extra", EXTRA_SEED, UNSEEN_PER_SITE, False),
     ("next", NEXT_SEED, UNSEEN_PER_SITE, False),
+    ("trial", TRIAL_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -98,7 +105,19 @@ DOCS_PER_TASK = 4  # calibration documents per task and length: 12 at one length
 MIN_DAMAGE = 0.10
 WIN_BACK_GOAL = 0.8
 DEFAULT_FINDS = ("outlier", "causal", "probe")
-SETS = ("design", "held-out", "unseen", "fresh", "sealed", "withheld", "kept", "reserve", "extra", "next")
+SETS = (
+    "design",
+    "held-out",
+    "unseen",
+    "fresh",
+    "sealed",
+    "withheld",
+    "kept",
+    "reserve",
+    "extra",
+    "next",
+    "trial",
+)
 
 
 def _counts(width: int) -> tuple[int, int]:
@@ -111,7 +130,7 @@ def _counts(width: int) -> tuple[int, int]:
 class Plant:
     # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
     # K01... (kept), R01... (reserve), E01... (extra),
-    # N01... (next)
+    # N01... (next), T01... (trial)
     id: str
     set: str
     layer: int
@@ -125,10 +144,10 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
     """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
     SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
     from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED, EXTRA_SEED and
-    NEXT_SEED from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the layer count of
-    a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site a model's
-    mixers cannot reach is left out) and their widths."""
+    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED, EXTRA_SEED,
+    NEXT_SEED and TRIAL_SEED from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the
+    layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site
+    a model's mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
 
     layers = range(layers) if isinstance(layers, int) else layers
@@ -163,7 +182,8 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
     outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W,
-    outlier:narrow_floor=R, METHOD:grow=N. The fields' defaults are the options off, and ``name`` writes
+    outlier:narrow_floor=R, METHOD:grow=N, METHOD:vdocs=N. The fields' defaults are the options off, and
+    ``name`` writes
     every field that is not, so a name means the same find whatever find's defaults are: ``parse_find``
     gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off
     (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6 validated pairs
@@ -182,6 +202,7 @@ class FindOption:
     narrow: int = 0
     narrow_floor: float = 0.0
     grow: int = 0
+    vdocs: int = 0  # validation documents a task and length (0: as the folder's --docs-per-task)
 
     @property
     def name(self) -> str:
@@ -194,7 +215,8 @@ class FindOption:
         name = name if self.max_scale == 8 else f"{name}:max_scale={self.max_scale}"
         name = name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
         name = name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
-        return name if self.grow == 0 else f"{name}:grow={self.grow}"
+        name = name if self.grow == 0 else f"{name}:grow={self.grow}"
+        return name if self.vdocs == 0 else f"{name}:vdocs={self.vdocs}"
 
 
 def _passes(check: str, *args) -> bool:
@@ -217,10 +239,11 @@ def _as_float(text: str) -> float | None:
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N] (order, narrow and narrow_floor: method outlier
-    only, whose narrow screen is on unless narrow=0, which grows 3 rounds unless grow=0 and which validates
-    6 pairs with choice=paired unless validate=1; blocks: methods causal and outlier; choice: with
-    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT)."""
+    [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N][:vdocs=N] (order, narrow and narrow_floor: method
+    outlier only, whose narrow screen is on unless narrow=0, which grows 3 rounds unless grow=0 and which
+    validates 6 pairs with choice=paired unless validate=1; blocks: methods causal and outlier; choice: with
+    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT; vdocs: the validation documents a task and length,
+    drawn as the folder's are, where they are otherwise as many as its calibration documents)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
@@ -243,10 +266,12 @@ def parse_find(text: str) -> FindOption:
         "narrow": default_narrow(method),
         "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
         "grow": default_grow(method),
+        "vdocs": 0,
     }
     for option in options:
         key, _, value = option.partition("=")
-        number = key in ("screen", "validate", "descend", "grow") and value.isdigit() and int(value) >= 1
+        counted = ("screen", "validate", "descend", "grow", "vdocs")
+        number = key in counted and value.isdigit() and int(value) >= 1
         number = number or (key == "grow" and value == "0")
         number = number or (
             key == "blocks" and value.isdigit() and int(value) >= 1 and method in BLOCK_METHODS
@@ -265,7 +290,7 @@ def parse_find(text: str) -> FindOption:
                 f"METHOD:grow=N (N >= 0; 0: off), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
                 f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 0; 0: off), "
-                "outlier:narrow_floor=R (R >= 0), or several joined by ':'"
+                "outlier:narrow_floor=R (R >= 0), METHOD:vdocs=N (N >= 1), or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
@@ -371,7 +396,7 @@ def measure_plant(
             data["calibration"],
             method=option.method,
             screen=option.screen,
-            validation=data["validation"],
+            validation=data["validation_by"][option.vdocs] if option.vdocs else data["validation"],
             validate_top=option.validate,
             validate_choice=option.choice,
             steep_order=option.order,
@@ -795,21 +820,26 @@ def _plant_list(path: str):
     return survey_plants(arch.steerable_layers, widths)
 
 
-def find_documents(tokenizer, a: argparse.Namespace) -> tuple[dict, object]:
-    """Calibration and validation documents for find, and the encoded TEST documents."""
+def find_documents(tokenizer, a: argparse.Namespace, vdocs: Iterable[int] = ()) -> tuple[dict, object]:
+    """Calibration and validation documents for find, and the encoded TEST documents; for each count in
+    ``vdocs`` (a find option's ``vdocs=N``), validation documents drawn the same way with N a task and length
+    (``data["validation_by"][N]``)."""
     from lm_eval_ssmsteer.finder.data import VALIDATION_SEED, encode_pairs, token_counter, without
 
     count = token_counter(tokenizer)
     calibration = value_pairs(a.tasks, "calibration", a.docs_per_task, a.lengths, 0, count)
-    drawn = value_pairs(a.tasks, "calibration", a.docs_per_task, a.lengths, VALIDATION_SEED, count)
+
+    def validation(n: int):
+        drawn = value_pairs(a.tasks, "calibration", n, a.lengths, VALIDATION_SEED, count)
+        return encode_pairs(tokenizer, without(drawn, calibration), "calibration split, seed 1 (values)")
+
     test = encode_pairs(
         tokenizer, value_pairs(a.tasks, "test", a.test_docs, a.lengths, 0, count), "test split"
     )
     data = {
         "calibration": encode_pairs(tokenizer, calibration, "calibration split (values)"),
-        "validation": encode_pairs(
-            tokenizer, without(drawn, calibration), "calibration split, seed 1 (values)"
-        ),
+        "validation": validation(a.docs_per_task),
+        "validation_by": {n: validation(n) for n in sorted(set(vdocs))},
         "test": [(ids.to(a.device), labels.to(a.device)) for ids, labels in test.batches()],
     }
     return data, test
@@ -846,7 +876,7 @@ def run(a: argparse.Namespace) -> int:
         )
     model, tokenizer = load_model(path, device=a.device)
     try:
-        data, test = find_documents(tokenizer, a)
+        data, test = find_documents(tokenizer, a, [f.vdocs for f in a.finds if f.vdocs])
     except TaskDataError as exc:
         raise StudyArgumentError(f"--lengths {' '.join(map(str, a.lengths))}: {exc}") from None
     except FinderError as exc:  # too few documents: tasks x lengths x documents per task
