@@ -1,0 +1,66 @@
+"""scripts/survey_overfit.py rebuilds a survey plant and scores its found spec beside the intact and damaged
+model on the find's own documents and on TEST; scripts/site_balance.py's robust line flags exactly the
+points that fall below it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm_eval_ssmsteer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+overfit = _script("survey_overfit")
+balance = _script("site_balance")
+
+
+def test_the_robust_line_flags_exactly_the_points_below_it():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, generator=g, dtype=torch.float64)
+    y = 0.5 * x + 1.0 + 0.05 * torch.randn(400, generator=g, dtype=torch.float64)
+    low = [3, 70, 222, 399]
+    y[low] -= 2.0  # forty spreads below: a damped read
+    slope, residual, spread = balance.robust_line(x, y)
+    assert slope == pytest.approx(0.5, abs=0.02) and spread == pytest.approx(0.05, rel=0.2)
+    flagged = torch.nonzero(residual < -balance.SPREADS * spread).flatten().tolist()
+    assert flagged == low
+
+
+def test_it_rebuilds_the_surveys_plant_and_scores_its_spec_on_every_document_set(tmp_path, capsys):
+    out = tmp_path / "survey"
+    args = ["study", "survey", "--model", "tiny-random-mamba", "--out", str(out), "--plants", "D01",
+            "--tasks", "ssm_passkey", "--lengths", "256", "--test-docs", "8", "--docs-per-task", "8",
+            "--finds", "causal"]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    record = json.loads((out / "plants" / "D01.json").read_text())
+    assert overfit.main([str(out), "D01"]) == 0
+    printed = capsys.readouterr().out
+    rows = {
+        m.group(1): [int(n) for n in re.findall(r"(\d+) of \d+", m.group(2))]
+        for m in re.finditer(r"^\| (intact|damaged|planted x8|found) \|(.*)$", printed, re.M)
+    }
+    assert set(rows) == {"intact", "damaged", "planted x8", "found"}
+    assert all(len(r) == 3 for r in rows.values())  # calibration, validation, TEST
+    test_docs = record["test_documents"]
+    # the TEST column reproduces the survey's intact and damaged accuracy: the same plant and documents
+    assert rows["intact"][2] == round(record["intact"]["accuracy"] * test_docs)
+    assert rows["damaged"][2] == round(record["damaged"]["accuracy"] * test_docs)
+    with pytest.raises(SystemExit):
+        overfit.main([str(out), "D01", "--find", "nope"])
+    with pytest.raises(SystemExit):
+        overfit.main([str(out), "D99"])
