@@ -183,10 +183,9 @@ class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
     outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W,
     outlier:narrow_floor=R, METHOD:grow=N, METHOD:vdocs=N. The fields' defaults are the options off, and
-    ``name`` writes
-    every field that is not, so a name means the same find whatever find's defaults are: ``parse_find``
-    gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns it off
-    (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6 validated pairs
+    ``name`` writes every field that is not, so a name means the same find whatever find's defaults are:
+    ``parse_find`` gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns
+    it off (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6 validated pairs
     (validate=6:choice=paired) unless validate=1; a plant file's ``outlier`` from before those defaults ran
     without any, its ``outlier:narrow=64:narrow_floor=4`` without grow and the paired choice, its
     ``outlier:narrow=64:narrow_floor=4:grow=3`` without the paired choice."""
