@@ -738,8 +738,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_find,
         default=[parse_find(f) for f in DEFAULT_FINDS],
         help="find options, METHOD[:screen=N][:validate=N][:choice=gain|paired][:descend=N][:max_scale=S]"
-        "[:grow=N] (0: off; outlier grows 3 rounds unless grow=0, and validates 6 pairs with "
-        "choice=paired unless validate=1), "
+        "[:grow=N][:vdocs=N] (grow 0: off; outlier grows 3 rounds unless grow=0, and validates 6 pairs with "
+        "choice=paired unless validate=1; vdocs: validation documents a task and length, default as "
+        "--docs-per-task), "
         "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
         ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",
