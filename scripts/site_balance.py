@@ -2,16 +2,16 @@
 
     python scripts/site_balance.py --model ref-mamba1 [--plant U69] [--device cpu]
 
-On a Mamba-1 or Mamba-2 model, planted with the survey plant ``--plant`` (none: the model as shipped), it
-runs the channel-size pass of method ``outlier`` over the survey's calibration documents (its needle tasks,
-512 and 2048 tokens, 4 documents a task and length) at every layer's gated output (site ``ssm_out``, the
-product Mamba-1's gate and ssm_out share), and sets each channel's log RMS there beside the log norm of what
-reads it: its ``out_proj`` column (Mamba-2: times the gated norm's weight). Per layer it prints the
-correlation of the two, then each way of fitting one on the other (least squares, refitted 5 times on the
-channels within 3 robust spreads): the slope, the robust spread of the residuals, and how many channels lie
-more than 3 spreads below the line; at the planted layer, how many of those are planted. A Mamba-1 ssm_out
-plant scales ``out_proj`` columns (the column falls, the RMS stays); a gate plant scales ``z`` (the RMS
-falls, the column stays): ``column on RMS`` looks for the first, ``RMS on column`` for the second.
+On a Mamba-1 or Mamba-2 model, planted with the survey plant ``--plant`` (none: the model as shipped), it runs
+the channel-size pass of method ``outlier`` over the survey's calibration documents (its needle tasks, 512 and
+2048 tokens, 4 documents a task and length) at every layer's gated output (site ``ssm_out``, the product
+Mamba-1's gate and ssm_out share), and sets each channel's log RMS there beside the log norm of what reads it:
+its ``out_proj`` column (Mamba-2: times the gated norm's weight). Per layer it prints the correlation of the
+two, then each way of fitting one on the other (``finder.magnitude.robust_line``: least squares, refitted 5
+times on the channels within 3 robust spreads): the slope, the robust spread of the residuals, and how many
+channels lie more than 3 spreads below the line; at the planted layer, how many of those are planted. A
+Mamba-1 ssm_out plant scales ``out_proj`` columns (the column falls, the RMS stays); a gate plant scales ``z``
+(the RMS falls, the column stays): ``column on RMS`` looks for the first, ``RMS on column`` for the second.
 """
 
 from __future__ import annotations
@@ -22,26 +22,9 @@ import torch
 
 from lm_eval_ssmsteer.finder import magnitude
 from lm_eval_ssmsteer.loading import load_model, resolve_model_path
-from lm_eval_ssmsteer.mamba.arch import MAMBA1, describe_model, mamba_mixers
+from lm_eval_ssmsteer.mamba.arch import describe_model
 from lm_eval_ssmsteer.studies import survey
 from lm_eval_ssmsteer.studies.damping import plant as plant_damage
-
-SPREADS = 3.0  # a channel this many robust spreads below the line is flagged
-REFITS = 5
-
-
-def robust_line(x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor, float]:
-    """y on x by least squares, refitted REFITS times on the points within SPREADS robust spreads of the
-    line: the slope, every point's residual (centred on the median) and the robust spread."""
-    keep = torch.ones_like(x, dtype=torch.bool)
-    for _ in range(REFITS):
-        design = torch.stack([x[keep], torch.ones_like(x[keep])], dim=1)
-        slope, icept = torch.linalg.lstsq(design, y[keep][:, None]).solution[:, 0].tolist()
-        residual = y - (slope * x + icept)
-        residual = residual - residual.median()
-        spread = float(residual.abs().median()) * magnitude.MAD_TO_SD
-        keep = residual.abs() < SPREADS * spread
-    return slope, residual, spread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     arch = describe_model(model)
     pairs = [(layer, "ssm_out") for layer in arch.steerable_layers]
     rms = magnitude.channel_rms(model, list(data["calibration"].batches()), pairs, arch.site_width)
-    mixers = mamba_mixers(model)
+    reading = magnitude.reading_norms(model, [layer for layer, _ in pairs])
+    spreads = magnitude.LINE_SPREADS
     print(
         f"{a.model}, plant {a.plant or 'none'}"
         + (f": L{pl.layer} {pl.site} {pl.count} x{pl.scale:g}" if pl else "")
@@ -73,17 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| layer | correlation | fit | slope | spread | flagged | planted flagged |")
     print("|---|---|---|---|---|---|---|")
     for layer, site in pairs:
-        mixer = mixers[layer]
-        column = mixer.out_proj.weight.detach().double().norm(dim=0).cpu()
-        if arch.family != MAMBA1:
-            column = column * mixer.norm.weight.detach().double().abs().cpu()
+        column = reading[layer]
         log_rms = magnitude.log_size(rms[(layer, site)])
         log_column = column.clamp(min=1e-30).log()
         correlation = float(torch.corrcoef(torch.stack([log_rms, log_column]))[0, 1])
         here = pl is not None and layer == pl.layer and pl.site in ("ssm_out", "gate")
         for name, x, y in (("column on RMS", log_rms, log_column), ("RMS on column", log_column, log_rms)):
-            slope, residual, spread = robust_line(x, y)
-            low = {int(c) for c in torch.nonzero(residual < -SPREADS * spread).flatten()}
+            slope, residual, spread = magnitude.robust_line(x, y)
+            low = {int(c) for c in torch.nonzero(residual < -spreads * spread).flatten()}
             hit = f"{len(low & planted)} of {len(planted)}" if here else "–"
             print(
                 f"| {layer} | {correlation:.2f} | {name} | {slope:.2f} | {spread:.3f} | {len(low)} | {hit} |"

@@ -313,6 +313,7 @@ def gpt2_dir(tmp_path_factory):
         (["--narrow", "-1"], "--narrow: -1; allowed: a whole number of channels, 0 (off) or more"),
         (["--method", "causal", "--narrow", "16"], "--narrow: 16 with method 'causal'; allowed with method"),
         (["--narrow-floor", "-1"], "--narrow-floor: -1.0; allowed: a number >= 0"),
+        (["--method", "causal", "--balance"], "--balance: on with method 'causal'; allowed with method"),
         (["--narrow-floor", "nan"], "--narrow-floor: nan; allowed: a number >= 0"),
         (
             ["--validate-top", "1", "--validate-choice", "paired"],

@@ -317,7 +317,14 @@ def test_find_options_parse_and_name_themselves():
     assert (option.vdocs, option.name) == (12, "outlier" + paired + on + grown + ":vdocs=12")
     assert survey.parse_find("causal:vdocs=3:validate=2").name == "causal:validate=2:vdocs=3"
     assert survey.parse_find("outlier").vdocs == 0
+    # balance: find --balance, named only when on
+    option = survey.parse_find("outlier:balance=1")
+    assert (option.balance, option.name) == (1, "outlier" + paired + on + grown + ":balance=1")
+    assert survey.parse_find("outlier:balance=0").name == survey.parse_find("outlier").name
     for bad in (
+        "causal:balance=1",
+        "outlier:balance=2",
+        "outlier:balance=x",
         "outlier:narrow=-1",
         "outlier:narrow=0:narrow_floor=4",
         "outlier:narrow_floor=-1",

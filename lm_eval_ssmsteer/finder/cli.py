@@ -86,6 +86,7 @@ def run(args: argparse.Namespace):
     )
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
+        check_balance,
         check_max_scale,
         check_narrow,
         check_narrow_floor,
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace):
     if args.grow is None:
         args.grow = default_grow(args.method)
     check_narrow(args.narrow, args.method, "--narrow")
+    check_balance(args.balance, args.method, "--balance")
     check_narrow_floor(args.narrow_floor, "--narrow-floor")
     args.validate_top, args.validate_choice = default_validation(
         args.method, args.validate_top, args.validate_choice
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace):
         narrow=args.narrow,
         narrow_floor=args.narrow_floor,
         grow=args.grow,
+        balance=args.balance,
         verify=args.verify,
         max_channels=args.max_channels,
         model_name=args.model,
@@ -339,6 +342,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="after the sweep, up to this many rounds from its best point: a gradient there, then the 1, 2, "
         "4, 8 outside channels it asks up most added at the point's scale, the best kept while it lowers "
         f"the loss (default {GROW_ROUNDS} for outlier, 0 for the others; 0: off; docs/finder.md, 'Grow')",
+    )
+    p.add_argument(
+        "--balance",
+        action="store_true",
+        help="method outlier on Mamba-2: set the ssm_out channel sizes (y) and the gate ones (read as the "
+        "gated product y*SiLU(z)) against the line of size on the norm of what reads them, so a channel "
+        "that arrives weak where it is read strongly is an outlier, and screen the 2 most extreme such pairs "
+        "besides (default off; docs/finder.md, 'Balance')",
     )
     p.add_argument("--max-channels", type=int, default=32, help="most channels in the spec (default 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -18,6 +18,16 @@ after short documents included.
 On Mamba-1 the ``ssm_out`` / ``gate`` product y·SiLU(z) feeds ``out_proj`` directly, so a channel's size
 there is its RMS times the norm of its ``out_proj`` column (``channel_size``): a channel the next map
 reads weakly is as small as one that arrives weak.
+
+On Mamba-2 steering's ``ssm_out`` and ``gate`` multiply y where it enters the gated RMSNorm, so the
+observer reads y for both, and a damped z leaves y as it is. ``channel_rms(..., gated=LAYERS)`` reads those
+layers' ``gate`` pairs as the product y·SiLU(z) the norm normalises instead (the operands as the norm's
+pre-hook gets them, ``mamba.compat.gated_norm_operands``), which a damped z lowers. ``balanced_size`` then
+sets each channel against the line fitted of its log size on the log norm of what reads it
+(``reading_norms``: the ``out_proj`` column times the gated norm's weight): on ref-mamba2 y and that norm go
+together (correlation 0.84 at layer 0), and a channel that arrives weak where it is read strongly lies below
+the line, where a naturally quiet channel does not (``find --balance``; scripts/site_balance.py prints the
+fits).
 """
 
 from __future__ import annotations
@@ -30,9 +40,12 @@ import torch
 from lm_eval_ssmsteer.steering import steer_factors
 
 Pair = tuple[int, str]
+GATED_SITES = ("ssm_out", "gate")  # the sites that multiply the gated output (twins in steering)
 _MULS = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
 OUTLIER_Z = 3.0  # a channel is a low outlier when its log RMS lies this many robust spreads below the median
 MAD_TO_SD = 1.4826  # the median absolute deviation of a normal sample, times this, estimates its sd
+LINE_SPREADS = 3.0  # robust_line refits on the points within this many robust spreads of its line
+LINE_REFITS = 5
 
 
 class _Sums:
@@ -86,18 +99,49 @@ def channel_rms(
     pairs: list[Pair],
     width: Callable[[str], int],
     advance: Callable[[], object] = lambda: None,
+    gated: tuple[int, ...] = (),
 ) -> dict[Pair, torch.Tensor]:
     """Root mean square of each channel of every pair over the batches (fp32, on the CPU), read where
-    steering multiplies; ``width(site)`` gives a site's channel count; ``advance`` after each batch."""
+    steering multiplies; ``width(site)`` gives a site's channel count; ``advance`` after each batch.
+    ``gated``: Mamba-2 layers whose ``gate`` pair is read as y·SiLU(z), the product their gated norm
+    normalises (after any steering of y), instead of y (its ``ssm_out`` pair stays y)."""
+    from lm_eval_ssmsteer.mamba.arch import mamba_mixers
+    from lm_eval_ssmsteer.mamba.compat import gated_norm_operands
+
     device = next(model.parameters()).device
     sums = _Sums()
     factors = {
         p: _observe(torch.ones(width(p[1]), device=device).requires_grad_(True), (p,), sums) for p in pairs
     }
+    products = _Sums()
+    read = {layer: [p for p in pairs if p == (layer, "gate")] for layer in gated}
+
+    def reader(layer: int):
+        def hook(module, args, kwargs):
+            y, z = gated_norm_operands(args, kwargs)
+            product = y.float() if z is None else y.float() * torch.nn.functional.silu(z.float())
+            for pair in read[layer]:
+                products.add(pair, product, torch.Size([product.shape[-1]]))
+
+        return hook
+
     with torch.no_grad(), steer_factors(model, factors):
-        for ids, _ in batches:
-            model(ids, use_cache=False, logits_to_keep=1)
-            advance()
+        mixers = mamba_mixers(model) if gated else {}
+        # registered after the steering hooks (a plant's, the observers'), so they read the steered y
+        handles = [
+            mixers[layer].norm.register_forward_pre_hook(reader(layer), with_kwargs=True)
+            for layer in gated
+            if read[layer]
+        ]
+        try:
+            for ids, _ in batches:
+                model(ids, use_cache=False, logits_to_keep=1)
+                advance()
+        finally:
+            for handle in handles:
+                handle.remove()
+    sums.squares.update(products.squares)
+    sums.count.update(products.count)
     missing = [p for p in pairs if p not in sums.squares]
     if missing:
         raise RuntimeError(f"no activation reached the steering hooks of {missing}")
@@ -119,6 +163,51 @@ def channel_size(model, rms: dict[Pair, torch.Tensor]) -> dict[Pair, torch.Tenso
             value = value * column
         out[(layer, site)] = value
     return out
+
+
+def reading_norms(model, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per Mamba layer, the norm of what reads each channel of its gated output (fp64, on the CPU): the
+    ``out_proj`` column, times (Mamba-2) the absolute weight of the gated norm before it."""
+    from lm_eval_ssmsteer.mamba.arch import MAMBA1, describe_model, mamba_mixers
+
+    mixers = mamba_mixers(model)
+    mamba1 = describe_model(model).family == MAMBA1
+    out = {}
+    for layer in layers:
+        column = mixers[layer].out_proj.weight.detach().double().norm(dim=0).cpu()
+        if not mamba1:
+            column = column * mixers[layer].norm.weight.detach().double().abs().cpu()
+        out[layer] = column
+    return out
+
+
+def robust_line(x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor, float]:
+    """y on x by least squares, refitted LINE_REFITS times on the points within LINE_SPREADS robust spreads
+    of the line: the slope, every point's residual (centred on their median) and their robust spread
+    (MAD_TO_SD times the median absolute residual)."""
+    x, y = x.double(), y.double()
+    keep = torch.ones_like(x, dtype=torch.bool)
+    slope = 0.0
+    residual = y - y.median()
+    spread = 0.0
+    for _ in range(LINE_REFITS):
+        if int(keep.sum()) < 2:
+            break
+        design = torch.stack([x[keep], torch.ones_like(x[keep])], dim=1)
+        slope, icept = torch.linalg.lstsq(design, y[keep][:, None]).solution[:, 0].tolist()
+        residual = y - (slope * x + icept)
+        residual = residual - residual.median()
+        spread = float(residual.abs().median()) * MAD_TO_SD
+        keep = residual.abs() < LINE_SPREADS * spread
+    return slope, residual, spread
+
+
+def balanced_size(size: torch.Tensor, reading: torch.Tensor) -> torch.Tensor:
+    """Each channel's size against what reads it: exp of its residual from the line fitted of log size on
+    log reading norm (``robust_line``), so the channel on the line is 1 and a channel that arrives weak
+    where it is read strongly is small; fp32, as the sizes are."""
+    _, residual, _ = robust_line(reading.double().clamp(min=1e-30).log(), log_size(size))
+    return residual.exp().float()
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from lm_eval_ssmsteer.finder.methods import (
 )
 from lm_eval_ssmsteer.mamba.arch import ArchInfo, describe_model
 from lm_eval_ssmsteer.mamba.fastscan import fast_scan_if_allowed
-from lm_eval_ssmsteer.mamba.sites import OUTPUT_SITES, SITES
+from lm_eval_ssmsteer.mamba.sites import GATED_NORM_INPUT, OUTPUT_SITES, SITES, site_row
 from lm_eval_ssmsteer.spec import SteeringSpec
 
 K_GRID = (1, 2, 4, 8, 16, 32)
@@ -84,6 +84,7 @@ BLOCK_REFINE = 2
 BLOCK_METHODS = ("causal", "outlier")  # the methods with screens the block rows compete in
 OUTLIER_PAIRS = 4  # method outlier: the pairs with the most extreme small channels screened
 OUTLIER_REFINE = 2  # of those, the most extreme get the coordinate search from their best screened point
+BALANCE_PAIRS = 2  # find --balance: the balanced pairs (Mamba-2 ssm_out, gate) screened and refined besides
 # method outlier: the best pair's best points at up to this many other channel counts are validated too
 VALIDATE_COUNTS = 4
 RESTORE_LIMIT = (1.5, 64.0)  # the "restore to the median channel" scale is clipped to this range
@@ -278,6 +279,7 @@ def find(
     narrow: int | None = None,
     narrow_floor: float = NARROW_FLOOR,
     grow: int | None = None,
+    balance: bool = False,
 ) -> FindResult:
     """LossAccuracy, screen (causal), sweep on ``data`` (calibration only) and return the best spec; writes
     nothing. With ``validation`` (other calibration documents), the best configuration must also lower the
@@ -311,7 +313,12 @@ def find(
     asks up most added at the point's scale; the best addition is kept while it lowers the loss. With
     ``validation``, grow's end point is one more point the validation documents may choose (as another
     channel count is: only where they call it better and it gains more than the choice), and its steps are
-    not candidates."""
+    not candidates. ``balance`` (method ``outlier``): on Mamba-2 the ``ssm_out`` channel sizes (y) and the
+    ``gate`` ones, read as the gated product y·SiLU(z), are each set against the line of log size on the log
+    norm of what reads them (``magnitude.balanced_size``), so a channel that arrives weak where it is read
+    strongly is a low outlier and a naturally quiet one is not; the BALANCE_PAIRS most extreme such pairs
+    the outlier screen does not choose anyway are screened and refined besides (elsewhere, and on Mamba-1,
+    everything is as without it)."""
     sites = list(SITES if sites is None else sites)
     check_request(method, sites)
     validate_top, validate_choice = default_validation(method, validate_top, validate_choice)
@@ -327,6 +334,7 @@ def find(
     grow = check_grow(default_grow(method) if grow is None else grow)
     narrow = check_narrow(default_narrow(method) if narrow is None else narrow, method)
     check_narrow_floor(narrow_floor)
+    balance = check_balance(balance, method)
     wide = wide_scales(max_scale)
     arch = describe_model(model)
     if method == "variance":
@@ -356,7 +364,7 @@ def find(
             )
             steep = _steepest(grads, screen, shortlist) if method == "outlier" else []
             # the channel sizes (one pass) serve the outlier screen below, and here any order but gradient
-            sizes = _sizes(model, batches, arch, list(rankings), bars) if method == "outlier" else {}
+            sizes = _sizes(model, batches, arch, list(rankings), bars, balance) if method == "outlier" else {}
             orders = {p: _steep_channels(grads[p], sizes[p], steep_order) for p in steep}
 
             def scales(direction: str) -> list[float]:
@@ -403,7 +411,10 @@ def find(
                     for p, o in outliers.items()
                     if o.channels
                 }
-                screened += _outlier_screen(model, batches, arch, outliers, sweep, bars, max_channels)
+                balanced = frozenset(balanced_pairs(arch, list(rankings))) if balance else frozenset()
+                screened += _outlier_screen(
+                    model, batches, arch, outliers, sweep, bars, max_channels, balanced
+                )
                 if narrow:
                     rows, raw["narrow"] = _narrow_screen(
                         arch, rankings, sizes, sweep, bars, narrow, narrow_floor
@@ -604,6 +615,7 @@ def find(
         **({"max_scale": max_scale} if wide else {}),
         **({"narrow": {"width": narrow, "floor": narrow_floor}} if narrow else {}),
         **({"grow": grow} if grow else {}),
+        **({"balance": True} if balance else {}),
         "sweep_points": len(curve),
         "seconds": round(time.time() - t0, 1),
     }
@@ -649,6 +661,7 @@ def find(
         "narrow": narrow,
         "narrow_floor": narrow_floor if narrow else None,
         "grow": grow,
+        "balance": balance,
     }
     heatmap = {p: r.score for p, r in rankings.items()}
     return FindResult(spec, base, best_score, scores, heatmap, rejected)
@@ -817,11 +830,38 @@ def _descend(
     return kept, [round(float(final[c].exp()), 4) for c in kept]
 
 
-def _sizes(model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress) -> dict[Pair, torch.Tensor]:
-    """Each pair's channel sizes (``finder.magnitude``), from one forward pass per batch."""
+def _sizes(
+    model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress, balance: bool = False
+) -> dict[Pair, torch.Tensor]:
+    """Each pair's channel sizes (``finder.magnitude``), from one forward pass per batch; with ``balance``,
+    a Mamba-2 model's ``ssm_out`` (y) and ``gate`` (the gated product y·SiLU(z)) against what reads them."""
+    gated = sorted({p[0] for p in balanced_pairs(arch, pairs)}) if balance else []
     with bars.phase("channel size", len(batches), "batch"):
-        rms = magnitude.channel_rms(model, batches, pairs, arch.site_width, bars.advance)
-    return magnitude.channel_size(model, rms)
+        rms = magnitude.channel_rms(model, batches, pairs, arch.site_width, bars.advance, tuple(gated))
+    sizes = magnitude.channel_size(model, rms)
+    reading = magnitude.reading_norms(model, gated)
+    for pair in pairs:
+        if pair[0] in reading and pair[1] in magnitude.GATED_SITES:
+            sizes[pair] = magnitude.balanced_size(rms[pair], reading[pair[0]])
+    return sizes
+
+
+def balanced_pairs(arch: ArchInfo, pairs: list[Pair]) -> list[Pair]:
+    """The pairs ``find --balance`` reads against what reads them: ssm_out and gate where steering reaches
+    them at Mamba-2's gated norm (not Falcon-H1's inline gate; not Mamba-1)."""
+    if site_row("ssm_out", arch.family, arch.architecture).reach != GATED_NORM_INPUT:
+        return []
+    return [p for p in pairs if p[1] in magnitude.GATED_SITES]
+
+
+def check_balance(balance: object, method: str, field: str = "balance") -> bool:
+    """``balance`` when it is allowed (a bool; True only with method outlier, whose channel sizes it
+    changes); a FinderError naming ``field``, the value and what is allowed."""
+    if not isinstance(balance, bool):
+        raise FinderError(f"{field}: {balance!r}; allowed: true or false")
+    if balance and method != "outlier":
+        raise FinderError(f"{field}: on with method {method!r}; allowed with method outlier only")
+    return balance
 
 
 def _steep_channels(grad: torch.Tensor, size: torch.Tensor, how: str) -> list[int]:
@@ -841,23 +881,19 @@ def _outlier_screen(
     sweep: _Sweep,
     bars: _Progress,
     max_channels: int,
+    balanced: frozenset[Pair] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Method ``outlier``: the OUTLIER_PAIRS pairs whose smallest channel lies furthest below the rest
-    (twins, same layer and same outliers, once), each with its outliers (at most ``max_channels``,
-    smallest first) at PROBE_SCALE and at the scale that restores them to the median channel (clipped to
-    RESTORE_LIMIT); then the OUTLIER_REFINE most extreme get the coordinate search (``_coordinate``) from
-    their better point, at its scale. One screened row per pair, as the attribution screen writes them,
-    with the refined channel order (``channels``) where the search lowered the loss."""
-    chosen: list[Pair] = []
-    for pair in sorted(outliers, key=lambda p: outliers[p].score, reverse=True):
-        found = outliers[pair]
-        if not found.channels:
-            break
-        if any(q[0] == pair[0] and outliers[q].channels == found.channels for q in chosen):
-            continue
-        chosen.append(pair)
-        if len(chosen) == OUTLIER_PAIRS:
-            break
+    (``outlier_pairs``), each with its outliers (at most ``max_channels``, smallest first) at PROBE_SCALE
+    and at the scale that restores them to the median channel (clipped to RESTORE_LIMIT); then the
+    OUTLIER_REFINE most extreme get the coordinate search (``_coordinate``) from their better point, at its
+    scale. ``balanced`` (find --balance): the BALANCE_PAIRS most extreme of these pairs not chosen so are
+    screened and refined too (their sizes are set against what reads them, so their z-scores do not
+    compete with the other pairs' on one scale). One screened row per pair, as the attribution screen
+    writes them, with the refined channel order (``channels``) where the search lowered the loss."""
+    chosen = outlier_pairs(outliers, OUTLIER_PAIRS)
+    extra = outlier_pairs(outliers, BALANCE_PAIRS, chosen, balanced) if balanced else []
+    chosen += extra
     rows: list[dict[str, Any]] = []
     if not chosen:
         return rows
@@ -874,7 +910,7 @@ def _outlier_screen(
             ]
             best_points[pair] = min(points, key=lambda point: point["loss"])
     # a naturally tiny channel among the damped ones spoils the set: drop what the gradient sends back
-    refine = chosen[:OUTLIER_REFINE]
+    refine = chosen[:OUTLIER_REFINE] + extra
     with bars.phase("outlier refine", len(refine) * PROBE_ROUNDS, "round"):
         for pair in refine:
             best = best_points[pair]
@@ -892,6 +928,27 @@ def _outlier_screen(
             | ({"channels": best["order"]} if "order" in best else {})
         )
     return rows
+
+
+def outlier_pairs(
+    outliers: dict[Pair, magnitude.Outliers],
+    n: int,
+    skip: list[Pair] = (),
+    among: frozenset[Pair] | None = None,
+) -> list[Pair]:
+    """The ``n`` pairs (of ``among``; None: of all) whose smallest channel lies furthest below the rest,
+    most extreme first; twins (same layer, same outliers) once, and none that is, or is a twin of, a pair
+    of ``skip``."""
+    chosen: list[Pair] = []
+    for pair in sorted(outliers, key=lambda p: outliers[p].score, reverse=True):
+        found = outliers[pair]
+        if len(chosen) == n or not found.channels:
+            break
+        before = [*skip, *chosen]
+        twin = any(q[0] == pair[0] and (q == pair or outliers[q].channels == found.channels) for q in before)
+        if not twin and (among is None or pair in among):
+            chosen.append(pair)
+    return chosen
 
 
 def default_narrow(method: str) -> int:

@@ -134,6 +134,18 @@ def gated_norm_group_size(norm: Any, width: int) -> int:
     return width // getattr(norm, "n_groups", 1)
 
 
+# Mamba-2's gated RMSNorm: forward(hidden_states, gate=None), the same names across the range
+GATED_NORM_Y, GATED_NORM_Z = "hidden_states", "gate"
+
+
+def gated_norm_operands(args: tuple, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(y, z) of a call of Mamba-2's gated RMSNorm, as its forward pre-hook receives them (z: None where
+    the caller gates nothing)."""
+    y = args[0] if args else kwargs[GATED_NORM_Y]
+    z = args[1] if len(args) > 1 else kwargs.get(GATED_NORM_Z)
+    return y, z
+
+
 def cache_keyword(model: Any) -> str:
     """The name under which ``model``'s forward takes a cache (for code that passes one itself)."""
     import inspect

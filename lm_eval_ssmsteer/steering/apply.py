@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from lm_eval_ssmsteer.mamba import sites as S
 from lm_eval_ssmsteer.mamba.arch import block_hidden, mamba_mixers, with_block_hidden
-from lm_eval_ssmsteer.mamba.compat import forward_cache, output_cache, scan_functions
+from lm_eval_ssmsteer.mamba.compat import GATED_NORM_Y, forward_cache, output_cache, scan_functions
 from lm_eval_ssmsteer.mamba.patch import returns_none, swap_during_calls
 from lm_eval_ssmsteer.spec import SteeringSpec
 from lm_eval_ssmsteer.steering.plan import SiteFactors, SteeringPlan
@@ -163,7 +163,7 @@ class _Steerer:
                 return None
             if args:
                 return (_scaled(args[0], f), *args[1:]), kwargs
-            kwargs["hidden_states"] = _scaled(kwargs["hidden_states"], f)
+            kwargs[GATED_NORM_Y] = _scaled(kwargs[GATED_NORM_Y], f)
             return args, kwargs
 
         return hook

@@ -87,6 +87,12 @@ NEXT_SEED = 30
 # if here outlier:vdocs=12 wins back more plants than the default and loses none the default wins back);
 # from the whole grid
 TRIAL_SEED = 31
+# the open set: drawn on 2026-12-07 (ninth session), after find --balance (Mamba-2's ssm_out and gate sizes
+# set against what reads them, and the most extreme such pairs screened besides) was built and tried on two
+# plants of the earlier sets (K64, U78; CPU, docs/finder.md, "Balance"), to decide whether method outlier
+# balances by default (it does if here outlier:balance=1 wins back more plants than the default and loses
+# none the default wins back); from the whole grid
+OPEN_SEED = 32
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
     ("fresh", FRESH_SEED, UNSEEN_PER_SITE, True),
@@ -97,6 +103,7 @@ LATER_SETS = (
     ("extra", EXTRA_SEED, UNSEEN_PER_SITE, False),
     ("next", NEXT_SEED, UNSEEN_PER_SITE, False),
     ("trial", TRIAL_SEED, UNSEEN_PER_SITE, False),
+    ("open", OPEN_SEED, UNSEEN_PER_SITE, False),
 )
 SURVEY_TASKS = ("ssm_passkey", "ssm_variable_tracking", "ssm_ruler_niah_single")
 SCALES = (0.1, 0.05, 0.02)
@@ -117,6 +124,7 @@ SETS = (
     "extra",
     "next",
     "trial",
+    "open",
 )
 
 
@@ -130,7 +138,7 @@ def _counts(width: int) -> tuple[int, int]:
 class Plant:
     # D01... (design), H01... (held-out), U01... (unseen), F01... (fresh), S01... (sealed), W01... (withheld),
     # K01... (kept), R01... (reserve), E01... (extra),
-    # N01... (next), T01... (trial)
+    # N01... (next), T01... (trial), O01... (open)
     id: str
     set: str
     layer: int
@@ -141,11 +149,11 @@ class Plant:
 
 
 def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[Plant]:
-    """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with
-    SURVEY_SEED, alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED
-    from the combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what
-    those left, then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED, EXTRA_SEED,
-    NEXT_SEED and TRIAL_SEED from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the
+    """The fixed plant list: per site PLANTS_PER_SITE distinct (layer, count, scale) drawn with SURVEY_SEED,
+    alternately design and held-out, then UNSEEN_PER_SITE more per site drawn with UNSEEN_SEED from the
+    combinations left, then as many again (fewer where fewer are left) with FRESH_SEED from what those left,
+    then as many again with SEALED_SEED, WITHHELD_SEED, KEPT_SEED, RESERVE_SEED, EXTRA_SEED, NEXT_SEED,
+    TRIAL_SEED and OPEN_SEED from the whole grid; channel seeds 100, 101, ... in list order. ``layers``: the
     layer count of a pure model, or a hybrid's Mamba layer indices; ``widths``: the sites to plant at (a site
     a model's mixers cannot reach is left out) and their widths."""
     from lm_eval_ssmsteer.mamba.sites import SITES
@@ -182,12 +190,12 @@ def survey_plants(layers: int | Sequence[int], widths: dict[str, int]) -> list[P
 class FindOption:
     """One way of running `find`: METHOD, METHOD:screen=N, METHOD:validate=N, METHOD:choice=paired,
     outlier:order=HOW, METHOD:descend=N, METHOD:blocks=N, METHOD:max_scale=S, outlier:narrow=W,
-    outlier:narrow_floor=R, METHOD:grow=N, METHOD:vdocs=N. The fields' defaults are the options off, and
-    ``name`` writes every field that is not, so a name means the same find whatever find's defaults are:
-    ``parse_find`` gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless the text turns
-    it off (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6 validated pairs
-    (validate=6:choice=paired) unless validate=1; a plant file's ``outlier`` from before those defaults ran
-    without any, its ``outlier:narrow=64:narrow_floor=4`` without grow and the paired choice, its
+    outlier:narrow_floor=R, METHOD:grow=N, METHOD:vdocs=N, outlier:balance=1. The fields' defaults are the
+    options off, and ``name`` writes every field that is not, so a name means the same find whatever find's
+    defaults are: ``parse_find`` gives method outlier find's narrow screen (narrow=64:narrow_floor=4) unless
+    the text turns it off (narrow=0), find's grow (grow=3) unless grow=0, and find's paired choice among 6
+    validated pairs (validate=6:choice=paired) unless validate=1; a plant file's ``outlier`` from before those
+    defaults ran without any, its ``outlier:narrow=64:narrow_floor=4`` without grow and the paired choice, its
     ``outlier:narrow=64:narrow_floor=4:grow=3`` without the paired choice."""
 
     method: str
@@ -202,6 +210,7 @@ class FindOption:
     narrow_floor: float = 0.0
     grow: int = 0
     vdocs: int = 0  # validation documents a task and length (0: as the folder's --docs-per-task)
+    balance: int = 0  # 1: find's --balance
 
     @property
     def name(self) -> str:
@@ -215,7 +224,8 @@ class FindOption:
         name = name if self.narrow == 0 else f"{name}:narrow={self.narrow}"
         name = name if self.narrow_floor == 0 else f"{name}:narrow_floor={self.narrow_floor:g}"
         name = name if self.grow == 0 else f"{name}:grow={self.grow}"
-        return name if self.vdocs == 0 else f"{name}:vdocs={self.vdocs}"
+        name = name if self.vdocs == 0 else f"{name}:vdocs={self.vdocs}"
+        return name if self.balance == 0 else f"{name}:balance=1"
 
 
 def _passes(check: str, *args) -> bool:
@@ -238,11 +248,12 @@ def _as_float(text: str) -> float | None:
 
 def parse_find(text: str) -> FindOption:
     """A --finds value METHOD[:screen=N][:validate=N][:choice=paired][:order=HOW][:descend=N][:blocks=N]
-    [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N][:vdocs=N] (order, narrow and narrow_floor: method
-    outlier only, whose narrow screen is on unless narrow=0, which grows 3 rounds unless grow=0 and which
-    validates 6 pairs with choice=paired unless validate=1; blocks: methods causal and outlier; choice: with
-    validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT; vdocs: the validation documents a task and length,
-    drawn as the folder's are, where they are otherwise as many as its calibration documents)."""
+    [:max_scale=S][:narrow=W][:narrow_floor=R][:grow=N][:vdocs=N][:balance=1] (order, narrow, narrow_floor and
+    balance: method outlier only, whose narrow screen is on unless narrow=0, which grows 3 rounds unless
+    grow=0 and which validates 6 pairs with choice=paired unless validate=1; blocks: methods causal and
+    outlier; choice: with validate=N, N > 1; S from 8 to MAX_SCALE_LIMIT; vdocs: the validation documents a
+    task and length, drawn as the folder's are, where they are otherwise as many as its calibration
+    documents)."""
     from lm_eval_ssmsteer.finder.methods import METHODS, STEEP_ORDERS, VALIDATE_CHOICES
     from lm_eval_ssmsteer.finder.search import (
         BLOCK_METHODS,
@@ -266,6 +277,7 @@ def parse_find(text: str) -> FindOption:
         "narrow_floor": NARROW_FLOOR if default_narrow(method) else 0.0,
         "grow": default_grow(method),
         "vdocs": 0,
+        "balance": 0,
     }
     for option in options:
         key, _, value = option.partition("=")
@@ -280,6 +292,7 @@ def parse_find(text: str) -> FindOption:
         number = number or (narrow and _passes("check_narrow", int(value), method))
         order = key == "order" and value in STEEP_ORDERS and method == "outlier"
         choice = key == "choice" and value in VALIDATE_CHOICES
+        number = number or (key == "balance" and value in ("0", "1") and method == "outlier")
         if key == "narrow_floor" and method == "outlier" and _passes("check_narrow_floor", _as_float(value)):
             values[key] = float(value)
             continue
@@ -289,7 +302,8 @@ def parse_find(text: str) -> FindOption:
                 f"METHOD:grow=N (N >= 0; 0: off), METHOD:choice={'|'.join(VALIDATE_CHOICES)}, "
                 f"outlier:order={'|'.join(STEEP_ORDERS)}, causal|outlier:blocks=N, METHOD:max_scale=S "
                 f"(8 <= S <= {MAX_SCALE_LIMIT}), outlier:narrow=W (W >= 0; 0: off), "
-                "outlier:narrow_floor=R (R >= 0), METHOD:vdocs=N (N >= 1), or several joined by ':'"
+                "outlier:narrow_floor=R (R >= 0), METHOD:vdocs=N (N >= 1), outlier:balance=0|1, "
+                "or several joined by ':'"
             )
         values[key] = int(value) if number else value
     if method not in METHODS:
@@ -405,6 +419,7 @@ def measure_plant(
             narrow=option.narrow,
             narrow_floor=option.narrow_floor,
             grow=option.grow,
+            balance=bool(option.balance),
             progress=False,
             model_name=f"{a.model} {plant.id}",
         )
@@ -742,7 +757,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "choice=paired unless validate=1; vdocs: validation documents a task and length, default as "
         "--docs-per-task), "
         "for causal and outlier also :blocks=N, and for outlier also :order=gradient|size|ratio, "
-        ":narrow=W (0: off) and :narrow_floor=R; a plant file names each by every option that is on "
+        ":narrow=W (0: off), :narrow_floor=R and :balance=1 (find --balance); a plant file names each by "
+        "every option that is on "
         f"(default: {' '.join(DEFAULT_FINDS)})",
     )
     p.add_argument("--tasks", nargs="+", default=list(SURVEY_TASKS))
