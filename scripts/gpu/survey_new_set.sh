@@ -9,6 +9,10 @@
 #
 #   bash scripts/gpu/survey_new_set.sh SET "FIND [FIND ...]" OUT [PARTS]
 #
+# To finish a set cut short: RESUME_FROM=FOLDER (one holding m1-needles/, m2-needles/, m2-copying/, each with
+# settings.json and plants/, as docs/results/finder/survey-SET-gpu/ does) seeds each part with the plant files
+# of its ids found there; the survey skips those and runs the rest (and any FIND a file lacks).
+#
 # Needs the mamba-ssm kernels (docs/gpu.md) and the checkout on PYTHONPATH, as survey_option.sh does.
 set -uo pipefail
 set_name=${1:?usage: survey_new_set.sh SET FINDS OUT [PARTS]}
@@ -44,6 +48,14 @@ for folder in m1-needles m2-needles m2-copying; do
         for ((i = part * count / parts + 1; i <= (part + 1) * count / parts; i++)); do
             ids+=("$(printf '%s%02d' "$prefix" "$i")")
         done
+        if [ -n "${RESUME_FROM:-}" ] && [ -f "$RESUME_FROM/$folder/settings.json" ]; then
+            mkdir -p "$out/parts/$folder-$part/plants"
+            cp "$RESUME_FROM/$folder/settings.json" "$out/parts/$folder-$part/"
+            for id in "${ids[@]}"; do
+                [ -f "$RESUME_FROM/$folder/plants/$id.json" ] &&
+                    cp "$RESUME_FROM/$folder/plants/$id.json" "$out/parts/$folder-$part/plants/"
+            done
+        fi
         python3 -m lm_eval_ssmsteer study survey --out "$out/parts/$folder-$part" --set "$set_name" \
             --device cuda --model "$model" "${tasks[@]}" --lengths 512 2048 --docs-per-task 4 \
             --plants "${ids[@]}" --only-damaging --finds "${finds[@]}" 2>&1 |
