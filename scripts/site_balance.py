@@ -12,6 +12,9 @@ times on the channels within 3 robust spreads): the slope, the robust spread of 
 channels lie more than 3 spreads below the line; at the planted layer, how many of those are planted. A
 Mamba-1 ssm_out plant scales ``out_proj`` columns (the column falls, the RMS stays); a gate plant scales ``z``
 (the RMS falls, the column stays): ``column on RMS`` looks for the first, ``RMS on column`` for the second.
+For an ssm_out or gate plant it then prints, at the planted layer, the low outliers of each read ``find`` can
+take (y plain, as the default; y balanced, as ``find --balance``; on Mamba-2 the gated product y·SiLU(z),
+plain and balanced, the latter ``--balance``'s gate read).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from lm_eval_ssmsteer.finder import magnitude
 from lm_eval_ssmsteer.loading import load_model, resolve_model_path
-from lm_eval_ssmsteer.mamba.arch import describe_model
+from lm_eval_ssmsteer.mamba.arch import MAMBA1, describe_model
 from lm_eval_ssmsteer.studies import survey
 from lm_eval_ssmsteer.studies.damping import plant as plant_damage
 
@@ -69,7 +72,30 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {layer} | {correlation:.2f} | {name} | {slope:.2f} | {spread:.3f} | {len(low)} | {hit} |"
             )
+    if pl is not None and pl.site in ("ssm_out", "gate"):
+        print_reads(model, list(data["calibration"].batches()), pl.layer, rms[(pl.layer, "ssm_out")], planted)
     return 0
+
+
+def print_reads(model, batches: list, layer: int, y_rms: torch.Tensor, planted: set[int]) -> None:
+    """At the planted layer, the low outliers (``magnitude.low_outliers``) of each read ``find`` can take:
+    y as the default reads it and as ``--balance`` sets it against its reading norm, and (Mamba-2, where
+    ``--balance`` reads the gate pair so) the gated product y·SiLU(z), plain and balanced."""
+    arch = describe_model(model)
+    reading = magnitude.reading_norms(model, [layer])[layer]
+    reads = {"y": y_rms}
+    if arch.family != MAMBA1:
+        gated = magnitude.channel_rms(model, batches, [(layer, "gate")], arch.site_width, gated=(layer,))
+        reads["y*SiLU(z)"] = gated[(layer, "gate")]
+    print(f"\nlayer {layer}: low outliers (flagged, of them planted)")
+    print("| read | plain | balanced |")
+    print("|---|---|---|")
+    for name, size in reads.items():
+        cells = []
+        for sizes in (size, magnitude.balanced_size(size, reading)):
+            low = set(magnitude.low_outliers(sizes).channels)
+            cells.append(f"{len(low)}, {len(low & planted)} of {len(planted)}")
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """scripts/survey_overfit.py rebuilds a survey plant and scores its found spec beside the intact and damaged
-model on the find's own documents and on TEST (scripts/site_balance.py's robust line is
-``finder.magnitude.robust_line``: tests/test_finder_balance.py)."""
+model on the find's own documents and on TEST; scripts/site_balance.py prints its fits and, at a planted
+ssm_out or gate layer, each read's low outliers (its robust line is ``finder.magnitude.robust_line``:
+tests/test_finder_balance.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def test_it_rebuilds_the_surveys_plant_and_scores_its_spec_on_every_document_set
         overfit.main([str(out), "D01", "--find", "nope"])
     with pytest.raises(SystemExit):
         overfit.main([str(out), "D99"])
+
+
+def test_site_balance_prints_the_fits_and_each_reads_outliers_at_a_planted_layer(capsys):
+    balance = _script("site_balance")
+    assert balance.main(["--model", "tiny-random-mamba", "--plant", "D16"]) == 0
+    out = capsys.readouterr().out
+    plant = re.search(r"plant D16: L(\d+) (\w+) (\d+) x", out)
+    assert plant and plant.group(2) in ("ssm_out", "gate"), out
+    layer, count = int(plant.group(1)), int(plant.group(3))
+    fit = r"(column on RMS|RMS on column)"
+    rows = re.findall(rf"\| {layer} \| [-0-9.]+ \| {fit} \|.* \| (\d+) of {count} \|", out)
+    assert [name for name, _ in rows] == ["column on RMS", "RMS on column"]
+    reads = re.findall(rf"\| (y\S*) \| (\d+), (\d+) of {count} \| (\d+), (\d+) of {count} \|", out)
+    assert [r[0] for r in reads] == ["y"]  # Mamba-1: no gated norm, so no product read
+    for _, flagged, planted, flagged_b, planted_b in reads:
+        assert int(planted) <= int(flagged) and int(planted_b) <= int(flagged_b)
