@@ -151,18 +151,15 @@ def channel_rms(
 def channel_size(model, rms: dict[Pair, torch.Tensor]) -> dict[Pair, torch.Tensor]:
     """``rms`` with the Mamba-1 ``ssm_out`` and ``gate`` channels weighted by their ``out_proj`` column norm
     (what each contributes to the mixer output); every other pair as it is."""
-    from lm_eval_ssmsteer.mamba.arch import MAMBA1, describe_model, mamba_mixers
+    from lm_eval_ssmsteer.mamba.arch import MAMBA1, describe_model
 
     if describe_model(model).family != MAMBA1:
         return dict(rms)
-    mixers = mamba_mixers(model)
-    out = {}
-    for (layer, site), value in rms.items():
-        if site in ("ssm_out", "gate"):
-            column = mixers[layer].out_proj.weight.detach().float().norm(dim=0).cpu()
-            value = value * column
-        out[(layer, site)] = value
-    return out
+    columns = reading_norms(model, sorted({layer for layer, site in rms if site in GATED_SITES}))
+    return {
+        (layer, site): value * columns[layer].float() if site in GATED_SITES else value
+        for (layer, site), value in rms.items()
+    }
 
 
 def reading_norms(model, layers: list[int]) -> dict[int, torch.Tensor]:

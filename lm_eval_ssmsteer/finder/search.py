@@ -363,8 +363,12 @@ def find(
                 else {}
             )
             steep = _steepest(grads, screen, shortlist) if method == "outlier" else []
+            # find --balance: the pairs whose sizes are set against what reads them, screened besides
+            balanced = frozenset(balanced_pairs(arch, list(rankings))) if balance else frozenset()
             # the channel sizes (one pass) serve the outlier screen below, and here any order but gradient
-            sizes = _sizes(model, batches, arch, list(rankings), bars, balance) if method == "outlier" else {}
+            sizes = {}
+            if method == "outlier":
+                sizes = _sizes(model, batches, arch, list(rankings), bars, balanced)
             orders = {p: _steep_channels(grads[p], sizes[p], steep_order) for p in steep}
 
             def scales(direction: str) -> list[float]:
@@ -411,7 +415,6 @@ def find(
                     for p, o in outliers.items()
                     if o.channels
                 }
-                balanced = frozenset(balanced_pairs(arch, list(rankings))) if balance else frozenset()
                 screened += _outlier_screen(
                     model, batches, arch, outliers, sweep, bars, max_channels, balanced
                 )
@@ -831,18 +834,23 @@ def _descend(
 
 
 def _sizes(
-    model, batches, arch: ArchInfo, pairs: list[Pair], bars: _Progress, balance: bool = False
+    model,
+    batches,
+    arch: ArchInfo,
+    pairs: list[Pair],
+    bars: _Progress,
+    balanced: frozenset[Pair] = frozenset(),
 ) -> dict[Pair, torch.Tensor]:
-    """Each pair's channel sizes (``finder.magnitude``), from one forward pass per batch; with ``balance``,
-    a Mamba-2 model's ``ssm_out`` (y) and ``gate`` (the gated product y·SiLU(z)) against what reads them."""
-    gated = sorted({p[0] for p in balanced_pairs(arch, pairs)}) if balance else []
+    """Each pair's channel sizes (``finder.magnitude``), from one forward pass per batch; the ``balanced``
+    pairs (``balanced_pairs``: a Mamba-2 model's ``ssm_out``, y, and ``gate``, read as the gated product
+    y·SiLU(z)) set against what reads them."""
+    gated = sorted({p[0] for p in balanced})
     with bars.phase("channel size", len(batches), "batch"):
         rms = magnitude.channel_rms(model, batches, pairs, arch.site_width, bars.advance, tuple(gated))
     sizes = magnitude.channel_size(model, rms)
     reading = magnitude.reading_norms(model, gated)
-    for pair in pairs:
-        if pair[0] in reading and pair[1] in magnitude.GATED_SITES:
-            sizes[pair] = magnitude.balanced_size(rms[pair], reading[pair[0]])
+    for pair in balanced:
+        sizes[pair] = magnitude.balanced_size(rms[pair], reading[pair[0]])
     return sizes
 
 
