@@ -91,7 +91,8 @@ TRIAL_SEED = 31
 # set against what reads them, and the most extreme such pairs screened besides) was built and tried on two
 # plants of the earlier sets (K64, U78; CPU, docs/finder.md, "Balance"), to decide whether method outlier
 # balances by default (it does if here outlier:balance=1 wins back more plants than the default and loses
-# none the default wins back); from the whole grid
+# none the default wins back); from the whole grid. Run 2026-12-08: both win back the same 11 of 23, so it
+# does not (docs/results/finder/survey-open-gpu/)
 OPEN_SEED = 32
 LATER_SETS = (
     ("unseen", UNSEEN_SEED, UNSEEN_PER_SITE, True),
