@@ -28,7 +28,8 @@ def test_the_plant_list_is_fixed_covers_every_site_and_keeps_a_held_out_set():
     assert plants == survey.survey_plants(6, REF_WIDTHS)
     assert len({p.id for p in plants}) == len(plants) == len({p.seed for p in plants})
     for which in survey.SETS:
-        assert {p.site for p in plants if p.set == which} == set(SITES), which
+        sites = survey.GATED_SITES if which == "gated" else SITES
+        assert {p.site for p in plants if p.set == which} == set(sites), which
     assert sum(p.set == "design" for p in plants) == sum(p.set == "held-out" for p in plants)
     assert all(p.id[0] == p.set[0].upper() for p in plants)
     assert all(1 <= p.count <= min(32, REF_WIDTHS[p.site]) and p.scale in survey.SCALES for p in plants)
@@ -505,6 +506,7 @@ def test_a_find_row_records_what_the_choice_was_made_among(tmp_path):
         ("extra", "reserve", "R84", 646),
         ("next", "extra", "E84", 730),
         ("trial", "next", "N84", 814),
+        ("open", "trial", "T84", 898),
     ],
 )
 def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plant_as_it_was(
@@ -524,6 +526,82 @@ def test_each_later_set_comes_after_the_one_before_and_leaves_every_earlier_plan
     previous = {(p.layer, p.site, p.count, p.scale) for p in earlier if p.set == before}
     drawn = [(p.layer, p.site, p.count, p.scale) for p in drawn_set]
     assert drawn != sorted(previous) and len(set(drawn)) == len(drawn)  # its own draw, no repeats
+
+
+def test_the_gated_set_holds_every_combination_of_ssm_out_and_gate_once_after_every_earlier_plant():
+    plants = survey.survey_plants(6, REF_WIDTHS)
+    gated = [p for p in plants if p.set == "gated"]
+    earlier = plants[: plants.index(gated[0])]
+    # appended last: the open set (run before it was drawn) keeps its plants and channel seeds
+    assert plants[len(earlier) :] == gated and earlier[-1].id == "O84" and earlier[-1].seed == 981
+    assert gated[0].seed == 982 and [p.id for p in gated[:2]] == ["G01", "G02"]
+    for site in survey.GATED_SITES:
+        combos = [(p.layer, p.count, p.scale) for p in gated if p.site == site]
+        # the whole grid of the site on a 6-layer model (6 layers x 2 counts x 3 scales), each once, in a
+        # seeded order rather than the grid's
+        grid = [(layer, c, s) for layer in range(6) for c in survey._counts(448) for s in survey.SCALES]
+        assert sorted(combos) == sorted(grid) and combos != grid, site
+    assert {p.site for p in gated} == set(survey.GATED_SITES) and len(gated) == 72
+    # a 5-layer model (ref-mamba2's depth) gets its own whole grid: 60 plants
+    assert sum(p.set == "gated" for p in survey.survey_plants(5, REF_WIDTHS)) == 60
+
+
+def test_survey_new_set_splits_a_folders_list_of_plants_into_its_parts(tmp_path):
+    """scripts/gpu/survey_new_set.sh, with python3 on PATH a shim that records each survey run instead of
+    running it: every plant of the set on the folder's model goes to exactly one part, in list order."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    record = tmp_path / "calls.txt"
+    (shim / "python3").write_text(
+        "#!/usr/bin/env bash\n"
+        'if [[ " $* " == *" --out "* ]]; then echo "$*" >> ' + str(record) + "; exit 0; fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    (shim / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "FOLDERS": "m2-needles m2-copying"}
+    out = tmp_path / "out"
+    script = root / "scripts" / "gpu" / "survey_new_set.sh"
+    done = subprocess.run(
+        ["bash", str(script), "gated", "outlier outlier:balance=1", str(out), "4"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gated, finds outlier outlier:balance=1: 2 folders in 4 parts each" in done.stdout
+    calls = record.read_text().splitlines()
+    assert len(calls) == 8
+    expected = [p.id for p in survey.survey_plants(5, REF_WIDTHS) if p.set == "gated"]
+    for folder, tasks in (("m2-needles", "ssm_passkey"), ("m2-copying", "ssm_copy")):
+        parts = [c.split() for c in calls if f"/parts/{folder}-" in c]
+        assert len(parts) == 4 and all("ref-mamba2" in c and tasks in c for c in parts)
+        ids = []
+        for words in sorted(parts, key=lambda w: w[w.index("--out") + 1]):
+            start = words.index("--plants") + 1
+            ids += words[start : words.index("--only-damaging")]
+        assert ids == expected, folder
+    # an unknown folder or set stops, named
+    bad = subprocess.run(
+        ["bash", str(script), "gated", "outlier", str(out)],
+        cwd=root,
+        env={**env, "FOLDERS": "m3-needles"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "FOLDERS names m3-needles" in bad.stderr
+    bad = subprocess.run(
+        ["bash", str(script), "fresh", "outlier", str(out)], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "SET 'fresh'" in bad.stderr
 
 
 def test_vdocs_validates_on_more_documents_drawn_as_the_folders_are(monkeypatch):
