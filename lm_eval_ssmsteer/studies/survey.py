@@ -94,7 +94,7 @@ TRIAL_SEED = 31
 # none the default wins back); from the whole grid. Run 2026-12-08: both win back the same 11 of 23, so it
 # does not (docs/results/finder/survey-open-gpu/)
 OPEN_SEED = 32
-# the gated set: drawn on 2026-12-08 (tenth session), after the open set, from the whole grid, left --balance
+# the gated set: drawn on 2026-12-08 (tenth session), after the open set (from the whole grid) left --balance
 # off. Only 4 of the open set's 23 damaging records were Mamba-2 ssm_out or gate plants, the only ones balance
 # acts on, and on the 20 such records of the earlier sets (picked by site, so deciding nothing) it won back 8
 # against 1. So: every (layer, count, scale) of ssm_out and gate once, new channels, to be run on ref-mamba2's
