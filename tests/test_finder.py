@@ -249,6 +249,33 @@ def test_find_command_writes_spec_scores_and_heatmap(model_dir, tmp_path, capsys
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_docs_per_task_defaults_to_enough_documents_for_few_tasks():
+    from lm_eval_ssmsteer.finder.data import docs_per_task
+
+    # the default's 4 tasks keep 2 each; fewer tasks get as many as make 8 documents
+    assert [docs_per_task(n) for n in (4, 5, 3, 2, 1)] == [2, 2, 3, 4, 8]
+    assert docs_per_task(3, 5) == 5 and docs_per_task(1, 8) == 8
+    with pytest.raises(FinderError, match="--docs-per-task 7 with 1 task"):
+        docs_per_task(1, 7)
+
+
+def test_find_command_draws_enough_calibration_documents_for_three_tasks(model_dir, tmp_path, monkeypatch):
+    """`ssmsteer find --tasks` with three tasks and no --docs-per-task: 3 a task (9 documents, and 9 for
+    validation), where the flat default of 2 gave 6 and stopped."""
+    seen = {}
+
+    def stop(model, data, **kwargs):
+        seen.update(data=data, **kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(finder_search, "find", stop)
+    args = ["find", "--model", str(model_dir), "--out", str(tmp_path / "f.json"), "--no-progress"]
+    with pytest.raises(SystemExit):
+        main([*args, "--tasks", "ssm_copy", "ssm_kv_retrieval", "ssm_induction"])
+    assert len(seen["data"].examples) == 9 and "x 3 docs" in seen["data"].source
+    assert len(seen["validation"].examples) == 9
+
+
 def test_find_command_passes_the_steep_order_and_refuses_an_unknown_one(
     model_dir, tmp_path, capsys, monkeypatch
 ):
@@ -324,6 +351,15 @@ def gpt2_dir(tmp_path_factory):
             "--validation-docs-per-task: -1 is too small; allowed: an integer >= 0",
         ),
         (["--validation-data", "{tmp}/calibration.jsonl"], "3 documents; at least 8 are needed"),
+        (
+            ["--tasks", "ssm_copy", "ssm_kv_retrieval", "ssm_induction", "--docs-per-task", "2"],
+            "--docs-per-task 2 with 3 task(s) gives 6 documents; at least 8 are needed: "
+            "--docs-per-task 3 or more",
+        ),
+        (
+            ["--tasks", "ssm_copy", "--validation-docs-per-task", "4"],
+            "--validation-docs-per-task 4 with 1 task(s) gives 4 documents; at least 8 are needed",
+        ),
         (["--model", "{gpt2}"], "model_type 'gpt2' is not a supported Mamba-family model"),
     ],
 )

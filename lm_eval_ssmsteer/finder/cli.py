@@ -13,7 +13,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from lm_eval_ssmsteer.finder.data import DEFAULT_DOCS_PER_TASK, DEFAULT_LENGTH, DEFAULT_TASKS, FinderError
+from lm_eval_ssmsteer.finder.data import (
+    DEFAULT_DOCS_PER_TASK,
+    DEFAULT_LENGTH,
+    DEFAULT_TASKS,
+    MIN_DOCS,
+    FinderError,
+    docs_per_task,
+)
 from lm_eval_ssmsteer.finder.methods import DEFAULT_METHOD, METHODS, STEEP_ORDERS, VALIDATE_CHOICES
 from lm_eval_ssmsteer.finder.search import GROW_ROUNDS, NARROW_FLOOR, NARROW_WIDTH, VALIDATE_PAIRS
 from lm_eval_ssmsteer.mamba.sites import SITES
@@ -123,6 +130,11 @@ def run(args: argparse.Namespace):
         raise FinderError(
             f"--blocks {args.blocks} with --method {args.method}; allowed with causal and outlier"
         )
+    if args.data is None:  # enough calibration documents, before the model loads
+        n_tasks = len(args.tasks or DEFAULT_TASKS)
+        args.docs_per_task = docs_per_task(n_tasks, args.docs_per_task)
+        if args.validation_docs_per_task:  # None: as --docs-per-task; 0: no validation
+            docs_per_task(n_tasks, args.validation_docs_per_task, "--validation-docs-per-task")
     check_max_scale(args.max_scale, "--max-scale")  # before the model loads
     if args.narrow is None:
         args.narrow = default_narrow(args.method)
@@ -222,8 +234,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--docs-per-task",
         type=int,
-        default=DEFAULT_DOCS_PER_TASK,
-        help=f"calibration docs per task (default {DEFAULT_DOCS_PER_TASK})",
+        default=None,
+        help=f"calibration docs per task (default {DEFAULT_DOCS_PER_TASK}, or more where fewer tasks would "
+        f"give under {MIN_DOCS} documents in all)",
     )
     p.add_argument(
         "--length",

@@ -34,6 +34,21 @@ class FinderError(ValueError):
     """Bad input to the finder; the message names the field, the value and what is allowed."""
 
 
+def docs_per_task(tasks: int, asked: int | None = None, flag: str = "--docs-per-task") -> int:
+    """Calibration documents a task for ``tasks`` tasks: ``asked``, or by default DEFAULT_DOCS_PER_TASK,
+    more where fewer tasks would give under MIN_DOCS documents (3 tasks: 3 each; 1 task: 8). An ``asked``
+    count that gives under MIN_DOCS stops here, before any model loads, saying the count that would do."""
+    enough = -(-MIN_DOCS // max(tasks, 1))
+    if asked is None:
+        return max(DEFAULT_DOCS_PER_TASK, enough)
+    if asked * tasks < MIN_DOCS:
+        raise FinderError(
+            f"{flag} {asked} with {tasks} task(s) gives {asked * tasks} documents; at least "
+            f"{MIN_DOCS} are needed: {flag} {enough} or more"
+        )
+    return asked
+
+
 @dataclass(frozen=True)
 class CalibrationData:
     """Token ids per document and the index of its first answer token; ``sha256`` names the content."""

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # What `find --balance` costs on the GPU (docs/finder.md, "Balance"): `ssmsteer find` on the unplanted
 # ref-mamba2, the default against --balance, alternately, ROUNDS rounds, on two calibration sets: the CLI's
-# default tasks and documents, and the copying tasks at 4 documents a task (the CLI's 2 give 6 documents, under
-# the 8 find needs). Each run's wall time (the command's, model load included) goes to OUTDIR/times.txt, its
+# default tasks and documents, and the copying tasks at 4 documents a task (the survey folders' count). Each run's wall time (the command's, model load included) goes to OUTDIR/times.txt, its
 # spec and log beside it. A round starts only while less than BUDGET seconds have passed (default 420), so a
 # device call's limit is not hit half-way. The first run of a machine also pays its start-up (imports, kernel
 # loading): read the later rounds.
