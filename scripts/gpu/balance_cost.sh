@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What `find --balance` costs on the GPU (docs/finder.md, "Balance"): `ssmsteer find` on the unplanted
 # ref-mamba2, the default against --balance, alternately, ROUNDS rounds, on two calibration sets: the CLI's
-# default tasks and documents, and the copying tasks at 4 documents a task (the survey folders' count). Each run's wall time (the command's, model load included) goes to OUTDIR/times.txt, its
-# spec and log beside it. A round starts only while less than BUDGET seconds have passed (default 420), so a
-# device call's limit is not hit half-way. The first run of a machine also pays its start-up (imports, kernel
+# default tasks and documents, and the copying tasks at 4 documents a task (the survey folders' count). Each
+# run's wall time (the command's, model load included) goes to OUTDIR/times.txt, its spec and log beside it.
+# A round starts only while less than BUDGET seconds have passed (default 420), so a device call's limit is
+# not hit half-way. The first run of a machine also pays its start-up (imports, kernel
 # loading): read the later rounds.
 #
 #   bash scripts/gpu/balance_cost.sh OUTDIR [ROUNDS] [BUDGET]
@@ -31,7 +32,8 @@ for ((round = 1; round <= rounds; round++)); do
                 --no-progress --out "$name.json" >"$name.log" 2>&1
             rc=$?
             end=$(date +%s.%N)
-            echo "$round $set $option rc=$rc $(python3 -c "print(round($end - $begin, 1))") s" | tee -a "$out/times.txt"
+            seconds=$(awk "BEGIN {printf \"%.1f\", $end - $begin}")
+            echo "$round $set $option rc=$rc $seconds s" | tee -a "$out/times.txt"
         done
     done
 done

@@ -44,8 +44,8 @@ for folder in "${folders[@]}"; do
             ;;
     esac
     # the set's plant ids on this model, in list order
-    read -ra all_ids <<<"$(python3 -m lm_eval_ssmsteer study survey --set "$set_name" --model "$model" --list |
-        awk '{print $1}' | tr '\n' ' ')"
+    read -ra all_ids <<<"$(python3 -m lm_eval_ssmsteer study survey --set "$set_name" --model "$model" \
+        --list | awk '{print $1}' | tr '\n' ' ')"
     count=${#all_ids[@]}
     for ((part = 0; part < parts; part++)); do
         ids=("${all_ids[@]:part * count / parts:(part + 1) * count / parts - part * count / parts}")
